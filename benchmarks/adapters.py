@@ -1,0 +1,245 @@
+"""Training-step cost of each adapter relative to the frozen base, measured in one run.
+
+Two settings, each with the same variants:
+
+* ``projection``: one adapted ``d_in → d_out`` linear layer on ``x (B, T, d_in)``;
+* ``model``: a Qwen2-architecture causal LM built from config (random weights, nothing
+  downloaded) with the adapter on all seven projections of every decoder block.
+
+A step is forward, backward and AdamW on the adapter's parameters. The **floor** is the frozen
+base with no adapter and backward only to its input: the least any adapter can cost. Ratios are
+against the floor measured in the same process, so a noisy machine shifts both alike.
+
+Memory: on CUDA the peak allocated during the steps; on CPU (where PyTorch keeps no peak) the
+activation bytes saved for backward, parameters excluded.
+
+    python benchmarks/adapters.py                 # CPU shapes, or CUDA when present
+    python benchmarks/adapters.py --shape 3b      # the Qwen2.5-3B shape of the GPU notes (CUDA)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from maugpt.adapters import ALL_PROJECTIONS, AMoELoRA, Adapter, LoRA, LoRAMoE, inject, unwrap
+from maugpt.adapters.reference import reference_forward
+
+
+class LoopedAMoELoRA(AMoELoRA):
+    """AMoE-LoRA evaluated by the literal Eq. 1–6: a loop over experts, separate paths."""
+
+    def wrap(self, base, context=None):
+        layer = super().wrap(base, context)
+        layer.forward = lambda x: reference_forward(layer, x)
+        return layer
+
+
+# Each variant is built for a list of target patterns; None is the floor (no adapter).
+VARIANTS: dict[str, Callable[[Sequence[str]], Adapter] | None] = {
+    "floor (frozen base)": None,
+    "LoRA r=64": lambda targets: LoRA(rank=64, alpha=128, targets=targets),
+    "LoRAMoE 16x4": lambda targets: LoRAMoE(experts=16, rank=4, alpha=8, dropout=0.0, targets=targets),
+    "AMoE-LoRA 16x4 + hypernetwork": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
+    "AMoE-LoRA, literal Eq. 1-6 (loop)": lambda targets: LoopedAMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
+}
+
+SHAPES = {  # batch, tokens, and the model config; the projection is hidden → intermediate
+    "cpu": dict(batch=2, tokens=256, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=2, vocab_size=8192),
+    "3b": dict(batch=4, tokens=1024, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+               num_attention_heads=16, num_key_value_heads=2, vocab_size=151936),
+}
+
+
+@dataclass
+class Result:
+    setting: str
+    variant: str
+    trainable: int = 0
+    step_s: float = float("nan")
+    memory_bytes: int = 0
+    error: str = ""
+
+
+class SavedActivations:
+    """Counts the distinct non-parameter storages autograd saves for backward (CPU memory proxy)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.exclude = {p.untyped_storage().data_ptr() for p in module.parameters()}
+        self.storages: dict[int, int] = {}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self.exclude:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+
+# A variant's setup adapts the module and returns (module, loss function, teardown).
+Setup = Callable[[], tuple[nn.Module, Callable[[], torch.Tensor], Callable[[], None]]]
+
+
+def run_rounds(setting: str, setups: dict[str, Setup], device: torch.device, rounds: int, steps: int,
+               warmup: int) -> list[Result]:
+    """Time every variant in turn, round after round, so that drift on a noisy machine hits all alike.
+
+    Each round sets a variant up, runs ``warmup`` untimed and ``steps`` timed training steps
+    (forward, backward, AdamW on the trainable parameters), and tears it down again.
+    """
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    results = {name: Result(setting, name) for name in setups}
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    for round_index in range(rounds):
+        for name, setup in setups.items():
+            result = results[name]
+            if result.error:
+                continue
+            module, make_loss, teardown = setup()
+            params = [p for p in module.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=1e-4) if params else None
+            result.trainable = sum(p.numel() for p in params)
+            saved = SavedActivations(module)
+            try:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                for i in range(warmup + steps):
+                    sync()
+                    t0 = time.perf_counter()
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                        if round_index == 0 and i == 0 and not cuda:
+                            with saved.hooks():
+                                loss = make_loss()
+                        else:
+                            loss = make_loss()
+                    loss.backward()
+                    if opt:
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                    sync()
+                    if i >= warmup:
+                        times[name].append(time.perf_counter() - t0)
+                memory = torch.cuda.max_memory_allocated() if cuda else sum(saved.storages.values())
+                result.memory_bytes = max(result.memory_bytes, memory)
+            except torch.OutOfMemoryError:
+                result.error = "out of memory"
+            finally:
+                del opt, params
+                teardown()
+                if cuda:
+                    torch.cuda.empty_cache()
+    for name, result in results.items():
+        if times[name] and not result.error:
+            result.step_s = statistics.median(times[name])
+    return list(results.values())
+
+
+def bench_projection(shape: dict, device: torch.device, **timing) -> list[Result]:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    base = nn.Linear(shape["hidden_size"], shape["intermediate_size"], bias=False, device=device, dtype=dtype)
+    base.requires_grad_(False)
+    x = torch.randn(shape["batch"], shape["tokens"], shape["hidden_size"], device=device, dtype=dtype)
+    x.requires_grad_(True)  # as inside a model: the gradient flows on to the layer's input
+
+    def setup_for(make) -> Setup:
+        def setup():
+            holder = nn.Sequential(base)  # the projection is child "0"
+            if make is not None:
+                inject(holder, make(["0"]))
+            return holder, lambda: holder(x).float().square().mean(), lambda: unwrap(holder)
+        return setup
+
+    return run_rounds("projection", {name: setup_for(make) for name, make in VARIANTS.items()}, device, **timing)
+
+
+def bench_model(shape: dict, device: torch.device, **timing) -> list[Result]:
+    cuda = device.type == "cuda"
+    config = Qwen2Config(**{k: v for k, v in shape.items() if k not in ("batch", "tokens")},
+                         max_position_embeddings=max(4096, shape["tokens"]), tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
+                                             dtype=torch.bfloat16 if cuda else torch.float32).to(device)
+    model.requires_grad_(False)
+    ids = torch.randint(0, config.vocab_size, (shape["batch"], shape["tokens"]), device=device)
+    embed = model.get_input_embeddings()
+
+    def setup_for(make) -> Setup:
+        def loss() -> torch.Tensor:
+            inputs = embed(ids).detach().requires_grad_(make is None)  # the floor: backward to the input
+            return model(inputs_embeds=inputs, labels=ids).loss
+
+        def teardown() -> None:
+            unwrap(model)
+            model.requires_grad_(False)
+
+        def setup():
+            if make is not None:
+                inject(model, make(ALL_PROJECTIONS))
+                model.to(device)
+            return model, loss, teardown
+        return setup
+
+    return run_rounds("model", {name: setup_for(make) for name, make in VARIANTS.items()}, device, **timing)
+
+
+def table(results: list[Result], device_name: str, memory_label: str) -> str:
+    lines = [f"device: {device_name}", "",
+             f"| setting | variant | trainable params | step ms | × floor | {memory_label} MiB | × floor |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for setting in dict.fromkeys(r.setting for r in results):
+        rows = [r for r in results if r.setting == setting]
+        floor = rows[0]
+        for r in rows:
+            if r.error:
+                lines.append(f"| {setting} | {r.variant} | {r.trainable:,} | {r.error} | | | |")
+                continue
+            lines.append(f"| {setting} | {r.variant} | {r.trainable:,} | {r.step_s * 1e3:.1f} | "
+                         f"{r.step_s / floor.step_s:.2f} | {r.memory_bytes / 2**20:.1f} | "
+                         f"{r.memory_bytes / max(floor.memory_bytes, 1):.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu", help="sizes to run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds over all variants")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant and round")
+    parser.add_argument("--only", choices=["projection", "model"], help="run one setting")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.shape == "3b" and device.type != "cuda":
+        parser.error("--shape 3b needs a CUDA device (a 3B model's steps take minutes on a CPU)")
+    shape = SHAPES[args.shape]
+    timing = dict(rounds=args.rounds, steps=args.steps, warmup=args.warmup)
+    results = []
+    if args.only in (None, "projection"):
+        results += bench_projection(shape, device, **timing)
+    if args.only in (None, "model"):
+        results += bench_model(shape, device, **timing)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    label = "peak allocated" if device.type == "cuda" else "saved activations"
+    print(f"shape {args.shape}: batch {shape['batch']} × {shape['tokens']} tokens, hidden {shape['hidden_size']}, "
+          f"MLP {shape['intermediate_size']}, {shape['num_hidden_layers']} layers; torch {torch.__version__}")
+    print(table(results, name, label))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "shape": args.shape, "results": [vars(r) for r in results]}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Adapters for the frozen LLM: LoRA, LoRAMoE and the paper's AMoE-LoRA, swappable by config."""
+from maugpt.adapters.amoe_lora import AMoELoRA, AMoELoRALinear, AnomalyAwareExpert, Hypernetwork
+from maugpt.adapters.base import (
+    ALL_PROJECTIONS, FFN_PROJECTIONS, Adapter, AdapterContext, AdapterLayer,
+)
+from maugpt.adapters.inject import (
+    adapter_context, adapter_diagnostics, adapter_layers, adapter_state_dict, auxiliary_loss,
+    count_parameters, inject, load_adapter, read_adapter_config, read_adapter_metadata, save_adapter,
+    unwrap,
+)
+from maugpt.adapters.lora import LoRA, LoRALinear
+from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear, localized_balance_loss
+
+__all__ = [
+    "ALL_PROJECTIONS", "FFN_PROJECTIONS", "AMoELoRA", "AMoELoRALinear", "Adapter", "AdapterContext",
+    "AdapterLayer", "AnomalyAwareExpert", "Hypernetwork", "LoRA", "LoRALinear", "LoRAMoE",
+    "LoRAMoELinear", "adapter_context", "adapter_diagnostics", "adapter_layers", "adapter_state_dict",
+    "auxiliary_loss", "count_parameters", "inject", "load_adapter", "localized_balance_loss",
+    "read_adapter_config", "read_adapter_metadata", "save_adapter", "unwrap",
+]

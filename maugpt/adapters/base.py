@@ -1,0 +1,251 @@
+"""The adapter protocol, and the per-forward context that every adapted layer of a model shares.
+
+Two halves, as in torchtune's adapter protocol:
+
+* :class:`Adapter` is the *configuration* of one adapter type (rank, experts, which layers it
+  wraps). LightningCLI builds it from ``class_path`` / ``init_args``, so a YAML file swaps
+  LoRA ↔ LoRAMoE ↔ AMoE-LoRA without code changes. Its one job is :meth:`Adapter.wrap`.
+* :class:`AdapterLayer` is the ``nn.Module`` that replaces one frozen ``nn.Linear``. Every
+  adapter layer answers the same three questions (its parameters, its auxiliary loss, its
+  diagnostics), so training code never branches on the adapter type.
+
+Shapes follow the row-vector convention of the paper's code: ``x`` is ``(B, T, d_in)`` and a
+low-rank pair is ``A: (d_in, r)``, ``B: (r, d_out)``, so ``ΔW x`` is ``x @ A @ B``.
+"""
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+#: Every linear projection of a Llama/Qwen2-style decoder block.
+ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: The feed-forward projections only (LoRAMoE's official targets).
+FFN_PROJECTIONS: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+
+
+def require_positive(**values: float) -> None:
+    """Raise ``ValueError`` naming the first argument that is not > 0."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def require_fraction(**values: float) -> None:
+    """Raise ``ValueError`` naming the first argument outside [0, 1)."""
+    for name, value in values.items():
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+class AdapterContext:
+    """What adapted layers need beyond ``x``, shared by every adapter layer of one model.
+
+    A Hugging Face decoder calls each ``nn.Linear`` with ``x`` alone, so per-sample information
+    travels here instead: which tokens are padding, which tokens the anomaly-aware condition
+    pools over, and LoRAMoE's per-sample expert-group labels. The owner of the model (the
+    LightningModule, a benchmark, a test) calls :meth:`set` before each forward.
+
+    The values stay set after the forward on purpose: activation checkpointing re-runs the
+    forward during ``backward()``, and that re-run must see the same masks. :meth:`set` replaces
+    every field, so a forgotten field never leaks from one batch into the next, and each layer
+    checks that a mask's shape matches its input.
+    """
+
+    def __init__(self) -> None:
+        self.token_mask: Tensor | None = None
+        self.condition_mask: Tensor | None = None
+        self.sample_labels: Tensor | None = None
+        self.record: bool = False
+        self.freeze_condition: bool = False
+        # Generation: the anomaly-aware core each layer computed at prefill, reused per new token.
+        self.frozen_cores: dict[nn.Module, Tensor] = {}
+        # The most recent (layer input, pooled condition): q/k/v (and gate/up) read the same x,
+        # so the masked mean is computed once per layer input, not once per module.
+        self._pooled: tuple[Tensor, Tensor] | None = None
+        # Written by inject(): each parameter's requires_grad before freezing, for unwrap().
+        self.requires_grad_before: dict[int, bool] = {}
+
+    def set(
+        self,
+        token_mask: Tensor | None = None,
+        condition_mask: Tensor | None = None,
+        sample_labels: Tensor | None = None,
+        record: bool = False,
+        freeze_condition: bool = False,
+    ) -> None:
+        """Set the context for the next forward(s).
+
+        Args:
+            token_mask: ``(B, T)``, true for real tokens and false for padding. ``None``: all real.
+            condition_mask: ``(B, T)``, true for the tokens whose mean is the anomaly-aware
+                condition (the prompt: image and question). ``None``: the real tokens.
+            sample_labels: ``(B,)`` integers in {0, 1}, LoRAMoE's expert group for each sample.
+            record: keep per-layer diagnostics of the next forward (router load, cores).
+            freeze_condition: generation mode; the first forward through each anomaly-aware
+                layer computes its core and every later forward reuses it.
+        """
+        self.token_mask = token_mask
+        self.condition_mask = condition_mask
+        self.sample_labels = sample_labels
+        self.record = record
+        self.freeze_condition = freeze_condition
+        self.frozen_cores = {}
+        self._pooled = None
+
+    def clear(self) -> None:
+        """Drop every mask, label and cached tensor."""
+        self.set()
+
+    @contextlib.contextmanager
+    def use(self, **values: Any) -> Iterator[AdapterContext]:
+        """Set the context inside a ``with`` block and clear it afterwards."""
+        self.set(**values)
+        try:
+            yield self
+        finally:
+            self.clear()
+
+    def generation(self, condition_mask: Tensor | None = None, record: bool = False):
+        """Context for KV-cached generation: the condition is fixed by the prompt's prefill."""
+        return self.use(condition_mask=condition_mask, record=record, freeze_condition=True)
+
+    def mask_for(self, mask: Tensor | None, x: Tensor, layer: str, what: str) -> Tensor | None:
+        """Return ``mask`` as ``(B, T)`` matching ``x`` of shape ``(B, T, d)``, or raise."""
+        if mask is None:
+            return None
+        if tuple(mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(
+                f"{what} has shape {tuple(mask.shape)} but adapted layer {layer!r} got an input of "
+                f"shape {tuple(x.shape)}: the mask must be (batch, tokens) of that input; set the "
+                "adapter context for each forward"
+            )
+        return mask.to(device=x.device, dtype=torch.bool)
+
+    def pooled_condition(self, x: Tensor, layer: str) -> Tensor:
+        """The anomaly-aware condition: masked mean of ``x (B, T, d)`` over condition tokens → ``(B, d)``."""
+        if self._pooled is not None and self._pooled[0] is x:
+            return self._pooled[1]
+        mask = self.mask_for(self.condition_mask, x, layer, "condition_mask")
+        if mask is None:
+            mask = self.mask_for(self.token_mask, x, layer, "token_mask")
+        if mask is None:
+            pooled = x.mean(dim=1)
+        else:
+            weights = mask.to(x.dtype).unsqueeze(1)  # (B, 1, T): one batched matmul reads x once
+            counts = weights.sum(dim=-1).clamp_min(1.0)  # an empty prompt pools to zeros, not NaN
+            pooled = torch.bmm(weights, x).squeeze(1) / counts
+        self._pooled = (x, pooled)
+        return pooled
+
+
+class AdapterLayer(nn.Module, ABC):
+    """A frozen ``nn.Linear`` plus an adapter: ``o = o_0 + Δ`` (the paper's Eq. 6 form).
+
+    The protocol every adapter implements:
+
+    * :meth:`adapter_parameters`: the trainable tensors it owns (everything but ``base``);
+    * :meth:`auxiliary_loss`: a loss term of the latest forward to add to the LM loss, or None;
+    * :meth:`diagnostics`: tensors of the latest forward recorded on request (router load, cores).
+    """
+
+    def __init__(self, base: nn.Linear, context: AdapterContext | None = None) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"adapters wrap nn.Linear layers, got {type(base).__name__}")
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.name = ""  # the dotted module name, set at injection; used in errors and diagnostics
+        self.context = context if context is not None else AdapterContext()
+        self._diagnostics: dict[str, Tensor] = {}
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """The adapter's own parameters, by name relative to this layer."""
+        return {n: p for n, p in self.named_parameters() if not n.startswith("base.")}
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """The auxiliary loss of the latest training forward (None: this adapter has none)."""
+        return None
+
+    def diagnostics(self) -> dict[str, Tensor]:
+        """Detached tensors of the latest forward, recorded only while ``context.record`` is on."""
+        return dict(self._diagnostics)
+
+    @abstractmethod
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per component, e.g. ``{"generalist": …, "router": …}``."""
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """``(…, d_in) → (…, d_out)``: the frozen output plus the adapter's (Eq. 6)."""
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+    # -- helpers shared by the adapters' forward passes ------------------------------------
+    def adapter_input(self, x: Tensor, weight: Tensor) -> Tensor:
+        """``x`` in the adapter's dtype; under autocast the matmuls cast for themselves."""
+        if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+            return x
+        return x.to(weight.dtype)
+
+    @staticmethod
+    def add_low_rank(out: Tensor, u: Tensor, up: Tensor) -> Tensor:
+        """``out + u @ up`` with the addition fused into the matmul (no extra pass over ``out``).
+
+        ``out``: ``(…, d_out)`` frozen output; ``u``: ``(…, k)`` scaled low-rank intermediate;
+        ``up``: ``(k, d_out)``.
+        """
+        if u.dtype != out.dtype and not torch.is_autocast_enabled(u.device.type):
+            return out + (u @ up).to(out.dtype)
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), u.reshape(-1, u.shape[-1]), up)
+        return flat.view(out.shape)
+
+    def record(self, **tensors: Tensor) -> None:
+        """Keep detached diagnostics of this forward."""
+        self._diagnostics = {k: v.detach() for k, v in tensors.items()}
+
+
+class Adapter(ABC):
+    """Configuration of one adapter type: its hyper-parameters and the layers it wraps.
+
+    Args:
+        rank: rank ``r`` of each low-rank pair.
+        alpha: scaling numerator; the adapter's output is scaled by ``alpha / rank``.
+        dropout: dropout on the adapter's input (the frozen path never sees it).
+        targets: name patterns of the ``nn.Linear`` layers to wrap. A pattern matches a layer
+            whose last name component equals it (``"q_proj"``) or whose full dotted name matches
+            it as a glob (``"model.layers.1?.mlp.*"``).
+    """
+
+    def __init__(self, rank: int, alpha: float, dropout: float, targets: Sequence[str]) -> None:
+        require_positive(rank=rank, alpha=alpha)
+        require_fraction(dropout=dropout)
+        if isinstance(targets, str) or not targets:
+            raise ValueError(f"targets must be a non-empty list of name patterns, got {targets!r}")
+        self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
+        self.targets = tuple(targets)
+
+    @abstractmethod
+    def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> AdapterLayer:
+        """Wrap one frozen linear layer."""
+
+    def init_args(self) -> dict[str, Any]:
+        """The constructor arguments, as a LightningCLI ``init_args`` block."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items() if not k.startswith("_")}
+
+    def to_config(self) -> dict[str, Any]:
+        """``{"class_path": …, "init_args": …}``: rebuilds this adapter from YAML or JSON."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.init_args()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.init_args().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.init_args() == self.init_args()

@@ -1,0 +1,62 @@
+"""LoRA (Hu et al. 2022): ``o = W_0 x + (α/r) B A x``, with B zero-initialised."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from maugpt.adapters.base import ALL_PROJECTIONS, Adapter, AdapterContext, AdapterLayer
+
+
+def low_rank_init(d_in: int, cols: int, device: torch.device | None = None) -> nn.Parameter:
+    """A down-projection ``(d_in, cols)`` initialised like ``nn.Linear`` (Kaiming-uniform, a=√5)."""
+    bound = 1.0 / math.sqrt(d_in)
+    return nn.Parameter(torch.empty(d_in, cols, device=device).uniform_(-bound, bound))
+
+
+def zero_init(rows: int, d_out: int, device: torch.device | None = None) -> nn.Parameter:
+    """An up-projection ``(rows, d_out)`` of zeros, so that a new adapter adds exactly nothing."""
+    return nn.Parameter(torch.zeros(rows, d_out, device=device))
+
+
+class LoRALinear(AdapterLayer):
+    """One low-rank pair on a frozen linear layer.
+
+    Parameters: ``A (d_in, r)`` random, ``B (r, d_out)`` zero, so the layer starts as ``base``.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
+                 context: AdapterContext | None = None) -> None:
+        super().__init__(base, context)
+        self.rank, self.scale = rank, alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.A = low_rank_init(self.in_features, rank, base.weight.device)
+        self.B = zero_init(rank, self.out_features, base.weight.device)
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {"lora": self.rank * (self.in_features + self.out_features)}
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.adapter_input(self.dropout(x), self.A)
+        # Scaling the (…, r) intermediate is r/d_out cheaper than scaling the output.
+        return self.add_low_rank(self.base(x), (h @ self.A) * self.scale, self.B)
+
+
+class LoRA(Adapter):
+    """LoRA (Hu et al. 2022): ``ΔW x = (α/r) B A x``.
+
+    Args:
+        rank: rank r of the pair.
+        alpha: scaling numerator α; the update is scaled by α / r.
+        dropout: dropout on the adapter's input.
+        targets: name patterns of the linear layers to wrap (see :class:`~maugpt.adapters.base.Adapter`).
+    """
+
+    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+                 targets: Sequence[str] = ALL_PROJECTIONS) -> None:
+        super().__init__(rank, alpha, dropout, targets)
+
+    def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> LoRALinear:
+        return LoRALinear(base, self.rank, self.alpha, self.dropout, context)

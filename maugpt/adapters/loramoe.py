@@ -1,0 +1,178 @@
+"""LoRAMoE (Dou et al. 2023): LoRA experts mixed per token by a dense softmax router.
+
+The mixture is the generalist component of AMoE-LoRA too (the paper's Eq. 1–3)::
+
+    ω = softmax(x W_g)                         router, (…, N)
+    o_1 = (α/r) Σ_i ω_i B_i A_i x              N experts of rank r
+
+The experts are stacked, ``A = [A_1 | … | A_N]: (d_in, N·r)`` and ``B = [B_1; …; B_N]: (N·r, d_out)``,
+so the mixture costs one LoRA of rank N·r: ``((x A) ⊙ repeat(ω, r)) B``. The router's ``W_g`` is
+concatenated to ``A`` so that ``x`` is read once for all of them. The official code instead
+loops over experts, which costs N small matmul pairs and N full-size intermediates.
+
+The *localized balancing constraint* is LoRAMoE's auxiliary loss; see :func:`localized_balance_loss`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maugpt.adapters.base import (
+    FFN_PROJECTIONS, Adapter, AdapterContext, AdapterLayer, require_fraction, require_positive,
+)
+from maugpt.adapters.lora import low_rank_init, zero_init
+
+
+def localized_balance_loss(router_weights: Tensor, token_mask: Tensor | None = None,
+                           sample_labels: Tensor | None = None, delta: float = 0.1) -> Tensor:
+    """LoRAMoE's localized balancing constraint, before its weight β.
+
+    Args:
+        router_weights: ``(B, T, N)`` softmax router weights ω.
+        token_mask: ``(B, T)``, false on padding. The official code sums over padding tokens
+            too, which makes the loss depend on how a batch was padded; we mask them out.
+        sample_labels: ``(B,)`` in {0, 1}. The experts form two groups, the first ⌊N/2⌋ and the
+            other ⌈N/2⌉; a sample labelled 1 favours the first group and a sample labelled 0 the
+            second (the official code's convention). ``None``: no favoured group (δ unused), which
+            leaves a plain importance-balancing loss.
+        delta: δ, the strength of the soft group preference.
+
+    Returns:
+        The scalar ``CV²(Q ⊙ I) = Var(Z) / (Mean(Z)² + 1e-10)`` over all B·N entries, where
+        ``Q[b, i] = Σ_t mask[b, t] ω[b, t, i]`` is the per-sample importance of expert i and
+        ``I[b, i]`` is ``1 + δ`` on the sample's favoured group and ``1 − δ`` on the other.
+        The variance is unbiased, as in the official code; a single entry gives 0.
+    """
+    weights = router_weights.to(torch.promote_types(router_weights.dtype, torch.float32))
+    if token_mask is not None:
+        weights = weights * token_mask.to(weights.dtype).unsqueeze(-1)
+    importance = weights.sum(dim=1)  # (B, N)
+    if sample_labels is not None:
+        n = importance.shape[-1]
+        first_group = torch.arange(n, device=importance.device) < n // 2  # (N,)
+        favoured = first_group == sample_labels.to(importance.device).view(-1, 1).bool()  # (B, N)
+        importance = importance * torch.where(favoured, 1.0 + delta, 1.0 - delta)
+    z = importance.flatten()
+    if z.numel() < 2:
+        return z.sum() * 0.0
+    return z.var() / (z.mean() ** 2 + 1e-10)
+
+
+class LoRAMoELinear(AdapterLayer):
+    """N stacked LoRA experts and a dense softmax router on a frozen linear layer.
+
+    Parameters: ``router (d_in, N)`` (W_g), ``A (d_in, N·r)``, ``B (N·r, d_out)`` zero.
+    """
+
+    def __init__(self, base: nn.Linear, experts: int, rank: int, alpha: float, dropout: float = 0.0,
+                 balance_delta: float = 0.0, balance_weight: float = 0.0,
+                 context: AdapterContext | None = None) -> None:
+        super().__init__(base, context)
+        self.experts, self.rank, self.scale = experts, rank, alpha / rank
+        self.balance_delta, self.balance_weight = balance_delta, balance_weight
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        device = base.weight.device
+        self.router = low_rank_init(self.in_features, experts, device)
+        self.A = low_rank_init(self.in_features, experts * rank, device)
+        self.B = zero_init(experts * rank, self.out_features, device)
+        self._aux_loss: Tensor | None = None
+
+    def expert(self, i: int) -> tuple[Tensor, Tensor]:
+        """Expert i's pair ``(A_i (d_in, r), B_i (r, d_out))`` as views of the stacked weights."""
+        cols = slice(i * self.rank, (i + 1) * self.rank)
+        return self.A[:, cols], self.B[cols]
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {"generalist": self.experts * self.rank * (self.in_features + self.out_features),
+                "router": self.in_features * self.experts}
+
+    def auxiliary_loss(self) -> Tensor | None:
+        return self._aux_loss
+
+    def project_down(self, h: Tensor, *extra: Tensor) -> list[Tensor]:
+        """``h @ [A | extra… | W_g]`` split back into ``[z_experts, z_extra…, router logits]``.
+
+        One matmul reads ``h`` once for every expert and the router. With dropout, the experts
+        read the dropped-out input and the router the clean one, as in the official code.
+        """
+        blocks = [self.A, *extra]
+        sizes = [b.shape[1] for b in blocks]
+        if self.dropout is None:
+            z = h @ torch.cat([*blocks, self.router], dim=1)
+            return list(z.split([*sizes, self.experts], dim=-1))
+        z = self.dropout(h) @ torch.cat(blocks, dim=1)
+        return [*z.split(sizes, dim=-1), h @ self.router]
+
+    def route(self, logits: Tensor) -> Tensor:
+        """Router weights ω = softmax(x W_g) (Eq. 1), in at least float32 precision."""
+        return F.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(logits.dtype)
+
+    def mix(self, z: Tensor, weights: Tensor) -> Tensor:
+        """``(α/r) ω_i`` applied to each expert's ``(…, r)`` slice of ``z (…, N·r)`` (Eq. 3)."""
+        scaled = (weights * self.scale).unsqueeze(-1)  # (…, N, 1): broadcast, no repeat_interleave
+        return (z.unflatten(-1, (self.experts, self.rank)) * scaled).flatten(-2)
+
+    def observe(self, x: Tensor, weights: Tensor, **extra: Tensor) -> None:
+        """The balancing loss (training) and the diagnostics (on request) of one forward."""
+        ctx = self.context
+        self._aux_loss = None
+        if self._diagnostics and not ctx.record:
+            self._diagnostics = {}  # diagnostics always describe the latest forward
+        want_loss = self.training and self.balance_weight > 0 and torch.is_grad_enabled()
+        if not (want_loss or ctx.record):
+            return
+        batch = x.shape[0] if x.dim() > 1 else 1
+        w3 = weights.reshape(batch, -1, self.experts)
+        mask = ctx.mask_for(ctx.token_mask, w3, self.name, "token_mask")
+        if want_loss:
+            loss = localized_balance_loss(w3, mask, ctx.sample_labels, self.balance_delta)
+            self._aux_loss = self.balance_weight * loss
+        if ctx.record:
+            w = w3.detach().to(torch.promote_types(w3.dtype, torch.float32))
+            keep = torch.ones(w.shape[:2], dtype=torch.bool, device=w.device) if mask is None else mask
+            tokens = w[keep]  # (real tokens, N)
+            entropy = -(tokens * tokens.clamp_min(1e-12).log()).sum(-1)
+            self.record(expert_load=tokens.mean(0), router_entropy=entropy.mean(), **extra)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.adapter_input(x, self.A)
+        z, logits = self.project_down(h)
+        weights = self.route(logits)
+        self.observe(x, weights)
+        return self.add_low_rank(self.base(x), self.mix(z, weights), self.B)
+
+
+class LoRAMoE(Adapter):
+    """LoRAMoE (Dou et al. 2023): N LoRA experts mixed by a dense softmax router, no top-k.
+
+    Defaults follow the official release: the feed-forward projections, N = 8, r = 4, α = 32,
+    dropout 0.05. The balancing constraint defaults to δ = 0.1, β = 1e-4; the official script
+    ships it switched off, which ``balance_weight: 0`` reproduces.
+
+    Args:
+        experts: number of experts N.
+        rank: rank r of each expert.
+        alpha: scaling numerator α; each expert's update is scaled by α / r.
+        dropout: dropout on the experts' input (the router reads the clean input).
+        balance_delta: δ of the localized balancing constraint, in [0, 1).
+        balance_weight: β, the weight of the balancing loss added to the LM loss (0 turns it off).
+        targets: name patterns of the linear layers to wrap.
+    """
+
+    def __init__(self, experts: int = 8, rank: int = 4, alpha: float = 32.0, dropout: float = 0.05,
+                 balance_delta: float = 0.1, balance_weight: float = 1e-4,
+                 targets: Sequence[str] = FFN_PROJECTIONS) -> None:
+        super().__init__(rank, alpha, dropout, targets)
+        require_positive(experts=experts)
+        require_fraction(balance_delta=balance_delta)
+        if balance_weight < 0:
+            raise ValueError(f"balance_weight must be >= 0, got {balance_weight!r}")
+        self.experts = int(experts)
+        self.balance_delta, self.balance_weight = float(balance_delta), float(balance_weight)
+
+    def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> LoRAMoELinear:
+        return LoRAMoELinear(base, self.experts, self.rank, self.alpha, self.dropout,
+                             self.balance_delta, self.balance_weight, context)

@@ -1,0 +1,40 @@
+"""The adapters' equations written out term by term: a loop over experts, separate paths.
+
+This is the slow, literal form of Eq. 1–6 (and of LoRAMoE, which is Eq. 1–3 alone). The fast
+layers are tested against it, and the benchmark measures what the fused forms save over it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from maugpt.adapters.amoe_lora import AMoELoRALinear
+from maugpt.adapters.loramoe import LoRAMoELinear
+
+
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of ``x (B, T, d)`` over the tokens where ``mask (B, T)`` is true, sample by sample."""
+    if mask is None:
+        return x.mean(dim=1)
+    rows = [x[b][mask[b].bool()].sum(0) / max(int(mask[b].sum()), 1) for b in range(x.shape[0])]
+    return torch.stack(rows)
+
+
+def reference_forward(layer: LoRAMoELinear, x: Tensor) -> Tensor:
+    """``o = o_0 + o_1 (+ o_2)`` for a LoRAMoE or AMoE-LoRA layer, without any fusion.
+
+    ``x``: ``(B, T, d_in)``; masks come from the layer's context, as in the fast path.
+    """
+    o = layer.base(x)  # o_0
+    omega = torch.softmax(x @ layer.router, dim=-1)  # Eq. 1
+    for i in range(layer.experts):  # Eq. 2–3
+        A_i, B_i = layer.expert(i)
+        o = o + layer.scale * omega[..., i : i + 1] * ((x @ A_i) @ B_i)
+    if isinstance(layer, AMoELoRALinear):  # Eq. 4–5, with the per-sample matrices materialised
+        ctx = layer.context
+        mask = ctx.condition_mask if ctx.condition_mask is not None else ctx.token_mask
+        H = layer.anomaly_aware.hypernetwork(masked_mean(x, mask))  # (B, r, r)
+        A_0 = layer.anomaly_aware.W_a @ H  # (B, d_in, r)
+        B_0 = H @ layer.anomaly_aware.W_b  # (B, r, d_out)
+        o = o + layer.scale * torch.bmm(torch.bmm(x, A_0), B_0)
+    return o  # Eq. 6

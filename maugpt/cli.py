@@ -1,0 +1,50 @@
+"""The ``maugpt`` command line.
+
+Sub-commands are plain typed functions: their signatures and docstrings are the ``--help``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+from jsonargparse import auto_cli
+from safetensors import safe_open
+
+from maugpt.adapters.inject import read_adapter_metadata
+
+
+def adapter_info(path: str) -> None:
+    """Describe a saved adapter file: the configuration that built it and the tensors it holds.
+
+    Args:
+        path: a ``.safetensors`` file written by ``maugpt.adapters.save_adapter``.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"maugpt adapter-info: {file} does not exist or is not a file")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise SystemExit(f"maugpt adapter-info: {file} is not a readable safetensors file ({err})") from None
+    config, layers = read_adapter_metadata(file)
+    total = sum(math.prod(shape) for shape in shapes.values())
+    print(f"file: {file}")
+    print(f"adapter: {json.dumps(config) if config else 'unknown (saved without a configuration)'}")
+    print(f"adapted layers: {len(layers) if layers else 'unknown'}; tensors: {len(shapes)}; parameters: {total:,}")
+    kinds = Counter((re.sub(r"\.\d+\.", ".*.", key), shape) for key, shape in shapes.items())
+    width = max(len(key) for key, _ in kinds) + 2
+    for (key, shape), count in sorted(kinds.items()):
+        print(f"  {key:<{width}} {str(shape):<14} ×{count}")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``maugpt`` console script."""
+    auto_cli({"adapter-info": adapter_info}, args=args)
+
+
+if __name__ == "__main__":
+    main()
