@@ -65,10 +65,14 @@ class AdapterContext:
         # Generation: the anomaly-aware core each layer computed at prefill, reused per new token.
         self.frozen_cores: dict[nn.Module, Tensor] = {}
         # The most recent (layer input, pooled condition): q/k/v (and gate/up) read the same x,
-        # so the masked mean is computed once per layer input, not once per module.
+        # so the masked mean is computed once per layer input, not once per module. Dropped
+        # after every forward of the adapted model (see end_forward), so that a tensor fed
+        # again in a later forward never reuses a result whose autograd graph is gone.
         self._pooled: tuple[Tensor, Tensor] | None = None
-        # Written by inject(): each parameter's requires_grad before freezing, for unwrap().
+        # Written by inject(): each parameter's requires_grad before freezing, and the model's
+        # forward hook; unwrap() restores the one and removes the other.
         self.requires_grad_before: dict[int, bool] = {}
+        self.hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     def set(
         self,
@@ -95,6 +99,10 @@ class AdapterContext:
         self.record = record
         self.freeze_condition = freeze_condition
         self.frozen_cores = {}
+        self._pooled = None
+
+    def end_forward(self, *_: Any) -> None:
+        """Forget the cached layer input; runs after each forward of the adapted model."""
         self._pooled = None
 
     def clear(self) -> None:

@@ -71,6 +71,7 @@ def inject(model: nn.Module, adapter: Adapter) -> list[str]:
     # Remember who trained before, so that unwrap() gives the model back exactly as it came.
     context.requires_grad_before = {id(p): p.requires_grad for p in model.parameters()}
     model.requires_grad_(False)
+    context.hooks.append(model.register_forward_hook(context.end_forward))
     for name in chosen:
         parent, child = _parent(model, name)
         layer = adapter.wrap(getattr(parent, child), context)
@@ -86,9 +87,11 @@ def unwrap(model: nn.Module) -> nn.Module:
         parent, child = _parent(model, name)
         setattr(parent, child, layer.base)
     if layers:
-        before = layers[0][1].context.requires_grad_before
+        context = layers[0][1].context
         for p in model.parameters():
-            p.requires_grad_(before.get(id(p), p.requires_grad))
+            p.requires_grad_(context.requires_grad_before.get(id(p), p.requires_grad))
+        for hook in context.hooks:
+            hook.remove()
     return model
 
 

@@ -115,3 +115,15 @@ def test_the_hypernetwork_starts_at_the_identity_core_and_the_expert_at_zero():
     core = layer.anomaly_aware.hypernetwork(torch.randn(5, 8))
     assert torch.equal(core, torch.eye(3).expand(5, 3, 3))
     assert torch.equal(layer.anomaly_aware.W_b, torch.zeros(3, 8))
+
+
+def test_the_same_input_tensor_in_two_training_steps_does_not_reuse_a_freed_graph():
+    # The cached masked mean must not outlive the forward it was computed in.
+    net = nn.Sequential(nn.Linear(16, 16))
+    inject(net, AMoELoRA(experts=2, rank=2, hyper_hidden=4, targets=["0"]))
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    adapter_context(net).set(condition_mask=mask)
+    for _ in range(2):
+        net(x).square().sum().backward()
+    assert adapter_context(net)._pooled is None

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from maugpt.adapters import (
-    AMoELoRA, LoRA, LoRAMoE, adapter_layers, auxiliary_loss, count_parameters, inject,
+    AMoELoRA, LoRA, LoRAMoE, adapter_context, adapter_layers, auxiliary_loss, count_parameters, inject,
 )
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
@@ -120,3 +120,27 @@ def test_adapters_work_under_bfloat16_autocast_with_float32_weights():
     assert torch.isfinite(loss) and layer.B.grad.dtype == torch.float32
     # Without autocast the adapter computes in its own dtype and casts back.
     assert model(ids).logits.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kind", ADAPTERS)
+def test_activation_checkpointing_gives_the_same_gradients(kind):
+    # The context stays set after the forward, so the re-run during backward sees the same masks.
+    ids = torch.randint(1, 96, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, :3] = False
+    prompt = mask.clone()
+    prompt[:, 6:] = False
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_causal_lm()
+        inject(model, ADAPTERS[kind]())
+        model.double().train()
+        randomize_adapters(model)
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        adapter_context(model).set(token_mask=mask, condition_mask=prompt, sample_labels=torch.tensor([0, 1]))
+        model(ids, attention_mask=mask.long(), labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=1e-12, msg=name)

@@ -1,0 +1,45 @@
+"""The adapter benchmark's bookkeeping (never its timings): counts and saved-activation bytes."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+spec = importlib.util.spec_from_file_location("bench_adapters", Path(__file__).parents[1] / "benchmarks" / "adapters.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bench  # dataclasses look their module up there
+spec.loader.exec_module(bench)
+
+SHAPE = dict(batch=2, tokens=8, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+             num_attention_heads=2, num_key_value_heads=1, vocab_size=64)
+
+
+def test_projection_rows_count_parameters_and_saved_activations():
+    rows = {r.variant: r for r in bench.bench_projection(SHAPE, torch.device("cpu"), rounds=1, steps=1, warmup=0)}
+    assert list(rows) == list(bench.VARIANTS)
+    d, o, n, r, h = 16, 24, 16, 4, 64
+    generalist = n * r * (d + o) + d * n
+    assert rows["floor (frozen base)"].trainable == 0
+    assert rows["LoRA r=64"].trainable == 64 * (d + o)
+    assert rows["LoRAMoE 16x4"].trainable == generalist
+    assert rows["AMoE-LoRA 16x4 + hypernetwork"].trainable == generalist + r * (d + o) + d * h + h + h * r * r + r * r
+    # A frozen projection needs only its weight (a parameter, not counted) for the input's
+    # gradient, so the floor saves just the output that square() keeps: 2·8·24 floats.
+    assert rows["floor (frozen base)"].memory_bytes == 4 * 2 * 8 * 24
+    # LoRA adds x (for A's gradient) and the (…, 64) intermediate (for B's): 2·8·(16 + 64) floats.
+    assert rows["LoRA r=64"].memory_bytes == 4 * 2 * 8 * (24 + 16 + 64)
+    fused, literal = rows["AMoE-LoRA 16x4 + hypernetwork"], rows["AMoE-LoRA, literal Eq. 1-6 (loop)"]
+    assert literal.trainable == fused.trainable and literal.memory_bytes > fused.memory_bytes
+    assert all(row.step_s > 0 and not row.error for row in rows.values())
+
+
+def test_the_table_puts_every_variant_against_its_floor():
+    rows = [bench.Result("model", "floor (frozen base)", 0, 0.2, 100),
+            bench.Result("model", "LoRA r=64", 10, 0.3, 150),
+            bench.Result("model", "loop", 10, error="out of memory")]
+    text = bench.table(rows, "test device", "peak allocated")
+    assert "| model | floor (frozen base) | 0 | 200.0 | 1.00 | 0.0 | 1.00 |" in text
+    assert "| model | LoRA r=64 | 10 | 300.0 | 1.50 | 0.0 | 1.50 |" in text
+    assert "| model | loop | 10 | out of memory | | | |" in text
