@@ -31,7 +31,7 @@ class LoRALinear(AdapterLayer):
                  context: AdapterContext | None = None) -> None:
         super().__init__(base, context)
         self.rank, self.scale = rank, alpha / rank
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.A = low_rank_init(self.in_features, rank, base.weight.device)
         self.B = zero_init(rank, self.out_features, base.weight.device)
 
@@ -39,7 +39,7 @@ class LoRALinear(AdapterLayer):
         return {"lora": self.rank * (self.in_features + self.out_features)}
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.adapter_input(self.dropout(x), self.A)
+        h = self.adapter_input(x if self.dropout is None else self.dropout(x), self.A)
         # Scaling the (…, r) intermediate is r/d_out cheaper than scaling the output.
         return self.add_low_rank(self.base(x), (h @ self.A) * self.scale, self.B)
 
