@@ -1,0 +1,71 @@
+"""Build MAU-Set shards from the public sources' release folders."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+from PIL import UnidentifiedImageError
+from tqdm import tqdm
+
+from maugpt.data.knowledge import Knowledge
+from maugpt.data.schema import SOURCES, SourceImage
+from maugpt.data.shards import prepare_output, source_sample, write_split
+from maugpt.data.sources import SCANNERS
+from maugpt.data.split import split_images
+from maugpt.data.stats import format_statistics
+
+log = logging.getLogger(__name__)
+
+
+def skip_unreadable(items: Iterable, make: Callable, skipped: list[str]) -> Iterator:
+    """``make(item)`` for each item; an unreadable file is logged, counted in ``skipped`` and passed over."""
+    for item in items:
+        try:
+            yield make(item)
+        except (OSError, UnidentifiedImageError, SyntaxError) as err:  # PIL's errors for damaged files
+            skipped.append(f"{getattr(item, 'image', item)}: {err}")
+            log.warning("skipping unreadable image %s (%s)", getattr(item, "image", item), err)
+
+
+def scan_sources(sources: Sequence[str], root: Path) -> list[SourceImage]:
+    """All images of ``sources``; with several sources, ``root/<source>`` holds each release."""
+    unknown = [s for s in sources if s not in SCANNERS]
+    if unknown:
+        raise ValueError(f"unknown source(s) {unknown}; expected some of {list(SOURCES)}")
+    images = []
+    for source in sources:
+        images += SCANNERS[source](root if len(sources) == 1 else root / source)
+    return images
+
+
+def build_mauset(sources: Sequence[str], root: Path, out: Path, *, seed: int = 0, test: float = 0.2,
+                 val: float = 0.05, max_side: int = 512, image_format: str = "jpg", maxcount: int = 1000,
+                 maxsize: float = 1e9, overwrite: bool = False, knowledge: Knowledge | None = None,
+                 progress: bool = True) -> dict[str, dict]:
+    """Scan the sources, split them (the paper's procedure), build QA, and write shards per split.
+
+    Returns the statistics of each split written; they are also saved as ``<split>/stats.json``
+    and printed as tables. Unreadable images are skipped, counted and listed in the log.
+    """
+    root, out = Path(root), Path(out)
+    knowledge = knowledge or Knowledge()
+    images = scan_sources(sources, root)
+    for image in images:  # fail before writing anything if the data files miss a product or class
+        knowledge.product(image.source, image.product)
+        if image.is_anomalous:
+            knowledge.defect(image.source, image.product, image.defect_class)
+    prepare_output(out, overwrite)
+    all_stats = {}
+    for split, members in split_images(images, test=test, val=val, seed=seed).items():
+        if not members:
+            continue
+        bar = tqdm(members, desc=f"{split:>5}", unit="img", disable=not progress)
+        skipped: list[str] = []
+        samples = skip_unreadable(
+            bar, lambda im: source_sample(im, split, knowledge, seed, max_side, image_format), skipped)
+        all_stats[split] = write_split(samples, out / split, maxcount, maxsize, skipped)
+        print(format_statistics(all_stats[split], f"{split} ({', '.join(sources)})"))
+        if skipped:
+            print(f"{split}: skipped {len(skipped)} unreadable image(s); first: {skipped[:3]}")
+    return all_stats

@@ -1,0 +1,311 @@
+"""``MAUSetDataModule``: MAU-Set (or caption) shards streamed into chat-formatted training batches.
+
+Training streams resampled shards: each rank draws from its own subset of shards (split by node
+when there are at least as many shards as ranks), each worker with its own seed, through a
+shuffle buffer, and every rank gets exactly ``batches_per_epoch`` batches, so that no DDP or FSDP
+rank waits for another. Validation and test read every example exactly once across all ranks
+and workers: the examples are planned from the shards' JSON records, cut into one contiguous
+range per (rank, worker), and the shorter ranges are padded with copies flagged ``valid=False``,
+so that every rank runs the same number of batches.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import random
+import tarfile
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from transformers import AutoTokenizer
+
+from maugpt.data.encode import ChatEncoder, collate, image_transform
+from maugpt.data.knowledge import TASKS
+from maugpt.data.reader import SkipCounter, decode_or_skip, decode_sample, read_index, shard_urls
+
+log = logging.getLogger(__name__)
+Packing = Literal["conversation", "qa"]
+
+
+class ExampleEncoder:
+    """Turns one decoded sample into model examples: filters, packing, images, tokens."""
+
+    def __init__(self, tokenizer: str, vision_encoder: str, image_tokens: int, max_length: int = 2048,
+                 packing: Packing = "conversation", tasks: list[str] | None = None,
+                 domains: list[str] | None = None, sources: list[str] | None = None, references: int = 0,
+                 system_prompt: str | None = None) -> None:
+        if packing not in ("conversation", "qa"):
+            raise ValueError(f"packing must be 'conversation' or 'qa', got {packing!r}")
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.chat = ChatEncoder(self.tokenizer, image_tokens, max_length, system_prompt=system_prompt)
+        self.transform = image_transform(vision_encoder)
+        self.packing, self.references = packing, references
+        self.tasks, self.domains, self.sources = (set(x) if x else None for x in (tasks, domains, sources))
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
+            else self.tokenizer.eos_token_id
+
+    def groups(self, record: dict) -> list[list[int]]:
+        """Indices of the QA pairs that form each example of ``record`` (empty if it is filtered out)."""
+        if (self.domains and record["domain"] not in self.domains) or \
+                (self.sources and record["source"] not in self.sources):
+            return []
+        kept = [i for i, qa in enumerate(record["qa"]) if not self.tasks or qa["task"] in self.tasks]
+        if not kept:
+            return []
+        return [kept] if self.packing == "conversation" else [[i] for i in kept]
+
+    def images(self, sample: dict) -> torch.Tensor:
+        """``(1 + references, 3, H, W)``: the query image, then the normal references."""
+        query = next((sample[k] for k in ("jpg", "png", "jpeg") if k in sample), None)
+        if query is None:
+            raise ValueError(f"sample {sample.get('__key__')!r} has no image")
+        refs = sorted(k for k in sample if k.startswith("ref"))[: self.references]
+        if len(refs) < self.references:
+            raise ValueError(f"sample {sample.get('__key__')!r} has {len(refs)} reference image(s); "
+                             f"{self.references} are configured")
+        return torch.stack([self.transform(query)] + [self.transform(sample[k]) for k in refs])
+
+    def example(self, record: dict, pixels: torch.Tensor, group: list[int], valid: bool = True) -> dict:
+        pairs = [(record["qa"][i]["question"], record["qa"][i]["answer"]) for i in group]
+        encoded = self.chat.encode(pairs, images=pixels.shape[0])
+        meta = {"key": record["key"], "source": record["source"], "domain": record["domain"],
+                "product": record["product"], "is_anomalous": record["is_anomalous"], "qa_index": group,
+                "tasks": [record["qa"][i]["task"] for i in group]}
+        return {"input_ids": encoded.input_ids, "labels": encoded.labels, "condition_end": encoded.condition_end,
+                "pixel_values": pixels, "meta": meta, "valid": valid}
+
+    def __call__(self, sample: dict) -> list[dict]:
+        groups = self.groups(sample["json"])
+        if not groups:
+            return []
+        pixels = self.images(sample)
+        return [self.example(sample["json"], pixels, group) for group in groups]
+
+
+def worker_slot() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class TrainExamples(IterableDataset):
+    """An endless, shuffled stream of training examples for one rank (see the module docstring)."""
+
+    def __init__(self, urls: list[str], encoder: ExampleEncoder, rank: int = 0, world_size: int = 1,
+                 shuffle_buffer: int = 1000, seed: int = 0) -> None:
+        self.urls, self.encoder, self.rank, self.world_size = urls, encoder, rank, world_size
+        self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
+
+    def rank_urls(self) -> list[str]:
+        """This rank's shards: split by node when every rank can have its own."""
+        if len(self.urls) >= self.world_size:
+            return self.urls[self.rank::self.world_size]
+        return self.urls
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, _ = worker_slot()
+        seed = random.Random(f"{self.seed}:{self.rank}:{worker}:{self.epoch}").randrange(2**31)
+        stream = wds.DataPipeline(
+            wds.ResampledShards(self.rank_urls(), seed=seed, deterministic=True),
+            wds.tarfile_to_samples(handler=wds.warn_and_continue),
+            wds.shuffle(self.shuffle_buffer, rng=random.Random(seed)),
+        )
+        counter = SkipCounter()
+        for sample in decode_or_skip(stream, counter):
+            try:
+                examples = self.encoder(sample)
+            except ValueError as err:  # a sample the configuration cannot use: count it, go on
+                counter.count += 1
+                log.warning("skipping sample %r: %s", sample.get("__key__"), err)
+                continue
+            for example in examples:
+                example["skipped"] = counter.take()
+                yield example
+
+
+def scan_records(url: str) -> list[dict]:
+    """The JSON records of one shard, read without decoding any image (undecodable ones left out)."""
+    records = []
+    with tarfile.open(url) as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".json"):
+                try:
+                    records.append(json.loads(tar.extractfile(member).read()))
+                except ValueError:
+                    continue  # counted when the worker meets the sample
+    return records
+
+
+class EvalExamples(IterableDataset):
+    """Every example of an evaluation split once across ranks and workers, in equal counts per rank."""
+
+    def __init__(self, urls: list[str], encoder: ExampleEncoder, rank: int = 0, world_size: int = 1) -> None:
+        self.urls, self.encoder, self.rank, self.world_size = urls, encoder, rank, world_size
+        # The plan: (shard index, sample key, QA indices) of every example, in shard order.
+        self.plan = [(i, record["key"], group) for i, url in enumerate(urls) for record in scan_records(url)
+                     for group in encoder.groups(record)]
+
+    def per_worker(self, workers: int) -> int:
+        """Examples each (rank, worker) yields, padding included."""
+        return math.ceil(len(self.plan) / (self.world_size * workers)) if self.plan else 0
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = worker_slot()
+        slots, slot = self.world_size * workers, self.rank * workers + worker
+        n = len(self.plan)
+        mine = self.plan[slot * n // slots:(slot + 1) * n // slots]
+        target = self.per_worker(workers)
+        produced, last, counter = 0, None, SkipCounter()
+        wanted: dict[tuple[int, str], list[list[int]]] = {}
+        for shard, key, group in mine:
+            wanted.setdefault((shard, key), []).append(group)
+        for shard in sorted({s for s, _ in wanted}):
+            raw_samples = wds.DataPipeline(wds.SimpleShardList([self.urls[shard]]),
+                                           wds.tarfile_to_samples(handler=wds.warn_and_continue))
+            for raw in raw_samples:
+                groups = wanted.get((shard, raw.get("__key__")))
+                if not groups:
+                    continue
+                try:
+                    sample = decode_sample(raw)
+                    pixels = self.encoder.images(sample)
+                    examples = [self.encoder.example(sample["json"], pixels, g) for g in groups]
+                except Exception as err:  # a damaged sample still occupies its places, flagged invalid
+                    counter.count += 1
+                    log.warning("skipping sample %r in %s: %s", raw.get("__key__"), self.urls[shard], err)
+                    if last is None:
+                        continue
+                    examples = [{**last, "valid": False} for _ in groups]
+                for example in examples:
+                    example["skipped"] = counter.take()
+                    produced += 1
+                    last = example
+                    yield example
+        while produced < target and last is not None:  # equal counts on every rank
+            produced += 1
+            yield {**last, "valid": False, "skipped": counter.take()}
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader over an endless dataset that yields exactly ``batches`` batches per epoch."""
+
+    def __init__(self, dataset: TrainExamples, batches: int, epoch: Callable[[], int], **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.batches, self.epoch = batches, epoch
+
+    def __iter__(self):
+        self.dataset.epoch = self.epoch()  # set before the workers copy the dataset
+        return itertools.islice(super().__iter__(), self.batches)
+
+    def __len__(self) -> int:
+        return self.batches
+
+
+class MAUSetDataModule(L.LightningDataModule):
+    """MAU-Set shards as batches for a LLaVA-style model.
+
+    Args:
+        data_dir: folder with ``train/``, ``val/`` and ``test/`` split folders (written by the builders).
+        tokenizer: the LLM's tokenizer (local folder or hub id); it needs a chat template and
+            ``<image>`` as a single token.
+        vision_encoder: timm model name or local folder with ``config.json``; its data config
+            gives the image transform.
+        image_tokens: visual-token slots per image (the model's patch count).
+        batch_size: examples per batch on each rank.
+        eval_batch_size: examples per validation/test batch (default: ``batch_size``).
+        num_workers: data-loading workers per rank.
+        max_length: longest token sequence; see :class:`~maugpt.data.encode.ChatEncoder`.
+        packing: ``conversation``: all QA pairs of an image as one multi-turn chat (one image
+            encoding for 7–8 answers); ``qa``: one QA pair per example.
+        tasks: keep only these tasks' QA pairs (default: all).
+        domains: keep only images of these domains.
+        sources: keep only images of these sources.
+        references: normal reference images per example (the samples must hold them).
+        shuffle_buffer: samples in the training shuffle buffer.
+        batches_per_epoch: training batches per epoch and rank (default: about one pass).
+        seed: seed of shard resampling and shuffling.
+        system_prompt: optional system message.
+        allow_pipe_urls: allow ``pipe:`` shard URLs (they run shell commands).
+    """
+
+    def __init__(self, data_dir: str, tokenizer: str, vision_encoder: str, image_tokens: int = 576,
+                 batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 2,
+                 max_length: int = 2048, packing: Packing = "conversation", tasks: list[str] | None = None,
+                 domains: list[str] | None = None, sources: list[str] | None = None, references: int = 0,
+                 shuffle_buffer: int = 1000, batches_per_epoch: int | None = None, seed: int = 0,
+                 system_prompt: str | None = None, allow_pipe_urls: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        unknown = sorted(set(tasks or []) - set(TASKS) - {"caption"})
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; expected some of {[*TASKS, 'caption']}")
+        self.data_dir = Path(data_dir)
+        self.encoder: ExampleEncoder | None = None
+
+    def urls(self, split: str) -> list[str]:
+        folder = self.data_dir / split
+        urls = shard_urls(folder)
+        if any(u.startswith("pipe:") for u in urls) and not self.hparams.allow_pipe_urls:
+            raise ValueError(f"{folder} lists pipe: URLs, which run shell commands; set allow_pipe_urls to use them")
+        return urls
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.encoder is None:
+            h = self.hparams
+            self.encoder = ExampleEncoder(h.tokenizer, h.vision_encoder, h.image_tokens, h.max_length, h.packing,
+                                          h.tasks, h.domains, h.sources, h.references, h.system_prompt)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataset(self, rank: int = 0, world_size: int = 1) -> TrainExamples:
+        self.setup()
+        return TrainExamples(self.urls("train"), self.encoder, rank, world_size, self.hparams.shuffle_buffer,
+                             self.hparams.seed)
+
+    def eval_dataset(self, split: str, rank: int = 0, world_size: int = 1) -> EvalExamples:
+        self.setup()
+        return EvalExamples(self.urls(split), self.encoder, rank, world_size)
+
+    def default_batches_per_epoch(self, world_size: int) -> int:
+        """About one pass over the training split's examples, shared by all ranks."""
+        stats_path = self.data_dir / "train" / "stats.json"
+        stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
+        if stats and self.hparams.packing == "qa":
+            tasks = self.hparams.tasks or list(stats["task"])
+            examples = sum(stats["task"].get(t, 0) for t in tasks)
+        else:
+            examples = read_index(self.data_dir / "train")["samples"]
+        return max(1, examples // (self.hparams.batch_size * world_size))
+
+    def _loader(self, dataset, batch_size: int) -> dict:
+        return dict(batch_size=batch_size, num_workers=self.hparams.num_workers,
+                    collate_fn=partial(collate, pad_token_id=self.encoder.pad_token_id),
+                    persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> EpochLoader:
+        rank, world = self._rank()
+        dataset = self.train_dataset(rank, world)
+        batches = self.hparams.batches_per_epoch or self.default_batches_per_epoch(world)
+        trainer = self.trainer
+        epoch = (lambda: trainer.current_epoch) if trainer is not None else (lambda: dataset.epoch + 1)
+        return EpochLoader(dataset, batches, epoch, drop_last=True, **self._loader(dataset, self.hparams.batch_size))
+
+    def _eval_dataloader(self, split: str) -> DataLoader:
+        rank, world = self._rank()
+        dataset = self.eval_dataset(split, rank, world)
+        return DataLoader(dataset, **self._loader(dataset, self.hparams.eval_batch_size or self.hparams.batch_size))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_dataloader("test")

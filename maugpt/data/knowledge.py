@@ -1,0 +1,128 @@
+"""The MAU-Set data files: products and their domains, question pools, the defect knowledge base.
+
+They live under ``configs/mauset/`` so that a researcher edits data, not code:
+``products.yaml`` (source folder → display name, domain, texture or object), ``questions.yaml``
+(the five tasks' question pools and answer templates) and ``defects.yaml`` (defect kinds with
+appearance, causes, impact and remedy, and each source's defect classes mapped to a kind).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "mauset"
+TASKS = ("detection", "classification", "localization", "description", "understanding")
+DOMAINS = ("Industrial Components", "Electronic Components", "Construction Materials",
+           "Mechanical Parts", "Consumer Products", "Optical Inspection")
+
+
+@dataclass(frozen=True)
+class Product:
+    source: str
+    folder: str
+    name: str
+    domain: str
+    kind: str  # "texture" or "object"
+
+
+@dataclass(frozen=True)
+class Defect:
+    name: str
+    kind: str
+    appearance: str
+    causes: str
+    impact: str
+    remedy: str
+
+
+@dataclass(frozen=True)
+class Question:
+    task: str
+    style: str  # "discriminative" or "open"
+    text: str
+    aspect: str | None = None  # understanding questions: "causes", "impact" or "remedy"
+
+
+class Knowledge:
+    """Read-only access to the three data files, validated once at load."""
+
+    def __init__(self, root: str | Path = CONFIG_DIR) -> None:
+        self.root = Path(root)
+        self._products = self._load("products.yaml")
+        self._questions = self._load("questions.yaml")
+        self._defects = self._load("defects.yaml")
+        self._validate()
+
+    def _load(self, name: str) -> dict:
+        path = self.root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"MAU-Set data file {path} is missing (expected {name} in {self.root})")
+        with open(path) as f:
+            return yaml.safe_load(f)
+
+    def _validate(self) -> None:
+        for source, products in self._products["sources"].items():
+            for folder, entry in products.items():
+                if entry["domain"] not in DOMAINS:
+                    raise ValueError(f"products.yaml: {source}/{folder} has domain {entry['domain']!r}; "
+                                     f"expected one of {list(DOMAINS)}")
+        kinds = self._defects["kinds"]
+        for source, products in self._defects["classes"].items():
+            for product, classes in products.items():
+                for cls, spec in classes.items():
+                    kind = spec if isinstance(spec, str) else spec["kind"]
+                    if kind not in kinds:
+                        raise ValueError(f"defects.yaml: {source}/{product}/{cls} maps to unknown kind {kind!r}")
+        for task in (*TASKS, "caption"):
+            if len(self._questions[task]["questions"]) < 10:
+                raise ValueError(f"questions.yaml: task {task!r} needs at least 10 phrasings")
+
+    # -- products -----------------------------------------------------------------------
+    def products(self, source: str) -> dict[str, Product]:
+        """The product folders known for ``source``."""
+        entries = self._products["sources"].get(source)
+        if entries is None:
+            raise KeyError(f"unknown source {source!r}; products.yaml knows {sorted(self._products['sources'])}")
+        return {folder: Product(source, folder, **entry) for folder, entry in entries.items()}
+
+    def product(self, source: str, folder: str) -> Product:
+        products = self.products(source)
+        if folder not in products:
+            raise KeyError(f"{source} product folder {folder!r} is not in {self.root / 'products.yaml'}; "
+                           f"known: {sorted(products)}")
+        return products[folder]
+
+    # -- defects --------------------------------------------------------------------------
+    def defect(self, source: str, product: str, defect_class: str) -> Defect:
+        """The knowledge-base entry of one defect class of one product."""
+        by_product = self._defects["classes"].get(source, {})
+        classes = by_product.get(product) or by_product.get("*") or {}
+        if defect_class not in classes:
+            raise KeyError(f"defect class {defect_class!r} of {source}/{product} is not in "
+                           f"{self.root / 'defects.yaml'}; known: {sorted(classes)}")
+        spec = classes[defect_class]
+        spec = {"kind": spec} if isinstance(spec, str) else spec
+        name = spec.get("name", defect_class.replace("_", " "))
+        display = self.product(source, product).name
+        texts = {k: v.format(product=display) for k, v in self._defects["kinds"][spec["kind"]].items()}
+        return Defect(name=name, kind=spec["kind"], **texts)
+
+    # -- questions ------------------------------------------------------------------------
+    def questions(self, task: str, domain: str | None = None) -> list[Question]:
+        """The task's question pool; for ``understanding`` plus the domain's expert questions."""
+        entry = self._questions[task]
+        pool = list(entry["questions"])
+        if task == "understanding" and domain is not None:
+            pool += entry.get("expert", {}).get(domain, [])
+        return [Question(task, entry["style"], q["text"], q["aspect"]) if isinstance(q, dict)
+                else Question(task, entry["style"], q) for q in pool]
+
+    def answer_template(self, task: str, key: str) -> str:
+        return self._questions[task]["answers"][key]
+
+    @cached_property
+    def defect_kinds(self) -> dict[str, dict[str, str]]:
+        return self._defects["kinds"]

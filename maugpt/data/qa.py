@@ -1,0 +1,58 @@
+"""The shared QA construction: every builder, real or synthetic, makes its questions here.
+
+For each of the five tasks, 1–2 distinct questions are drawn from the task's pool (seeded per
+image), and the answer is written from the record's facts and the defect knowledge base.
+"""
+from __future__ import annotations
+
+import random
+
+from maugpt.data.knowledge import TASKS, Defect, Knowledge, Product
+
+
+def image_rng(seed: int, key: str) -> random.Random:
+    """A generator that depends only on the build seed and the image key (not on build order)."""
+    return random.Random(f"{seed}:{key}")
+
+
+def _box(location: dict) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in location["box"]) + "]"
+
+
+def answer(knowledge: Knowledge, question, product: Product, defect: Defect | None,
+           location: dict | None) -> str:
+    """The reference answer to ``question`` about one image."""
+    task = question.task
+    facts = {"product": product.name}
+    if defect is None:  # a normal image
+        return knowledge.answer_template(task, "normal").format(**facts)
+    facts.update(defect=defect.name, appearance=defect.appearance, causes=defect.causes,
+                 impact=defect.impact, remedy=defect.remedy)
+    if task == "understanding":
+        text = knowledge.answer_template(task, question.aspect).format(**facts)
+    elif task == "localization" and location is None:
+        text = knowledge.answer_template(task, "abnormal_unlocated").format(**facts)
+    else:
+        if location is not None:
+            facts.update(region=location["region"], box=_box(location))
+        text = knowledge.answer_template(task, "abnormal").format(**facts)
+    return text[0].upper() + text[1:]
+
+
+def build_qa(knowledge: Knowledge, product: Product, defect: Defect | None, location: dict | None,
+             rng: random.Random, per_task: tuple[int, int] = (1, 2)) -> list[dict]:
+    """1–2 QA pairs for each of the five tasks, in task order."""
+    pairs = []
+    for task in TASKS:
+        pool = knowledge.questions(task, product.domain)
+        for question in rng.sample(pool, rng.randint(*per_task)):
+            pairs.append({"task": task, "style": question.style,
+                          "question": question.text.format(product=product.name),
+                          "answer": answer(knowledge, question, product, defect, location)})
+    return pairs
+
+
+def build_caption_qa(knowledge: Knowledge, caption: str, rng: random.Random) -> list[dict]:
+    """One stage-1 caption pair: a brief-description instruction and the caption."""
+    question = rng.choice(knowledge.questions("caption"))
+    return [{"task": "caption", "style": question.style, "question": question.text, "answer": caption}]

@@ -1,0 +1,44 @@
+"""Helpers shared by the source builders: layout checks and file discovery."""
+from __future__ import annotations
+
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+class LayoutError(FileNotFoundError):
+    """A source root does not have the release layout its builder reads."""
+
+    def __init__(self, source: str, root: Path, expected: str, found: str) -> None:
+        super().__init__(f"{source}: {root} does not have the expected layout.\n  expected: {expected}\n"
+                         f"  found: {found}")
+
+
+def listing(root: Path, limit: int = 8) -> str:
+    """A short description of what a folder holds, for layout errors."""
+    if not root.exists():
+        return "the folder does not exist"
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    more = f", … ({len(entries)} entries)" if len(entries) > limit else ""
+    return (", ".join(entries[:limit]) + more) if entries else "an empty folder"
+
+
+def images_in(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def descend(root: Path, wrapper: str) -> Path:
+    """``root/wrapper`` if the release's wrapper folder is there, else ``root`` itself."""
+    return root / wrapper if (root / wrapper).is_dir() else root
+
+
+def find_by_stem(folder: Path, stem: str) -> Path | None:
+    """The image in ``folder`` named ``stem`` with any image suffix."""
+    for suffix in sorted(IMAGE_SUFFIXES) + [s.upper() for s in sorted(IMAGE_SUFFIXES)]:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None

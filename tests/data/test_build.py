@@ -1,0 +1,135 @@
+"""Building shards from release trees: QA per task, the split, statistics, and bad input."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from maugpt.data.build import build_mauset
+from maugpt.data.knowledge import TASKS
+from maugpt.data.reader import SkipCounter, iter_samples, read_index
+from maugpt.data.schema import SourceImage
+from maugpt.data.split import split_images
+from tests.data.releases import RELEASES
+
+
+def build_all(tmp_path, **kwargs):
+    root = tmp_path / "releases"
+    expected = {source: make(root / source) for source, make in RELEASES.items()}
+    stats = build_mauset(list(RELEASES), root, tmp_path / "out", progress=False, max_side=32, **kwargs)
+    return expected, stats
+
+
+def test_all_sources_build_into_readable_shards_with_matching_statistics(tmp_path):
+    expected, stats = build_all(tmp_path, test=0.25, val=0.0, maxcount=5)
+    total = sum(e["images"] for e in expected.values())
+    assert sum(s["images"] for s in stats.values()) == total == 47
+    assert sum(s["abnormal"] for s in stats.values()) == sum(e["anomalous"] for e in expected.values())
+    records = []
+    for split in stats:
+        index = read_index(tmp_path / "out" / split)
+        assert index["samples"] == stats[split]["images"]
+        assert all(shard["count"] <= 5 for shard in index["shards"])
+        samples = list(iter_samples(tmp_path / "out" / split))
+        assert len(samples) == index["samples"]
+        assert json.loads((tmp_path / "out" / split / "stats.json").read_text()) == stats[split]
+        for sample in samples:
+            record = sample["json"]
+            assert record["split"] == split and max(sample["jpg"].size) <= 32
+            assert (record["width"], record["height"]) == sample["jpg"].size
+            records.append(record)
+    per_source = Counter(r["source"] for r in records)
+    assert per_source == {s: e["images"] for s, e in expected.items()}
+
+
+def test_every_image_gets_one_or_two_questions_per_task(tmp_path):
+    build_all(tmp_path, test=0.0, val=0.0)
+    records = [s["json"] for s in iter_samples(tmp_path / "out" / "train")]
+    sizes = Counter()
+    for record in records:
+        per_task = Counter(qa["task"] for qa in record["qa"])
+        assert set(per_task) == set(TASKS) and all(n in (1, 2) for n in per_task.values())
+        assert [qa["task"] for qa in record["qa"]] == sorted((qa["task"] for qa in record["qa"]), key=TASKS.index)
+        questions = [qa["question"] for qa in record["qa"]]
+        assert len(set(questions)) == len(questions)
+        detection = [qa for qa in record["qa"] if qa["task"] == "detection"]
+        assert all(qa["style"] == "discriminative" and qa["answer"] == str(record["is_anomalous"]) for qa in detection)
+        sizes[len(record["qa"])] += 1
+    assert min(sizes) >= 5 and max(sizes) <= 10 and len(sizes) > 2  # 1–2 per task, sampled per image
+
+
+def test_locations_come_from_masks_and_boxes(tmp_path):
+    build_all(tmp_path, test=0.0, val=0.0)
+    records = {s["json"]["key"]: s["json"] for s in iter_samples(tmp_path / "out" / "train")}
+    assert records["mvtec_ad/bottle/test/broken_large/000"]["location"] == {"box": [0.75, 0.067, 0.95, 0.267], "region": "top right"}
+    assert records["mvtec_ad/bottle/test/contamination/000"]["location"]["region"] == "center"
+    assert records["mvtec_ad/grid/test/bent/000"]["location"]["region"] == "bottom left"
+    # Magnetic Tile's masks hold 90, not 255: still a defect; DeepPCB's union of boxes.
+    assert records["magnetic_tile/magnetic_tile/blowhole/exp0_num_0"]["location"] == {"box": [0.067, 0.05, 0.2, 0.15], "region": "top left"}
+    assert records["deeppcb/pcb/test/00041000"]["location"]["box"] == [0.05, 0.05, 0.875, 0.7]
+    uneven = records["magnetic_tile/magnetic_tile/uneven/exp0_num_0"]
+    assert uneven["is_anomalous"] and uneven["location"] is None
+    assert any("not confined to one region" in qa["answer"] for qa in uneven["qa"] if qa["task"] == "localization")
+
+
+def test_the_same_seed_builds_the_same_records(tmp_path):
+    root = tmp_path / "releases"
+    RELEASES["mvtec_ad"](root)
+    for name in ("a", "b"):
+        build_mauset(["mvtec_ad"], root, tmp_path / name, progress=False, seed=7, max_side=32)
+    for split in ("train", "test"):
+        a = [s["json"] for s in iter_samples(tmp_path / "a" / split)]
+        b = [s["json"] for s in iter_samples(tmp_path / "b" / split)]
+        assert a == b
+
+
+def test_split_keeps_each_sources_normal_abnormal_ratio():
+    images = [SourceImage("x", "p", f"x/{i}", None, is_anomalous=i < 10) for i in range(50)] + \
+             [SourceImage("y", "p", f"y/{i}", None, is_anomalous=i < 20) for i in range(20)]
+    splits = split_images(images, test=0.2, val=0.1, seed=3)
+    count = lambda split, src, anomalous: sum(im.source == src and im.is_anomalous == anomalous for im in splits[split])
+    assert [count("test", "x", True), count("test", "x", False), count("val", "x", True), count("val", "x", False)] == [2, 8, 1, 4]
+    assert [count("test", "y", True), count("val", "y", True), count("train", "y", True)] == [4, 2, 14]
+    assert sum(len(v) for v in splits.values()) == 70
+    assert split_images(images, test=0.2, val=0.1, seed=3) == splits
+
+
+def test_a_non_empty_output_folder_is_refused_unless_asked(tmp_path):
+    root = tmp_path / "releases"
+    RELEASES["mpdd"](root)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not empty; pass --overwrite"):
+        build_mauset(["mpdd"], root, out, progress=False)
+    build_mauset(["mpdd"], root, out, progress=False, overwrite=True)
+    assert (out / "mine.txt").read_text() == "keep me" and (out / "train" / "index.json").is_file()
+
+
+def test_an_unreadable_source_image_is_skipped_and_counted(tmp_path, caplog):
+    root = tmp_path / "releases"
+    RELEASES["mpdd"](root)
+    (root / "tubes/train/good/001.png").write_bytes(b"not a png")
+    stats = build_mauset(["mpdd"], root, tmp_path / "out", progress=False, test=0.0, val=0.0)
+    assert stats["train"]["images"] == 3 and stats["train"]["skipped_unreadable"] == 1
+    assert "skipping unreadable image" in caplog.text and "001.png" in caplog.text
+
+
+def test_a_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path):
+    import tarfile, io
+    shard = tmp_path / "split" / "shard-000000.tar"
+    shard.parent.mkdir()
+    good = {"key": "k1", "source": "s", "product": "p", "domain": "d", "split": "test", "is_anomalous": False, "qa": []}
+    members = {"k1.json": json.dumps(good).encode(), "k2.json": b"{broken", "k3.json": json.dumps({**good, "key": "k3"}).encode(),
+               "k3.jpg": b"\xff\xd8 not really a jpeg", "k4.pyd": b"cos\nsystem\n(S'echo pwned'\ntR."}
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (shard.parent / "index.json").write_text(json.dumps({"samples": 4, "shards": [{"name": shard.name, "count": 4}]}))
+    counter = SkipCounter()
+    samples = list(iter_samples(shard.parent, counter))
+    assert [s["__key__"] for s in samples] == ["k1"]
+    assert counter.count == 3  # broken JSON, broken image, and a pickle-only sample without a record

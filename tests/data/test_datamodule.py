@@ -1,0 +1,119 @@
+"""MAUSetDataModule: equal batch counts per rank, exactly-once evaluation, packing, filters, bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import pytest
+from torch.utils.data import DataLoader
+
+from maugpt.data.datamodule import MAUSetDataModule
+from maugpt.data.encode import IGNORE_INDEX, collate
+from maugpt.data.reader import iter_samples
+
+
+def datamodule(synthetic_dir, tokenizer_dir, vision_dir, **kwargs):
+    args = dict(data_dir=str(synthetic_dir / "mauset"), tokenizer=str(tokenizer_dir), vision_encoder=str(vision_dir),
+                image_tokens=4, batch_size=3, num_workers=2, max_length=1024, shuffle_buffer=8)
+    return MAUSetDataModule(**{**args, **kwargs})
+
+
+def loader(dm, dataset, batch_size):
+    return DataLoader(dataset, batch_size=batch_size, num_workers=2,
+                      collate_fn=lambda b: collate(b, dm.encoder.pad_token_id))
+
+
+@pytest.mark.parametrize("packing", ["conversation", "qa"])
+def test_validation_on_two_ranks_with_two_workers_sees_every_example_once(synthetic_dir, tokenizer_dir, vision_dir, packing):
+    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, packing=packing)
+    records = [s["json"] for s in iter_samples(synthetic_dir / "mauset" / "val")]
+    expected = Counter((r["key"], i) for r in records for i in range(len(r["qa"])))
+    seen, batches_per_rank = Counter(), []
+    for rank in range(2):
+        batches = list(loader(dm, dm.eval_dataset("val", rank, 2), 3))
+        batches_per_rank.append(len(batches))
+        for batch in batches:
+            for meta, valid in zip(batch["meta"], batch["valid"].tolist()):
+                if valid:
+                    seen.update((meta["key"], i) for i in meta["qa_index"])
+    assert seen == expected  # every QA pair of every image exactly once
+    assert batches_per_rank[0] == batches_per_rank[1] > 0
+
+
+def test_training_gives_every_rank_the_same_number_of_full_batches(synthetic_dir, tokenizer_dir, vision_dir):
+    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, batches_per_epoch=5, packing="qa")
+    dm.setup()
+    for rank in range(2):
+        batches = []
+        for _ in range(2):  # two epochs
+            from maugpt.data.datamodule import EpochLoader
+            dataset = dm.train_dataset(rank, 2)
+            batches.append(list(EpochLoader(dataset, 5, lambda: 0, batch_size=3, num_workers=2, drop_last=True,
+                                            collate_fn=lambda b: collate(b, dm.encoder.pad_token_id))))
+        assert [len(b) for b in batches] == [5, 5]
+        for batch in batches[0]:
+            assert batch["input_ids"].shape[0] == 3 and batch["pixel_values"].shape[1:] == (1, 3, 32, 32)
+            labelled = batch["labels"] != IGNORE_INDEX
+            assert labelled.any(1).all()  # every example has supervised tokens
+            assert not (labelled & ~batch["attention_mask"]).any()
+            assert not (labelled & batch["condition_mask"]).any()  # the condition never sees an answer
+
+
+def test_default_epoch_length_is_about_one_pass(synthetic_dir, tokenizer_dir, vision_dir):
+    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, batch_size=2)
+    samples = json.loads((synthetic_dir / "mauset" / "train" / "index.json").read_text())["samples"]
+    assert dm.default_batches_per_epoch(world_size=2) == samples // 4
+    assert len(dm.train_dataloader()) == samples // 2
+
+
+def test_filters_by_task_domain_and_source(synthetic_dir, tokenizer_dir, vision_dir):
+    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, packing="qa", tasks=["detection"],
+                    domains=["Electronic Components"])
+    dm.setup()
+    records = [s["json"] for s in iter_samples(synthetic_dir / "mauset" / "val")]
+    expected = sum(1 for r in records if r["domain"] == "Electronic Components" for qa in r["qa"] if qa["task"] == "detection")
+    examples = [e for e in dm.eval_dataset("val") if e["valid"]]
+    assert len(examples) == expected > 0
+    assert all(e["meta"]["tasks"] == ["detection"] and e["meta"]["domain"] == "Electronic Components" for e in examples)
+    dm_none = datamodule(synthetic_dir, tokenizer_dir, vision_dir, sources=["mvtec_ad"])
+    assert list(dm_none.eval_dataset("val")) == []
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['detect'\]"):
+        datamodule(synthetic_dir, tokenizer_dir, vision_dir, tasks=["detect"])
+
+
+def test_a_corrupt_image_in_a_shard_is_skipped_counted_and_keeps_counts_equal(synthetic_dir, tokenizer_dir, vision_dir, tmp_path):
+    import tarfile, io
+    data = tmp_path / "mauset"
+    shutil.copytree(synthetic_dir / "mauset", data)
+    shard = sorted((data / "val").glob("shard-*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    broken = next(m.name for m, _ in members if m.name.endswith(".png") and "mask" not in m.name and "ref" not in m.name)
+    with tarfile.open(shard, "w") as tar:
+        for member, payload in members:
+            payload = b"\x89PNG broken" if member.name == broken else payload
+            member.size = len(payload)
+            tar.addfile(member, io.BytesIO(payload))
+    dm = MAUSetDataModule(str(data), str(tokenizer_dir), str(vision_dir), image_tokens=4, batch_size=2, num_workers=0)
+    examples = list(dm.eval_dataset("val"))
+    clean = list(datamodule(synthetic_dir, tokenizer_dir, vision_dir).eval_dataset("val"))
+    assert len(examples) == len(clean)  # the damaged sample's place is kept, flagged invalid
+    assert sum(not e["valid"] for e in examples) == 1 and sum(e["skipped"] for e in examples) == 1
+
+
+def test_pipe_urls_need_explicit_permission(synthetic_dir, tokenizer_dir, vision_dir, tmp_path):
+    (tmp_path / "train").mkdir()
+    shards = [{"name": "x.tar", "count": 1}, {"name": "pipe:curl -s https://example.org/y.tar", "count": 1}]
+    (tmp_path / "train" / "index.json").write_text(json.dumps({"samples": 2, "shards": shards}))
+    dm = MAUSetDataModule(str(tmp_path), str(tokenizer_dir), str(vision_dir))
+    with pytest.raises(ValueError, match="lists pipe: URLs, which run shell commands; set allow_pipe_urls"):
+        dm.urls("train")
+    allowed = MAUSetDataModule(str(tmp_path), str(tokenizer_dir), str(vision_dir), allow_pipe_urls=True)
+    assert allowed.urls("train") == [str(tmp_path / "train" / "x.tar"), "pipe:curl -s https://example.org/y.tar"]
+
+
+def test_a_folder_without_shards_names_what_it_expected(tokenizer_dir, vision_dir, tmp_path):
+    dm = MAUSetDataModule(str(tmp_path), str(tokenizer_dir), str(vision_dir))
+    with pytest.raises(FileNotFoundError, match=r"train/index.json is missing: .*\(expected shard-\*\.tar files with index\.json\)"):
+        dm.train_dataloader()
