@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from transformers import AutoTokenizer
 
-from maugpt.data.encode import ChatEncoder, collate, image_transform
+from maugpt.data.encode import ChatEncoder, ImageTransform, collate
 from maugpt.data.knowledge import TASKS
 from maugpt.data.reader import SkipCounter, decode_or_skip, decode_sample, read_index, shard_urls
 
@@ -46,7 +46,7 @@ class ExampleEncoder:
             raise ValueError(f"packing must be 'conversation' or 'qa', got {packing!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self.chat = ChatEncoder(self.tokenizer, image_tokens, max_length, system_prompt=system_prompt)
-        self.transform = image_transform(vision_encoder)
+        self.transform = ImageTransform(vision_encoder)
         self.packing, self.references = packing, references
         self.tasks, self.domains, self.sources = (set(x) if x else None for x in (tasks, domains, sources))
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
@@ -62,8 +62,12 @@ class ExampleEncoder:
             return []
         return [kept] if self.packing == "conversation" else [[i] for i in kept]
 
+    def wants_image(self, name: str) -> bool:
+        """Which image members to decode: the query image and the configured references (no masks)."""
+        return "." not in name or (name.startswith("ref") and int(name[3:name.index(".")]) < self.references)
+
     def images(self, sample: dict) -> torch.Tensor:
-        """``(1 + references, 3, H, W)``: the query image, then the normal references."""
+        """``uint8 (1 + references, H, W, 3)``: the query image, then the normal references."""
         query = next((sample[k] for k in ("jpg", "png", "jpeg") if k in sample), None)
         if query is None:
             raise ValueError(f"sample {sample.get('__key__')!r} has no image")
@@ -71,6 +75,8 @@ class ExampleEncoder:
         if len(refs) < self.references:
             raise ValueError(f"sample {sample.get('__key__')!r} has {len(refs)} reference image(s); "
                              f"{self.references} are configured")
+        if not refs:
+            return self.transform(query).unsqueeze(0)
         return torch.stack([self.transform(query)] + [self.transform(sample[k]) for k in refs])
 
     def example(self, record: dict, pixels: torch.Tensor, group: list[int], valid: bool = True) -> dict:
@@ -118,7 +124,7 @@ class TrainExamples(IterableDataset):
             wds.shuffle(self.shuffle_buffer, rng=random.Random(seed)),
         )
         counter = SkipCounter()
-        for sample in decode_or_skip(stream, counter):
+        for sample in decode_or_skip(stream, counter, self.encoder.wants_image):
             try:
                 examples = self.encoder(sample)
             except ValueError as err:  # a sample the configuration cannot use: count it, go on
@@ -174,7 +180,7 @@ class EvalExamples(IterableDataset):
                 if not groups:
                     continue
                 try:
-                    sample = decode_sample(raw)
+                    sample = decode_sample(raw, self.encoder.wants_image)
                     pixels = self.encoder.images(sample)
                     examples = [self.encoder.example(sample["json"], pixels, g) for g in groups]
                 except Exception as err:  # a damaged sample still occupies its places, flagged invalid
@@ -261,6 +267,12 @@ class MAUSetDataModule(L.LightningDataModule):
             h = self.hparams
             self.encoder = ExampleEncoder(h.tokenizer, h.vision_encoder, h.image_tokens, h.max_length, h.packing,
                                           h.tasks, h.domains, h.sources, h.references, h.system_prompt)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Normalise the ``uint8`` images on the device they were moved to."""
+        if isinstance(batch, dict) and batch.get("pixel_values") is not None and batch["pixel_values"].dtype == torch.uint8:
+            batch["pixel_values"] = self.encoder.transform.normalize(batch["pixel_values"])
+        return batch
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import webdataset as wds
@@ -37,17 +37,18 @@ def shard_urls(folder: str | Path) -> list[str]:
             for shard in read_index(folder)["shards"]]
 
 
-def decode_sample(raw: dict) -> dict:
+def decode_sample(raw: dict, images: Callable[[str], bool] | None = None) -> dict:
     """Decode a raw WebDataset sample: images to PIL, ``json`` to a validated record, ``txt`` to str.
 
-    Members with any other extension (``.pyd``, ``.pickle``, …) are dropped undecoded.
+    ``images`` picks the image members to decode by name (default: all); the others, and members
+    with any other extension (``.pyd``, ``.pickle``, …), are dropped undecoded.
     """
     sample = {k: raw[k] for k in ("__key__", "__url__") if k in raw}
     for name, value in raw.items():
         if name.startswith("__"):
             continue
         extension = name.rsplit(".", 1)[-1].lower()
-        if extension in IMAGE_EXTENSIONS:
+        if extension in IMAGE_EXTENSIONS and (images is None or images(name)):
             image = Image.open(io.BytesIO(value))
             image.load()  # decode now, so a truncated file fails here and not in a transform
             sample[name] = image
@@ -72,11 +73,12 @@ class SkipCounter:
         return count
 
 
-def decode_or_skip(samples: Iterable[dict], counter: SkipCounter) -> Iterator[dict]:
+def decode_or_skip(samples: Iterable[dict], counter: SkipCounter,
+                   images: Callable[[str], bool] | None = None) -> Iterator[dict]:
     """Decoded samples; a damaged one is logged, counted in ``counter`` and passed over."""
     for raw in samples:
         try:
-            yield decode_sample(raw)
+            yield decode_sample(raw, images)
         except Exception as err:  # any damage in one sample: never stop a long run for it
             counter.count += 1
             log.warning("skipping undecodable sample %r in %s: %s", raw.get("__key__"), raw.get("__url__"), err)

@@ -133,3 +133,29 @@ def test_a_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path):
     samples = list(iter_samples(shard.parent, counter))
     assert [s["__key__"] for s in samples] == ["k1"]
     assert counter.count == 3  # broken JSON, broken image, and a pickle-only sample without a record
+
+
+# QA pairs per task for seed 0: fixed by the seed, each image's key and the pools' sizes
+# (1–2 per task per image); a change to questions.yaml's pool sizes changes them on purpose.
+QA_PER_TASK = {
+    "mvtec_ad": {"classification": 16, "description": 15, "detection": 15, "localization": 14, "understanding": 19},
+    "mpdd": {"classification": 7, "description": 8, "detection": 6, "localization": 6, "understanding": 6},
+    "btad": {"classification": 11, "description": 11, "detection": 8, "localization": 12, "understanding": 11},
+    "dagm": {"classification": 9, "description": 8, "detection": 11, "localization": 8, "understanding": 7},
+    "deeppcb": {"classification": 11, "description": 12, "detection": 10, "localization": 11, "understanding": 9},
+    "ksdd2": {"classification": 7, "description": 8, "detection": 7, "localization": 5, "understanding": 7},
+    "magnetic_tile": {"classification": 13, "description": 10, "detection": 12, "localization": 10, "understanding": 11},
+}
+
+
+@pytest.mark.parametrize("source", sorted(RELEASES))
+def test_each_source_builds_its_exact_counts(tmp_path, source):
+    expected = RELEASES[source](tmp_path / "release")
+    stats = build_mauset([source], tmp_path / "release", tmp_path / "out", progress=False, test=0.0, val=0.0,
+                         max_side=32)["train"]
+    assert (stats["images"], stats["abnormal"], stats["products"], stats["defect_classes"]) == \
+        (expected["images"], expected["anomalous"], expected["products"], expected["defect_classes"])
+    assert stats["task"] == QA_PER_TASK[source]
+    assert stats["qa_pairs"] == sum(QA_PER_TASK[source].values())
+    assert stats["style"] == {"discriminative": QA_PER_TASK[source]["detection"],
+                              "open": stats["qa_pairs"] - QA_PER_TASK[source]["detection"]}

@@ -6,6 +6,7 @@ import shutil
 from collections import Counter
 
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from maugpt.data.datamodule import MAUSetDataModule
@@ -53,7 +54,9 @@ def test_training_gives_every_rank_the_same_number_of_full_batches(synthetic_dir
                                             collate_fn=lambda b: collate(b, dm.encoder.pad_token_id))))
         assert [len(b) for b in batches] == [5, 5]
         for batch in batches[0]:
-            assert batch["input_ids"].shape[0] == 3 and batch["pixel_values"].shape[1:] == (1, 3, 32, 32)
+            assert batch["input_ids"].shape[0] == 3 and batch["pixel_values"].shape[1:] == (1, 32, 32, 3)
+            normalised = dm.on_after_batch_transfer(dict(batch), 0)["pixel_values"]
+            assert normalised.dtype == torch.float32 and normalised.shape[1:] == (1, 3, 32, 32)
             labelled = batch["labels"] != IGNORE_INDEX
             assert labelled.any(1).all()  # every example has supervised tokens
             assert not (labelled & ~batch["attention_mask"]).any()

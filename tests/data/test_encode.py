@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from maugpt.data.encode import IGNORE_INDEX, ChatEncoder, collate, image_transform
+from maugpt.data.encode import IGNORE_INDEX, ChatEncoder, ImageTransform, collate
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +20,18 @@ PAIRS = [("Is there any defect in this image of a screw? Answer True or False.",
 def test_labels_are_the_answers_and_their_turn_ends_exactly(tokenizer):
     encoded = ChatEncoder(tokenizer, image_tokens=5).encode(PAIRS, images=2)
     image_id = tokenizer.convert_tokens_to_ids("<image>")
-    assert encoded.input_ids.count(image_id) == 10
-    supervised = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
-    assert all(label in (IGNORE_INDEX, token) for token, label in zip(encoded.input_ids, encoded.labels))
+    assert encoded.input_ids.tolist().count(image_id) == 10
+    ids, labels = encoded.input_ids.tolist(), encoded.labels.tolist()
+    supervised = [t for t, label in zip(ids, labels) if label != IGNORE_INDEX]
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels))
     assert tokenizer.decode(supervised) == "True<|im_end|>\nThe screw has a scratch defect.<|im_end|>\n"
-    full = tokenizer.decode([t for t in encoded.input_ids if t != image_id])
+    full = tokenizer.decode([t for t in ids if t != image_id])
     assert full == tokenizer.apply_chat_template(
         [{"role": "user", "content": "<image>\n<image>\n" + PAIRS[0][0]}, {"role": "assistant", "content": "True"},
          {"role": "user", "content": PAIRS[1][0]}, {"role": "assistant", "content": PAIRS[1][1]}],
         tokenize=False).replace("<image>", "")
     # The condition (prompt) ends where the first answer starts.
-    assert tokenizer.decode(encoded.input_ids[encoded.condition_end:encoded.condition_end + 1]) == "True"
+    assert tokenizer.decode(ids[encoded.condition_end:encoded.condition_end + 1]) == "True"
 
 
 def test_truncation_drops_whole_pairs_then_cuts_inside_the_answer(tokenizer):
@@ -38,10 +39,10 @@ def test_truncation_drops_whole_pairs_then_cuts_inside_the_answer(tokenizer):
     one = encoder.encode(PAIRS[:1]).input_ids
     both = encoder.encode(PAIRS).input_ids
     encoder.max_length = len(both) - 1
-    assert encoder.encode(PAIRS).input_ids == one  # the second pair went, whole
+    assert torch.equal(encoder.encode(PAIRS).input_ids, one)  # the second pair went, whole
     encoder.max_length = len(one) - 1
     cut = encoder.encode(PAIRS[1:])
-    assert len(cut.input_ids) == len(one) - 1 and any(label != IGNORE_INDEX for label in cut.labels)
+    assert len(cut.input_ids) == len(one) - 1 and (cut.labels != IGNORE_INDEX).any()
     encoder.max_length = 10
     with pytest.raises(ValueError, match=r"max_length 10 leaves no room for an answer: 1 image\(s\) × 5 tokens"):
         encoder.encode(PAIRS)
@@ -56,12 +57,24 @@ def test_a_tokenizer_without_the_image_token_is_refused(tokenizer_dir):
 def test_images_are_padded_to_square_then_transformed_by_the_timm_config(vision_dir):
     from PIL import Image
 
-    transform = image_transform(str(vision_dir))
-    tall = Image.new("RGB", (10, 40), (255, 255, 255))
-    pixels = transform(tall)
-    assert pixels.shape == (3, 32, 32)
+    transform = ImageTransform(str(vision_dir))
+    pixels = transform(Image.new("RGB", (10, 40), (255, 255, 255)))
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == torch.uint8
+    normal = transform.normalize(pixels[None])[0]
     # white (1.0 → +1 after normalisation) in the middle columns, the mean grey (→ ~0) at the sides
-    assert pixels[:, :, 16].min() > 0.9 and pixels[:, :, 0].abs().max() < 0.02
+    assert normal[:, :, 16].min() > 0.99 and normal[:, :, 0].abs().max() < 0.01
+
+
+def test_transform_matches_timms_own_float_transform(vision_dir):
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+    import json, numpy as np
+
+    config = json.loads((vision_dir / "config.json").read_text())["pretrained_cfg"]
+    reference = create_transform(**resolve_data_config(pretrained_cfg=config), is_training=False)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    transform = ImageTransform(str(vision_dir))
+    torch.testing.assert_close(transform.normalize(transform(image)), reference(image), rtol=0, atol=1e-5)
 
 
 def test_collate_pads_right_and_masks_padding(tokenizer):
@@ -70,10 +83,10 @@ def test_collate_pads_right_and_masks_padding(tokenizer):
     for pairs in (PAIRS, PAIRS[:1]):
         e = encoder.encode(pairs)
         examples.append({"input_ids": e.input_ids, "labels": e.labels, "condition_end": e.condition_end,
-                         "pixel_values": torch.zeros(1, 3, 4, 4), "meta": {}, "skipped": 1})
+                         "pixel_values": torch.zeros(1, 4, 4, 3, dtype=torch.uint8), "meta": {}, "skipped": 1})
     batch = collate(examples, pad_token_id=tokenizer.pad_token_id)
     n0, n1 = len(examples[0]["input_ids"]), len(examples[1]["input_ids"])
     assert batch["input_ids"].shape == (2, n0) and batch["attention_mask"].sum(1).tolist() == [n0, n1]
     assert (batch["labels"][1, n1:] == IGNORE_INDEX).all() and (batch["input_ids"][1, n1:] == tokenizer.pad_token_id).all()
     assert batch["condition_mask"].sum(1).tolist() == [examples[0]["condition_end"], examples[1]["condition_end"]]
-    assert batch["pixel_values"].shape == (2, 1, 3, 4, 4) and batch["skipped"] == 2 and batch["valid"].all()
+    assert batch["pixel_values"].shape == (2, 1, 4, 4, 3) and batch["skipped"] == 2 and batch["valid"].all()
