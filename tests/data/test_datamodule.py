@@ -120,3 +120,20 @@ def test_a_folder_without_shards_names_what_it_expected(tokenizer_dir, vision_di
     dm = MAUSetDataModule(str(tmp_path), str(tokenizer_dir), str(vision_dir))
     with pytest.raises(FileNotFoundError, match=r"train/index.json is missing: .*\(expected shard-\*\.tar files with index\.json\)"):
         dm.train_dataloader()
+
+
+def test_the_datamodule_is_configurable_as_a_lightningcli_subclass(synthetic_dir, tokenizer_dir, vision_dir):
+    import lightning as L
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(L.LightningDataModule, "data")
+    config = parser.parse_args(["--data", "maugpt.data.MAUSetDataModule", "--data.data_dir", str(synthetic_dir / "mauset"),
+                                "--data.tokenizer", str(tokenizer_dir), "--data.vision_encoder", str(vision_dir),
+                                "--data.packing", "qa", "--data.tasks", "[detection, localization]"])
+    dm = parser.instantiate(config).data
+    assert isinstance(dm, MAUSetDataModule) and dm.hparams.packing == "qa"
+    assert dm.hparams.tasks == ["detection", "localization"]
+    with pytest.raises(Exception, match="packing"):
+        parser.parse_args(["--data", "maugpt.data.MAUSetDataModule", "--data.data_dir", "x", "--data.tokenizer", "t",
+                           "--data.vision_encoder", "v", "--data.packing", "pairs"])
