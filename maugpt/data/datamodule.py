@@ -108,6 +108,7 @@ class TrainExamples(IterableDataset):
                  shuffle_buffer: int = 1000, seed: int = 0) -> None:
         self.urls, self.encoder, self.rank, self.world_size = urls, encoder, rank, world_size
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
+        self.max_barren = 10_000  # consecutive samples without an example before giving up
 
     def rank_urls(self) -> list[str]:
         """This rank's shards: split by node when every rank can have its own."""
@@ -123,8 +124,12 @@ class TrainExamples(IterableDataset):
             wds.tarfile_to_samples(handler=wds.warn_and_continue),
             wds.shuffle(self.shuffle_buffer, rng=random.Random(seed)),
         )
-        counter = SkipCounter()
+        counter, barren = SkipCounter(), 0
         for sample in decode_or_skip(stream, counter, self.encoder.wants_image):
+            barren += 1
+            if barren > self.max_barren:  # the stream is endless: never spin on data the filters reject
+                raise RuntimeError(f"no training example in {barren - 1} consecutive samples of {self.urls[0]}…: "
+                                   "do the tasks/domains/sources filters match anything in the training split?")
             try:
                 examples = self.encoder(sample)
             except ValueError as err:  # a sample the configuration cannot use: count it, go on
@@ -132,6 +137,7 @@ class TrainExamples(IterableDataset):
                 log.warning("skipping sample %r: %s", sample.get("__key__"), err)
                 continue
             for example in examples:
+                barren = 0
                 example["skipped"] = counter.take()
                 yield example
 
@@ -168,6 +174,10 @@ class EvalExamples(IterableDataset):
         n = len(self.plan)
         mine = self.plan[slot * n // slots:(slot + 1) * n // slots]
         target = self.per_worker(workers)
+        # With fewer examples than slots, an empty slot still yields its padding: read the first
+        # example and flag every copy of it invalid.
+        padding_only = not mine and target > 0
+        mine = self.plan[:1] if padding_only else mine
         produced, last, counter = 0, None, SkipCounter()
         wanted: dict[tuple[int, str], list[list[int]]] = {}
         for shard, key, group in mine:
@@ -191,6 +201,7 @@ class EvalExamples(IterableDataset):
                     examples = [{**last, "valid": False} for _ in groups]
                 for example in examples:
                     example["skipped"] = counter.take()
+                    example["valid"] = example["valid"] and not padding_only
                     produced += 1
                     last = example
                     yield example

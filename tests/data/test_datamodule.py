@@ -137,3 +137,24 @@ def test_the_datamodule_is_configurable_as_a_lightningcli_subclass(synthetic_dir
     with pytest.raises(Exception, match="packing"):
         parser.parse_args(["--data", "maugpt.data.MAUSetDataModule", "--data.data_dir", "x", "--data.tokenizer", "t",
                            "--data.vision_encoder", "v", "--data.packing", "pairs"])
+
+
+def test_fewer_examples_than_worker_slots_still_give_equal_batch_counts(synthetic_dir, tokenizer_dir, vision_dir):
+    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir)
+    counts, seen = [], []
+    for rank in range(2):
+        dataset = dm.eval_dataset("val", rank, 2)
+        dataset.plan = dataset.plan[:3]  # 3 examples for 2 ranks × 2 workers
+        batches = list(loader(dm, dataset, 2))
+        counts.append(len(batches))
+        seen += [m["key"] for b in batches for m, v in zip(b["meta"], b["valid"].tolist()) if v]
+    assert counts[0] == counts[1] == 2  # each worker yields one example: one batch per worker
+    assert sorted(seen) == sorted(key for _, key, _ in dataset.plan)
+
+
+def test_training_filters_that_match_nothing_fail_instead_of_spinning(synthetic_dir, tokenizer_dir, vision_dir):
+    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, sources=["mvtec_ad"])
+    dataset = dm.train_dataset()
+    dataset.max_barren = 50
+    with pytest.raises(RuntimeError, match="do the tasks/domains/sources filters match anything"):
+        next(iter(dataset))
