@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -41,9 +42,22 @@ def adapter_info(path: str) -> None:
         print(f"  {key:<{width}} {str(shape):<14} ×{count}")
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``maugpt`` console script."""
-    auto_cli({"adapter-info": adapter_info}, args=args)
+    """Entry point of the ``maugpt`` console script.
+
+    ``maugpt fit|validate|test|predict --config …`` runs LightningCLI; ``maugpt adapter-info FILE``
+    describes a saved adapter.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from maugpt.training.cli import run  # Lightning and the model load only when needed
+
+        run(args)  # None: LightningCLI reads sys.argv itself
+        return
+    auto_cli({"adapter-info": adapter_info}, args=argv)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,19 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | Path) -> Pa
     folder = Path(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def load_tokenizer(path: str, image_token: str = IMAGE_TOKEN, trust_remote_code: bool = False):
+    """The LLM's tokenizer with ``image_token`` as one special token and a padding token.
+
+    A hub LLM's tokenizer lacks the image placeholder; it is added here. Its id may lie past the
+    embedding table: the model replaces those positions with visual features before any lookup.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

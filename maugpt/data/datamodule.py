@@ -25,11 +25,11 @@ import lightning as L
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from transformers import AutoTokenizer
 
-from maugpt.data.encode import ChatEncoder, ImageTransform, collate
+from maugpt.data.encode import ChatEncoder, ImageTransform, collate, collate_prompts
 from maugpt.data.knowledge import TASKS
 from maugpt.data.reader import SkipCounter, decode_or_skip, decode_sample, read_index, shard_urls
+from maugpt.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 Packing = Literal["conversation", "qa"]
@@ -41,26 +41,27 @@ class ExampleEncoder:
     def __init__(self, tokenizer: str, vision_encoder: str, image_tokens: int, max_length: int = 2048,
                  packing: Packing = "conversation", tasks: list[str] | None = None,
                  domains: list[str] | None = None, sources: list[str] | None = None, references: int = 0,
-                 system_prompt: str | None = None) -> None:
+                 system_prompt: str | None = None, shuffle_turns: bool = True) -> None:
         if packing not in ("conversation", "qa"):
             raise ValueError(f"packing must be 'conversation' or 'qa', got {packing!r}")
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.tokenizer = load_tokenizer(tokenizer)
         self.chat = ChatEncoder(self.tokenizer, image_tokens, max_length, system_prompt=system_prompt)
         self.transform = ImageTransform(vision_encoder)
-        self.packing, self.references = packing, references
+        self.packing, self.references, self.shuffle_turns = packing, references, shuffle_turns
         self.tasks, self.domains, self.sources = (set(x) if x else None for x in (tasks, domains, sources))
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
 
-    def groups(self, record: dict) -> list[list[int]]:
-        """Indices of the QA pairs that form each example of ``record`` (empty if it is filtered out)."""
+    def groups(self, record: dict, per_qa: bool = False) -> list[list[int]]:
+        """Indices of the QA pairs that form each example of ``record`` (empty if it is filtered out);
+        ``per_qa`` makes one example per pair whatever the packing (generation prompts)."""
         if (self.domains and record["domain"] not in self.domains) or \
                 (self.sources and record["source"] not in self.sources):
             return []
         kept = [i for i, qa in enumerate(record["qa"]) if not self.tasks or qa["task"] in self.tasks]
         if not kept:
             return []
-        return [kept] if self.packing == "conversation" else [[i] for i in kept]
+        return [kept] if self.packing == "conversation" and not per_qa else [[i] for i in kept]
 
     def wants_image(self, name: str) -> bool:
         """Which image members to decode: the query image and the configured references (no masks)."""
@@ -79,12 +80,24 @@ class ExampleEncoder:
             return self.transform(query).unsqueeze(0)
         return torch.stack([self.transform(query)] + [self.transform(sample[k]) for k in refs])
 
-    def example(self, record: dict, pixels: torch.Tensor, group: list[int], valid: bool = True) -> dict:
+    def example(self, record: dict, pixels: torch.Tensor, group: list[int], valid: bool = True,
+                prompt: bool = False) -> dict:
+        """A training example of the QA pairs ``group``; with ``prompt``, the generation prompt of
+        its one question, the reference answer kept in ``meta``."""
+        meta = {"key": record["key"], "source": record["source"], "domain": record["domain"],
+                "product": record["product"], "defect_class": record.get("defect_class"),
+                "is_anomalous": record["is_anomalous"], "qa_index": group,
+                "tasks": [record["qa"][i]["task"] for i in group]}
+        if prompt:
+            qa = record["qa"][group[0]]
+            meta.update(task=qa["task"], style=qa["style"], question=qa["question"], reference=qa["answer"])
+            return {"input_ids": self.chat.prompt(qa["question"], images=pixels.shape[0]), "pixel_values": pixels,
+                    "meta": meta, "valid": valid}
+        if len(group) > 1 and self.shuffle_turns:
+            # Every task gets to be the first question, as it is when a single question is asked.
+            group = random.Random(record["key"]).sample(group, len(group))
         pairs = [(record["qa"][i]["question"], record["qa"][i]["answer"]) for i in group]
         encoded = self.chat.encode(pairs, images=pixels.shape[0])
-        meta = {"key": record["key"], "source": record["source"], "domain": record["domain"],
-                "product": record["product"], "is_anomalous": record["is_anomalous"], "qa_index": group,
-                "tasks": [record["qa"][i]["task"] for i in group]}
         return {"input_ids": encoded.input_ids, "labels": encoded.labels, "condition_end": encoded.condition_end,
                 "pixel_values": pixels, "meta": meta, "valid": valid}
 
@@ -158,11 +171,12 @@ def scan_records(url: str) -> list[dict]:
 class EvalExamples(IterableDataset):
     """Every example of an evaluation split once across ranks and workers, in equal counts per rank."""
 
-    def __init__(self, urls: list[str], encoder: ExampleEncoder, rank: int = 0, world_size: int = 1) -> None:
-        self.urls, self.encoder, self.rank, self.world_size = urls, encoder, rank, world_size
+    def __init__(self, urls: list[str], encoder: ExampleEncoder, rank: int = 0, world_size: int = 1,
+                 prompts: bool = False) -> None:
+        self.urls, self.encoder, self.rank, self.world_size, self.prompts = urls, encoder, rank, world_size, prompts
         # The plan: (shard index, sample key, QA indices) of every example, in shard order.
         self.plan = [(i, record["key"], group) for i, url in enumerate(urls) for record in scan_records(url)
-                     for group in encoder.groups(record)]
+                     for group in encoder.groups(record, per_qa=prompts)]
 
     def per_worker(self, workers: int) -> int:
         """Examples each (rank, worker) yields, padding included."""
@@ -192,7 +206,7 @@ class EvalExamples(IterableDataset):
                 try:
                     sample = decode_sample(raw, self.encoder.wants_image)
                     pixels = self.encoder.images(sample)
-                    examples = [self.encoder.example(sample["json"], pixels, g) for g in groups]
+                    examples = [self.encoder.example(sample["json"], pixels, g, prompt=self.prompts) for g in groups]
                 except Exception as err:  # a damaged sample still occupies its places, flagged invalid
                     counter.count += 1
                     log.warning("skipping sample %r in %s: %s", raw.get("__key__"), self.urls[shard], err)
@@ -250,6 +264,10 @@ class MAUSetDataModule(L.LightningDataModule):
         seed: seed of shard resampling and shuffling.
         system_prompt: optional system message.
         allow_pipe_urls: allow ``pipe:`` shard URLs (they run shell commands).
+        test_mode: ``generate``: test batches are left-padded prompts, one per QA pair, with the
+            reference answers in ``meta``; ``loss``: test batches are like validation batches.
+        shuffle_turns: in a packed conversation, put the QA pairs in an order drawn per image
+            (fixed by its key), so that every task is sometimes asked first, as at test time.
     """
 
     def __init__(self, data_dir: str, tokenizer: str, vision_encoder: str, image_tokens: int = 576,
@@ -257,7 +275,8 @@ class MAUSetDataModule(L.LightningDataModule):
                  max_length: int = 2048, packing: Packing = "conversation", tasks: list[str] | None = None,
                  domains: list[str] | None = None, sources: list[str] | None = None, references: int = 0,
                  shuffle_buffer: int = 1000, batches_per_epoch: int | None = None, seed: int = 0,
-                 system_prompt: str | None = None, allow_pipe_urls: bool = False) -> None:
+                 system_prompt: str | None = None, allow_pipe_urls: bool = False,
+                 test_mode: Literal["generate", "loss"] = "generate", shuffle_turns: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters()
         unknown = sorted(set(tasks or []) - set(TASKS) - {"caption"})
@@ -277,7 +296,8 @@ class MAUSetDataModule(L.LightningDataModule):
         if self.encoder is None:
             h = self.hparams
             self.encoder = ExampleEncoder(h.tokenizer, h.vision_encoder, h.image_tokens, h.max_length, h.packing,
-                                          h.tasks, h.domains, h.sources, h.references, h.system_prompt)
+                                          h.tasks, h.domains, h.sources, h.references, h.system_prompt,
+                                          h.shuffle_turns)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Normalise the ``uint8`` images on the device they were moved to."""
@@ -294,9 +314,9 @@ class MAUSetDataModule(L.LightningDataModule):
         return TrainExamples(self.urls("train"), self.encoder, rank, world_size, self.hparams.shuffle_buffer,
                              self.hparams.seed)
 
-    def eval_dataset(self, split: str, rank: int = 0, world_size: int = 1) -> EvalExamples:
+    def eval_dataset(self, split: str, rank: int = 0, world_size: int = 1, prompts: bool = False) -> EvalExamples:
         self.setup()
-        return EvalExamples(self.urls(split), self.encoder, rank, world_size)
+        return EvalExamples(self.urls(split), self.encoder, rank, world_size, prompts)
 
     def default_batches_per_epoch(self, world_size: int) -> int:
         """About one pass over the training split's examples, shared by all ranks."""
@@ -309,9 +329,9 @@ class MAUSetDataModule(L.LightningDataModule):
             examples = read_index(self.data_dir / "train")["samples"]
         return max(1, examples // (self.hparams.batch_size * world_size))
 
-    def _loader(self, dataset, batch_size: int) -> dict:
+    def _loader(self, dataset, batch_size: int, prompts: bool = False) -> dict:
         return dict(batch_size=batch_size, num_workers=self.hparams.num_workers,
-                    collate_fn=partial(collate, pad_token_id=self.encoder.pad_token_id),
+                    collate_fn=partial(collate_prompts if prompts else collate, pad_token_id=self.encoder.pad_token_id),
                     persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> EpochLoader:
@@ -322,13 +342,14 @@ class MAUSetDataModule(L.LightningDataModule):
         epoch = (lambda: trainer.current_epoch) if trainer is not None else (lambda: dataset.epoch + 1)
         return EpochLoader(dataset, batches, epoch, drop_last=True, **self._loader(dataset, self.hparams.batch_size))
 
-    def _eval_dataloader(self, split: str) -> DataLoader:
+    def _eval_dataloader(self, split: str, prompts: bool = False) -> DataLoader:
         rank, world = self._rank()
-        dataset = self.eval_dataset(split, rank, world)
-        return DataLoader(dataset, **self._loader(dataset, self.hparams.eval_batch_size or self.hparams.batch_size))
+        dataset = self.eval_dataset(split, rank, world, prompts)
+        batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
+        return DataLoader(dataset, **self._loader(dataset, batch_size, prompts))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_dataloader("test")
+        return self._eval_dataloader("test", prompts=self.hparams.test_mode == "generate")

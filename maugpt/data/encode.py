@@ -146,6 +146,13 @@ class ChatEncoder:
         labels = np.where(np.repeat(ids == self.image_token_id, repeats), IGNORE_INDEX, np.repeat(labels, repeats))
         return Encoded(torch.from_numpy(np.repeat(ids, repeats)), torch.from_numpy(labels), condition_end)
 
+    def prompt(self, question: str, images: int = 1) -> torch.Tensor:
+        """Token ids of a generation prompt: the images and one question, then the assistant header."""
+        text = self.tokenizer.apply_chat_template(self._messages([(question, "")], images)[:-1], tokenize=False,
+                                                  add_generation_prompt=True)
+        ids = np.asarray(self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        return torch.from_numpy(np.repeat(ids, np.where(ids == self.image_token_id, self.image_tokens, 1)))
+
     def encode(self, pairs: list[tuple[str, str]], images: int = 1) -> Encoded:
         """Token ids and labels of ``pairs`` (question, answer) about ``images`` images."""
         if not pairs:
@@ -161,6 +168,24 @@ class ChatEncoder:
             encoded = Encoded(encoded.input_ids[:self.max_length], encoded.labels[:self.max_length],
                               encoded.condition_end)
         return encoded
+
+
+def collate_prompts(examples: list[dict], pad_token_id: int) -> dict:
+    """Left-pad generation prompts into a batch (new tokens then follow every prompt directly).
+
+    Returns ``input_ids``, ``attention_mask``, ``condition_mask`` (the whole prompt),
+    ``pixel_values``, ``valid``, ``meta`` and ``skipped`` as :func:`collate`.
+    """
+    length = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), length), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        input_ids[i, length - len(e["input_ids"]):] = e["input_ids"]
+        attention[i, length - len(e["input_ids"]):] = True
+    return {"input_ids": input_ids, "attention_mask": attention, "condition_mask": attention.clone(),
+            "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+            "valid": torch.tensor([e.get("valid", True) for e in examples]),
+            "meta": [e["meta"] for e in examples], "skipped": sum(e.get("skipped", 0) for e in examples)}
 
 
 def collate(examples: list[dict], pad_token_id: int) -> dict:

@@ -200,7 +200,7 @@ def _line(rng, canvas, draws, color, s):
     angle, length = rng.uniform(0, math.pi), rng.uniform(0.2, 0.35) * s
     dx, dy = math.cos(angle) * length / 2, math.sin(angle) * length / 2
     for draw, fill in draws(color):
-        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=fill, width=max(2, s // 60))
+        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=fill, width=max(2, s // 32))
 
 
 def scratch(rng, canvas, draws, s):
@@ -213,9 +213,9 @@ def crack(rng, canvas, draws, s):
     angle = rng.uniform(0, 2 * math.pi)
     for _ in range(6):
         angle += rng.uniform(-0.8, 0.8)
-        points.append((points[-1][0] + math.cos(angle) * s * 0.05, points[-1][1] + math.sin(angle) * s * 0.05))
+        points.append((points[-1][0] + math.cos(angle) * s * 0.06, points[-1][1] + math.sin(angle) * s * 0.06))
     for draw, fill in draws((15, 15, 15)):
-        draw.line(points, fill=fill, width=max(2, s // 70))
+        draw.line(points, fill=fill, width=max(2, s // 40))
 
 
 def _blob(rng, canvas, draws, s, color, radius):
@@ -226,25 +226,25 @@ def _blob(rng, canvas, draws, s, color, radius):
 
 
 def hole(rng, canvas, draws, s):
-    _blob(rng, canvas, draws, s, (5, 5, 5), 0.04)
+    _blob(rng, canvas, draws, s, (5, 5, 5), 0.06)
 
 
 def blowhole(rng, canvas, draws, s):
-    _blob(rng, canvas, draws, s, (8, 8, 8), 0.035)
+    _blob(rng, canvas, draws, s, (8, 8, 8), 0.055)
 
 
 def stain(rng, canvas, draws, s):
-    _blob(rng, canvas, draws, s, (70, 45, 20), 0.08)
+    _blob(rng, canvas, draws, s, (70, 45, 20), 0.1)
 
 
 def color(rng, canvas, draws, s):
-    _blob(rng, canvas, draws, s, (200, 40, 160), 0.07)
+    _blob(rng, canvas, draws, s, (200, 40, 160), 0.09)
 
 
 def contamination(rng, canvas, draws, s):
     cx, cy = _spot(rng, canvas.area, s * 0.1)
     for _ in range(5):
-        x, y, r = cx + rng.normal(0, s * 0.03), cy + rng.normal(0, s * 0.03), s * rng.uniform(0.01, 0.02)
+        x, y, r = cx + rng.normal(0, s * 0.04), cy + rng.normal(0, s * 0.04), s * rng.uniform(0.02, 0.035)
         for draw, fill in draws((30, 200, 230)):
             draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
 
@@ -270,14 +270,14 @@ def open_circuit(rng, canvas, draws, s):
     x = rng.uniform(s * 0.15, s * 0.85)
     y = np.linspace(s * 0.15, s * 0.85, 5).astype(int)[rng.integers(5)]
     for draw, fill in draws(canvas.background):
-        draw.rectangle([x - s * 0.03, y - s * 0.03, x + s * 0.03, y + s * 0.03], fill=fill)
+        draw.rectangle([x - s * 0.05, y - s * 0.05, x + s * 0.05, y + s * 0.05], fill=fill)
 
 
 def short_circuit(rng, canvas, draws, s):
     ys = np.linspace(s * 0.15, s * 0.85, 5).astype(int)
     i, x = rng.integers(4), rng.uniform(s * 0.15, s * 0.85)
     for draw, fill in draws((255, 210, 90)):
-        draw.rectangle([x - s * 0.02, ys[i], x + s * 0.02, ys[i + 1]], fill=fill)
+        draw.rectangle([x - s * 0.03, ys[i], x + s * 0.03, ys[i + 1]], fill=fill)
 
 
 def broken(rng, canvas, draws, s):
@@ -288,7 +288,7 @@ def broken(rng, canvas, draws, s):
         cy = (y1 + y2) / 2 + math.sin(angle) * (y2 - y1) / 2
     else:  # a corner broken off
         cx, cy = (x1, x2)[rng.integers(2)], (y1, y2)[rng.integers(2)]
-    r = s * 0.12
+    r = s * 0.15
     for draw, fill in draws(canvas.background):
         draw.polygon([(cx - r, cy), (cx, cy - r), (cx + r, cy), (cx, cy + r)], fill=fill)
 

@@ -1,0 +1,107 @@
+"""MAU-GPT: frozen vision encoder → trainable projector → frozen causal LLM with adapters (LLaVA style)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from maugpt.adapters import Adapter, adapter_context, inject
+from maugpt.model.projector import build_projector
+from maugpt.model.vision import VisionEncoder
+from maugpt.tokenizer import IMAGE_TOKEN, load_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class MAUGPT(nn.Module):
+    """The multimodal model.
+
+    Args:
+        llm: a causal LM folder or hub id (``AutoModelForCausalLM``); its tokenizer comes from
+            the same place, with ``<image>`` added when missing.
+        vision_encoder: a timm model name or local timm folder (see :class:`VisionEncoder`).
+        projector: ``mlp2x_gelu`` (LLaVA-1.5) or ``linear`` or ``mlp<N>x_gelu``.
+        adapter: the adapter put into the LLM (None: the LLM stays as it is, as in stage 1).
+        feature_layer: the encoder block whose patch features are used (−2: penultimate).
+        vision_pretrained: load the encoder's weights (or a checkpoint file path).
+        llm_pretrained: load the LLM's weights; False builds it from its config (meta-device
+            size checks, tests).
+        llm_dtype: ``float32``, ``bfloat16`` or ``float16`` for the frozen LLM and encoder.
+        attn_implementation: passed to transformers (``sdpa``, ``eager``, ``flash_attention_2``).
+        trust_remote_code: allow the LLM repository's own code (off unless a config asks).
+    """
+
+    def __init__(self, llm: str, vision_encoder: str, projector: str = "mlp2x_gelu", adapter: Adapter | None = None,
+                 feature_layer: int = -2, vision_pretrained: bool | str = True, llm_pretrained: bool = True,
+                 llm_dtype: str = "float32", attn_implementation: str = "sdpa", trust_remote_code: bool = False) -> None:
+        super().__init__()
+        if llm_dtype not in DTYPES:
+            raise ValueError(f"llm_dtype must be one of {sorted(DTYPES)}, got {llm_dtype!r}")
+        dtype = DTYPES[llm_dtype]
+        self.tokenizer = load_tokenizer(llm, trust_remote_code=trust_remote_code)
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.vision = VisionEncoder(vision_encoder, pretrained=vision_pretrained, feature_layer=feature_layer).to(dtype)
+        kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+        if llm_pretrained:
+            self.llm = AutoModelForCausalLM.from_pretrained(llm, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(llm, trust_remote_code=trust_remote_code)
+            self.llm = AutoModelForCausalLM.from_config(config, **kwargs)
+        self.llm.requires_grad_(False)
+        self.projector = build_projector(projector, self.vision.dim, self.llm.config.get_text_config().hidden_size)
+        self.adapter = adapter
+        if adapter is not None:
+            inject(self.llm, adapter)
+
+    @property
+    def image_tokens(self) -> int:
+        return self.vision.tokens
+
+    def embed(self, input_ids: Tensor, pixel_values: Tensor) -> Tensor:
+        """Token embeddings with the projected patch features in the ``<image>`` slots.
+
+        ``input_ids (B, L)`` holds ``images × image_tokens`` slots per row; ``pixel_values`` is
+        ``(B, images, 3, H, W)``. The slots are filled image by image, in order.
+        """
+        batch, images = pixel_values.shape[:2]
+        with torch.no_grad():  # the encoder is frozen: keep no activations for it
+            features = self.vision(pixel_values.flatten(0, 1).to(next(self.vision.parameters()).dtype))
+        projected = self.projector(features.to(self.projector_dtype))  # (B·images, P, D)
+        slots = input_ids == self.image_token_id
+        expected = images * self.vision.tokens
+        if (slots.sum(1) != expected).any():
+            raise ValueError(f"each row needs {images} × {self.vision.tokens} <image> slots, found "
+                             f"{slots.sum(1).tolist()}: the data's image_tokens must match the vision encoder")
+        embeddings = self.llm.get_input_embeddings()(input_ids.masked_fill(slots, 0))
+        return embeddings.masked_scatter(slots.unsqueeze(-1), projected.to(embeddings.dtype).reshape(-1))
+
+    @property
+    def projector_dtype(self) -> torch.dtype:
+        return next(self.projector.parameters()).dtype
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor, labels: Tensor | None = None,
+                condition_mask: Tensor | None = None, sample_labels: Tensor | None = None, **_: object):
+        """Teacher-forced forward; returns the LLM's output (``loss`` when ``labels`` are given)."""
+        if self.adapter is not None:
+            adapter_context(self.llm).set(token_mask=attention_mask.bool(), condition_mask=condition_mask,
+                                          sample_labels=sample_labels)
+        embeddings = self.embed(input_ids, pixel_values)
+        return self.llm(inputs_embeds=embeddings, attention_mask=attention_mask, labels=labels, use_cache=False)
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor,
+                 condition_mask: Tensor | None = None, max_new_tokens: int = 64, **kwargs) -> Tensor:
+        """Greedy, batched, KV-cached generation from left-padded prompts; returns the new tokens.
+
+        AMoE-LoRA's condition is fixed at the prefill (the prompt: images and question).
+        """
+        embeddings = self.embed(input_ids, pixel_values)
+        # The image placeholder is never a word of an answer.
+        options = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
+                   "eos_token_id": self.tokenizer.eos_token_id, "suppress_tokens": [self.image_token_id], **kwargs,
+                   "inputs_embeds": embeddings, "attention_mask": attention_mask, "max_new_tokens": max_new_tokens}
+        if self.adapter is None:
+            return self.llm.generate(**options)
+        condition = condition_mask if condition_mask is not None else attention_mask
+        with adapter_context(self.llm).generation(condition_mask=condition.bool()):
+            return self.llm.generate(**options)

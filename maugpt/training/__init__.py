@@ -1,0 +1,1 @@
+"""Training: the LightningModule, its callbacks, checkpoint IO and the command line."""

@@ -1,0 +1,198 @@
+"""``MAUGPTModule``: stage-wise training of MAU-GPT (the paper's Sec. 4.3) as one LightningModule.
+
+Stage 1 trains the projector alone (captions); stage 2 trains the adapters and the projector
+(MAU-Set), starting from stage 1's projector. Which parameters train follows from the stage and
+the adapter, never from editing code. Checkpoints hold only the trainable tensors and the
+optimizer state: the frozen encoder and LLM are rebuilt from their own files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from maugpt.adapters import Adapter, adapter_layers, auxiliary_loss
+from maugpt.model import MAUGPT
+from maugpt.training.scoring import TestScores
+
+log = logging.getLogger(__name__)
+
+
+class MAUGPTModule(L.LightningModule):
+    """MAU-GPT with its training recipe.
+
+    Args:
+        llm: the frozen causal LM (folder or hub id); its tokenizer must be the data's.
+        vision_encoder: the frozen timm encoder (name or folder).
+        stage: 1 trains the projector only; 2 trains the adapter and the projector.
+        adapter: the adapter (``class_path``/``init_args``); required in stage 2, absent in stage 1.
+        init_from: a previous stage's checkpoint whose trainable tensors are loaded first
+            (stage 2: stage 1's projector).
+        projector: projector kind (``mlp2x_gelu``).
+        feature_layer: encoder block whose patch features are used (−2: penultimate).
+        vision_pretrained: load the encoder's weights (or a checkpoint file path).
+        llm_pretrained: load the LLM's weights (False: build from its config).
+        llm_dtype: dtype of the frozen parts (``float32``, ``bfloat16``).
+        attn_implementation: transformers attention implementation.
+        trust_remote_code: allow the LLM repository's own code.
+        lr: peak learning rate of the adapter parameters (and of everything in stage 1).
+        projector_lr: peak learning rate of the projector (default: ``lr``).
+        weight_decay: AdamW weight decay of matrices (biases and norms get none).
+        warmup_ratio: share of the steps with linear warm-up before the cosine decay.
+        gradient_checkpointing: recompute the LLM's activations in backward to save memory.
+        nonfinite: what a non-finite loss does: ``stop`` the run naming the step, or ``skip``
+            the batch and count it.
+        max_new_tokens: generation length in test and predict.
+    """
+
+    def __init__(self, llm: str, vision_encoder: str, stage: Literal[1, 2] = 2, adapter: Adapter | None = None,
+                 init_from: str | None = None, projector: str = "mlp2x_gelu", feature_layer: int = -2,
+                 vision_pretrained: bool | str = True, llm_pretrained: bool = True, llm_dtype: str = "float32",
+                 attn_implementation: str = "sdpa", trust_remote_code: bool = False, lr: float = 2e-4,
+                 projector_lr: float | None = None, weight_decay: float = 0.0, warmup_ratio: float = 0.03,
+                 gradient_checkpointing: bool = False, nonfinite: Literal["stop", "skip"] = "stop",
+                 max_new_tokens: int = 64) -> None:
+        super().__init__()
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        if stage == 1 and adapter is not None:
+            raise ValueError("stage 1 trains only the projector: remove model.adapter from the stage-1 config")
+        if stage == 2 and adapter is None:
+            raise ValueError("stage 2 trains an adapter: set model.adapter (e.g. configs/adapters/amoe_lora.yaml)")
+        if init_from is not None and not Path(init_from).is_file():
+            raise FileNotFoundError(f"init_from checkpoint {init_from} does not exist: run the previous stage first "
+                                    "(its checkpoint is written under the run's checkpoints/ folder)")
+        self.save_hyperparameters(ignore=["adapter"])
+        self.hparams["adapter"] = adapter.to_config() if adapter is not None else None
+        self.model = MAUGPT(llm, vision_encoder, projector, adapter, feature_layer, vision_pretrained,
+                            llm_pretrained, llm_dtype, attn_implementation, trust_remote_code)
+        if gradient_checkpointing:
+            self.model.llm.activation_checkpointing_enable({"use_reentrant": False})
+        if init_from is not None:
+            self.load_trainable(init_from)
+        self.strict_loading = False  # checkpoints hold the trainable tensors only
+        self.skipped_nonfinite = 0
+        self.scores = TestScores()
+
+    # -- what trains --------------------------------------------------------------------------
+    @property
+    def image_tokens(self) -> int:
+        return self.model.image_tokens
+
+    def trainable_names(self) -> list[str]:
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    def load_trainable(self, path: str) -> None:
+        """Load a previous stage's trainable tensors (e.g. stage 1's projector) from its checkpoint."""
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        own = dict(self.named_parameters())
+        missing = [k for k in state if k not in own]
+        if missing:
+            raise ValueError(f"{path} holds tensors this model does not have: {missing[:5]}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                if own[name].shape != tensor.shape:
+                    raise ValueError(f"{path}: {name} is {tuple(tensor.shape)} there, {tuple(own[name].shape)} here")
+                own[name].copy_(tensor)
+        log.info("loaded %d tensors from %s", len(state), path)
+
+    def state_dict(self, *args, **kwargs):
+        """Only the trainable tensors: the frozen encoder and LLM are rebuilt from their files."""
+        state = super().state_dict(*args, **kwargs)
+        trainable = set(self.trainable_names())
+        prefix = kwargs.get("prefix", "")
+        return type(state)((k, v) for k, v in state.items() if k[len(prefix):] in trainable)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["maugpt"] = {"stage": self.hparams.stage, "trainable": self.trainable_names(),
+                                "adapter": self.hparams.adapter}
+
+    # -- steps ----------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        out = self.model(**batch)
+        aux = auxiliary_loss(self.model.llm) if self.model.adapter is not None else None
+        loss = out.loss + aux if aux is not None else out.loss
+        if not torch.isfinite(loss):
+            if self.hparams.nonfinite == "stop":
+                raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step} "
+                                         f"(batch {batch_idx}); set model.nonfinite: skip to skip such batches")
+            self.skipped_nonfinite += 1
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
+            return None
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size)
+        if aux is not None:
+            self.log("train/aux_loss", aux, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        valid = batch["valid"]
+        labels = batch["labels"].masked_fill(~valid[:, None], -100)  # padding examples count nothing
+        if not (labels != -100).any():
+            return
+        out = self.model(**{**batch, "labels": labels})
+        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=int(valid.sum()))
+
+    def generate_answers(self, batch: dict) -> list[str]:
+        tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                     batch.get("condition_mask"), max_new_tokens=self.hparams.max_new_tokens)
+        return self.model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        if "labels" in batch:  # the data module's test_mode: loss
+            return self.validation_step(batch, batch_idx)
+        answers = self.generate_answers(batch)
+        for meta, answer, valid in zip(batch["meta"], answers, batch["valid"].tolist()):
+            if valid:
+                self.scores.add(meta, answer.strip())
+
+    def on_test_epoch_end(self) -> None:
+        results = self.scores.compute(self)
+        for name, value in results.items():
+            self.log(f"test/{name}", value, rank_zero_only=True)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        answers = self.generate_answers(batch)
+        return [{**meta, "prediction": answer.strip()} for meta, answer in zip(batch["meta"], answers)]
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        projector = [p for n, p in self.model.projector.named_parameters() if p.requires_grad]
+        projector_ids = {id(p) for p in projector}
+        rest = [(n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in projector_ids]
+        decay = self.hparams.weight_decay
+        groups = [{"params": projector, "lr": self.hparams.projector_lr or self.hparams.lr, "weight_decay": 0.0,
+                   "name": "projector"}]
+        if rest:
+            groups += [{"params": [p for _, p in rest if p.dim() > 1], "lr": self.hparams.lr, "weight_decay": decay,
+                        "name": "adapter"},
+                       {"params": [p for _, p in rest if p.dim() <= 1], "lr": self.hparams.lr, "weight_decay": 0.0,
+                        "name": "adapter_no_decay"}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * self.hparams.warmup_ratio)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def parameter_summary(self) -> dict[str, int]:
+        """Trainable counts per part, for logs and tests."""
+        parts = {"projector": self.model.projector, "adapter": self.model.llm, "vision": self.model.vision}
+        return {name: sum(p.numel() for p in module.parameters() if p.requires_grad) for name, module in parts.items()}
+
+    def adapter_layers(self):
+        return adapter_layers(self.model.llm)
+
+    def hparams_json(self) -> str:
+        return json.dumps({k: v for k, v in self.hparams.items()}, default=str)
