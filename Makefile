@@ -17,15 +17,18 @@ $(STAMP): pyproject.toml
 		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	touch $@
 
-## The main job on the offline default. Until the training loop lands, the adapter benchmark.
+## The main job on the offline default: synthetic MAU-Set, tiny base, stage 1, stage 2 (AMoE-LoRA), test.
 demo: $(STAMP)
-	$(PY) benchmarks/adapters.py
+	$(PY) tools/demo.py
 
 ## The test suite (CPU only, no downloads).
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: demo
+## Speed and memory ratios of the adapters and of the data loader.
+bench: $(STAMP)
+	$(PY) benchmarks/adapters.py
+	$(PY) benchmarks/dataloader.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
