@@ -19,7 +19,6 @@ import argparse
 import io
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import torch

@@ -2,7 +2,6 @@
 """The offline demo: synthetic MAU-Set → tiny base → stage 1 → stage 2 (AMoE-LoRA) → test, timed."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time

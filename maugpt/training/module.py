@@ -7,7 +7,6 @@ optimizer state: the frozen encoder and LLM are rebuilt from their own files.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -17,7 +16,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from maugpt.adapters import Adapter, adapter_layers, auxiliary_loss
+from maugpt.adapters import Adapter, auxiliary_loss
 from maugpt.model import MAUGPT
 from maugpt.training.scoring import TestScores
 
@@ -49,6 +48,9 @@ class MAUGPTModule(L.LightningModule):
         nonfinite: what a non-finite loss does: ``stop`` the run naming the step, or ``skip``
             the batch and count it.
         max_new_tokens: generation length in test and predict.
+        loss_reduction: ``token`` averages the LM loss over all answer tokens of a batch;
+            ``example`` averages within each example first, so that a one-word answer (True or
+            False) weighs as much as a long description.
     """
 
     def __init__(self, llm: str, vision_encoder: str, stage: Literal[1, 2] = 2, adapter: Adapter | None = None,
@@ -57,7 +59,7 @@ class MAUGPTModule(L.LightningModule):
                  attn_implementation: str = "sdpa", trust_remote_code: bool = False, lr: float = 2e-4,
                  projector_lr: float | None = None, weight_decay: float = 0.0, warmup_ratio: float = 0.03,
                  gradient_checkpointing: bool = False, nonfinite: Literal["stop", "skip"] = "stop",
-                 max_new_tokens: int = 64) -> None:
+                 max_new_tokens: int = 64, loss_reduction: Literal["token", "example"] = "token") -> None:
         super().__init__()
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
@@ -114,10 +116,21 @@ class MAUGPTModule(L.LightningModule):
                                 "adapter": self.hparams.adapter}
 
     # -- steps ----------------------------------------------------------------------------------
+    def lm_loss(self, batch: dict) -> Tensor:
+        """The next-token loss of the batch's answers, reduced as ``loss_reduction`` says."""
+        if self.hparams.loss_reduction == "token":
+            return self.model(**batch).loss
+        logits = self.model(**{**batch, "labels": None}).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, reduction="none")
+        counts = (labels != -100).sum(1)
+        per_example = per_token.sum(1) / counts.clamp_min(1)
+        return per_example[counts > 0].mean()
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
-        out = self.model(**batch)
+        lm_loss = self.lm_loss(batch)
         aux = auxiliary_loss(self.model.llm) if self.model.adapter is not None else None
-        loss = out.loss + aux if aux is not None else out.loss
+        loss = lm_loss + aux if aux is not None else lm_loss
         if not torch.isfinite(loss):
             if self.hparams.nonfinite == "stop":
                 raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step} "
@@ -126,7 +139,7 @@ class MAUGPTModule(L.LightningModule):
             self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
             return None
         batch_size = batch["input_ids"].shape[0]
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", lm_loss, prog_bar=True, batch_size=batch_size)
         if aux is not None:
             self.log("train/aux_loss", aux, batch_size=batch_size)
         return loss
@@ -190,9 +203,3 @@ class MAUGPTModule(L.LightningModule):
         """Trainable counts per part, for logs and tests."""
         parts = {"projector": self.model.projector, "adapter": self.model.llm, "vision": self.model.vision}
         return {name: sum(p.numel() for p in module.parameters() if p.requires_grad) for name, module in parts.items()}
-
-    def adapter_layers(self):
-        return adapter_layers(self.model.llm)
-
-    def hparams_json(self) -> str:
-        return json.dumps({k: v for k, v in self.hparams.items()}, default=str)

@@ -112,3 +112,22 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_base, synthetic_di
     cli = run(["fit", "--config", stage_config(tmp_path, tiny_base, synthetic_dir, 1, nonfinite="skip"),
                "--trainer.default_root_dir", str(tmp_path / "skip")])
     assert cli.model.skipped_nonfinite == 3
+
+
+def test_example_loss_reduction_weighs_every_example_equally(tiny_base):
+    token = module(tiny_base, stage=1)
+    example = module(tiny_base, stage=1, loss_reduction="example")
+    example.model.projector.load_state_dict(token.model.projector.state_dict())
+    tokens = token.image_tokens
+    ids = torch.cat([torch.full((2, tokens), token.model.image_token_id), torch.randint(5, 300, (2, 12))], dim=1)
+    labels = torch.full_like(ids, -100)
+    labels[0, -2:] = ids[0, -2:]  # a one-word answer
+    labels[1, -9:] = ids[1, -9:]  # a long answer
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool), "labels": labels,
+             "pixel_values": torch.randn(2, 1, 3, 96, 96)}
+    with torch.no_grad():
+        per_example = [token.lm_loss({k: v[i:i + 1] for k, v in batch.items()}) for i in range(2)]
+        assert example.lm_loss(batch).item() == pytest.approx((per_example[0] + per_example[1]).item() / 2, rel=1e-5)
+        # the token mean weighs the long answer 4.5 times more
+        expected_token = (per_example[0] * 2 + per_example[1] * 9) / 11
+        assert token.lm_loss(batch).item() == pytest.approx(expected_token.item(), rel=1e-5)
