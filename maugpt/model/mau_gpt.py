@@ -50,6 +50,7 @@ class MAUGPT(nn.Module):
         self.llm.requires_grad_(False)
         self.projector = build_projector(projector, self.vision.dim, self.llm.config.get_text_config().hidden_size)
         self.adapter = adapter
+        self.record_diagnostics = False  # callbacks switch it on for the forwards they inspect
         if adapter is not None:
             inject(self.llm, adapter)
 
@@ -84,7 +85,7 @@ class MAUGPT(nn.Module):
         """Teacher-forced forward; returns the LLM's output (``loss`` when ``labels`` are given)."""
         if self.adapter is not None:
             adapter_context(self.llm).set(token_mask=attention_mask.bool(), condition_mask=condition_mask,
-                                          sample_labels=sample_labels)
+                                          sample_labels=sample_labels, record=self.record_diagnostics)
         embeddings = self.embed(input_ids, pixel_values)
         return self.llm(inputs_embeds=embeddings, attention_mask=attention_mask, labels=labels, use_cache=False)
 

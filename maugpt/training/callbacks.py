@@ -1,0 +1,98 @@
+"""TensorBoard callbacks: throughput, the MoE routers' load and entropy, and the hypernetwork cores."""
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from maugpt.adapters import adapter_diagnostics
+
+
+def tensorboard(trainer: L.Trainer):
+    """The trainer's TensorBoard ``SummaryWriter``, or None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class ThroughputMonitor(L.Callback):
+    """Logs ``train/tokens_per_s``: non-padding tokens (text and image slots) per second and rank."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        seconds = time.perf_counter() - self._start
+        tokens = float(batch["attention_mask"].sum())
+        pl_module.log("train/tokens_per_s", tokens / max(seconds, 1e-9), batch_size=batch["input_ids"].shape[0])
+
+
+class RouterMonitor(L.Callback):
+    """Every ``every_n_steps`` training steps, records one forward's router statistics and logs,
+    per adapted layer, the router entropy (scalar) and the mean weight per expert (histogram),
+    plus their average over layers (``adapters/router_entropy``)."""
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        pl_module.model.record_diagnostics = trainer.global_step % self.every_n_steps == 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not pl_module.model.record_diagnostics:
+            return
+        pl_module.model.record_diagnostics = False
+        stats = {name: d for name, d in adapter_diagnostics(pl_module.model.llm).items() if "expert_load" in d}
+        if not stats:
+            return
+        writer, step = tensorboard(trainer), trainer.global_step
+        entropies = []
+        for name, d in stats.items():
+            entropies.append(float(d["router_entropy"]))
+            if writer is not None:
+                writer.add_scalar(f"router_entropy/{name}", entropies[-1], step)
+                writer.add_histogram(f"expert_load/{name}", d["expert_load"].float().cpu(), step)
+        pl_module.log("adapters/router_entropy", sum(entropies) / len(entropies))
+
+
+class HypernetworkCores(L.Callback):
+    """The anomaly-aware expert's generated cores of validation samples in TensorBoard's embedding
+    projector, labelled with product, defect class and domain: the paper's Fig. 5(c).
+
+    Args:
+        layer: the adapted layer whose cores are shown (a name pattern; the first match is used).
+        max_samples: samples per validation run.
+    """
+
+    def __init__(self, layer: str = "self_attn.q_proj", max_samples: int = 500) -> None:
+        self.layer, self.max_samples = layer, max_samples
+        self._cores: list[torch.Tensor] = []
+        self._labels: list[list[str]] = []
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        pl_module.model.record_diagnostics = len(self._labels) < self.max_samples
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not pl_module.model.record_diagnostics:
+            return
+        pl_module.model.record_diagnostics = False
+        found = [(n, d["core"]) for n, d in adapter_diagnostics(pl_module.model.llm).items()
+                 if "core" in d and self.layer in n]
+        if not found:
+            return
+        cores = found[0][1].flatten(1).float().cpu()
+        for core, meta, valid in zip(cores, batch["meta"], batch["valid"].tolist()):
+            if valid and len(self._labels) < self.max_samples:
+                self._cores.append(core)
+                self._labels.append([meta["product"], str(meta.get("defect_class") or "normal"), meta["domain"]])
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        writer = tensorboard(trainer)
+        if writer is not None and self._cores and trainer.is_global_zero:
+            writer.add_embedding(torch.stack(self._cores), metadata=self._labels,
+                                 metadata_header=["product", "defect_class", "domain"],
+                                 tag=f"hypernetwork_cores/{self.layer}", global_step=trainer.global_step)
+        self._cores, self._labels = [], []
