@@ -8,6 +8,10 @@ def __getattr__(name: str):
         from maugpt.data import datamodule
 
         return getattr(datamodule, name)
+    if name == "ImageFolderQuestions":
+        from maugpt.data.folder import ImageFolderQuestions
+
+        return ImageFolderQuestions
     if name == "SkippedSamplesLogger":
         from maugpt.data.callbacks import SkippedSamplesLogger
 

@@ -96,3 +96,35 @@ class HypernetworkCores(L.Callback):
                                  metadata_header=["product", "defect_class", "domain"],
                                  tag=f"hypernetwork_cores/{self.layer}", global_step=trainer.global_step)
         self._cores, self._labels = [], []
+
+
+class JsonlPredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
+    """Writes ``maugpt predict`` answers as JSON lines (one file per rank when there are several).
+
+    Args:
+        path: the output file; an existing file is refused unless ``overwrite``.
+        overwrite: replace an existing file.
+    """
+
+    def __init__(self, path: str, overwrite: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.path, self.overwrite = path, overwrite
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from pathlib import Path
+
+        path = Path(self.path)
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        if path.exists() and not self.overwrite:
+            raise FileExistsError(f"{path} exists; set overwrite: true on JsonlPredictionWriter to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        self._path = path
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        import json
+
+        with open(self._path, "a") as f:
+            for row in prediction:
+                f.write(json.dumps(row) + "\n")

@@ -172,7 +172,8 @@ class MAUGPTModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         answers = self.generate_answers(batch)
-        return [{**meta, "prediction": answer.strip()} for meta, answer in zip(batch["meta"], answers)]
+        return [{**meta, "prediction": answer.strip() if valid else None}
+                for meta, answer, valid in zip(batch["meta"], answers, batch["valid"].tolist())]
 
     # -- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self):
