@@ -18,14 +18,21 @@ from maugpt.data.stats import format_statistics
 log = logging.getLogger(__name__)
 
 
-def skip_unreadable(items: Iterable, make: Callable, skipped: list[str]) -> Iterator:
-    """``make(item)`` for each item; an unreadable file is logged, counted in ``skipped`` and passed over."""
+#: What PIL raises for a missing or damaged image file.
+UNREADABLE: tuple[type[BaseException], ...] = (OSError, UnidentifiedImageError, SyntaxError)
+
+
+def skip_unreadable(items: Iterable, make: Callable, skipped: list[str],
+                    errors: tuple[type[BaseException], ...] = UNREADABLE) -> Iterator:
+    """``make(item)`` for each item; an item raising one of ``errors`` is logged, counted in
+    ``skipped`` and passed over."""
     for item in items:
         try:
             yield make(item)
-        except (OSError, UnidentifiedImageError, SyntaxError) as err:  # PIL's errors for damaged files
-            skipped.append(f"{getattr(item, 'image', item)}: {err}")
-            log.warning("skipping unreadable image %s (%s)", getattr(item, "image", item), err)
+        except errors as err:
+            label = item.get("id", "?") if isinstance(item, dict) else getattr(item, "image", item)
+            skipped.append(f"{label}: {err}")
+            log.warning("skipping unreadable image or record %s (%s)", label, err)
 
 
 def scan_sources(sources: Sequence[str], root: Path) -> list[SourceImage]:

@@ -8,11 +8,12 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from maugpt.data.build import skip_unreadable
+from maugpt.data.build import UNREADABLE, skip_unreadable
 from maugpt.data.shards import make_sample, prepare_output, write_split
 
 log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
+MALFORMED = (KeyError, ValueError, TypeError, AttributeError)  # a record without the expected fields
 
 
 def caption_pair(entry: dict) -> tuple[str, str]:
@@ -52,14 +53,10 @@ def convert_llava_pretrain(annotations: str | Path, images: str | Path, out: str
     prepare_output(out, overwrite)
     skipped: list[str] = []
 
-    def make(entry):
-        try:
-            return llava_sample(entry, images, max_side, image_format)
-        except (KeyError, ValueError, TypeError, AttributeError) as err:  # a malformed record
-            raise OSError(f"record {entry.get('id') if isinstance(entry, dict) else entry!r}: {err}") from err
-
     bar = tqdm(entries[:limit], desc="llava", unit="img", disable=not progress)
-    stats = write_split(skip_unreadable(bar, make, skipped), out / "train", maxcount, skipped=skipped)
+    samples = skip_unreadable(bar, lambda entry: llava_sample(entry, images, max_side, image_format), skipped,
+                              errors=UNREADABLE + MALFORMED)
+    stats = write_split(samples, out / "train", maxcount, skipped=skipped)
     if skipped:
         print(f"skipped {len(skipped)} record(s) without a readable image or with malformed turns; first: {skipped[:3]}")
     return stats

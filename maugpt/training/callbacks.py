@@ -1,7 +1,9 @@
 """TensorBoard callbacks: throughput, the MoE routers' load and entropy, and the hypernetwork cores."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -111,8 +113,6 @@ class JsonlPredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
         self.path, self.overwrite = path, overwrite
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from pathlib import Path
-
         path = Path(self.path)
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
@@ -123,8 +123,6 @@ class JsonlPredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
         self._path = path
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        import json
-
         with open(self._path, "a") as f:
             for row in prediction:
                 f.write(json.dumps(row) + "\n")

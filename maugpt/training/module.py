@@ -166,7 +166,7 @@ class MAUGPTModule(L.LightningModule):
                 self.scores.add(meta, answer.strip())
 
     def on_test_epoch_end(self) -> None:
-        results = self.scores.compute(self)
+        results = self.scores.compute()
         for name, value in results.items():
             self.log(f"test/{name}", value, rank_zero_only=True)
 

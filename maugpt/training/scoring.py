@@ -39,7 +39,7 @@ class TestScores(nn.Module):
         else:
             self.rouge.update(answer, meta["reference"])
 
-    def compute(self, module: nn.Module | None = None) -> dict[str, float]:
+    def compute(self) -> dict[str, float]:
         total = float(self.total.compute())
         results = {"detection_accuracy": float(self.correct.compute()) / total if total else float("nan"),
                    "detection_unparsed": float(self.unparsed.compute()),
