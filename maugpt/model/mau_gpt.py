@@ -51,6 +51,7 @@ class MAUGPT(nn.Module):
         self.projector = build_projector(projector, self.vision.dim, self.llm.config.get_text_config().hidden_size)
         self.adapter = adapter
         self.record_diagnostics = False  # callbacks switch it on for the forwards they inspect
+        self.synced_generation = False  # set under FSDP: ranks decode in lockstep (see training/sharding.py)
         if adapter is not None:
             inject(self.llm, adapter)
 
@@ -99,7 +100,8 @@ class MAUGPT(nn.Module):
         embeddings = self.embed(input_ids, pixel_values)
         # The image placeholder is never a word of an answer.
         options = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
-                   "eos_token_id": self.tokenizer.eos_token_id, "suppress_tokens": [self.image_token_id], **kwargs,
+                   "eos_token_id": self.tokenizer.eos_token_id, "suppress_tokens": [self.image_token_id],
+                   "synced_gpus": self.synced_generation, **kwargs,
                    "inputs_embeds": embeddings, "attention_mask": attention_mask, "max_new_tokens": max_new_tokens}
         if self.adapter is None:
             return self.llm.generate(**options)

@@ -17,6 +17,12 @@ class MAUGPTCLI(LightningCLI):
                               apply_on="instantiate")
 
 
-def run(args: list[str] | None = None) -> MAUGPTCLI:
+def run(args: list[str] | None = None, subcommand: bool = True) -> MAUGPTCLI:
+    """Parse ``args`` (default: ``sys.argv``), build everything and run the sub-command.
+
+    ``subcommand=False`` parses arguments without a sub-command and only builds the trainer, model
+    and data (the recipe tests build the 4B model on the meta device this way).
+    """
     return MAUGPTCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                     save_config_kwargs={"overwrite": True}, args=args, auto_configure_optimizers=False)
+                     save_config_kwargs={"overwrite": True}, args=args, auto_configure_optimizers=False,
+                     run=subcommand)

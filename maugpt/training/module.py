@@ -18,6 +18,7 @@ from torch import Tensor
 
 from maugpt.adapters import Adapter, auxiliary_loss
 from maugpt.model import MAUGPT
+from maugpt.model.mau_gpt import DTYPES
 from maugpt.training.scoring import TestScores
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,17 @@ class MAUGPTModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the trainable tensors only
         self.skipped_nonfinite = 0
         self.scores = TestScores()
+
+    def configure_model(self) -> None:
+        """Shard with FSDP2 under ``ModelParallelStrategy`` (configs/strategy/fsdp.yaml); else nothing."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        from maugpt.training.sharding import shard_model
+
+        dtype = DTYPES[self.hparams.llm_dtype]
+        shard_model(self.model, self.device_mesh, param_dtype=None if dtype == torch.float32 else dtype)
 
     # -- what trains --------------------------------------------------------------------------
     @property

@@ -1,9 +1,11 @@
-"""Every shipped training recipe parses with the CLI (nothing is built or downloaded)."""
+"""Every shipped training recipe parses with the CLI; the 4B one builds on the meta device (no downloads)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from maugpt.training.cli import run
@@ -11,7 +13,8 @@ from maugpt.training.cli import run
 CONFIGS = Path(__file__).parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["tiny/stage1.yaml", "tiny/stage2.yaml"])
+@pytest.mark.parametrize("name", ["tiny/stage1.yaml", "tiny/stage2.yaml", "mau-gpt-4b/stage1.yaml",
+                                  "mau-gpt-4b/stage2.yaml"])
 def test_recipe_parses(name, capsys):
     with pytest.raises(SystemExit) as done:
         run(["fit", "--config", str(CONFIGS / name), "--print_config"])
@@ -38,3 +41,47 @@ def test_stage_2_swaps_adapters_from_their_recipes(adapter, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     recipe = yaml.safe_load((CONFIGS / "adapters" / f"{adapter}.yaml").read_text())
     assert printed["model"]["init_args"]["adapter"]["class_path"] == recipe["class_path"]
+
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "hub"
+
+
+@pytest.mark.parametrize("name", ["mau-gpt-4b/stage1.yaml", "mau-gpt-4b/stage2.yaml"])
+def test_4b_recipe_parses_and_names_hub_models(name, capsys):
+    with pytest.raises(SystemExit):
+        run(["fit", "--config", str(CONFIGS / name), "--config", str(CONFIGS / "strategy/fsdp.yaml"), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    model = printed["model"]["init_args"]
+    assert (model["llm"], model["vision_encoder"]) == ("Qwen/Qwen2.5-3B-Instruct", "vit_so400m_patch14_siglip_384.webli")
+    assert printed["trainer"]["strategy"]["class_path"].endswith("ModelParallelStrategy")
+    global_batch = printed["trainer"]["devices"] * printed["data"]["init_args"]["batch_size"]
+    assert global_batch == (256 if model["stage"] == 1 else 128)
+
+
+def test_4b_stage_2_builds_on_the_meta_device_with_the_expected_parameter_count(tiny_base, tmp_path):
+    """The paper's scale, without downloading: Qwen2.5-3B-Instruct's published config.json (with the
+    tiny tokenizer beside it) and SigLIP so400m from timm's own config, built on the meta device."""
+    llm = tmp_path / "Qwen2.5-3B-Instruct"
+    shutil.copytree(tiny_base["llm"], llm)
+    shutil.copy(FIXTURES / "Qwen2.5-3B-Instruct" / "config.json", llm / "config.json")
+    with torch.device("meta"):
+        cli = run(["--config", str(CONFIGS / "mau-gpt-4b/stage2.yaml"), "--model.init_args.llm", str(llm),
+                   "--model.init_args.init_from", "null", "--model.init_args.llm_pretrained", "false",
+                   "--model.init_args.vision_pretrained", "false", "--trainer.accelerator", "cpu",
+                   "--trainer.devices", "1", "--trainer.logger", "false"], subcommand=False)
+    model = cli.model.model
+    frozen_llm = sum(p.numel() for p in model.llm.parameters() if not p.requires_grad)
+    assert frozen_llm == 3_085_938_688  # Qwen2.5-3B's published size (tied embeddings)
+    assert (model.vision.dim, model.image_tokens) == (1152, 729)
+    assert cli.datamodule.hparams.image_tokens == 729
+    vision = sum(p.numel() for p in model.vision.parameters())
+    assert vision == 397_745_440  # SigLIP so400m/14 without its last block, head and final norm
+    assert cli.model.parameter_summary()["projector"] == 1152 * 2048 + 2048 + 2048 * 2048 + 2048
+    # AMoE-LoRA 16 × 4 (hypernetwork hidden 64) on the 7 projections of each of 36 layers: experts,
+    # router, W_a and W_b, hypernetwork (the formula of tests/adapters/test_protocol.py)
+    n, r, h = 16, 4, 64
+    dims = [(2048, 2048), (2048, 256), (2048, 256), (2048, 2048), (2048, 11008), (2048, 11008), (11008, 2048)]
+    per_layer = sum(n * r * (i + o) + i * n + r * (i + o) + i * h + h + h * r * r + r * r for i, o in dims)
+    assert cli.model.parameter_summary()["adapter"] == 36 * per_layer
+    total = sum(p.numel() for p in cli.model.parameters())
+    assert 3.4e9 < total < 4.1e9 and all(p.is_meta for p in cli.model.parameters())

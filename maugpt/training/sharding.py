@@ -1,0 +1,58 @@
+"""FSDP2 for MAU-GPT: every decoder layer of the LLM is one shard unit, the rest one root unit.
+
+``fully_shard`` shards each parameter as a DTensor, so frozen and trainable parameters can share
+a unit: the frozen ones get no gradient buffer at all, and only the adapters and the projector
+carry gradients and optimizer state. Under Lightning's ``ModelParallelStrategy`` the device mesh
+is ``(data_parallel, tensor_parallel)``; MAU-GPT has no tensor-parallel plan, so a 1-node mesh
+shards over its devices, and a 2-D mesh is used as HSDP (replicate across ``data_parallel``,
+shard across ``tensor_parallel``, i.e. shard within a node and replicate across nodes).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+
+def decoder_layers(llm: nn.Module) -> list[nn.Module]:
+    """The LLM's decoder layers: the module classes transformers never splits across devices."""
+    names = set(getattr(llm, "_no_split_modules", None) or ())
+    layers = [m for m in llm.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"{type(llm).__name__} names no decoder-layer classes (_no_split_modules = {sorted(names)}): "
+                         "cannot choose FSDP units")
+    return layers
+
+
+def shard_mesh(mesh: DeviceMesh) -> DeviceMesh:
+    """The mesh ``fully_shard`` gets from Lightning's: 1-D when there is nothing to replicate."""
+    if mesh.ndim == 2 and mesh.size(0) == 1:
+        return mesh[mesh.mesh_dim_names[1]] if mesh.mesh_dim_names else mesh
+    return mesh
+
+
+def shard_model(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None = None,
+                reshard_after_forward: bool = True) -> None:
+    """Apply FSDP2 to a :class:`~maugpt.model.MAUGPT` in place.
+
+    Args:
+        model: the MAU-GPT model (adapters already injected).
+        mesh: the device mesh (see the module docstring).
+        param_dtype: dtype the all-gathered parameters compute in (``bfloat16`` when the frozen
+            parts are bf16: the float32 adapters are then gathered in bf16 too, while their
+            sharded master copies, gradients reductions and optimizer state stay float32).
+        reshard_after_forward: free each layer's gathered parameters after its forward
+            (ZeRO-3; False keeps them until backward, ZeRO-2-like, faster and larger).
+    """
+    if isinstance(model, FSDPModule):
+        return  # Lightning calls configure_model again for test after fit
+    mesh = shard_mesh(mesh)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for layer in decoder_layers(model.llm):
+        fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    # generate() bypasses forward(): it must gather the root unit (encoder, projector, embeddings)
+    # too, and every rank must keep stepping until all ranks have finished their answers.
+    register_fsdp_forward_method(model, "generate")
+    model.synced_generation = mesh.size() > 1
