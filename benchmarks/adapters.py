@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, Qwen2Config
 
+from maugpt.adapters import base as adapter_base
 from maugpt.adapters import ALL_PROJECTIONS, AMoELoRA, Adapter, LoRA, LoRAMoE, inject, unwrap
 from maugpt.adapters.reference import reference_forward
 
@@ -42,12 +43,31 @@ class LoopedAMoELoRA(AMoELoRA):
         return layer
 
 
+class UnalignedAMoELoRA(AMoELoRA):
+    """AMoE-LoRA without the zero padding of its fused widths to multiples of 8 (84 and 68 wide)."""
+
+    def wrap(self, base, context=None):
+        layer = super().wrap(base, context)
+        aligned = type(layer).forward
+
+        def forward(x):
+            adapter_base.ALIGN = 1
+            try:
+                return aligned(layer, x)
+            finally:
+                adapter_base.ALIGN = 8
+        layer.forward = forward
+        return layer
+
+
 # Each variant is built for a list of target patterns; None is the floor (no adapter).
 VARIANTS: dict[str, Callable[[Sequence[str]], Adapter] | None] = {
     "floor (frozen base)": None,
     "LoRA r=64": lambda targets: LoRA(rank=64, alpha=128, targets=targets),
     "LoRAMoE 16x4": lambda targets: LoRAMoE(experts=16, rank=4, alpha=8, dropout=0.0, targets=targets),
     "AMoE-LoRA 16x4 + hypernetwork": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
+    "AMoE-LoRA 16x4, unaligned widths": lambda targets: UnalignedAMoELoRA(experts=16, rank=4, alpha=8,
+                                                                          targets=targets),
     "AMoE-LoRA, literal Eq. 1-6 (loop)": lambda targets: LoopedAMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
 }
 
@@ -220,11 +240,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant and round")
     parser.add_argument("--only", choices=["projection", "model"], help="run one setting")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--variants", nargs="+", help="run only the variants whose names start with these "
+                        "(the floor always runs)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.shape == "3b" and device.type != "cuda":
         parser.error("--shape 3b needs a CUDA device (a 3B model's steps take minutes on a CPU)")
     shape = SHAPES[args.shape]
+    if args.variants:
+        for name in [n for n in VARIANTS if VARIANTS[n] is not None]:
+            if not name.startswith(tuple(args.variants)):
+                del VARIANTS[name]
     timing = dict(rounds=args.rounds, steps=args.steps, warmup=args.warmup)
     results = []
     if args.only in (None, "projection"):

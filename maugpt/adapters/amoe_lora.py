@@ -112,9 +112,13 @@ class AMoELoRALinear(LoRAMoELinear):
         weights = self.route(logits)
         self.observe(x, weights, core=core)
         hh = (core @ core) * self.scale  # (B, r, r): (α/r) H H, Eq. 4–5
-        u = torch.cat([self.mix(z, weights), torch.bmm(z_anomaly, hh.to(z_anomaly.dtype))], dim=-1)
-        up = torch.cat([self.B, self.anomaly_aware.W_b], dim=0)
-        return self.add_low_rank(self.base(x), u, up)
+        u = [self.mix(z, weights), torch.bmm(z_anomaly, hh.to(z_anomaly.dtype))]
+        up = [self.B, self.anomaly_aware.W_b]
+        pad = self.alignment_padding(self.B.shape[0] + self.rank)
+        if pad:  # zero columns of u meet zero rows of up: the sum is unchanged, the GEMM aligned
+            u.append(z_anomaly.new_zeros(*z_anomaly.shape[:-1], pad))
+            up.append(self.B.new_zeros(pad, self.out_features))
+        return self.add_low_rank(self.base(x), torch.cat(u, dim=-1), torch.cat(up, dim=0))
 
 
 class AMoELoRA(LoRAMoE):

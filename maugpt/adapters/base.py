@@ -26,6 +26,9 @@ from torch import Tensor, nn
 ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: The feed-forward projections only (LoRAMoE's official targets).
 FFN_PROJECTIONS: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+# Fused low-rank widths are padded with zeros to a multiple of this: bf16 GEMMs whose sizes are not
+# multiples of 8 miss the tensor-core kernels (AMoE-LoRA 16×4 is 16·4 + 4 + 16 = 84 wide otherwise).
+ALIGN = 8
 
 
 def require_positive(**values: float) -> None:
@@ -200,6 +203,11 @@ class AdapterLayer(nn.Module, ABC):
         if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
             return x
         return x.to(weight.dtype)
+
+    @staticmethod
+    def alignment_padding(width: int) -> int:
+        """Zero columns that bring a fused low-rank width to a multiple of :data:`ALIGN`."""
+        return -width % ALIGN
 
     @staticmethod
     def add_low_rank(out: Tensor, u: Tensor, up: Tensor) -> Tensor:
