@@ -121,6 +121,7 @@ class TrainExamples(IterableDataset):
                  shuffle_buffer: int = 1000, seed: int = 0) -> None:
         self.urls, self.encoder, self.rank, self.world_size = urls, encoder, rank, world_size
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
+        self.resumed_after = 0  # batches of this epoch served before a resume: part of the seed
         self.max_barren = 10_000  # consecutive samples without an example before giving up
 
     def rank_urls(self) -> list[str]:
@@ -131,7 +132,8 @@ class TrainExamples(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         worker, _ = worker_slot()
-        seed = random.Random(f"{self.seed}:{self.rank}:{worker}:{self.epoch}").randrange(2**31)
+        key = f"{self.seed}:{self.rank}:{worker}:{self.epoch}" + (f":{self.resumed_after}" if self.resumed_after else "")
+        seed = random.Random(key).randrange(2**31)
         stream = wds.DataPipeline(
             wds.ResampledShards(self.rank_urls(), seed=seed, deterministic=True),
             wds.tarfile_to_samples(handler=wds.warn_and_continue),
@@ -225,15 +227,33 @@ class EvalExamples(IterableDataset):
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader over an endless dataset that yields exactly ``batches`` batches per epoch."""
+    """A DataLoader over an endless dataset that yields exactly ``batches`` batches per epoch.
+
+    It is resumable: a checkpoint records how many batches of the epoch were served, and a run
+    resumed in the middle of that epoch draws a fresh stream (another seed) instead of replaying
+    the epoch's first batches; Lightning ends the epoch at its batch count.
+    """
 
     def __init__(self, dataset: TrainExamples, batches: int, epoch: Callable[[], int], **kwargs) -> None:
         super().__init__(dataset, **kwargs)
         self.batches, self.epoch = batches, epoch
+        self.served, self._resume = 0, None
 
     def __iter__(self):
-        self.dataset.epoch = self.epoch()  # set before the workers copy the dataset
-        return itertools.islice(super().__iter__(), self.batches)
+        epoch = self.epoch()
+        resume, self._resume = self._resume, None
+        self.dataset.epoch = epoch  # set before the workers copy the dataset
+        self.dataset.resumed_after = resume["served"] if resume and resume["epoch"] == epoch else 0
+        self.served = self.dataset.resumed_after
+        for batch in itertools.islice(super().__iter__(), self.batches):
+            self.served += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.dataset.epoch, "served": self.served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
 
     def __len__(self) -> int:
         return self.batches
@@ -284,6 +304,8 @@ class MAUSetDataModule(L.LightningDataModule):
             raise ValueError(f"unknown task(s) {unknown}; expected some of {[*TASKS, 'caption']}")
         self.data_dir = Path(data_dir)
         self.encoder: ExampleEncoder | None = None
+        self._train_loader: EpochLoader | None = None
+        self._train_state: dict | None = None
 
     def urls(self, split: str) -> list[str]:
         folder = self.data_dir / split
@@ -340,7 +362,24 @@ class MAUSetDataModule(L.LightningDataModule):
         batches = self.hparams.batches_per_epoch or self.default_batches_per_epoch(world)
         trainer = self.trainer
         epoch = (lambda: trainer.current_epoch) if trainer is not None else (lambda: dataset.epoch + 1)
-        return EpochLoader(dataset, batches, epoch, drop_last=True, **self._loader(dataset, self.hparams.batch_size))
+        self._train_loader = EpochLoader(dataset, batches, epoch, drop_last=True,
+                                         **self._loader(dataset, self.hparams.batch_size))
+        if self._train_state is not None:
+            self._train_loader.load_state_dict(self._train_state)
+            self._train_state = None
+        return self._train_loader
+
+    def state_dict(self) -> dict:
+        """The training stream's position, saved in checkpoints (see :class:`EpochLoader`)."""
+        return {"train": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Lightning restores the data module before or after it builds the train loader (it
+        # builds one early to count the steps), so the state applies to the loader either way.
+        if self._train_loader is not None and "train" in state:
+            self._train_loader.load_state_dict(state["train"])
+        else:
+            self._train_state = state.get("train")
 
     def _eval_dataloader(self, split: str, prompts: bool = False) -> DataLoader:
         rank, world = self._rank()

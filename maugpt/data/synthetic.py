@@ -249,11 +249,19 @@ def contamination(rng, canvas, draws, s):
             draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
 
 
+def _contrasting(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    return (25, 25, 25) if sum(color) > 300 else (235, 235, 225)
+
+
+# Absence defects leave a trace, as they do on real parts: an empty mount, bare laminate, a
+# fracture edge. (Erased to the background alone, they look like a plausible normal variant.)
 def missing_part(rng, canvas, draws, s):
     parts = canvas.parts or [canvas.area]
     x1, y1, x2, y2 = parts[rng.integers(len(parts))]
     for draw, fill in draws(canvas.background):
         draw.rectangle([x1, y1, x2, y2], fill=fill)
+    for draw, fill in draws(_contrasting(canvas.background)):  # the empty mount
+        draw.rectangle([x1, y1, x2, y2], outline=fill, width=max(2, s // 48))
 
 
 def bent(rng, canvas, draws, s):
@@ -269,7 +277,7 @@ def bent(rng, canvas, draws, s):
 def open_circuit(rng, canvas, draws, s):
     x = rng.uniform(s * 0.15, s * 0.85)
     y = np.linspace(s * 0.15, s * 0.85, 5).astype(int)[rng.integers(5)]
-    for draw, fill in draws(canvas.background):
+    for draw, fill in draws((235, 225, 190)):  # the trace is gone down to the bare laminate
         draw.rectangle([x - s * 0.05, y - s * 0.05, x + s * 0.05, y + s * 0.05], fill=fill)
 
 
@@ -289,8 +297,11 @@ def broken(rng, canvas, draws, s):
     else:  # a corner broken off
         cx, cy = (x1, x2)[rng.integers(2)], (y1, y2)[rng.integers(2)]
     r = s * 0.15
+    piece = [(cx - r, cy), (cx, cy - r), (cx + r, cy), (cx, cy + r)]
     for draw, fill in draws(canvas.background):
-        draw.polygon([(cx - r, cy), (cx, cy - r), (cx + r, cy), (cx, cy + r)], fill=fill)
+        draw.polygon(piece, fill=fill)
+    for draw, fill in draws(_contrasting(canvas.background)):  # the fracture edge
+        draw.polygon(piece, outline=fill, width=max(2, s // 48))
 
 
 DEFECTS: dict[str, Callable] = {

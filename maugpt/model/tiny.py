@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import timm
+from PIL import Image
 import torch
 import torch.nn.functional as F
 from timm.models import save_for_hf
@@ -22,9 +23,12 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 
 from maugpt.data.encode import ChatEncoder, ImageTransform
 from maugpt.data.reader import iter_samples
+from maugpt.data.synthetic import iter_synthetic
 from maugpt.tokenizer import save_tokenizer, train_tokenizer
 
-VIT = dict(img_size=96, patch_size=12, embed_dim=128, depth=4, num_heads=4)
+# Average pooling: the pretraining objectives read the mean of the patch tokens, so every patch
+# token carries the image-level facts (is there a defect?) that the LM reads from them.
+VIT = dict(img_size=96, patch_size=12, embed_dim=128, depth=4, num_heads=4, global_pool="avg")
 LLM = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
            num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
 
@@ -64,6 +68,8 @@ def _patch_mask(mask, grid: int) -> torch.Tensor:
     """Share of defect pixels in each of ``grid × grid`` patches, row-major ``(grid²,)``."""
     if mask is None:
         return torch.zeros(grid * grid)
+    if isinstance(mask, np.ndarray):
+        mask = Image.fromarray(mask)
     pixels = torch.from_numpy(np.asarray(mask.convert("L").resize((grid * 8, grid * 8))) > 0).float()
     return F.avg_pool2d(pixels[None, None], 8).flatten()
 
@@ -92,10 +98,12 @@ def pretrain_llm(tokenizer, records: list[dict], steps: int, seed: int) -> torch
 
 
 def make_tiny_base(out: str | Path, shards: str | Path, seed: int = 0, vocab_size: int = 2048,
-                   vit_steps: int = 400, llm_steps: int = 150) -> dict[str, Path]:
+                   vit_steps: int = 1000, llm_steps: int = 150, vit_extra_images: int = 6000) -> dict[str, Path]:
     """Write ``out/llm`` (tokenizer + LM) and ``out/vision`` (timm ViT) from the synthetic shards.
 
     ``shards`` is the folder written by ``tools/synth_mauset.py`` (``mauset/`` and ``captions/``).
+    The ViT also sees ``vit_extra_images`` procedural images of its own (another seed, never the
+    MAU-Set validation or test images), as a real encoder is pretrained on data of its own.
     """
     out, shards = Path(out), Path(shards)
     train = [s for s in iter_samples(shards / "mauset" / "train")]
@@ -105,17 +113,22 @@ def make_tiny_base(out: str | Path, shards: str | Path, seed: int = 0, vocab_siz
     tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)
     llm_dir = save_tokenizer(tokenizer, out / "llm")
     # The ViT learns to name (product, defect class or normal) from the training images.
-    names = sorted({(r["product"], r["defect_class"] or "normal") for r in records})
     vision_dir = out / "vision"
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **VIT)
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, VIT["img_size"], VIT["img_size"]),
                             "crop_pct": 1.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "tag": None}
     save_for_hf(model, vision_dir, model_config=VIT, safe_serialization=True)  # writes the data config
     transform = ImageTransform(str(vision_dir))
-    images = torch.stack([transform.normalize(transform(s["png"] if "png" in s else s["jpg"])) for s in train])
-    labels = torch.tensor([names.index((s["json"]["product"], s["json"]["defect_class"] or "normal")) for s in train])
     grid = VIT["img_size"] // VIT["patch_size"]
-    masks = torch.stack([_patch_mask(s.get("mask.png"), grid) for s in train])
+    pictures = [(s["png"] if "png" in s else s["jpg"], s["json"]["product"], s["json"]["defect_class"],
+                 s.get("mask.png")) for s in train]
+    extra_seed = 1_000_003 + seed  # far from every seed the MAU-Set builds use
+    pictures += [(image, item.product, item.defect_class, mask)
+                 for item, image, mask in iter_synthetic(vit_extra_images, extra_seed, VIT["img_size"])]
+    names = sorted({(product, defect or "normal") for _, product, defect, _ in pictures})
+    images = torch.stack([transform.normalize(transform(image)) for image, *_ in pictures])
+    labels = torch.tensor([names.index((product, defect or "normal")) for _, product, defect, _ in pictures])
+    masks = torch.stack([_patch_mask(mask, grid) for *_, mask in pictures])
     vit = pretrain_vit(images, labels, masks, len(names), vit_steps, seed)
     vit.pretrained_cfg = model.pretrained_cfg
     save_for_hf(vit, vision_dir, model_config=VIT, safe_serialization=True)

@@ -1,4 +1,5 @@
-"""TensorBoard callbacks: throughput, the MoE routers' load and entropy, and the hypernetwork cores."""
+"""TensorBoard callbacks: throughput, the MoE routers' load and entropy, the hypernetwork cores, example
+answers as text, and the hyper-parameters with their final metrics for the HParams view."""
 from __future__ import annotations
 
 import json
@@ -8,16 +9,22 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
 
 from maugpt.adapters import adapter_diagnostics
 
 
-def tensorboard(trainer: L.Trainer):
-    """The trainer's TensorBoard ``SummaryWriter``, or None."""
+def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
+            return logger
     return None
+
+
+def tensorboard(trainer: L.Trainer):
+    """The trainer's TensorBoard ``SummaryWriter``, or None."""
+    logger = tensorboard_logger(trainer)
+    return logger.experiment if logger is not None else None
 
 
 class ThroughputMonitor(L.Callback):
@@ -98,6 +105,96 @@ class HypernetworkCores(L.Callback):
                                  metadata_header=["product", "defect_class", "domain"],
                                  tag=f"hypernetwork_cores/{self.layer}", global_step=trainer.global_step)
         self._cores, self._labels = [], []
+
+
+class ExampleAnswers(L.Callback):
+    """After each validation, the model answers the first ``examples`` validation questions and the
+    answers are logged as a Markdown table (question, reference, answer) under ``val/examples``.
+
+    Every rank generates (FSDP needs all ranks in each forward); rank 0 logs.
+
+    Args:
+        examples: questions answered each time.
+        max_new_tokens: answer length limit (default: the model's).
+    """
+
+    def __init__(self, examples: int = 8, max_new_tokens: int | None = None) -> None:
+        self.examples, self.max_new_tokens = examples, max_new_tokens
+        self._batch: dict | None = None
+
+    def prompts(self, trainer) -> dict:
+        """The first ``examples`` validation prompts as one left-padded batch (read once)."""
+        if self._batch is None:
+            data = trainer.datamodule
+            dataset = data.eval_dataset("val", prompts=True)  # rank 0's view of the split: the same on every rank
+            loader = DataLoader(dataset, **{**data._loader(dataset, self.examples, prompts=True), "num_workers": 0})
+            self._batch = next(iter(loader))
+        return self._batch
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or tensorboard(trainer) is None:
+            return
+        batch = trainer.datamodule.on_after_batch_transfer(
+            {k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v for k, v in self.prompts(trainer).items()}, 0)
+        tokens = pl_module.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                          batch.get("condition_mask"),
+                                          max_new_tokens=self.max_new_tokens or pl_module.hparams.max_new_tokens)
+        answers = pl_module.model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        writer = tensorboard(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        rows = ["| image | question | reference | answer |", "|---|---|---|---|"]
+        for meta, answer, valid in zip(batch["meta"], answers, batch["valid"].tolist()):
+            if valid:
+                cells = [meta.get("key", ""), meta.get("question", ""), meta.get("reference", ""), answer.strip()]
+                rows.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+        writer.add_text("val/examples", "\n".join(rows), trainer.global_step)
+
+
+class HParamsSummary(L.Callback):
+    """Writes the model's and data's hyper-parameters to TensorBoard's HParams view with the run's
+    metrics, so that runs can be compared there (``hparams/<metric>``, updated as they are logged).
+
+    Args:
+        metrics: logged metric names shown as HParams columns.
+    """
+
+    def __init__(self, metrics: list[str] | None = None) -> None:
+        self.metrics = list(metrics or ["val/loss", "test/detection_accuracy", "test/rougeL"])
+        self._declared = False
+
+    def _params(self, trainer, pl_module) -> dict:
+        parts = {"model": pl_module.hparams, "data": trainer.datamodule.hparams if trainer.datamodule else {}}
+        # LightningCLI adds private entries (_class_path, _instantiator): not hyper-parameters
+        return {f"{part}/{k}": v for part, hparams in parts.items() for k, v in hparams.items()
+                if not k.startswith("_")}
+
+    def _write(self, trainer, pl_module) -> None:
+        logger = tensorboard_logger(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        values = {f"hparams/{m}": float(trainer.callback_metrics[m]) for m in self.metrics
+                  if m in trainer.callback_metrics}
+        if not self._declared:
+            # The HParams plugin lists a metric only if it is declared with the hyper-parameters.
+            logger.log_hyperparams(self._params(trainer, pl_module),
+                                   {f"hparams/{m}": values.get(f"hparams/{m}", float("nan")) for m in self.metrics})
+            self._declared = True
+        elif values:
+            logger.log_metrics(values, trainer.global_step)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._write(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
 
 
 class JsonlPredictionWriter(L.pytorch.callbacks.BasePredictionWriter):

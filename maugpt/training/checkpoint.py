@@ -8,16 +8,32 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.tmp-<pid>`` files of ``path`` whose writing process no longer exists."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes to a temporary file beside the target and renames it into place.
 
-    A run killed mid-write leaves the previous ``last.ckpt`` intact, never half a new one.
-    Loading uses ``torch.load(weights_only=True)``: tensors and plain containers only.
+    A run killed mid-write leaves the previous ``last.ckpt`` intact, never half a new one; the
+    next save removes the temporary file such a run left behind. Loading uses
+    ``torch.load(weights_only=True)``: tensors and plain containers only.
     """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             with open(tmp, "wb") as f:

@@ -9,7 +9,8 @@ import yaml
 def tiny_base(synthetic_dir, tmp_path_factory):
     from maugpt.model.tiny import make_tiny_base
 
-    return make_tiny_base(tmp_path_factory.mktemp("base"), synthetic_dir, vit_steps=2, llm_steps=2)
+    return make_tiny_base(tmp_path_factory.mktemp("base"), synthetic_dir, vit_steps=2, llm_steps=2,
+                          vit_extra_images=14)
 
 
 def stage_config(tmp_path, base, shards, stage: int, batches: int = 3, **model_args) -> str:

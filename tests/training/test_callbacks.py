@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from maugpt.training.cli import run
 from tests.training.conftest import AMOE, stage_config
@@ -28,3 +29,33 @@ def test_router_throughput_and_cores_reach_tensorboard(tiny_base, synthetic_dir,
     projector = list(log_dir.glob("*/hypernetwork_cores*/metadata.tsv")) or list(log_dir.glob("**/metadata.tsv"))
     lines = projector[0].read_text().splitlines()
     assert lines[0] == "product\tdefect_class\tdomain" and len(lines) == 6
+
+
+def test_example_answers_and_hparams_reach_tensorboard(tiny_base, synthetic_dir, tmp_path):
+    path = stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=2, adapter=AMOE, max_new_tokens=4)
+    config = yaml.safe_load(open(path))
+    config["trainer"]["limit_val_batches"] = 1
+    config["trainer"]["callbacks"] += [
+        {"class_path": "maugpt.training.callbacks.ExampleAnswers", "init_args": {"examples": 3}},
+        {"class_path": "maugpt.training.callbacks.HParamsSummary"}]
+    open(path, "w").write(yaml.safe_dump(config))
+    run(["fit", "--config", path])
+    log_dir = next((tmp_path / "tb" / "stage2").glob("version_*"))
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0, "scalars": 0}).Reload()
+    texts = events.Tensors("val/examples/text_summary")
+    assert len(texts) == 1 and texts[0].step == 2
+    table = texts[0].tensor_proto.string_val[0].decode().splitlines()
+    assert table[0] == "| image | question | reference | answer |" and len(table) == 2 + 3
+    assert all(row.count(" | ") == 3 for row in table[2:])
+    # HParams: the hyper-parameters are declared with the metric columns; val/loss is filled in
+    plugin = events.PluginTagToContent("hparams")
+    experiment = HParamsPluginData.FromString(plugin["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "hparams/val/loss", "hparams/test/detection_accuracy", "hparams/test/rougeL"]
+    hparams = HParamsPluginData.FromString(plugin["_hparams_/session_start_info"]).session_start_info.hparams
+    assert hparams["model/adapter/class_path"].string_value == "maugpt.adapters.amoe_lora.AMoELoRA"
+    assert hparams["model/adapter/init_args/experts"].number_value == 4
+    assert hparams["data/batch_size"].number_value == 2 and hparams["model/stage"].number_value == 2
+    assert not any(key.split("/")[1].startswith("_") for key in hparams)
+    filled = events.Scalars("hparams/val/loss")
+    assert filled[-1].step == 2 and filled[-1].value == filled[-1].value  # a number, not the NaN placeholder

@@ -1,10 +1,22 @@
 """Atomic checkpoint writes and safe loads."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from maugpt.training.checkpoint import AtomicCheckpointIO
+from maugpt.training.cli import run
+from tests.training.conftest import AMOE, stage_config
+
+ROOT = Path(__file__).parents[2]
 
 
 def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
@@ -34,3 +46,38 @@ def test_loading_refuses_pickled_objects(tmp_path):
         AtomicCheckpointIO().load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="missing.ckpt does not exist"):
         AtomicCheckpointIO().load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_a_temporary_file_left_by_a_killed_writer_is_removed_by_the_next_save(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".last.ckpt.tmp-{dead.pid}"
+    stale.write_bytes(b"half a checkpoint")
+    alive = tmp_path / f".last.ckpt.tmp-{os.getppid()}"  # a running process's file is not touched
+    alive.write_bytes(b"being written")
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "last.ckpt"]
+
+
+def test_kill_9_during_fit_then_ckpt_path_last_continues_from_the_saved_step(tiny_base, synthetic_dir, tmp_path):
+    path = stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=40, adapter=AMOE)
+    config = yaml.safe_load(open(path))
+    config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 3
+    open(path, "w").write(yaml.safe_dump(config))
+    last = tmp_path / "stage2" / "checkpoints" / "last.ckpt"
+    fit = subprocess.Popen([sys.executable, "-m", "maugpt.cli", "fit", "--config", path], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and fit.poll() is None:
+        if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= 6:
+            break
+        time.sleep(0.02)
+    fit.send_signal(signal.SIGKILL)
+    assert fit.wait() == -signal.SIGKILL  # killed, not finished
+    saved = torch.load(last, weights_only=True)
+    assert 6 <= saved["global_step"] < 40 and saved["global_step"] % 3 == 0
+    resumed = run(["fit", "--config", path, "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == 40  # the remaining steps only, not another 40
+    # the resumed epoch drew a fresh stream, starting after the batches served before the kill
+    assert resumed.datamodule._train_loader.dataset.resumed_after >= saved["global_step"]
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
