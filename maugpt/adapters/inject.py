@@ -6,6 +6,8 @@ match the adapter's target patterns are replaced by adapter layers sharing one
 """
 from __future__ import annotations
 
+import weakref
+
 import fnmatch
 import json
 import os
@@ -77,7 +79,17 @@ def inject(model: nn.Module, adapter: Adapter) -> list[str]:
         layer = adapter.wrap(getattr(parent, child), context)
         layer.name = name
         setattr(parent, child, layer)
+        _FROZEN_BASES.add(layer.base)
     return chosen
+
+
+# The frozen linear layers inside adapters: FSDP1 must make each one a unit of its own.
+_FROZEN_BASES: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def is_adapter_base(module: nn.Module) -> bool:
+    """Whether ``module`` is the frozen linear layer an injected adapter wraps."""
+    return module in _FROZEN_BASES
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -86,6 +98,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     for name, layer in layers:
         parent, child = _parent(model, name)
         setattr(parent, child, layer.base)
+        _FROZEN_BASES.discard(layer.base)
     if layers:
         context = layers[0][1].context
         for p in model.parameters():

@@ -84,10 +84,16 @@ class MAUGPTModule(L.LightningModule):
         self.scores = TestScores()
 
     def configure_model(self) -> None:
-        """Shard with FSDP2 under ``ModelParallelStrategy`` (configs/strategy/fsdp.yaml); else nothing."""
-        from lightning.pytorch.strategies import ModelParallelStrategy
+        """Shard with FSDP2 under ``ModelParallelStrategy`` (configs/strategy/fsdp.yaml); under FSDP1
+        (``FSDPStrategy``, configs/strategy/fsdp1.yaml) Lightning wraps and ranks generate in lockstep."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-        if self._trainer is None or not isinstance(self.trainer.strategy, ModelParallelStrategy):
+        if self._trainer is None:
+            return
+        if isinstance(self.trainer.strategy, FSDPStrategy):  # Lightning wraps (fsdp1_wrap_policy)
+            self.model.synced_generation = self.trainer.world_size > 1
+            return
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy):
             return
         from maugpt.training.sharding import shard_model
 

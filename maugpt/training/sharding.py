@@ -14,6 +14,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+from maugpt.adapters.inject import is_adapter_base
+
 
 def decoder_layers(llm: nn.Module) -> list[nn.Module]:
     """The LLM's decoder layers: the module classes transformers never splits across devices."""
@@ -56,3 +58,17 @@ def shard_model(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | N
     # too, and every rank must keep stepping until all ranks have finished their answers.
     register_fsdp_forward_method(model, "generate")
     model.synced_generation = mesh.size() > 1
+
+
+def fsdp1_wrap_policy(module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
+    """Auto-wrap policy for Lightning's ``FSDPStrategy`` (FSDP1, configs/strategy/fsdp1.yaml).
+
+    FSDP1 flattens each unit's parameters into one buffer and gives the whole buffer a gradient
+    as soon as one of them trains. So the frozen linear layer inside each adapter is a unit of its
+    own (no gradient), and each decoder layer a unit with the adapters' trainable tensors and the
+    small frozen norms; the rest (encoder, projector, embeddings tied to the LM head) is the root.
+    """
+    if recurse:
+        return True
+    # transformers names its decoder-layer classes <Model>DecoderLayer
+    return is_adapter_base(module) or type(module).__name__.endswith("DecoderLayer")

@@ -58,6 +58,17 @@ def test_4b_recipe_parses_and_names_hub_models(name, capsys):
     assert global_batch == (256 if model["stage"] == 1 else 128)
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp1"])
+def test_strategy_recipes_compose_with_a_stage_recipe(strategy, capsys):
+    with pytest.raises(SystemExit):
+        run(["fit", "--config", str(CONFIGS / "tiny/stage2.yaml"), "--config", str(CONFIGS / f"strategy/{strategy}.yaml"),
+             "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]["strategy"]
+    recipe = yaml.safe_load((CONFIGS / f"strategy/{strategy}.yaml").read_text())["trainer"]["strategy"]
+    assert printed["class_path"] == recipe["class_path"]
+    assert all(printed["init_args"][k] == v for k, v in recipe["init_args"].items())
+
+
 def test_4b_stage_2_builds_on_the_meta_device_with_the_expected_parameter_count(tiny_base, tmp_path):
     """The paper's scale, without downloading: Qwen2.5-3B-Instruct's published config.json (with the
     tiny tokenizer beside it) and SigLIP so400m from timm's own config, built on the meta device."""

@@ -50,3 +50,23 @@ def test_fsdp_fit_checkpoints_one_file_of_trainable_tensors_and_resumes(tiny_bas
     assert second["global_step"] == 4 and second["epoch"] == first["epoch"] + 1
     changed = [k for k in first["state_dict"] if not torch.equal(first["state_dict"][k], second["state_dict"][k])]
     assert changed  # the resumed run trained on
+
+
+def test_fsdp1_policy_isolates_the_frozen_linear_layers_of_the_adapters(tiny_base):
+    """FSDP1 (Lightning's FSDPStrategy) needs a GPU, so its wrapping decisions are checked here."""
+    from maugpt.adapters import AMoELoRA, adapter_layers, unwrap
+    from maugpt.training.module import MAUGPTModule
+    from maugpt.training.sharding import fsdp1_wrap_policy
+
+    module = MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2,
+                          adapter=AMoELoRA(experts=4, rank=2, hyper_hidden=8))
+    units = [m for m in module.modules() if fsdp1_wrap_policy(m, recurse=False, nonwrapped_numel=0)]
+    bases = [layer.base for _, layer in adapter_layers(module.model.llm)]
+    layers = [m for m in module.modules() if type(m).__name__ == "Qwen2DecoderLayer"]
+    assert len(bases) == 21 and len(layers) == 3
+    assert {id(m) for m in units} == {id(m) for m in bases + layers}
+    assert all(not p.requires_grad for m in bases for p in m.parameters())
+    assert module.model.llm.lm_head not in units  # tied to the embeddings: stays with them in the root
+    assert fsdp1_wrap_policy(module, recurse=True, nonwrapped_numel=0)
+    unwrap(module.model.llm)
+    assert not any(fsdp1_wrap_policy(b, recurse=False, nonwrapped_numel=0) for b in bases)
