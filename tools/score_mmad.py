@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Score any model's MMAD answers with the official protocol and print the paper's Table 5 layout."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from jsonargparse import auto_cli
+
+from maugpt.evaluation.mmad import load_questions, match_predictions, read_predictions, score
+
+
+def main(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "official"] = "wrong",
+         first_letter: bool = False, csv: Path | None = None, overwrite: bool = False) -> None:
+    """Score MMAD predictions: accuracy per source dataset and subtask, row and overall means.
+
+    Args:
+        questions: the official mmad.json.
+        predictions: JSON lines ``{"image": <mmad.json key>, "question_index": <int>, "answer": <raw text>}``
+            (a ``question`` text field may replace ``question_index``).
+        unparsable: ``wrong`` counts answers without a letter as wrong; ``official`` drops them as
+            the official summary does (with its skip of the following record).
+        first_letter: take the first letter A–E of an answer instead of the last.
+        csv: also write the table as CSV here.
+        overwrite: replace an existing CSV file.
+    """
+    if csv is not None and csv.exists() and not overwrite:
+        raise SystemExit(f"score_mmad: {csv} exists; pass --overwrite true to replace it")
+    try:
+        pairs = match_predictions(load_questions(questions), read_predictions(predictions))
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"score_mmad: {err}") from None
+    scores = score(pairs, unparsable=unparsable, last_letter=not first_letter)
+    print(scores.markdown())
+    if csv is not None:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        csv.write_text(scores.csv())
+        print(f"CSV written to {csv}")
+
+
+if __name__ == "__main__":
+    auto_cli(main)
