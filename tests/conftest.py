@@ -68,3 +68,11 @@ def vision_dir(tmp_path_factory):
         "pretrained_cfg": {"input_size": [3, 32, 32], "interpolation": "bicubic", "crop_pct": 1.0,
                            "crop_mode": "center", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_base(synthetic_dir, tmp_path_factory):
+    from maugpt.model.tiny import make_tiny_base
+
+    return make_tiny_base(tmp_path_factory.mktemp("base"), synthetic_dir, vit_steps=2, llm_steps=2,
+                          vit_extra_images=14)

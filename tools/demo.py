@@ -47,6 +47,8 @@ def main() -> None:
     for name, seconds in times.items():
         print(f"| {name} | {seconds:.0f} |")
     print(f"| total | {sum(times.values()):.0f} |")
+    evaluation = sorted(Path(cli.trainer.log_dir).glob("evaluation*"), key=lambda p: p.stat().st_mtime)[-1]
+    print(f"\nTables 2 and 4 and every answer: {evaluation.relative_to(ROOT)}/(tables.md, scores.csv, predictions.jsonl)")
     print(f"\nwatch the runs: {Path(sys.executable).parent / 'tensorboard'} --logdir {RUN / 'tensorboard'}")
 
 

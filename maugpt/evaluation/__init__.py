@@ -1,4 +1,4 @@
-"""Evaluation: MMAD scoring with the official protocol (MAU-Set tables and the LLM judge to come)."""
+"""Evaluation: MAU-Set scores and tables (`mauset`), MMAD scoring with the official protocol (`mmad`)."""
 from maugpt.evaluation.mmad import (MMADQuestion, MMADScores, extract_letter, load_questions, match_predictions,
                                     read_predictions, score)
 

@@ -1,16 +1,7 @@
-"""A tiny base (tokenizer + LM, ViT) built from the test synthetic set, and stage configs for it."""
+"""Stage configs for the tiny base (the ``tiny_base`` fixture lives in tests/conftest.py)."""
 from __future__ import annotations
 
-import pytest
 import yaml
-
-
-@pytest.fixture(scope="session")
-def tiny_base(synthetic_dir, tmp_path_factory):
-    from maugpt.model.tiny import make_tiny_base
-
-    return make_tiny_base(tmp_path_factory.mktemp("base"), synthetic_dir, vit_steps=2, llm_steps=2,
-                          vit_extra_images=14)
 
 
 def stage_config(tmp_path, base, shards, stage: int, batches: int = 3, **model_args) -> str:

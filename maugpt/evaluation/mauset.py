@@ -1,0 +1,152 @@
+"""MAU-Set scores of generated answers: the paper's Table 2 (discriminative accuracy per domain) and
+Table 4 (ROUGE-1/2/L and BLEU-4 of open-ended answers), overall, per task and per domain.
+
+Every state is a torchmetrics state, so scores computed on several ranks equal those of one.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.functional.text import rouge_score
+from torchmetrics.text import BLEUScore
+
+from maugpt.data.knowledge import DOMAINS, TASKS
+
+_TRUE = {"true", "yes"}
+_FALSE = {"false", "no"}
+TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "bleu4")
+
+
+def parse_true_false(answer: str) -> bool | None:
+    """The first True/False (or yes/no) word of a free-text answer; None if there is none."""
+    for word in re.findall(r"[a-z]+", answer.lower()):
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    return None
+
+
+class DomainAccuracy(Metric):
+    """Correct, total and unparsable discriminative answers per domain (summed over ranks)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("correct", "total", "unparsed"):
+            self.add_state(name, default=torch.zeros(len(DOMAINS), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, domain: str, parsed: bool | None, truth: bool) -> None:
+        i = DOMAINS.index(domain)
+        self.total[i] += 1
+        self.correct[i] += float(parsed is not None and parsed == truth)
+        self.unparsed[i] += float(parsed is None)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {"correct": self.correct, "total": self.total, "unparsed": self.unparsed}
+
+
+class MeanRouge(Metric):
+    """ROUGE-1/2/L F1 averaged over answers, kept as sums (torchmetrics' ``ROUGEScore`` keeps
+    per-answer lists, which cannot be synced when a rank has no answer of a group)."""
+
+    full_state_update = False
+    KEYS = ("rouge1", "rouge2", "rougeL")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("sums", default=torch.zeros(len(self.KEYS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, prediction: str, reference: str) -> None:
+        scores = rouge_score(prediction, reference, rouge_keys=self.KEYS)
+        self.sums += torch.tensor([float(scores[f"{k}_fmeasure"]) for k in self.KEYS], dtype=torch.float64,
+                                  device=self.sums.device)
+        self.count += 1
+
+    def compute(self) -> dict[str, float]:
+        if self.count == 0:
+            return {k: float("nan") for k in self.KEYS}
+        return {k: float(v) for k, v in zip(self.KEYS, self.sums / self.count)}
+
+
+def _group_key(group: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", group.lower()).strip("_")
+
+
+class MAUSetScores(nn.Module):
+    """Scores of (meta, answer) pairs, ``meta`` as the data module's test batches carry it
+    (``style``, ``task``, ``domain``, ``reference``).
+
+    Discriminative answers are parsed for True/False (unparsable ones count as wrong and are
+    counted); open-ended answers get ROUGE-1/2/L F1 and corpus BLEU-4 overall, per task and per
+    domain.
+    """
+
+    GROUPS = ("all", *(f"task:{t}" for t in TASKS), *(f"domain:{d}" for d in DOMAINS))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.discriminative = DomainAccuracy()
+        self.rouge = nn.ModuleDict({_group_key(g): MeanRouge() for g in self.GROUPS})
+        self.bleu = nn.ModuleDict({_group_key(g): BLEUScore(n_gram=4) for g in self.GROUPS})
+
+    def add(self, meta: dict, answer: str) -> None:
+        if meta["domain"] not in DOMAINS:
+            raise ValueError(f"unknown domain {meta['domain']!r} in {meta.get('key')}; expected one of {DOMAINS}")
+        if meta["style"] == "discriminative":
+            self.discriminative.update(meta["domain"], parse_true_false(answer), meta["reference"] == "True")
+            return
+        for group in ("all", f"task:{meta['task']}", f"domain:{meta['domain']}"):
+            key = _group_key(group)
+            self.rouge[key].update(answer, meta["reference"])
+            self.bleu[key].update([answer], [[meta["reference"]]])
+
+    def compute(self) -> dict[str, float]:
+        """Flat results: ``detection_accuracy`` (all discriminative questions), ``…/<domain>``,
+        ``detection_unparsed``, and ``rouge1|rouge2|rougeL|bleu4`` with ``/task:…`` and ``/domain:…``."""
+        counts = self.discriminative.compute()
+        correct, total, unparsed = (counts[k].cpu() for k in ("correct", "total", "unparsed"))
+        nan = float("nan")
+        results = {"detection_accuracy": float(correct.sum() / total.sum()) if total.sum() else nan,
+                   "detection_unparsed": float(unparsed.sum())}
+        for i, domain in enumerate(DOMAINS):
+            results[f"detection_accuracy/{domain}"] = float(correct[i] / total[i]) if total[i] else nan
+        with warnings.catch_warnings():  # torchmetrics warns about groups without answers on a rank
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
+            for group in self.GROUPS:
+                key = _group_key(group)
+                suffix = "" if group == "all" else f"/{group}"
+                rouge = self.rouge[key].compute()  # every rank computes every group: the syncs match
+                results.update({f"{name}{suffix}": value for name, value in rouge.items()})
+                bleu = float(self.bleu[key].compute())
+                results[f"bleu4{suffix}"] = bleu if rouge["rouge1"] == rouge["rouge1"] else nan
+        self.reset()
+        return results
+
+    def reset(self) -> None:
+        self.discriminative.reset()
+        for metric in [*self.rouge.values(), *self.bleu.values()]:
+            metric.reset()
+
+
+def tables(results: dict[str, float], model: str = "model") -> tuple[str, str]:
+    """Table 2 (discriminative accuracy % per domain and over all questions) and Table 4 (open-ended
+    scores overall, per task and per domain) as Markdown, and the same numbers as CSV rows."""
+    fmt = lambda v: "—" if v != v else f"{100 * v:.2f}"  # noqa: E731  (NaN: no such question)
+    t2 = ["| model | " + " | ".join(DOMAINS) + " | all |", "|---" + "|---:" * (len(DOMAINS) + 1) + "|",
+          f"| {model} | " + " | ".join(fmt(results[f"detection_accuracy/{d}"]) for d in DOMAINS)
+          + f" | {fmt(results['detection_accuracy'])} |",
+          "", f"unparsable True/False answers: {int(results['detection_unparsed'])} (counted as wrong)"]
+    rows = [("all", "")] + [(f"task: {t}", f"/task:{t}") for t in TASKS if t != "detection"] \
+        + [(f"domain: {d}", f"/domain:{d}") for d in DOMAINS]
+    t4 = ["| answers | ROUGE-1 | ROUGE-2 | ROUGE-L | BLEU-4 |", "|---|---:|---:|---:|---:|"]
+    t4 += [f"| {label} | " + " | ".join(fmt(results[f"{m}{suffix}"]) for m in TEXT_METRICS) + " |" for label, suffix in rows]
+    markdown = "\n".join(["### Discriminative QA accuracy (%)", "", *t2, "", "### Open-ended QA (%)", "", *t4]) + "\n"
+    csv = "metric,value\n" + "".join(f"{name},{value:.6f}\n" for name, value in results.items())
+    return markdown, csv
