@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/adapters.py
 	$(PY) benchmarks/dataloader.py
+	$(PY) benchmarks/generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

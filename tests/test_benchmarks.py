@@ -43,3 +43,13 @@ def test_the_table_puts_every_variant_against_its_floor():
     assert "| model | floor (frozen base) | 0 | 200.0 | 1.00 | 0.0 | 1.00 |" in text
     assert "| model | LoRA r=64 | 10 | 300.0 | 1.50 | 0.0 | 1.50 |" in text
     assert "| model | loop | 10 | out of memory | | | |" in text
+
+
+def test_generation_benchmark_checks_that_fresh_adapters_generate_the_adapter_free_tokens():
+    spec = importlib.util.spec_from_file_location("bench_generate", Path(__file__).parents[1] / "benchmarks" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    shape = dict(batch=3, prompt=6, new_tokens=4, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                 num_attention_heads=2, num_key_value_heads=1, vocab_size=64)
+    speed, same = generate.run(shape, torch.device("cpu"), rounds=1)
+    assert list(speed) == list(generate.VARIANTS) and all(same.values())

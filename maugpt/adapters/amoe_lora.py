@@ -99,6 +99,16 @@ class AMoELoRALinear(LoRAMoELinear):
             ctx.frozen_cores[self] = core
         return core
 
+    def core_square(self, core: Tensor) -> Tensor:
+        """``(α/r) H H`` of Eq. 4–5, computed once per generation while the condition is fixed."""
+        ctx = self.context
+        if ctx.freeze_condition and (self, "square") in ctx.frozen_cores:
+            return ctx.frozen_cores[(self, "square")]
+        square = (core @ core) * self.scale
+        if ctx.freeze_condition:
+            ctx.frozen_cores[(self, "square")] = square
+        return square
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
             raise ValueError(f"AMoE-LoRA layer {self.name!r} needs input (batch, tokens, features): "
@@ -111,14 +121,14 @@ class AMoELoRALinear(LoRAMoELinear):
         z, z_anomaly, logits = self.project_down(h, self.anomaly_aware.W_a)
         weights = self.route(logits)
         self.observe(x, weights, core=core)
-        hh = (core @ core) * self.scale  # (B, r, r): (α/r) H H, Eq. 4–5
+        hh = self.core_square(core)  # (B, r, r): (α/r) H H, Eq. 4–5
         u = [self.mix(z, weights), torch.bmm(z_anomaly, hh.to(z_anomaly.dtype))]
-        up = [self.B, self.anomaly_aware.W_b]
-        pad = self.alignment_padding(self.B.shape[0] + self.rank)
+        pad = self.alignment_padding(self.B.shape[0] + self.rank, x.device)
         if pad:  # zero columns of u meet zero rows of up: the sum is unchanged, the GEMM aligned
             u.append(z_anomaly.new_zeros(*z_anomaly.shape[:-1], pad))
-            up.append(self.B.new_zeros(pad, self.out_features))
-        return self.add_low_rank(self.base(x), torch.cat(u, dim=-1), torch.cat(up, dim=0))
+        ups = [self.B, self.anomaly_aware.W_b]
+        up = self.fused("up", ups, lambda: torch.cat([*ups, self.B.new_zeros(pad, self.out_features)], dim=0))
+        return self.add_low_rank(self.base(x), torch.cat(u, dim=-1), up)
 
 
 class AMoELoRA(LoRAMoE):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -66,7 +66,7 @@ class AdapterContext:
         self.record: bool = False
         self.freeze_condition: bool = False
         # Generation: the anomaly-aware core each layer computed at prefill, reused per new token.
-        self.frozen_cores: dict[nn.Module, Tensor] = {}
+        self.frozen_cores: dict[Any, Tensor] = {}  # per layer: its core, and (layer, "square")
         # The most recent (layer input, pooled condition): q/k/v (and gate/up) read the same x,
         # so the masked mean is computed once per layer input, not once per module. Dropped
         # after every forward of the adapted model (see end_forward), so that a tensor fed
@@ -173,6 +173,7 @@ class AdapterLayer(nn.Module, ABC):
         self.name = ""  # the dotted module name, set at injection; used in errors and diagnostics
         self.context = context if context is not None else AdapterContext()
         self._diagnostics: dict[str, Tensor] = {}
+        self._fused: dict[str, tuple[tuple, Tensor]] = {}
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """The adapter's own parameters, by name relative to this layer."""
@@ -204,10 +205,23 @@ class AdapterLayer(nn.Module, ABC):
             return x
         return x.to(weight.dtype)
 
+    def fused(self, name: str, parts: Sequence[Tensor], build: Callable[[], Tensor]) -> Tensor:
+        """``build()``, a fusion (concatenation) of ``parts``, cached while no gradient is recorded:
+        generation re-reads the same weights at every decoding step. The cache is keyed by the
+        parts' identities and in-place versions, so an optimizer step or a load refreshes it."""
+        if torch.is_grad_enabled():
+            return build()
+        key = tuple((id(p), p._version, p.device, p.dtype) for p in parts)
+        cached = self._fused.get(name)
+        if cached is None or cached[0] != key:
+            cached = self._fused[name] = (key, build())
+        return cached[1]
+
     @staticmethod
-    def alignment_padding(width: int) -> int:
-        """Zero columns that bring a fused low-rank width to a multiple of :data:`ALIGN`."""
-        return -width % ALIGN
+    def alignment_padding(width: int, device: torch.device) -> int:
+        """Zero columns that bring a fused low-rank width to a multiple of :data:`ALIGN` (on GPUs,
+        whose tensor cores want it; elsewhere the padding would only cost)."""
+        return -width % ALIGN if device.type == "cuda" else 0
 
     @staticmethod
     def add_low_rank(out: Tensor, u: Tensor, up: Tensor) -> Tensor:

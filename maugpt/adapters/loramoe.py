@@ -101,14 +101,15 @@ class LoRAMoELinear(AdapterLayer):
         blocks = [self.A, *extra]
         sizes = [b.shape[1] for b in blocks]
         if self.dropout is None:
-            z = h @ self.padded(torch.cat([*blocks, self.router], dim=1))
+            parts = [*blocks, self.router]
+            z = h @ self.fused("down", parts, lambda: self.padded(torch.cat(parts, dim=1)))
             return list(z[..., :sum(sizes) + self.experts].split([*sizes, self.experts], dim=-1))
         z = self.dropout(h) @ self.padded(torch.cat(blocks, dim=1))
         return [*z[..., :sum(sizes)].split(sizes, dim=-1), h @ self.router]
 
     def padded(self, weight: Tensor) -> Tensor:
         """``weight (d_in, k)`` with zero columns up to an aligned width (the extra outputs are dropped)."""
-        pad = self.alignment_padding(weight.shape[1])
+        pad = self.alignment_padding(weight.shape[1], weight.device)
         return F.pad(weight, (0, pad)) if pad else weight
 
     def route(self, logits: Tensor) -> Tensor:

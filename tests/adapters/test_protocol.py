@@ -144,3 +144,18 @@ def test_activation_checkpointing_gives_the_same_gradients(kind):
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=1e-12, msg=name)
+
+
+def test_fused_weights_cached_for_generation_follow_every_in_place_update():
+    from maugpt.adapters import AMoELoRA, LoRAMoE
+
+    torch.manual_seed(0)
+    for adapter in (LoRAMoE(experts=4, rank=2, dropout=0.0), AMoELoRA(experts=4, rank=2, hyper_hidden=8)):
+        layer = adapter.wrap(nn.Linear(16, 24))
+        x = torch.randn(2, 5, 16)
+        with torch.no_grad():
+            layer(x)  # fills the cache
+            for p in layer.adapter_parameters().values():
+                p.add_(torch.randn_like(p))  # as an optimizer step or a load does
+            cached = layer(x)
+        assert torch.equal(cached, layer(x).detach())  # with gradients on, nothing is cached

@@ -1,0 +1,106 @@
+"""Batched, KV-cached greedy generation with each adapter against the same LM without adapters.
+
+A Qwen2-architecture LM is built from config (random weights, nothing downloaded); each variant
+injects its adapter on all seven projections, generates ``new_tokens`` tokens for a batch of
+left-padded prompts (AMoE-LoRA with its condition fixed at the prefill), and is torn down again.
+Variants run in turn, round after round, so drift on a noisy machine hits all alike; the ratio is
+against the adapter-free model measured in the same process. Fresh adapters add exactly zero, so
+every variant must generate the adapter-free tokens: the script checks that too.
+
+    python benchmarks/generate.py                 # CPU shape
+    python benchmarks/generate.py --shape 3b      # the Qwen2.5-3B shape, on CUDA
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from maugpt.adapters import ALL_PROJECTIONS, AMoELoRA, Adapter, LoRA, LoRAMoE, adapter_context, inject, unwrap
+
+VARIANTS: dict[str, Callable[[], Adapter] | None] = {
+    "no adapter": None,
+    "LoRA r=64": lambda: LoRA(rank=64, alpha=128, targets=ALL_PROJECTIONS),
+    "LoRAMoE 16x4": lambda: LoRAMoE(experts=16, rank=4, alpha=8, dropout=0.0, targets=ALL_PROJECTIONS),
+    "AMoE-LoRA 16x4 + hypernetwork": lambda: AMoELoRA(experts=16, rank=4, alpha=8, targets=ALL_PROJECTIONS),
+}
+SHAPES = {
+    "cpu": dict(batch=8, prompt=96, new_tokens=32, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=2, vocab_size=8192),
+    "3b": dict(batch=16, prompt=768, new_tokens=128, hidden_size=2048, intermediate_size=11008,
+               num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2, vocab_size=151936),
+}
+
+
+def build(shape: dict, device: torch.device):
+    config = Qwen2Config(**{k: v for k, v in shape.items() if k not in ("batch", "prompt", "new_tokens")},
+                         max_position_embeddings=4096, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(device).eval()
+    model.requires_grad_(False)
+    ids = torch.randint(3, config.vocab_size, (shape["batch"], shape["prompt"]), device=device)
+    mask = torch.ones_like(ids)
+    for row in range(shape["batch"]):  # left padding of varied length, as batched prompts have
+        mask[row, : row * shape["prompt"] // (4 * shape["batch"])] = 0
+    return model, ids.masked_fill(mask == 0, 0), mask
+
+
+def generate(model, ids, mask, new_tokens: int, adapter: bool) -> torch.Tensor:
+    options = dict(attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                   pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        if not adapter:
+            return model.generate(ids, **options)
+        with adapter_context(model).generation(condition_mask=mask.bool()):
+            return model.generate(ids, **options)
+
+
+def run(shape: dict, device: torch.device, rounds: int = 3) -> tuple[dict[str, float], dict[str, bool]]:
+    """Median new tokens per second of each variant, and whether its tokens equal the adapter-free ones."""
+    model, ids, mask = build(shape, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    same: dict[str, bool] = {}
+    reference = generate(model, ids, mask, shape["new_tokens"], adapter=False)  # also the warm-up
+    for _ in range(rounds):
+        for name, make in VARIANTS.items():
+            if make is not None:
+                inject(model, make())
+                model.to(device)
+            sync()
+            start = time.perf_counter()
+            out = generate(model, ids, mask, shape["new_tokens"], adapter=make is not None)
+            sync()
+            times[name].append(time.perf_counter() - start)
+            same[name] = same.get(name, True) and torch.equal(out, reference)
+            if make is not None:
+                unwrap(model)
+                model.requires_grad_(False)
+    new = shape["batch"] * shape["new_tokens"]
+    return {name: new / statistics.median(t) for name, t in times.items()}, same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    shape = SHAPES[args.shape]
+    speed, same = run(shape, device, args.rounds)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; shape {args.shape}: batch {shape['batch']} × {shape['prompt']}-token prompts (left-padded), "
+          f"{shape['new_tokens']} new tokens, hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers")
+    print("| variant | new tokens/s | × no adapter | same tokens as no adapter |\n|---|---:|---:|---|")
+    for variant, tokens_per_s in speed.items():
+        print(f"| {variant} | {tokens_per_s:,.0f} | {tokens_per_s / speed['no adapter']:.2f} | {same[variant]} |")
+
+
+if __name__ == "__main__":
+    main()
