@@ -48,7 +48,7 @@ def main() -> None:
         print(f"| {name} | {seconds:.0f} |")
     print(f"| total | {sum(times.values()):.0f} |")
     evaluation = sorted(Path(cli.trainer.log_dir).glob("evaluation*"), key=lambda p: p.stat().st_mtime)[-1]
-    print(f"\nTables 2 and 4 and every answer: {evaluation.relative_to(ROOT)}/(tables.md, scores.csv, predictions.jsonl)")
+    print(f"\nTables 2 and 4 and every answer: {evaluation}/ (tables.md, scores.csv, predictions.jsonl)")
     print(f"\nwatch the runs: {Path(sys.executable).parent / 'tensorboard'} --logdir {RUN / 'tensorboard'}")
 
 

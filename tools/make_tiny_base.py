@@ -10,7 +10,7 @@ from jsonargparse import auto_cli
 from maugpt.model.tiny import make_tiny_base
 
 
-def main(*, shards: Path, out: Path, seed: int = 0, vit_steps: int = 1000, llm_steps: int = 150,
+def main(*, shards: Path, out: Path, seed: int = 0, vit_steps: int = 900, llm_steps: int = 150,
          vit_extra_images: int = 6000, overwrite: bool = False) -> None:
     """Train the tokenizer, build and briefly pretrain the tiny LM and ViT, save them in standard formats.
 

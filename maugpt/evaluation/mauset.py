@@ -5,10 +5,15 @@ Every state is a torchmetrics state, so scores computed on several ranks equal t
 """
 from __future__ import annotations
 
+import json
+import logging
 import re
 import warnings
+from pathlib import Path
 
+import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.functional.text import rouge_score
@@ -19,6 +24,7 @@ from maugpt.data.knowledge import DOMAINS, TASKS
 _TRUE = {"true", "yes"}
 _FALSE = {"false", "no"}
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "bleu4")
+log = logging.getLogger(__name__)
 
 
 def parse_true_false(answer: str) -> bool | None:
@@ -150,3 +156,33 @@ def tables(results: dict[str, float], model: str = "model") -> tuple[str, str]:
     markdown = "\n".join(["### Discriminative QA accuracy (%)", "", *t2, "", "### Open-ended QA (%)", "", *t4]) + "\n"
     csv = "metric,value\n" + "".join(f"{name},{value:.6f}\n" for name, value in results.items())
     return markdown, csv
+
+
+PREDICTION_FIELDS = ("key", "source", "domain", "product", "task", "style", "question", "reference")
+
+
+def write_evaluation(trainer: L.Trainer, results: dict[str, float], predictions: list[dict]) -> Path:
+    """Write the test predictions (JSONL, one file per rank when there are several) and, on rank 0,
+    Tables 2 and 4 (Markdown and CSV) into ``<run folder>/evaluation`` (a new folder each time),
+    and log the tables to TensorBoard."""
+    run = Path(trainer.log_dir or trainer.default_root_dir)
+    folder = run / "evaluation"
+    number = 1
+    while trainer.is_global_zero and (folder / "tables.md").exists():  # never overwrite an earlier test
+        number += 1
+        folder = run / f"evaluation-{number}"
+    folder = Path(trainer.strategy.broadcast(str(folder)))
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.jsonl"
+    with open(folder / name, "w") as f:
+        for row in predictions:
+            f.write(json.dumps(row) + "\n")
+    if trainer.is_global_zero:
+        markdown, csv = tables(results)
+        (folder / "tables.md").write_text(markdown)
+        (folder / "scores.csv").write_text(csv)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("test/tables", markdown, trainer.global_step)
+        log.info("test predictions and tables written to %s", folder)
+    return folder

@@ -98,7 +98,7 @@ def pretrain_llm(tokenizer, records: list[dict], steps: int, seed: int) -> torch
 
 
 def make_tiny_base(out: str | Path, shards: str | Path, seed: int = 0, vocab_size: int = 2048,
-                   vit_steps: int = 1000, llm_steps: int = 150, vit_extra_images: int = 6000) -> dict[str, Path]:
+                   vit_steps: int = 900, llm_steps: int = 150, vit_extra_images: int = 6000) -> dict[str, Path]:
     """Write ``out/llm`` (tokenizer + LM) and ``out/vision`` (timm ViT) from the synthetic shards.
 
     ``shards`` is the folder written by ``tools/synth_mauset.py`` (``mauset/`` and ``captions/``).

@@ -7,7 +7,6 @@ optimizer state: the frozen encoder and LLM are rebuilt from their own files.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -15,45 +14,14 @@ from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from maugpt.adapters import Adapter, auxiliary_loss
+from maugpt.evaluation.mauset import PREDICTION_FIELDS, MAUSetScores, write_evaluation
 from maugpt.model import MAUGPT
 from maugpt.model.mau_gpt import DTYPES
-from maugpt.evaluation.mauset import MAUSetScores, tables
 
 log = logging.getLogger(__name__)
-
-
-PREDICTION_FIELDS = ("key", "source", "domain", "product", "task", "style", "question", "reference")
-
-
-def write_evaluation(trainer: L.Trainer, results: dict[str, float], predictions: list[dict]) -> Path:
-    """Write the test predictions (JSONL, one file per rank when there are several) and, on rank 0,
-    Tables 2 and 4 (Markdown and CSV) into ``<run folder>/evaluation`` (a new folder each time),
-    and log the tables to TensorBoard."""
-    run = Path(trainer.log_dir or trainer.default_root_dir)
-    folder = run / "evaluation"
-    number = 1
-    while trainer.is_global_zero and (folder / "tables.md").exists():  # never overwrite an earlier test
-        number += 1
-        folder = run / f"evaluation-{number}"
-    folder = Path(trainer.strategy.broadcast(str(folder)))
-    folder.mkdir(parents=True, exist_ok=True)
-    name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.jsonl"
-    with open(folder / name, "w") as f:
-        for row in predictions:
-            f.write(json.dumps(row) + "\n")
-    if trainer.is_global_zero:
-        markdown, csv = tables(results)
-        (folder / "tables.md").write_text(markdown)
-        (folder / "scores.csv").write_text(csv)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("test/tables", markdown, trainer.global_step)
-        log.info("test predictions and tables written to %s", folder)
-    return folder
 
 
 class MAUGPTModule(L.LightningModule):
