@@ -127,7 +127,7 @@ class AMoELoRALinear(LoRAMoELinear):
         if pad:  # zero columns of u meet zero rows of up: the sum is unchanged, the GEMM aligned
             u.append(z_anomaly.new_zeros(*z_anomaly.shape[:-1], pad))
         ups = [self.B, self.anomaly_aware.W_b]
-        up = self.fused("up", ups, lambda: torch.cat([*ups, self.B.new_zeros(pad, self.out_features)], dim=0))
+        up = self.fused("up", ups, lambda: F.pad(torch.cat(ups, dim=0), (0, 0, 0, pad)) if pad else torch.cat(ups, dim=0))
         return self.add_low_rank(self.base(x), torch.cat(u, dim=-1), up)
 
 

@@ -6,11 +6,10 @@ match the adapter's target patterns are replaced by adapter layers sharing one
 """
 from __future__ import annotations
 
-import weakref
-
 import fnmatch
 import json
 import os
+import weakref
 import re
 from collections.abc import Iterator
 from pathlib import Path

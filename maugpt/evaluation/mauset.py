@@ -13,13 +13,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import BLEUScore
 
 from maugpt.data.knowledge import DOMAINS, TASKS
+from maugpt.training.callbacks import tensorboard
 
 _TRUE = {"true", "yes"}
 _FALSE = {"false", "no"}
@@ -181,8 +181,8 @@ def write_evaluation(trainer: L.Trainer, results: dict[str, float], predictions:
         markdown, csv = tables(results)
         (folder / "tables.md").write_text(markdown)
         (folder / "scores.csv").write_text(csv)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("test/tables", markdown, trainer.global_step)
+        writer = tensorboard(trainer)
+        if writer is not None:
+            writer.add_text("test/tables", markdown, trainer.global_step)
         log.info("test predictions and tables written to %s", folder)
     return folder

@@ -2,9 +2,10 @@
 
 Nothing is downloaded: a byte-level BPE tokenizer is trained on the synthetic corpus and saved
 with a ChatML template; a tiny Qwen2-architecture LM is built from a config and a tiny timm
-ViT from timm's ViT class. Both are then pretrained for a few hundred steps on the synthetic
-*training* split only — the ViT to classify product and defect class, the LM on the question and
-answer text — so that the frozen base carries signal, as a real pretrained base would. They are
+ViT from timm's ViT class. Both are then briefly pretrained — the LM on the *training* split's
+questions and answers, the ViT to classify product and defect class and to mark defective patches
+on the training split plus procedural images of its own seed (never a validation or test image) —
+so that the frozen base carries signal, as a real pretrained base would. They are
 saved in their standard formats (``save_pretrained``; timm's config.json + model.safetensors)
 and loaded back through the same code as hub models.
 """
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import timm
-from PIL import Image
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from timm.models import save_for_hf
 from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -106,13 +107,12 @@ def make_tiny_base(out: str | Path, shards: str | Path, seed: int = 0, vocab_siz
     MAU-Set validation or test images), as a real encoder is pretrained on data of its own.
     """
     out, shards = Path(out), Path(shards)
-    train = [s for s in iter_samples(shards / "mauset" / "train")]
+    train = list(iter_samples(shards / "mauset" / "train"))
     captions = [s["json"] for s in iter_samples(shards / "captions" / "train")]
     records = [s["json"] for s in train]
     corpus = _texts(records + captions) + ["system user assistant"] * 50
     tokenizer = train_tokenizer(corpus, vocab_size=vocab_size)
     llm_dir = save_tokenizer(tokenizer, out / "llm")
-    # The ViT learns to name (product, defect class or normal) from the training images.
     vision_dir = out / "vision"
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **VIT)
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, VIT["img_size"], VIT["img_size"]),
@@ -120,6 +120,7 @@ def make_tiny_base(out: str | Path, shards: str | Path, seed: int = 0, vocab_siz
     save_for_hf(model, vision_dir, model_config=VIT, safe_serialization=True)  # writes the data config
     transform = ImageTransform(str(vision_dir))
     grid = VIT["img_size"] // VIT["patch_size"]
+    # The ViT learns to name (product, defect class or normal) and to mark defective patches.
     pictures = [(s["png"] if "png" in s else s["jpg"], s["json"]["product"], s["json"]["defect_class"],
                  s.get("mask.png")) for s in train]
     extra_seed = 1_000_003 + seed  # far from every seed the MAU-Set builds use

@@ -136,10 +136,7 @@ class ExampleAnswers(L.Callback):
             return
         batch = trainer.datamodule.on_after_batch_transfer(
             {k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v for k, v in self.prompts(trainer).items()}, 0)
-        tokens = pl_module.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                          batch.get("condition_mask"),
-                                          max_new_tokens=self.max_new_tokens or pl_module.hparams.max_new_tokens)
-        answers = pl_module.model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        answers = pl_module.generate_answers(batch, self.max_new_tokens)
         writer = tensorboard(trainer)
         if writer is None or not trainer.is_global_zero:
             return

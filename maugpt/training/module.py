@@ -171,9 +171,11 @@ class MAUGPTModule(L.LightningModule):
         out = self.model(**{**batch, "labels": labels})
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=int(valid.sum()))
 
-    def generate_answers(self, batch: dict) -> list[str]:
+    def generate_answers(self, batch: dict, max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers to a batch of left-padded prompts (``max_new_tokens`` defaults to the model's)."""
         tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                     batch.get("condition_mask"), max_new_tokens=self.hparams.max_new_tokens)
+                                     batch.get("condition_mask"),
+                                     max_new_tokens=max_new_tokens or self.hparams.max_new_tokens)
         return self.model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:

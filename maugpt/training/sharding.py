@@ -1,4 +1,5 @@
-"""FSDP2 for MAU-GPT: every decoder layer of the LLM is one shard unit, the rest one root unit.
+"""Sharding MAU-GPT. FSDP2 (``shard_model``): every decoder layer of the LLM is one shard unit, the
+rest one root unit; FSDP1 (``fsdp1_wrap_policy``, for Lightning's ``FSDPStrategy``) at the end.
 
 ``fully_shard`` shards each parameter as a DTensor, so frozen and trainable parameters can share
 a unit: the frozen ones get no gradient buffer at all, and only the adapters and the projector
