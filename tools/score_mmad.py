@@ -11,23 +11,30 @@ from maugpt.evaluation.mmad import load_questions, match_predictions, read_predi
 
 
 def main(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "official"] = "wrong",
-         first_letter: bool = False, csv: Path | None = None, overwrite: bool = False) -> None:
+         first_letter: bool = False, field: str = "answer", csv: Path | None = None, overwrite: bool = False) -> None:
     """Score MMAD predictions: accuracy per source dataset and subtask, row and overall means.
 
     Args:
         questions: the official mmad.json.
         predictions: JSON lines ``{"image": <mmad.json key>, "question_index": <int>, "answer": <raw text>}``
-            (a ``question`` text field may replace ``question_index``).
+            (a ``question`` text field may replace ``question_index``; an ``options`` field, letter →
+            text, gives the order the options were shown in when it is not the file's).
         unparsable: ``wrong`` counts answers without a letter as wrong; ``official`` drops them as
             the official summary does (with its skip of the following record).
         first_letter: take the first letter A–E of an answer instead of the last.
+        field: the predictions' field holding the answer (``likelihood_answer``: the option-likelihood
+            answers of ``maugpt test`` on MMAD).
         csv: also write the table as CSV here.
         overwrite: replace an existing CSV file.
     """
     if csv is not None and csv.exists() and not overwrite:
         raise SystemExit(f"score_mmad: {csv} exists; pass --overwrite true to replace it")
     try:
-        pairs = match_predictions(load_questions(questions), read_predictions(predictions))
+        rows = read_predictions(predictions)
+        missing = [n for n, row in enumerate(rows, 1) if field not in row]
+        if missing:
+            raise ValueError(f"{predictions}: {len(missing)} line(s) have no field {field!r} (e.g. line {missing[0]})")
+        pairs = match_predictions(load_questions(questions), [{**row, "answer": row[field]} for row in rows])
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"score_mmad: {err}") from None
     scores = score(pairs, unparsable=unparsable, last_letter=not first_letter)

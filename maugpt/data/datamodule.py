@@ -170,6 +170,12 @@ def scan_records(url: str) -> list[dict]:
     return records
 
 
+def evaluation_slot(n: int, slot: int, slots: int) -> tuple[int, int, int]:
+    """Of ``n`` evaluation examples cut into ``slots`` contiguous ranges (one per rank and worker):
+    ``start`` and ``stop`` of range ``slot``, and how many examples every slot yields, padding included."""
+    return slot * n // slots, (slot + 1) * n // slots, math.ceil(n / slots) if n else 0
+
+
 class EvalExamples(IterableDataset):
     """Every example of an evaluation split once across ranks and workers, in equal counts per rank."""
 
@@ -180,16 +186,10 @@ class EvalExamples(IterableDataset):
         self.plan = [(i, record["key"], group) for i, url in enumerate(urls) for record in scan_records(url)
                      for group in encoder.groups(record, per_qa=prompts)]
 
-    def per_worker(self, workers: int) -> int:
-        """Examples each (rank, worker) yields, padding included."""
-        return math.ceil(len(self.plan) / (self.world_size * workers)) if self.plan else 0
-
     def __iter__(self) -> Iterator[dict]:
         worker, workers = worker_slot()
-        slots, slot = self.world_size * workers, self.rank * workers + worker
-        n = len(self.plan)
-        mine = self.plan[slot * n // slots:(slot + 1) * n // slots]
-        target = self.per_worker(workers)
+        start, stop, target = evaluation_slot(len(self.plan), self.rank * workers + worker, self.world_size * workers)
+        mine = self.plan[start:stop]
         # With fewer examples than slots, an empty slot still yields its padding: read the first
         # example and flag every copy of it invalid.
         padding_only = not mine and target > 0
@@ -386,6 +386,12 @@ class MAUSetDataModule(L.LightningDataModule):
         dataset = self.eval_dataset(split, rank, world, prompts)
         batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
         return DataLoader(dataset, **self._loader(dataset, batch_size, prompts))
+
+    def evaluation(self):
+        """What scores generated test answers: Tables 2 and 4 (None when ``test_mode`` is ``loss``)."""
+        from maugpt.evaluation.mauset import MAUSetEvaluation
+
+        return MAUSetEvaluation() if self.hparams.test_mode == "generate" else None
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_dataloader("val")

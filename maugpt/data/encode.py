@@ -148,7 +148,13 @@ class ChatEncoder:
 
     def prompt(self, question: str, images: int = 1) -> torch.Tensor:
         """Token ids of a generation prompt: the images and one question, then the assistant header."""
-        text = self.tokenizer.apply_chat_template(self._messages([(question, "")], images)[:-1], tokenize=False,
+        return self.prompt_text((self.image_token + "\n") * images + question)
+
+    def prompt_text(self, content: str) -> torch.Tensor:
+        """Token ids of a generation prompt whose user turn is ``content``, with its ``<image>``
+        placeholders where the images go (e.g. between MMAD's instructions), then the assistant header."""
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        text = self.tokenizer.apply_chat_template(messages + [{"role": "user", "content": content}], tokenize=False,
                                                   add_generation_prompt=True)
         ids = np.asarray(self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
         return torch.from_numpy(np.repeat(ids, np.where(ids == self.image_token_id, self.image_tokens, 1)))

@@ -5,7 +5,6 @@ Every state is a torchmetrics state, so scores computed on several ranks equal t
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import warnings
@@ -19,6 +18,7 @@ from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import BLEUScore
 
 from maugpt.data.knowledge import DOMAINS, TASKS
+from maugpt.evaluation.run import evaluation_folder, write_jsonl
 from maugpt.training.callbacks import tensorboard
 
 _TRUE = {"true", "yes"}
@@ -161,22 +161,33 @@ def tables(results: dict[str, float], model: str = "model") -> tuple[str, str]:
 PREDICTION_FIELDS = ("key", "source", "domain", "product", "task", "style", "question", "reference")
 
 
+class MAUSetEvaluation(nn.Module):
+    """The :class:`~maugpt.evaluation.run.Evaluation` of MAU-Set test shards: :class:`MAUSetScores`
+    plus the predictions, written with Tables 2 and 4 by :func:`write_evaluation`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores = MAUSetScores()
+        self.predictions: list[dict] = []
+
+    def add(self, meta: dict, answer: str, choice_logprobs: list[float] | None = None) -> None:
+        self.scores.add(meta, answer)
+        self.predictions.append({**{k: meta.get(k) for k in PREDICTION_FIELDS}, "prediction": answer})
+
+    def finish(self, trainer: L.Trainer) -> dict[str, float]:
+        results = self.scores.compute()
+        write_evaluation(trainer, results, self.predictions)
+        self.predictions = []
+        return results
+
+
 def write_evaluation(trainer: L.Trainer, results: dict[str, float], predictions: list[dict]) -> Path:
     """Write the test predictions (JSONL, one file per rank when there are several) and, on rank 0,
-    Tables 2 and 4 (Markdown and CSV) into ``<run folder>/evaluation`` (a new folder each time),
-    and log the tables to TensorBoard."""
-    run = Path(trainer.log_dir or trainer.default_root_dir)
-    folder = run / "evaluation"
-    number = 1
-    while trainer.is_global_zero and (folder / "tables.md").exists():  # never overwrite an earlier test
-        number += 1
-        folder = run / f"evaluation-{number}"
-    folder = Path(trainer.strategy.broadcast(str(folder)))
-    folder.mkdir(parents=True, exist_ok=True)
+    Tables 2 and 4 (Markdown and CSV) into the run's evaluation folder (a new one each time), and
+    log the tables to TensorBoard."""
+    folder = evaluation_folder(trainer)
     name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.jsonl"
-    with open(folder / name, "w") as f:
-        for row in predictions:
-            f.write(json.dumps(row) + "\n")
+    write_jsonl(folder / name, predictions)
     if trainer.is_global_zero:
         markdown, csv = tables(results)
         (folder / "tables.md").write_text(markdown)

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import difflib
 import json
+import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
+
+from torch import nn
 
 SUBTASKS = ("Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
             "Defect Analysis", "Object Classification", "Object Analysis")
@@ -49,14 +52,21 @@ class MMADQuestion:
         return "good" in self.image  # the official rule: case-sensitive substring of the key
 
 
-def load_questions(path: str | Path) -> list[MMADQuestion]:
-    """Every question of ``mmad.json``; a malformed entry raises naming its key and field."""
+def read_mmad(path: str | Path) -> dict[str, dict]:
+    """The entries of ``mmad.json`` (key: the query image's path under the data root)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MMAD question file {path} does not exist (expected the official mmad.json)")
     entries = json.loads(path.read_text())
     if not isinstance(entries, dict):
         raise ValueError(f"{path}: expected one JSON object keyed by image path, got {type(entries).__name__}")
+    return entries
+
+
+def load_questions(path: str | Path, entries: dict[str, dict] | None = None) -> list[MMADQuestion]:
+    """Every question of ``mmad.json`` (or of its already read ``entries``), in the file's order; a
+    malformed entry raises naming its key and field."""
+    entries = read_mmad(path) if entries is None else entries
     questions = []
     for key, entry in entries.items():
         conversation = entry.get("conversation") if isinstance(entry, dict) else None
@@ -77,6 +87,28 @@ def load_questions(path: str | Path) -> list[MMADQuestion]:
     return questions
 
 
+def present_options(question: MMADQuestion, shuffle: bool = False, seed: int = 0) -> MMADQuestion:
+    """The question as a prompt shows it: options re-lettered A, B, C… in the file's order or, with
+    ``shuffle``, in an order drawn from ``seed`` and the question's place (the same every run), and
+    the answer letter remapped to follow its option, as the official scripts do."""
+    items = list(question.options.items())
+    if shuffle:
+        random.Random(f"{seed}/{question.image}/{question.index}").shuffle(items)
+    letters = [chr(ord("A") + i) for i in range(len(items))]
+    answer = letters[[letter for letter, _ in items].index(question.answer)]
+    return replace(question, options=dict(zip(letters, (text for _, text in items))), answer=answer)
+
+
+def _as_presented(question: MMADQuestion, options: object, line: int) -> MMADQuestion:
+    """``question`` with the option letters a prediction saw (``options``: letter → text, a
+    re-lettering of the file's options); the answer follows its option text."""
+    if not isinstance(options, dict) or sorted(options.values()) != sorted(question.options.values()):
+        raise ValueError(f"prediction {line}: 'options' {options!r} are not the options of {question.image} "
+                         f"#{question.index} ({question.options})")
+    correct = question.options[question.answer]
+    return replace(question, options=dict(options), answer=next(k for k, v in options.items() if v == correct))
+
+
 def extract_letter(response: str, options: dict[str, str], last: bool = True) -> str | None:
     """The official answer extraction: the last (or first) standalone letter A–E of the response;
     without one, the letter of the option text closest to the response (difflib). None for an
@@ -93,8 +125,10 @@ def extract_letter(response: str, options: dict[str, str], last: bool = True) ->
 def match_predictions(questions: list[MMADQuestion], predictions: list[dict]) -> list[tuple[MMADQuestion, str]]:
     """Pair each prediction with its question, in the predictions' order.
 
-    A prediction is ``{"image", "question_index" | "question", "answer"}``. Unknown images or
-    questions, duplicates and unanswered questions raise, listing a few with their counts.
+    A prediction is ``{"image", "question_index" | "question", "answer"}``, with ``options``
+    (letter → text) when the options were shown in another order than the file's (shuffled): the
+    correct letter then follows its option text. Unknown images or questions, duplicates and
+    unanswered questions raise, listing a few with their counts.
     """
     by_index = {(q.image, q.index): q for q in questions}
     by_text = {(q.image, q.question): q for q in questions}
@@ -113,7 +147,7 @@ def match_predictions(questions: list[MMADQuestion], predictions: list[dict]) ->
             duplicates.append(f"line {line}: {q.image} #{q.index}")
             continue
         seen.add((q.image, q.index))
-        pairs.append((q, p["answer"]))
+        pairs.append((_as_presented(q, p["options"], line) if "options" in p else q, p["answer"]))
     missing = [f"{q.image} #{q.index}" for q in questions if (q.image, q.index) not in seen]
     problems = [(name, items) for name, items in (("unknown", unknown), ("duplicate", duplicates),
                                                   ("unanswered", missing)) if items]
@@ -212,3 +246,73 @@ def read_predictions(path: str | Path) -> list[dict]:
             except ValueError as err:
                 raise ValueError(f"{path}, line {number}: not JSON ({err})") from None
     return rows
+
+
+class MMADEvaluation(nn.Module):
+    """The :class:`~maugpt.evaluation.run.Evaluation` of an MMAD test run, in both scoring modes.
+
+    ``generation`` scores the generated answers with the official extraction; ``likelihood``
+    takes the shown option whose letter is the most probable first answer token (no parsing).
+    Both are computed from the same prompts and reported separately. The predictions file can be
+    scored again with ``tools/score_mmad.py`` (``--field likelihood_answer`` for the second mode).
+
+    Args:
+        questions: the questions asked, in the file's order (their order matters to the
+            official handling of unparsable answers).
+        unparsable: ``wrong`` or ``official`` (see :func:`score`).
+        last_letter: take the last letter A–E of an answer (official), else the first.
+        setting: a line describing the prompts (shots, templates, option order) for the tables.
+    """
+
+    MODES = {"generation": "generated answers, official extraction (last letter A–E, else the closest option text)",
+             "likelihood": "option likelihood (the option letter most probable as the first answer token)"}
+
+    def __init__(self, questions: list[MMADQuestion], unparsable: Literal["wrong", "official"] = "wrong",
+                 last_letter: bool = True, setting: str = "") -> None:
+        super().__init__()
+        self.questions, self.unparsable, self.last_letter, self.setting = questions, unparsable, last_letter, setting
+        self.rows: list[dict] = []
+
+    def add(self, meta: dict, answer: str, choice_logprobs: list[float] | None = None) -> None:
+        """One answer; ``choice_logprobs[i]`` is the log-probability of letter ``chr(65 + i)``. A
+        prompt whose image could not be read (``meta["error"]``) gets empty answers: wrong."""
+        error = meta.get("error")
+        likely = ""
+        if choice_logprobs is not None and not error:
+            likely = max(meta["options"], key=lambda letter: choice_logprobs[ord(letter) - ord("A")])
+        self.rows.append({"image": meta["image"], "question_index": meta["question_index"],
+                          "subtask": meta["subtask"], "question": meta["question"], "options": meta["options"],
+                          "correct": meta["answer"], "answer": "" if error else answer, "likelihood_answer": likely,
+                          **({"error": error} if error else {})})
+
+    def finish(self, trainer) -> dict[str, float]:
+        from maugpt.evaluation.run import evaluation_folder, gather_rows, write_jsonl
+        from maugpt.training.callbacks import tensorboard
+
+        rows, self.rows = gather_rows(trainer, self.rows), []
+        folder = evaluation_folder(trainer)
+        results: dict[str, float] = {}
+        if trainer.is_global_zero:
+            order = {(q.image, q.index): i for i, q in enumerate(self.questions)}
+            rows.sort(key=lambda r: order.get((r["image"], r["question_index"]), -1))
+            write_jsonl(folder / "predictions.jsonl", rows)
+            unreadable = sum("error" in r for r in rows)
+            sections = [f"MMAD: {len(rows)} questions; {self.setting}; unreadable images: {unreadable}"]
+            for mode, title in self.MODES.items():
+                if mode == "likelihood" and not any(r["likelihood_answer"] for r in rows):
+                    continue
+                field = "answer" if mode == "generation" else "likelihood_answer"
+                pairs = match_predictions(self.questions, [{**r, "answer": r[field]} for r in rows])
+                scores = score(pairs, self.unparsable if mode == "generation" else "wrong", self.last_letter)
+                sections.append(f"### {mode.capitalize()}: {title} (accuracy %)\n\n{scores.markdown()}")
+                (folder / f"mmad_{mode}.csv").write_text(scores.csv())
+                results[f"mmad/{mode}/average"] = scores.average
+                results.update({f"mmad/{mode}/{d}": scores.row_average(d) for d in scores.table})
+                results.update({f"mmad/{mode}/{s}": scores.subtask_average(s) for s in SUBTASKS})
+                results[f"mmad/{mode}/unparsable"] = float(scores.unparsable)
+            markdown = "\n\n".join(sections) + "\n"
+            (folder / "tables.md").write_text(markdown)
+            writer = tensorboard(trainer)
+            if writer is not None:
+                writer.add_text("test/mmad", markdown, trainer.global_step)
+        return trainer.strategy.broadcast(results)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor
 
 from maugpt.adapters import Adapter, adapter_context, inject
 from maugpt.model.projector import build_projector
@@ -108,3 +108,18 @@ class MAUGPT(nn.Module):
         condition = condition_mask if condition_mask is not None else attention_mask
         with adapter_context(self.llm).generation(condition_mask=condition.bool()):
             return self.llm.generate(**options)
+
+
+class FirstTokenLogprobs(LogitsProcessor):
+    """Records, at the first generation step only, the log-probabilities of ``choice_ids`` as the
+    first answer token (``logprobs``: ``(B, C)``), leaving the scores as they are: option-likelihood
+    scoring of multiple-choice questions from the same forward pass that starts the generation."""
+
+    def __init__(self, choice_ids: Tensor) -> None:
+        self.choice_ids = choice_ids
+        self.logprobs: Tensor | None = None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.logprobs is None:
+            self.logprobs = scores.float().log_softmax(-1)[:, self.choice_ids.to(scores.device)].cpu()
+        return scores

@@ -1,20 +1,64 @@
 """``maugpt fit|validate|test|predict --config …``: LightningCLI over MAU-GPT and its data."""
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import lightning as L
+import torch
 from lightning.pytorch.cli import LightningCLI
+
+EVALUATING = ("validate", "test", "predict")
+
+
+def checkpoint_model(args: list[str]) -> list[str]:
+    """``args`` with the model a ``validate``/``test``/``predict`` checkpoint was trained as put
+    first (``--model {…}`` right after the sub-command), so that a config without a model (e.g.
+    ``configs/eval/mmad.yaml``) rebuilds it, and later configs and options still override it.
+
+    ``init_from`` is dropped: the checkpoint holds every trainable tensor itself.
+    """
+    command = next((i for i, a in enumerate(args) if a in (*EVALUATING, "fit")), None)
+    if command is None or args[command] not in EVALUATING:
+        return args
+    path = next((a.split("=", 1)[1] for a in args if a.startswith("--ckpt_path=")), None)
+    if path is None and "--ckpt_path" in args[:-1]:
+        path = args[args.index("--ckpt_path") + 1]
+    if path is None or not Path(path).is_file():
+        return args
+    hparams = dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {}))
+    class_path = hparams.pop("_class_path", None)
+    if class_path is None:
+        return args
+    hparams.pop("_instantiator", None)
+    hparams["init_from"] = None
+    model = json.dumps({"class_path": class_path, "init_args": hparams})
+    return [*args[:command + 1], "--model", model, *args[command + 1:]]
 
 
 class MAUGPTCLI(LightningCLI):
     """LightningCLI with the model and data in subclass mode and their shared settings linked:
     the data's tokenizer and image transform come from the model's LLM and vision encoder, and
-    its visual-token count from the built encoder."""
+    its visual-token count from the built encoder. A checkpoint given to validate/test/predict
+    supplies the model's settings as defaults (see :func:`checkpoint_model`)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.llm", "data.init_args.tokenizer")
         parser.link_arguments("model.init_args.vision_encoder", "data.init_args.vision_encoder")
         parser.link_arguments("model", "data.init_args.image_tokens", compute_fn=lambda model: model.image_tokens,
                               apply_on="instantiate")
+
+    def parse_arguments(self, parser, args) -> None:
+        if isinstance(args, dict):
+            return super().parse_arguments(parser, args)
+        self.config = parser.parse_args(checkpoint_model(sys.argv[1:] if args is None else list(args)))
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning would apply the checkpoint's hyper-parameters *over* the parsed config, silently
+        # undoing options such as --model.init_args.max_new_tokens; parse_arguments put them first
+        # instead, and MAUGPTModule.on_load_checkpoint rejects a checkpoint of another architecture.
+        return None
 
 
 def run(args: list[str] | None = None, subcommand: bool = True) -> MAUGPTCLI:

@@ -15,11 +15,11 @@ from typing import Literal
 import lightning as L
 import torch
 from torch import Tensor
+from transformers import LogitsProcessorList
 
 from maugpt.adapters import Adapter, auxiliary_loss
-from maugpt.evaluation.mauset import PREDICTION_FIELDS, MAUSetScores, write_evaluation
 from maugpt.model import MAUGPT
-from maugpt.model.mau_gpt import DTYPES
+from maugpt.model.mau_gpt import DTYPES, FirstTokenLogprobs
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,7 @@ class MAUGPTModule(L.LightningModule):
             self.load_trainable(init_from)
         self.strict_loading = False  # checkpoints hold the trainable tensors only
         self.skipped_nonfinite = 0
-        self.scores = MAUSetScores()
-        self.test_predictions: list[dict] = []
+        self.evaluation = None  # the test data's Evaluation (maugpt.evaluation.run), set when a test starts
 
     def configure_model(self) -> None:
         """Shard with FSDP2 under ``ModelParallelStrategy`` (configs/strategy/fsdp.yaml); under FSDP1
@@ -134,6 +133,18 @@ class MAUGPTModule(L.LightningModule):
         checkpoint["maugpt"] = {"stage": self.hparams.stage, "trainable": self.trainable_names(),
                                 "adapter": self.hparams.adapter}
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Loading is not strict (the frozen parts are not in the file), so check here that the file
+        holds exactly this model's trainable tensors: another adapter or stage fails, naming both."""
+        held, own = set(checkpoint.get("state_dict", {})), set(self.trainable_names())
+        if held != own:
+            saved = checkpoint.get("maugpt", {})
+            raise ValueError(
+                f"the checkpoint's trainable tensors do not fit this model ({len(held - own)} not in the model, e.g. "
+                f"{sorted(held - own)[:2]}; {len(own - held)} missing, e.g. {sorted(own - held)[:2]}): it was saved "
+                f"by stage {saved.get('stage')} with adapter {saved.get('adapter')}, this model is stage "
+                f"{self.hparams.stage} with adapter {self.hparams.adapter}")
+
     # -- steps ----------------------------------------------------------------------------------
     def lm_loss(self, batch: dict) -> Tensor:
         """The next-token loss of the batch's answers, reduced as ``loss_reduction`` says."""
@@ -171,31 +182,38 @@ class MAUGPTModule(L.LightningModule):
         out = self.model(**{**batch, "labels": labels})
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=int(valid.sum()))
 
-    def generate_answers(self, batch: dict, max_new_tokens: int | None = None) -> list[str]:
+    def generate_answers(self, batch: dict, max_new_tokens: int | None = None, **generate_kwargs) -> list[str]:
         """Greedy answers to a batch of left-padded prompts (``max_new_tokens`` defaults to the model's)."""
         tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                                      batch.get("condition_mask"),
-                                     max_new_tokens=max_new_tokens or self.hparams.max_new_tokens)
+                                     max_new_tokens=max_new_tokens or self.hparams.max_new_tokens, **generate_kwargs)
         return self.model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+    def on_test_start(self) -> None:
+        data = self.trainer.datamodule
+        if data is None or not hasattr(data, "evaluation"):
+            raise ValueError("maugpt test needs a data module with an evaluation() (MAUSetDataModule, "
+                             f"MMADDataModule); got {type(data).__name__}")
+        self.evaluation = data.evaluation()  # None: batches are scored by their loss
+        if self.evaluation is not None:
+            self.evaluation.to(self.device)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         if "labels" in batch:  # the data module's test_mode: loss
             return self.validation_step(batch, batch_idx)
-        answers = self.generate_answers(batch)
-        for meta, answer, valid in zip(batch["meta"], answers, batch["valid"].tolist()):
+        # Multiple-choice data asks for its option letters' probabilities as the first answer token.
+        first = FirstTokenLogprobs(batch["choice_ids"]) if "choice_ids" in batch else None
+        answers = self.generate_answers(batch, logits_processor=LogitsProcessorList([first] if first is not None else []))
+        for i, (meta, answer, valid) in enumerate(zip(batch["meta"], answers, batch["valid"].tolist())):
             if valid:
-                self.scores.add(meta, answer.strip())
-                self.test_predictions.append({**{k: meta.get(k) for k in PREDICTION_FIELDS}, "prediction": answer.strip()})
+                self.evaluation.add(meta, answer.strip(), first.logprobs[i].tolist() if first is not None else None)
 
     def on_test_epoch_end(self) -> None:
-        data = self.trainer.datamodule
-        if data is not None and data.hparams.get("test_mode") == "loss":
+        if self.evaluation is None:
             return  # test batches were scored by their loss (validation_step)
-        results = self.scores.compute()
-        for name, value in results.items():
+        for name, value in self.evaluation.finish(self.trainer).items():
             self.log(f"test/{name}", value, rank_zero_only=True)
-        write_evaluation(self.trainer, results, self.test_predictions)
-        self.test_predictions = []
+        self.evaluation = None
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         answers = self.generate_answers(batch)

@@ -1,0 +1,207 @@
+"""``MMADDataModule``: the MMAD benchmark (the paper's Table 5) as generation prompts for ``maugpt test``.
+
+Each multiple-choice question of ``mmad.json`` becomes one prompt with no history, as the
+official scripts for open-source models ask them: the instruction, ``k`` normal templates (0-shot:
+none; the official default is 1 from ``random_templates``), the query image, then the question
+with its options lettered A, B, C… (shuffled per question when asked, the answer remapped). The
+prompts' answers are scored by :class:`~maugpt.evaluation.mmad.MMADEvaluation` with the official
+protocol, by generation and by option likelihood. Format and protocol: ``../shared/notes/mmad.md``.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, IterableDataset
+
+from maugpt.data.datamodule import evaluation_slot, worker_slot
+from maugpt.data.encode import ChatEncoder, ImageTransform, collate_prompts
+from maugpt.evaluation.mmad import MMADEvaluation, MMADQuestion, load_questions, present_options, read_mmad
+from maugpt.tokenizer import IMAGE_TOKEN, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+INSTRUCTION = ("You are an industrial inspector who checks products by images. You should judge whether there is "
+               "a defect in the query image and answer the questions about it.\n"
+               "Answer with the option's letter from the given choices directly!")
+
+
+def mmad_prompt(question: MMADQuestion, shots: int, instruction: str = INSTRUCTION) -> str:
+    """The user turn of one question (``question`` as shown: see
+    :func:`~maugpt.evaluation.mmad.present_options`), with an ``<image>`` per template and for the
+    query image. Questions keep their number in the image's conversation, as in the official scripts."""
+    lines = [instruction]
+    if shots:
+        lines.append(f"Following is/are {shots} image of normal sample, which can be used as a template to compare "
+                     "the image being queried.")
+        lines += [IMAGE_TOKEN] * shots
+    lines += ["Following is the query image:", IMAGE_TOKEN, "Following is the question list:",
+              f"Question {question.index + 1}: {question.question}"]
+    lines += [f"{letter}. {text}" for letter, text in question.options.items()]
+    return "\n".join(lines)
+
+
+class MMADPrompts(IterableDataset):
+    """Every question once across ranks and workers, in equal counts per rank (the shorter ranges
+    padded with ``valid=False`` copies, so that ranks decoding in lockstep stop together).
+
+    An image that cannot be read is counted, and its questions stay as prompts flagged with the
+    error: they are scored as wrong, never dropped.
+    """
+
+    def __init__(self, items: list[tuple[MMADQuestion, list[Path]]], chat: ChatEncoder, transform: ImageTransform,
+                 shots: int, instruction: str, rank: int = 0, world_size: int = 1) -> None:
+        self.items, self.chat, self.transform = items, chat, transform
+        self.shots, self.instruction, self.rank, self.world_size = shots, instruction, rank, world_size
+
+    def pixels(self, paths: list[Path]) -> tuple[torch.Tensor, str | None]:
+        """``uint8 (images, H, W, 3)``: the templates, then the query image (the prompt's order)."""
+        try:
+            images = []
+            for path in paths:
+                with Image.open(path) as image:
+                    images.append(self.transform(image))
+            return torch.stack(images), None
+        except (OSError, UnidentifiedImageError) as err:
+            log.warning("unreadable MMAD image among %s: %s", [str(p) for p in paths], err)
+            return torch.zeros(len(paths), *self.transform.size, 3, dtype=torch.uint8), str(err)
+
+    def example(self, question: MMADQuestion, paths: list[Path], cache: dict) -> dict:
+        fresh = cache.get("paths") != paths
+        if fresh:  # an image's questions are consecutive: decode it once
+            cache.update(paths=paths, result=self.pixels(paths))
+        pixels, error = cache["result"]
+        meta = {"image": question.image, "question_index": question.index, "subtask": question.subtask,
+                "question": question.question, "options": question.options, "answer": question.answer}
+        if error:
+            meta["error"] = error
+        text = mmad_prompt(question, self.shots, self.instruction)
+        return {"input_ids": self.chat.prompt_text(text), "pixel_values": pixels, "meta": meta, "valid": True,
+                "skipped": int(fresh and error is not None)}
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = worker_slot()
+        start, stop, target = evaluation_slot(len(self.items), self.rank * workers + worker, self.world_size * workers)
+        mine = self.items[start:stop] or self.items[:1]  # an empty slot pads with the first question
+        cache: dict = {}
+        produced = 0
+        for question, paths in mine:
+            example = self.example(question, paths, cache)
+            example["valid"] = start < stop
+            produced += 1
+            yield example
+        while produced < target:
+            produced += 1
+            yield {**example, "valid": False, "skipped": 0}
+
+
+class MMADDataModule(L.LightningDataModule):
+    """MMAD questions as generation prompts; ``evaluation()`` scores them (Table 5).
+
+    Args:
+        data_root: the MMAD folder: the ``mmad.json`` keys and template paths are relative to it.
+        tokenizer: linked from the model's LLM by the CLI.
+        vision_encoder: linked from the model's encoder by the CLI.
+        image_tokens: linked from the built encoder by the CLI.
+        questions: the question file (default: ``<data_root>/mmad.json``).
+        shots: normal templates shown before the query image (0: the query image only).
+        templates: where the templates come from: ``random`` (``random_templates``, the official
+            default) or ``similar`` (``similar_templates``).
+        shuffle_options: show each question's options in a seeded random order (the answer
+            letter follows its option), as some official scripts do.
+        seed: seed of the option order.
+        instruction: the instruction that opens every prompt.
+        datasets: keep only these source datasets (``DS-MVTec``, ``MVTec-LOCO``, ``VisA``, ``GoodsAD``).
+        limit: ask only the first ``limit`` questions (a quick look; tables then cover those).
+        unparsable: ``wrong`` counts answers without a letter as wrong; ``official`` reproduces
+            the official summary (see :func:`~maugpt.evaluation.mmad.score`).
+        last_letter: take the last letter A–E of an answer (the official default), else the first.
+        batch_size: prompts per batch and rank.
+        num_workers: data-loading workers per rank.
+    """
+
+    def __init__(self, data_root: str, tokenizer: str, vision_encoder: str, image_tokens: int = 576,
+                 questions: str | None = None, shots: int = 1, templates: Literal["random", "similar"] = "random",
+                 shuffle_options: bool = False, seed: int = 0, instruction: str = INSTRUCTION,
+                 datasets: list[str] | None = None, limit: int | None = None,
+                 unparsable: Literal["wrong", "official"] = "wrong", last_letter: bool = True, batch_size: int = 8,
+                 num_workers: int = 2) -> None:
+        super().__init__()
+        if shots < 0:
+            raise ValueError(f"shots must be 0 or more, got {shots}")
+        if templates not in ("random", "similar"):
+            raise ValueError(f"templates must be 'random' or 'similar', got {templates!r}")
+        if unparsable not in ("wrong", "official"):
+            raise ValueError(f"unparsable must be 'wrong' or 'official', got {unparsable!r}")
+        self.save_hyperparameters()
+        self.items: list[tuple[MMADQuestion, list[Path]]] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.items:
+            return
+        h = self.hparams
+        root = Path(h.data_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"MMAD data_root {root} is not a folder (expected the unpacked MMAD release)")
+        path = Path(h.questions) if h.questions else root / "mmad.json"
+        entries = read_mmad(path)
+        questions = load_questions(path, entries)
+        if h.datasets:
+            unknown = sorted(set(h.datasets) - {q.dataset for q in questions})
+            if unknown:
+                raise ValueError(f"datasets {unknown} are not in {path}; it holds {sorted({q.dataset for q in questions})}")
+            questions = [q for q in questions if q.dataset in h.datasets]
+        questions = questions[:h.limit] if h.limit is not None else questions
+        if not questions:
+            raise ValueError(f"{path}: no question left to ask (datasets={h.datasets}, limit={h.limit})")
+        field = f"{h.templates}_templates"
+        self.items = []
+        for q in questions:
+            listed = entries[q.image].get(field) if h.shots else []
+            if not isinstance(listed, list) or len(listed) < h.shots:
+                raise ValueError(f"{path}: entry {q.image!r} field {field!r} needs at least {h.shots} template "
+                                 f"path(s) for {h.shots}-shot prompts, got {listed!r}")
+            self.items.append((present_options(q, h.shuffle_options, h.seed),
+                               [root / p for p in listed[:h.shots]] + [root / q.image]))
+        missing = sorted({str(p) for _, paths in self.items for p in paths if not p.is_file()})
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} MMAD image(s) missing under {root} (e.g. {', '.join(missing[:3])}): "
+                                    "data_root must hold the images the mmad.json keys and templates name")
+        tokenizer = load_tokenizer(h.tokenizer)
+        self.chat = ChatEncoder(tokenizer, h.image_tokens)
+        self.transform = ImageTransform(h.vision_encoder)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        letters = [chr(ord("A") + i) for i in range(max(len(q.options) for q, _ in self.items))]
+        ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in letters]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"option-likelihood scoring needs each option letter to be one token; the tokenizer "
+                             f"splits them as {dict(zip(letters, ids))}")
+        self.choice_ids = torch.tensor([i[0] for i in ids])
+        log.info("MMAD: %d questions on %d images, %d-shot", len(self.items),
+                 len({q.image for q, _ in self.items}), h.shots)
+
+    def evaluation(self) -> MMADEvaluation:
+        h = self.hparams
+        order = "shuffled options (seed %d)" % h.seed if h.shuffle_options else "options in the file's order"
+        setting = f"{h.shots}-shot ({h.templates} templates), {order}" if h.shots else f"0-shot, {order}"
+        return MMADEvaluation([q for q, _ in self.items], h.unparsable, h.last_letter, setting)
+
+    def _collate(self, examples: list[dict]) -> dict:
+        return {**collate_prompts(examples, self.pad_token_id), "choice_ids": self.choice_ids}
+
+    def test_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        dataset = MMADPrompts(self.items, self.chat, self.transform, self.hparams.shots, self.hparams.instruction,
+                              rank, world)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
+                          collate_fn=self._collate, pin_memory=torch.cuda.is_available())
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        batch["pixel_values"] = self.transform.normalize(batch["pixel_values"])
+        return batch

@@ -1,0 +1,57 @@
+"""What every benchmark's ``maugpt test`` shares: the :class:`Evaluation` protocol that
+``MAUGPTModule.test_step`` feeds, the run's evaluation folder, and gathering rows from all ranks.
+
+A data module that can be tested by generation defines ``evaluation()`` returning an
+:class:`Evaluation`; the LightningModule never branches on the benchmark.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch.distributed as dist
+
+if TYPE_CHECKING:
+    import lightning as L
+
+
+class Evaluation(Protocol):
+    """Scores generated answers of one test run.
+
+    ``add`` receives each valid prompt's ``meta`` (as the data module made it), the generated
+    answer and, when the batch asked for them (``choice_ids``), the log-probabilities of those
+    tokens as the first answer token. ``finish`` computes the scores over all ranks, writes the
+    run's files on rank 0 and returns the scalars to log (the same on every rank).
+    """
+
+    def add(self, meta: dict, answer: str, choice_logprobs: list[float] | None = None) -> None: ...
+
+    def finish(self, trainer: L.Trainer) -> dict[str, float]: ...
+
+
+def evaluation_folder(trainer: L.Trainer) -> Path:
+    """``<run folder>/evaluation``, or ``evaluation-N`` when an earlier test wrote there: never overwritten."""
+    run = Path(trainer.log_dir or trainer.default_root_dir)
+    folder, number = run / "evaluation", 1
+    while trainer.is_global_zero and (folder / "tables.md").exists():
+        number += 1
+        folder = run / f"evaluation-{number}"
+    folder = Path(trainer.strategy.broadcast(str(folder)))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def gather_rows(trainer: L.Trainer, rows: list[dict]) -> list[dict]:
+    """All ranks' rows on every rank (rank order), for scores that need every answer at once."""
+    if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return list(rows)
+    gathered: list[list[dict]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, rows)
+    return [row for part in gathered for row in part]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
