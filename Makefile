@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/adapters.py
 	$(PY) benchmarks/dataloader.py
 	$(PY) benchmarks/generate.py
+	$(PY) benchmarks/generate.py --shape cpu-3b-width
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,7 +7,8 @@ Variants run in turn, round after round, so drift on a noisy machine hits all al
 against the adapter-free model measured in the same process. Fresh adapters add exactly zero, so
 every variant must generate the adapter-free tokens: the script checks that too.
 
-    python benchmarks/generate.py                 # CPU shape
+    python benchmarks/generate.py                       # small CPU shape (hidden 512)
+    python benchmarks/generate.py --shape cpu-3b-width  # the 3B model's layer widths, 2 layers, on CPU
     python benchmarks/generate.py --shape 3b      # the Qwen2.5-3B shape, on CUDA
 """
 from __future__ import annotations
@@ -31,6 +32,10 @@ VARIANTS: dict[str, Callable[[], Adapter] | None] = {
 SHAPES = {
     "cpu": dict(batch=8, prompt=96, new_tokens=32, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
                 num_attention_heads=8, num_key_value_heads=2, vocab_size=8192),
+    # The Qwen2.5-3B layer widths (2 layers, small vocabulary) so that a CPU can run it: an adapter's
+    # cost relative to its frozen layer depends on the width (16×4 experts add ~150 columns to 2048).
+    "cpu-3b-width": dict(batch=8, prompt=96, new_tokens=32, hidden_size=2048, intermediate_size=11008,
+                         num_hidden_layers=2, num_attention_heads=16, num_key_value_heads=2, vocab_size=8192),
     "3b": dict(batch=16, prompt=768, new_tokens=128, hidden_size=2048, intermediate_size=11008,
                num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2, vocab_size=151936),
 }

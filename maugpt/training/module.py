@@ -136,9 +136,10 @@ class MAUGPTModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Loading is not strict (the frozen parts are not in the file), so check here that the file
         holds exactly this model's trainable tensors: another adapter or stage fails, naming both."""
-        held, own = set(checkpoint.get("state_dict", {})), set(self.trainable_names())
+        saved = checkpoint.get("maugpt", {})
+        # The names saved beside the tensors: under FSDP the strategy has consumed the tensors already.
+        held, own = set(saved.get("trainable", checkpoint.get("state_dict", {}))), set(self.trainable_names())
         if held != own:
-            saved = checkpoint.get("maugpt", {})
             raise ValueError(
                 f"the checkpoint's trainable tensors do not fit this model ({len(held - own)} not in the model, e.g. "
                 f"{sorted(held - own)[:2]}; {len(own - held)} missing, e.g. {sorted(own - held)[:2]}): it was saved "

@@ -157,3 +157,17 @@ def test_score_mmad_tool_prints_table_5_and_writes_csv(mmad, tmp_path):
     bad = subprocess.run([sys.executable, str(tool), "--questions", str(mmad), "--predictions", str(answers)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "answers.jsonl, line 1: not JSON" in bad.stderr
+
+
+def test_predictions_with_shuffled_options_are_scored_by_option_text(mmad):
+    questions = load_questions(mmad)
+    rows = predictions()
+    # broken_large/001.png shown with the options swapped: "B" now means "Yes.", the right answer
+    rows[6] = {**rows[6], "options": {"A": "No.", "B": "Yes."}, "answer": "B"}
+    pairs = match_predictions(questions, rows)
+    assert pairs[6][0].options == {"A": "No.", "B": "Yes."} and pairs[6][0].answer == "B"
+    assert score(pairs).table["DS-MVTec"]["Anomaly Detection"] == 100.0  # was 75: this answer is now right
+    rows[6]["options"] = {"A": "No.", "B": "Maybe."}
+    with pytest.raises(ValueError, match=r"prediction 7: 'options' .* are not the options of "
+                                         r"DS-MVTec/bottle/image/broken_large/001.png #0"):
+        match_predictions(questions, rows)

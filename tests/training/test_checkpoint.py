@@ -81,3 +81,30 @@ def test_kill_9_during_fit_then_ckpt_path_last_continues_from_the_saved_step(tin
     # the resumed epoch drew a fresh stream, starting after the batches served before the kill
     assert resumed.datamodule._train_loader.dataset.resumed_after >= saved["global_step"]
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_a_checkpoint_of_another_adapter_is_refused_naming_both(tiny_base):
+    from maugpt.adapters import LoRA
+    from maugpt.training.module import MAUGPTModule
+
+    amoe = MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2,
+                        adapter=amoe_adapter(), feature_layer=-1)
+    saved = {}
+    amoe.on_save_checkpoint(saved)
+    lora = MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2, adapter=LoRA(rank=4, alpha=8),
+                        feature_layer=-1)
+    lora.on_load_checkpoint({"state_dict": dict.fromkeys(lora.trainable_names())})  # its own: accepted
+    amoe.on_load_checkpoint(saved)
+    with pytest.raises(ValueError) as err:
+        lora.on_load_checkpoint(saved)
+    message = str(err.value)
+    assert "saved by stage 2 with adapter {'class_path': 'maugpt.adapters.amoe_lora.AMoELoRA'" in message
+    assert "this model is stage 2 with adapter {'class_path': 'maugpt.adapters.lora.LoRA'" in message
+    # 3 layers × 7 projections × (W_a, W_b, router, hypernetwork's 2 weights and 2 biases)
+    assert "(147 not in the model, e.g. ['model.llm.model.layers.0.mlp.down_proj.anomaly_aware.W_a'" in message
+
+
+def amoe_adapter():
+    from maugpt.adapters import AMoELoRA
+
+    return AMoELoRA(**AMOE["init_args"])

@@ -96,3 +96,14 @@ def test_4b_stage_2_builds_on_the_meta_device_with_the_expected_parameter_count(
     assert cli.model.parameter_summary()["adapter"] == 36 * per_layer
     total = sum(p.numel() for p in cli.model.parameters())
     assert 3.4e9 < total < 4.1e9 and all(p.is_meta for p in cli.model.parameters())
+
+
+def test_the_mmad_eval_recipe_composes_with_a_training_recipe(capsys):
+    with pytest.raises(SystemExit):
+        run(["test", "--config", str(CONFIGS / "mau-gpt-4b/stage2.yaml"), "--config", str(CONFIGS / "eval/mmad.yaml"),
+             "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["class_path"] == "maugpt.data.mmad.MMADDataModule"
+    assert printed["data"]["init_args"]["shots"] == 1 and printed["data"]["init_args"]["templates"] == "random"
+    assert printed["model"]["init_args"]["max_new_tokens"] == 16
+    assert printed["model"]["init_args"]["llm"] == "Qwen/Qwen2.5-3B-Instruct"
