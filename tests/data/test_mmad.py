@@ -162,3 +162,14 @@ def test_maugpt_test_on_mmad_writes_both_scoring_modes(mmad_root, tiny_base, syn
         assert (tmp_path / f"{mode}.csv").read_text() == (folder / f"mmad_{mode}.csv").read_text()
         average = float((folder / f"mmad_{mode}.csv").read_text().splitlines()[-1].split(",")[-1])
         assert metrics[f"test/mmad/{mode}/average"].item() == pytest.approx(average, abs=1e-4)
+    # Two processes (DDP, gloo): each asks its share, rank 0 gathers and scores every question once.
+    two = subprocess.run([sys.executable, "-m", "maugpt.cli", "test", "--config", str(recipe), "--ckpt_path", last,
+                          "--data.init_args.data_root", str(mmad_root), "--data.init_args.num_workers", "0",
+                          "--data.init_args.batch_size", "3", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                          "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+                          "--trainer.default_root_dir", str(tmp_path / "mmad2")],
+                         capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    assert two.returncode == 0, two.stderr[-3000:]
+    gathered = [json.loads(line) for line in (tmp_path / "mmad2" / "evaluation" / "predictions.jsonl").open()]
+    assert [(r["image"], r["question_index"]) for r in gathered] == [(r["image"], r["question_index"]) for r in rows]
+    assert (tmp_path / "mmad2" / "evaluation" / "mmad_likelihood.csv").is_file()
