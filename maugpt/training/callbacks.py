@@ -1,5 +1,6 @@
 """TensorBoard callbacks: throughput, the MoE routers' load and entropy, the hypernetwork cores, example
-answers as text, and the hyper-parameters with their final metrics for the HParams view."""
+answers as text, and the hyper-parameters with their final metrics for the HParams view; plus the
+prediction writer of ``maugpt predict`` and the test-metrics file of a sweep cell."""
 from __future__ import annotations
 
 import json
@@ -220,3 +221,25 @@ class JsonlPredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
         with open(self._path, "a") as f:
             for row in prediction:
                 f.write(json.dumps(row) + "\n")
+
+
+class MetricsJson(L.Callback):
+    """Writes the test metrics (``trainer.callback_metrics``) to a JSON file when a test ends, on
+    rank 0, atomically (a sweep takes the file's presence to mean the cell finished).
+
+    Args:
+        path: the output file (replaced by each test).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        temporary.replace(path)

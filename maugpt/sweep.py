@@ -1,0 +1,321 @@
+"""Ablation sweeps (the paper's Table 6 and Fig. 5(a)): a spec expanded into one run folder per cell.
+
+A spec (``experiments/*.yaml``) names base ``maugpt`` configs, a grid of overrides (dotted config
+keys → values), constraints every cell must satisfy, and the metrics to collect. Each variant
+(``tiny``, ``full``) has its own base configs and fixed overrides; the grid is shared::
+
+    name: ablation_experts_rank
+    variants:
+      tiny: {base: [configs/tiny/stage2.yaml], overrides: {data.init_args.batches_per_epoch: 150}}
+      full: {base: [configs/mau-gpt-4b/stage2.yaml]}
+    grid:
+      zip:                         # parallel lists: cell i takes the i-th value of each key
+        model.init_args.adapter.init_args.experts: [1, 2, 4, 8, 16, 32, 64]
+        model.init_args.adapter.init_args.rank: [64, 32, 16, 8, 4, 2, 1]
+      product: {}                  # every combination with the zipped (or listed) cells
+      cells: []                    # explicit cells: {name, label, <key>: <value>, …}
+    label: "{experts}×{rank}"      # from the last component of each grid key
+    constraints: ["model.init_args.adapter.init_args.experts * model.init_args.adapter.init_args.rank == 64"]
+    metrics: [test/rougeL, test/bleu4]
+    plot: {y: [test/rougeL, test/bleu4], xlabel: experts × rank}
+
+:func:`prepare` checks everything before any cell runs (constraints; every override key exists:
+each cell's config is resolved by the CLI parser, which names an unknown key) and writes
+``<sweep>/sweep.json`` and ``<sweep>/cells/<cell>/config.yaml``. :func:`run_cells` runs ``maugpt
+fit`` then ``maugpt test`` per cell; a cell with ``metrics.json`` is finished and skipped, a
+crashed one keeps its log (``logs/attempt-N.log``) and is retried (resuming from its last
+checkpoint) on the next run, and one crash never stops the others. :func:`write_slurm` writes a
+SLURM array script doing the same per array task. All cells log under ``<sweep>/tensorboard``,
+one folder per cell, with their hyper-parameters for the HParams view.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import difflib
+import io
+import itertools
+import json
+import operator
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class SweepError(ValueError):
+    """A spec that cannot run: raised before any cell starts."""
+
+
+@dataclass
+class Cell:
+    name: str  # folder name
+    label: str  # shown in tables and plots
+    overrides: dict[str, Any]  # dotted config key → value
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    variant: str
+    base: list[str]
+    cells: list[Cell]
+    overrides: dict[str, Any] = field(default_factory=dict)  # the variant's, applied to every cell first
+    constraints: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    plot: dict[str, Any] | None = None
+    description: str = ""
+
+
+# -- the spec ---------------------------------------------------------------------------------------
+def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
+    """Read a sweep spec and expand its grid for ``variant``; bad fields raise naming them."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep spec {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(raw) - {"name", "description", "variants", "grid", "label", "constraints", "metrics", "plot"})
+    if unknown:
+        raise SweepError(f"{path}: unknown field(s) {unknown}")
+    variants = raw.get("variants") or {}
+    if variant not in variants:
+        raise SweepError(f"{path}: no variant {variant!r}; it has {sorted(variants)}")
+    chosen = variants[variant]
+    if not chosen.get("base"):
+        raise SweepError(f"{path}: variant {variant!r} needs 'base': the maugpt config(s) every cell starts from")
+    metrics = raw.get("metrics") or []
+    if not metrics:
+        raise SweepError(f"{path}: 'metrics' must list the metrics to collect (e.g. test/rougeL)")
+    cells = expand_grid(raw.get("grid") or {}, raw.get("label"), path)
+    spec = SweepSpec(name=raw.get("name", path.stem), variant=variant, base=list(chosen["base"]), cells=cells,
+                     overrides=dict(chosen.get("overrides") or {}), constraints=list(raw.get("constraints") or []),
+                     metrics=list(metrics), plot=raw.get("plot"), description=raw.get("description", ""))
+    check_constraints(spec)
+    return spec
+
+
+def expand_grid(grid: dict, label: str | None = None, where: Path | str = "spec") -> list[Cell]:
+    """Cells of ``grid``: explicit ``cells`` (or one empty cell) × the ``zip`` rows × the ``product``."""
+    unknown = sorted(set(grid) - {"cells", "zip", "product"})
+    if unknown:
+        raise SweepError(f"{where}: grid has unknown field(s) {unknown}; expected cells, zip, product")
+    explicit = [dict(c) for c in grid.get("cells") or []] or [{}]
+    zipped = grid.get("zip") or {}
+    lengths = {k: len(v) for k, v in zipped.items()}
+    if len(set(lengths.values())) > 1:
+        raise SweepError(f"{where}: the zip lists differ in length: {lengths}")
+    rows = [dict(zip(zipped, values)) for values in zip(*zipped.values())] if zipped else [{}]
+    product = grid.get("product") or {}
+    combos = [dict(zip(product, values)) for values in itertools.product(*product.values())]
+    cells, names = [], set()
+    for base, row, combo in itertools.product(explicit, rows, combos):
+        values = {**base, **row, **combo}
+        name, text = values.pop("name", None), values.pop("label", None)
+        short = {key.rsplit(".", 1)[-1]: value for key, value in values.items()}
+        extra = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in {**row, **combo}.items()) if base else ""
+        if text is None and name is None:
+            text = label.format(**short) if label else ", ".join(f"{k}={v}" for k, v in short.items())
+        else:  # an explicit cell, crossed with the grid: say which of its copies this is
+            text = (text or name) + (f" ({extra})" if extra else "")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", (f"{name} {extra}" if name else text).replace("×", "x")).strip("_")
+        if name in names:
+            raise SweepError(f"{where}: two cells are both named {name!r}; give them distinct names or labels")
+        names.add(name)
+        cells.append(Cell(name, text, values))
+    return cells
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.Eq: operator.eq,
+        ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+        ast.GtE: operator.ge, ast.USub: operator.neg}
+
+
+def evaluate(expression: str, values: dict[str, Any]) -> Any:
+    """A constraint such as ``a.b * c.d == 64`` over dotted config keys: arithmetic, comparisons,
+    ``and``/``or``/``not`` and constants only (never Python's ``eval``)."""
+    def value(node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            key = ast.unparse(node)
+            if key not in values:
+                raise SweepError(f"constraint {expression!r} names {key!r}, which no cell or override sets")
+            return values[key]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.Not)):
+            return (not value(node.operand)) if isinstance(node.op, ast.Not) else -value(node.operand)
+        if isinstance(node, ast.BoolOp):
+            results = [value(v) for v in node.values]
+            return all(results) if isinstance(node.op, ast.And) else any(results)
+        if isinstance(node, ast.Compare) and all(type(op) in _OPS for op in node.ops):
+            left, result = value(node.left), True
+            for op, right_node in zip(node.ops, node.comparators):
+                right = value(right_node)
+                result, left = result and _OPS[type(op)](left, right), right
+            return result
+        raise SweepError(f"constraint {expression!r}: {ast.unparse(node)!r} is not allowed (arithmetic, "
+                         "comparisons and and/or/not over config keys only)")
+
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError as err:
+        raise SweepError(f"constraint {expression!r} is not an expression: {err.msg}") from None
+    return value(tree.body)
+
+
+def check_constraints(spec: SweepSpec) -> None:
+    failing = [cell.label for cell in spec.cells for c in spec.constraints
+               if not evaluate(c, {**spec.overrides, **cell.overrides})]
+    if failing:
+        raise SweepError(f"sweep {spec.name}: cell(s) {failing} break the constraint(s) {spec.constraints}")
+
+
+# -- cell folders -------------------------------------------------------------------------------------
+def cli_args(overrides: dict[str, Any]) -> list[str]:
+    """``--key value`` pairs for the CLI (values as JSON, which jsonargparse reads as YAML)."""
+    return [arg for key, value in overrides.items()
+            for arg in (f"--{key}", value if isinstance(value, str) else json.dumps(value))]
+
+
+def resolve_config(base: list[str], overrides: dict[str, Any]) -> dict:
+    """The full ``maugpt fit`` config of ``base`` + ``overrides``, resolved by the CLI's parser
+    without building anything (``--print_config``); an unknown key raises naming it."""
+    from maugpt.training.cli import run
+
+    args = ["fit", *[a for path in base for a in ("--config", path)], *cli_args(overrides), "--print_config"]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run(args)
+            code = 0
+        except SystemExit as done:
+            code = done.code or 0
+    if code:
+        text = err.getvalue()
+        # jsonargparse's error block without the usage text: it names the key it rejects.
+        lines = [line.strip() for line in text[text.find("error:"):].splitlines()
+                 if line.strip() and not line.strip().startswith(("Given value", "Subtypes", "- Expected a <class"))]
+        raise SweepError(f"the overrides {sorted(overrides)} do not fit {base}: {' '.join(lines) or code}")
+    config = yaml.safe_load(out.getvalue())
+    for key in overrides:  # argparse also takes unique prefixes of option names: insist on the full key
+        check_key(config, key)
+    return config
+
+
+def check_key(config: dict, key: str) -> None:
+    """Raise unless the dotted ``key`` names an entry of ``config``, suggesting the closest one."""
+    node: Any = config
+    for depth, part in enumerate(key.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            here = ".".join(key.split(".")[:depth])
+            near = difflib.get_close_matches(part, list(node) if isinstance(node, dict) else [], n=1)
+            hint = f" (did you mean {'.'.join(filter(None, [here, near[0]]))!r}?)" if near else ""
+            raise SweepError(f"the override key {key!r} does not exist in the config{hint}")
+        node = node[part]
+
+
+def place_cell(config: dict, cell: Cell, sweep_dir: Path) -> dict:
+    """Point the config's outputs into the cell's folder and the sweep's TensorBoard root, and add
+    the callback that writes the test metrics."""
+    cell_dir = sweep_dir / "cells" / cell.name
+    trainer = config["trainer"]
+    trainer["default_root_dir"] = str(cell_dir)
+    trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                         "init_args": {"save_dir": str(sweep_dir / "tensorboard"), "name": cell.name,
+                                       "version": "fit", "default_hp_metric": False}}
+    callbacks = [c for c in trainer.get("callbacks") or [] if not c["class_path"].endswith("MetricsJson")]
+    for callback in callbacks:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback.setdefault("init_args", {})["dirpath"] = str(cell_dir / "checkpoints")
+    callbacks.append({"class_path": "maugpt.training.callbacks.MetricsJson",
+                      "init_args": {"path": str(cell_dir / "metrics.json")}})
+    trainer["callbacks"] = callbacks
+    return config
+
+
+def prepare(spec: SweepSpec, sweep_dir: str | Path) -> Path:
+    """Check the spec and write ``sweep.json`` and every cell's ``config.yaml`` (nothing runs).
+
+    A folder prepared from another spec or with other configs is refused, never overwritten."""
+    sweep_dir = Path(sweep_dir)
+    configs = {cell.name: place_cell(resolve_config(spec.base, {**spec.overrides, **cell.overrides}), cell, sweep_dir)
+               for cell in spec.cells}
+    record = {"spec": asdict(spec), "cells": [cell.name for cell in spec.cells]}
+    written = sweep_dir / "sweep.json"
+    if written.is_file() and json.loads(written.read_text()) != json.loads(json.dumps(record)):
+        raise SweepError(f"{sweep_dir} holds another sweep (its sweep.json differs): use a new folder")
+    for name, config in configs.items():
+        path = sweep_dir / "cells" / name / "config.yaml"
+        text = yaml.safe_dump(config, sort_keys=False)
+        if path.is_file() and path.read_text() != text:
+            raise SweepError(f"{path} exists with another config: use a new sweep folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    written.write_text(json.dumps(record, indent=2))
+    return sweep_dir
+
+
+# -- running --------------------------------------------------------------------------------------------
+def cell_commands(cell_dir: Path, python: str = sys.executable) -> list[list[str]]:
+    """``maugpt fit`` (resuming from the cell's last checkpoint when there is one) then ``maugpt test``."""
+    config, last = str(cell_dir / "config.yaml"), cell_dir / "checkpoints" / "last.ckpt"
+    fit = [python, "-m", "maugpt.cli", "fit", "--config", config]
+    if last.is_file():
+        fit += ["--ckpt_path", str(last)]
+    test = [python, "-m", "maugpt.cli", "test", "--config", config, "--ckpt_path", str(last),
+            "--trainer.logger.init_args.version", "test"]
+    return [fit, test]
+
+
+def run_cell(cell_dir: Path) -> str:
+    """Run one cell unless it is finished: ``done``, ``skipped`` (finished before) or ``failed``."""
+    if (cell_dir / "metrics.json").is_file():
+        return "skipped"
+    logs = cell_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    attempt = 1 + sum(1 for _ in logs.glob("attempt-*.log"))
+    with open(logs / f"attempt-{attempt}.log", "w") as log:
+        for command in cell_commands(cell_dir):
+            log.write("$ " + " ".join(command) + "\n")
+            log.flush()
+            if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                return "failed"
+    return "done" if (cell_dir / "metrics.json").is_file() else "failed"
+
+
+def run_cells(sweep_dir: str | Path, parallel: int = 1) -> dict[str, str]:
+    """Run every prepared cell (``parallel`` at once); returns each cell's outcome."""
+    sweep_dir = Path(sweep_dir)
+    names = json.loads((sweep_dir / "sweep.json").read_text())["cells"]
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        outcomes = list(pool.map(lambda name: run_cell(sweep_dir / "cells" / name), names))
+    return dict(zip(names, outcomes))
+
+
+def write_slurm(sweep_dir: str | Path, partition: str | None = None, gpus: int = 1, hours: int = 24,
+                python: str = "python") -> Path:
+    """``<sweep>/slurm.sh``: a SLURM array with one task per cell, each running its cell's commands
+    (``sbatch`` it; a rerun submits again and finished cells exit at once)."""
+    sweep_dir = Path(sweep_dir).resolve()
+    names = json.loads((sweep_dir / "sweep.json").read_text())["cells"]
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={sweep_dir.name}", f"#SBATCH --array=0-{len(names) - 1}",
+             f"#SBATCH --gpus-per-task={gpus}", f"#SBATCH --time={hours}:00:00",
+             f"#SBATCH --output={sweep_dir}/cells/%a.slurm.log"]
+    if partition:
+        lines.append(f"#SBATCH --partition={partition}")
+    lines += ["set -euo pipefail", "CELLS=(" + " ".join(names) + ")", "CELL=${CELLS[$SLURM_ARRAY_TASK_ID]}",
+              f'DIR="{sweep_dir}/cells/$CELL"', 'if [ -f "$DIR/metrics.json" ]; then exit 0; fi',
+              'RESUME=(); if [ -f "$DIR/checkpoints/last.ckpt" ]; then RESUME=(--ckpt_path "$DIR/checkpoints/last.ckpt"); fi',
+              f'{python} -m maugpt.cli fit --config "$DIR/config.yaml" "${{RESUME[@]}}"',
+              f'{python} -m maugpt.cli test --config "$DIR/config.yaml" --ckpt_path "$DIR/checkpoints/last.ckpt" '
+              "--trainer.logger.init_args.version test"]
+    path = sweep_dir / "slurm.sh"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,138 @@
+"""Sweeps: grid expansion, constraints, key checks before anything runs, resume semantics, SLURM, and
+a 2-cell sweep of the tiny model end to end."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maugpt import sweep
+from maugpt.sweep import SweepError, evaluate, expand_grid, load_spec, prepare, run_cells, write_slurm
+
+ROOT = Path(__file__).parents[1]
+EXPERTS = "model.init_args.adapter.init_args.experts"
+RANK = "model.init_args.adapter.init_args.rank"
+
+
+def test_the_experts_rank_spec_expands_to_seven_cells_with_product_64():
+    spec = load_spec(ROOT / "experiments" / "ablation_experts_rank.yaml", "tiny")
+    assert [c.label for c in spec.cells] == ["1×64", "2×32", "4×16", "8×8", "16×4", "32×2", "64×1"]
+    assert [c.name for c in spec.cells] == ["1x64", "2x32", "4x16", "8x8", "16x4", "32x2", "64x1"]
+    assert spec.cells[4].overrides == {EXPERTS: 16, RANK: 4, "model.init_args.adapter.init_args.alpha": 8}
+    assert spec.base == ["configs/tiny/stage2.yaml"] and spec.overrides["data.init_args.batches_per_epoch"] == 200
+    assert load_spec(ROOT / "experiments" / "ablation_experts_rank.yaml", "full").base == \
+        ["configs/mau-gpt-4b/stage2.yaml"]
+    architecture = load_spec(ROOT / "experiments" / "ablation_architecture.yaml", "full")
+    assert [c.name for c in architecture.cells] == ["lora_r64", "loramoe_16x4", "amoe_lora_16x4"]
+
+
+def test_zip_product_and_explicit_cells_combine():
+    cells = expand_grid({"cells": [{"name": "a", "x": 1}, {"name": "b", "x": 2}], "zip": {"y": [1, 2], "z": [3, 4]},
+                         "product": {"seed": [0, 1]}}, label=None)
+    assert len(cells) == 2 * 2 * 2  # explicit × zip rows × product
+    assert (cells[0].name, cells[0].label) == ("a_y_1_z_3_seed_0", "a (y=1, z=3, seed=0)")
+    assert cells[-1].overrides == {"x": 2, "y": 2, "z": 4, "seed": 1}
+    with pytest.raises(SweepError, match="two cells are both named 'a'"):
+        expand_grid({"cells": [{"name": "a", "label": "A"}, {"name": "a", "label": "B"}]})
+    with pytest.raises(SweepError, match=r"the zip lists differ in length: \{'y': 2, 'z': 1\}"):
+        expand_grid({"zip": {"y": [1, 2], "z": [3]}})
+
+
+def test_constraints_are_checked_safely_before_anything_runs(tmp_path):
+    assert evaluate(f"{EXPERTS} * {RANK} == 64 and not {RANK} > 8", {EXPERTS: 16, RANK: 4}) is True
+    with pytest.raises(SweepError, match="is not allowed"):
+        evaluate("__import__('os').system('true')", {})
+    with pytest.raises(SweepError, match="names 'seed', which no cell or override sets"):
+        evaluate("seed == 1", {})
+    spec = yaml.safe_load((ROOT / "experiments" / "ablation_experts_rank.yaml").read_text())
+    spec["grid"]["zip"][RANK][0] = 32  # 1 × 32 ≠ 64
+    spec["grid"]["zip"]["model.init_args.adapter.init_args.alpha"][0] = 64
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SweepError, match=r"cell\(s\) \['1×32'\] break the constraint"):
+        load_spec(path, "tiny")
+
+
+def test_an_override_key_that_does_not_exist_fails_before_any_cell_is_written(tmp_path):
+    spec = load_spec(ROOT / "experiments" / "ablation_architecture.yaml", "tiny")
+    spec.overrides["trainer.max_epoch"] = 2  # argparse would take the prefix of max_epochs
+    with pytest.raises(SweepError, match=r"'trainer.max_epoch' does not exist in the config \(did you mean "
+                                         r"'trainer.max_epochs'\?\)"):
+        prepare(spec, tmp_path / "sweep")
+    spec.overrides = {"model.init_args.learning_rate": 1e-3}
+    with pytest.raises(SweepError, match="Option 'learning_rate' is not accepted"):
+        prepare(spec, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_the_slurm_script_has_one_array_task_per_cell_with_its_overrides(tmp_path):
+    spec = load_spec(ROOT / "experiments" / "ablation_experts_rank.yaml", "full")
+    folder = prepare(spec, tmp_path / "sweep")
+    script = write_slurm(folder, partition="gpu", gpus=8).read_text()
+    assert "#SBATCH --array=0-6\n" in script and "#SBATCH --gpus-per-task=8\n" in script
+    assert "CELLS=(1x64 2x32 4x16 8x8 16x4 32x2 64x1)\n" in script
+    assert 'maugpt.cli fit --config "$DIR/config.yaml"' in script and "maugpt.cli test" in script
+    for cell in spec.cells:
+        config = yaml.safe_load((folder / "cells" / cell.name / "config.yaml").read_text())
+        adapter = config["model"]["init_args"]["adapter"]["init_args"]
+        assert (adapter["experts"], adapter["rank"]) == (cell.overrides[EXPERTS], cell.overrides[RANK])
+        assert config["model"]["init_args"]["llm"] == "Qwen/Qwen2.5-3B-Instruct"
+        assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(folder / "tensorboard")
+        assert config["trainer"]["callbacks"][-1]["init_args"]["path"] == str(folder / "cells" / cell.name / "metrics.json")
+    assert prepare(spec, folder) == folder  # the same spec again: accepted, nothing changes
+    spec.cells[0].overrides[EXPERTS] = 2
+    with pytest.raises(SweepError, match="holds another sweep"):
+        prepare(spec, folder)
+
+
+def test_finished_cells_are_skipped_and_failed_ones_retried_keeping_their_logs(tmp_path, monkeypatch):
+    folder = tmp_path / "sweep"
+    for name in ("good", "flaky", "broken"):
+        (folder / "cells" / name).mkdir(parents=True)
+    (folder / "sweep.json").write_text(json.dumps({"cells": ["good", "flaky", "broken"]}))
+    script = ("import pathlib, sys; cell = pathlib.Path(sys.argv[1]); marker = cell / 'tried'\n"
+              "if cell.name == 'broken' or (cell.name == 'flaky' and not marker.exists()):\n"
+              "    marker.touch(); print('crash in', cell.name); sys.exit(1)\n"
+              "(cell / 'metrics.json').write_text('{\"test/rougeL\": 0.5}')")
+    monkeypatch.setattr(sweep, "cell_commands", lambda cell_dir: [[sys.executable, "-c", script, str(cell_dir)]])
+    assert run_cells(folder, parallel=2) == {"good": "done", "flaky": "failed", "broken": "failed"}
+    assert "crash in flaky" in (folder / "cells" / "flaky" / "logs" / "attempt-1.log").read_text()
+    assert run_cells(folder) == {"good": "skipped", "flaky": "done", "broken": "failed"}
+    assert not (folder / "cells" / "good" / "logs" / "attempt-2.log").exists()
+    assert sorted(p.name for p in (folder / "cells" / "broken" / "logs").iterdir()) == ["attempt-1.log", "attempt-2.log"]
+
+
+def test_a_tiny_two_cell_sweep_runs_end_to_end_and_reports(tiny_base, synthetic_dir, tmp_path):
+    from tests.training.conftest import AMOE, stage_config
+
+    config = yaml.safe_load(Path(stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=1, adapter=AMOE,
+                                              max_new_tokens=3)).read_text())
+    config["trainer"]["callbacks"].append({"class_path": "maugpt.training.callbacks.HParamsSummary"})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(config))
+    spec = {"name": "tiny_split", "variants": {"tiny": {"base": [str(tmp_path / "base.yaml")]}},
+            "grid": {"zip": {EXPERTS: [2, 4], RANK: [4, 2]}}, "label": "{experts}×{rank}",
+            "constraints": [f"{EXPERTS} * {RANK} == 8"], "metrics": ["test/rougeL", "test/detection_accuracy"],
+            "plot": {"y": ["test/rougeL"]}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
+    folder = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), str(tmp_path / "spec.yaml"),
+                           "--out", str(folder)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "  2x4: done" in done.stdout and "  4x2: done" in done.stdout
+    for name in ("2x4", "4x2"):
+        metrics = json.loads((folder / "cells" / name / "metrics.json").read_text())
+        assert 0.0 <= metrics["test/rougeL"] <= 1.0
+        assert {p.name for p in (folder / "tensorboard" / name).iterdir()} == {"fit", "test"}
+    again = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), str(tmp_path / "spec.yaml"),
+                            "--out", str(folder)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert "  2x4: skipped" in again.stdout and "  4x2: skipped" in again.stdout
+    report = subprocess.run([sys.executable, str(ROOT / "tools" / "report.py"), str(folder)], capture_output=True,
+                            text=True, timeout=300, cwd=ROOT)
+    assert report.returncode == 0, report.stderr
+    rouge = json.loads((folder / "cells" / "2x4" / "metrics.json").read_text())["test/rougeL"]
+    assert f"| 2×4 | {100 * rouge:.2f} |" in report.stdout
+    assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
