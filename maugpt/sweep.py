@@ -302,7 +302,8 @@ def run_cells(sweep_dir: str | Path, parallel: int = 1) -> dict[str, str]:
 def write_slurm(sweep_dir: str | Path, partition: str | None = None, gpus: int = 1, hours: int = 24,
                 python: str = "python") -> Path:
     """``<sweep>/slurm.sh``: a SLURM array with one task per cell, each running its cell's commands
-    (``sbatch`` it; a rerun submits again and finished cells exit at once)."""
+    from the current folder, as a local run would (``sbatch`` it; submitting again resumes: finished
+    cells exit at once)."""
     sweep_dir = Path(sweep_dir).resolve()
     names = json.loads((sweep_dir / "sweep.json").read_text())["cells"]
     lines = ["#!/bin/bash", f"#SBATCH --job-name={sweep_dir.name}", f"#SBATCH --array=0-{len(names) - 1}",
@@ -310,7 +311,8 @@ def write_slurm(sweep_dir: str | Path, partition: str | None = None, gpus: int =
              f"#SBATCH --output={sweep_dir}/cells/%a.slurm.log"]
     if partition:
         lines.append(f"#SBATCH --partition={partition}")
-    lines += ["set -euo pipefail", "CELLS=(" + " ".join(names) + ")", "CELL=${CELLS[$SLURM_ARRAY_TASK_ID]}",
+    lines += ["set -euo pipefail", f'cd "{Path.cwd()}"  # the configs\' relative paths start here',
+              "CELLS=(" + " ".join(names) + ")", "CELL=${CELLS[$SLURM_ARRAY_TASK_ID]}",
               f'DIR="{sweep_dir}/cells/$CELL"', 'if [ -f "$DIR/metrics.json" ]; then exit 0; fi',
               'RESUME=(); if [ -f "$DIR/checkpoints/last.ckpt" ]; then RESUME=(--ckpt_path "$DIR/checkpoints/last.ckpt"); fi',
               f'{python} -m maugpt.cli fit --config "$DIR/config.yaml" "${{RESUME[@]}}"',

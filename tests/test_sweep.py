@@ -23,7 +23,7 @@ def test_the_experts_rank_spec_expands_to_seven_cells_with_product_64():
     assert [c.label for c in spec.cells] == ["1×64", "2×32", "4×16", "8×8", "16×4", "32×2", "64×1"]
     assert [c.name for c in spec.cells] == ["1x64", "2x32", "4x16", "8x8", "16x4", "32x2", "64x1"]
     assert spec.cells[4].overrides == {EXPERTS: 16, RANK: 4, "model.init_args.adapter.init_args.alpha": 8}
-    assert spec.base == ["configs/tiny/stage2.yaml"] and spec.overrides["data.init_args.batches_per_epoch"] == 200
+    assert spec.base == ["configs/tiny/stage2.yaml"] and spec.overrides["data.init_args.batches_per_epoch"] == 800
     assert load_spec(ROOT / "experiments" / "ablation_experts_rank.yaml", "full").base == \
         ["configs/mau-gpt-4b/stage2.yaml"]
     architecture = load_spec(ROOT / "experiments" / "ablation_architecture.yaml", "full")

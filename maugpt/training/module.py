@@ -204,7 +204,8 @@ class MAUGPTModule(L.LightningModule):
             return self.validation_step(batch, batch_idx)
         # Multiple-choice data asks for its option letters' probabilities as the first answer token.
         first = FirstTokenLogprobs(batch["choice_ids"]) if "choice_ids" in batch else None
-        answers = self.generate_answers(batch, logits_processor=LogitsProcessorList([first] if first is not None else []))
+        processors = LogitsProcessorList([first] if first is not None else [])
+        answers = self.generate_answers(batch, logits_processor=processors)
         for i, (meta, answer, valid) in enumerate(zip(batch["meta"], answers, batch["valid"].tolist())):
             if valid:
                 self.evaluation.add(meta, answer.strip(), first.logprobs[i].tolist() if first is not None else None)

@@ -22,7 +22,8 @@ def launch(command: list[str], timeout: int = 300) -> subprocess.CompletedProces
 
 def test_fsdp_with_two_processes_matches_one_process_on_the_same_global_batch(tiny_base, synthetic_dir, tmp_path):
     out = tmp_path / "result.json"
-    launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--module",
+    # --standalone: a free port of its own, so a port still held by an earlier run cannot break it
+    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--module",
             "tests.training.fsdp_worker", "--llm", str(tiny_base["llm"]), "--vision", str(tiny_base["vision"]),
             "--shards", str(synthetic_dir / "mauset"), "--out", str(out), "--steps", "3"])
     result = json.loads(out.read_text())
