@@ -119,7 +119,11 @@ def expand_grid(grid: dict, label: str | None = None, where: Path | str = "spec"
         short = {key.rsplit(".", 1)[-1]: value for key, value in values.items()}
         extra = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in {**row, **combo}.items()) if base else ""
         if text is None and name is None:
-            text = label.format(**short) if label else ", ".join(f"{k}={v}" for k, v in short.items())
+            try:
+                text = label.format(**short) if label else ", ".join(f"{k}={v}" for k, v in short.items())
+            except KeyError as err:
+                raise SweepError(f"{where}: label {label!r} names {err}, which is not the last part of a grid key "
+                                 f"({sorted(short)})") from None
         else:  # an explicit cell, crossed with the grid: say which of its copies this is
             text = (text or name) + (f" ({extra})" if extra else "")
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", (f"{name} {extra}" if name else text).replace("×", "x")).strip("_")

@@ -136,3 +136,9 @@ def test_a_tiny_two_cell_sweep_runs_end_to_end_and_reports(tiny_base, synthetic_
     rouge = json.loads((folder / "cells" / "2x4" / "metrics.json").read_text())["test/rougeL"]
     assert f"| 2×4 | {100 * rouge:.2f} |" in report.stdout
     assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_label_naming_no_grid_key_is_named():
+    with pytest.raises(SweepError, match=r"label '\{experts\}x\{rnk\}' names 'rnk', which is not the last part of a "
+                                         r"grid key \(\['experts', 'rank'\]\)"):
+        expand_grid({"zip": {EXPERTS: [16], RANK: [4]}}, label="{experts}x{rnk}")
