@@ -50,8 +50,8 @@ class MMADPrompts(IterableDataset):
     """Every question once across ranks and workers, in equal counts per rank (the shorter ranges
     padded with ``valid=False`` copies, so that ranks decoding in lockstep stop together).
 
-    An image that cannot be read is counted, and its questions stay as prompts flagged with the
-    error: they are scored as wrong, never dropped.
+    A question whose image cannot be read is counted (``skipped``) and stays as a prompt flagged
+    with the error: it is scored as wrong, never dropped.
     """
 
     def __init__(self, items: list[tuple[MMADQuestion, list[Path]]], chat: ChatEncoder, transform: ImageTransform,
@@ -72,8 +72,7 @@ class MMADPrompts(IterableDataset):
             return torch.zeros(len(paths), *self.transform.size, 3, dtype=torch.uint8), str(err)
 
     def example(self, question: MMADQuestion, paths: list[Path], cache: dict) -> dict:
-        fresh = cache.get("paths") != paths
-        if fresh:  # an image's questions are consecutive: decode it once
+        if cache.get("paths") != paths:  # an image's questions are consecutive: decode it once
             cache.update(paths=paths, result=self.pixels(paths))
         pixels, error = cache["result"]
         meta = {"image": question.image, "question_index": question.index, "subtask": question.subtask,
@@ -82,7 +81,7 @@ class MMADPrompts(IterableDataset):
             meta["error"] = error
         text = mmad_prompt(question, self.shots, self.instruction)
         return {"input_ids": self.chat.prompt_text(text), "pixel_values": pixels, "meta": meta, "valid": True,
-                "skipped": int(fresh and error is not None)}
+                "skipped": int(error is not None)}  # counted per question, whatever the slots
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = worker_slot()
@@ -92,7 +91,8 @@ class MMADPrompts(IterableDataset):
         produced = 0
         for question, paths in mine:
             example = self.example(question, paths, cache)
-            example["valid"] = start < stop
+            if start == stop:  # padding: its question, if unreadable, is counted by its own slot
+                example.update(valid=False, skipped=0)
             produced += 1
             yield example
         while produced < target:

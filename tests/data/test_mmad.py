@@ -121,7 +121,7 @@ def test_an_unreadable_image_is_counted_and_its_questions_kept(mmad_root, tokeni
     data = data_module(mmad_root, tokenizer_dir, vision_dir, shots=0, batch_size=16)
     batch = next(iter(data.test_dataloader()))
     errors = [m for m in batch["meta"] if "error" in m]
-    assert [m["question_index"] for m in errors] == [0, 1] and batch["skipped"] == 1  # decoded once per image
+    assert [m["question_index"] for m in errors] == [0, 1] and batch["skipped"] == 2  # counted per question
     evaluation = data.evaluation()
     for meta in batch["meta"]:
         evaluation.add(meta, meta["answer"], [0.0] * 4)  # right answers, but not for the unreadable image
@@ -173,3 +173,14 @@ def test_maugpt_test_on_mmad_writes_both_scoring_modes(mmad_root, tiny_base, syn
     gathered = [json.loads(line) for line in (tmp_path / "mmad2" / "evaluation" / "predictions.jsonl").open()]
     assert [(r["image"], r["question_index"]) for r in gathered] == [(r["image"], r["question_index"]) for r in rows]
     assert (tmp_path / "mmad2" / "evaluation" / "mmad_likelihood.csv").is_file()
+
+
+def test_more_slots_than_questions_pad_without_counting_unreadable_questions_twice(mmad_root, tokenizer_dir,
+                                                                                   vision_dir):
+    (mmad_root / MMAD_KEYS[0]).write_bytes(b"not a png")  # the first question's image: also the padding's
+    data = data_module(mmad_root, tokenizer_dir, vision_dir, shots=0)
+    slots = [list(MMADPrompts(data.items, data.chat, data.transform, 0, INSTRUCTION, rank=r, world_size=16))
+             for r in range(16)]
+    assert [len(s) for s in slots] == [1] * 16
+    assert sum(e["valid"] for s in slots for e in s) == QUESTIONS
+    assert sum(e["skipped"] for s in slots for e in s) == 2  # the image's 2 questions, not the padding copies
