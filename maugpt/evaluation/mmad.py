@@ -297,7 +297,8 @@ class MMADEvaluation(nn.Module):
             rows.sort(key=lambda r: order.get((r["image"], r["question_index"]), -1))
             write_jsonl(folder / "predictions.jsonl", rows)
             unreadable = sum("error" in r for r in rows)
-            sections = [f"MMAD: {len(rows)} questions; {self.setting}; unreadable images: {unreadable}"]
+            sections = [f"MMAD: {len(rows)} questions; {self.setting}; "
+                        f"questions with unreadable images: {unreadable}"]
             for mode, title in self.MODES.items():
                 if mode == "likelihood" and not any(r["likelihood_answer"] for r in rows):
                     continue
