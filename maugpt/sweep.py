@@ -294,10 +294,15 @@ def run_cell(cell_dir: Path) -> str:
     return "done" if (cell_dir / "metrics.json").is_file() else "failed"
 
 
+def prepared_cells(sweep_dir: Path) -> list[str]:
+    """The cell folders :func:`prepare` recorded in ``sweep.json``, in spec order."""
+    return json.loads((sweep_dir / "sweep.json").read_text())["cells"]
+
+
 def run_cells(sweep_dir: str | Path, parallel: int = 1) -> dict[str, str]:
     """Run every prepared cell (``parallel`` at once); returns each cell's outcome."""
     sweep_dir = Path(sweep_dir)
-    names = json.loads((sweep_dir / "sweep.json").read_text())["cells"]
+    names = prepared_cells(sweep_dir)
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         outcomes = list(pool.map(lambda name: run_cell(sweep_dir / "cells" / name), names))
     return dict(zip(names, outcomes))
@@ -309,7 +314,7 @@ def write_slurm(sweep_dir: str | Path, partition: str | None = None, gpus: int =
     from the current folder, as a local run would (``sbatch`` it; submitting again resumes: finished
     cells exit at once)."""
     sweep_dir = Path(sweep_dir).resolve()
-    names = json.loads((sweep_dir / "sweep.json").read_text())["cells"]
+    names = prepared_cells(sweep_dir)
     lines = ["#!/bin/bash", f"#SBATCH --job-name={sweep_dir.name}", f"#SBATCH --array=0-{len(names) - 1}",
              f"#SBATCH --gpus-per-task={gpus}", f"#SBATCH --time={hours}:00:00",
              f"#SBATCH --output={sweep_dir}/cells/%a.slurm.log"]

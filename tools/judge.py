@@ -8,7 +8,7 @@ from pathlib import Path
 from jsonargparse import auto_cli
 
 from maugpt.evaluation.judge import Judge, judged_accuracy
-from maugpt.evaluation.mmad import read_predictions
+from maugpt.evaluation.run import read_jsonl
 
 
 def main(predictions: Path, *, base_url: str | None = None, model: str = "gpt-4o",
@@ -32,7 +32,7 @@ def main(predictions: Path, *, base_url: str | None = None, model: str = "gpt-4o
         print("judge skipped: no endpoint configured (pass --base_url or set MAUGPT_JUDGE_BASE_URL)")
         return
     try:
-        rows = [r for r in read_predictions(predictions) if r.get("style", "open") == "open"]
+        rows = [r for r in read_jsonl(predictions) if r.get("style", "open") == "open"]
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"judge: {err}") from None
     missing = [i for i, r in enumerate(rows, 1) if not all(isinstance(r.get(k), str)

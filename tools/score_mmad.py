@@ -7,7 +7,8 @@ from typing import Literal
 
 from jsonargparse import auto_cli
 
-from maugpt.evaluation.mmad import load_questions, match_predictions, read_predictions, score
+from maugpt.evaluation.mmad import load_questions, match_predictions, score
+from maugpt.evaluation.run import read_jsonl
 
 
 def main(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "official"] = "wrong",
@@ -30,7 +31,7 @@ def main(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "of
     if csv is not None and csv.exists() and not overwrite:
         raise SystemExit(f"score_mmad: {csv} exists; pass --overwrite true to replace it")
     try:
-        rows = read_predictions(predictions)
+        rows = read_jsonl(predictions)
         missing = [n for n, row in enumerate(rows, 1) if field not in row]
         if missing:
             raise ValueError(f"{predictions}: {len(missing)} line(s) have no field {field!r} (e.g. line {missing[0]})")

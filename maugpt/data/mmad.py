@@ -168,7 +168,7 @@ class MMADDataModule(L.LightningDataModule):
                                  f"path(s) for {h.shots}-shot prompts, got {listed!r}")
             self.items.append((present_options(q, h.shuffle_options, h.seed),
                                [root / p for p in listed[:h.shots]] + [root / q.image]))
-        missing = sorted({str(p) for _, paths in self.items for p in paths if not p.is_file()})
+        missing = sorted(str(p) for p in {p for _, paths in self.items for p in paths} if not p.is_file())
         if missing:
             raise FileNotFoundError(f"{len(missing)} MMAD image(s) missing under {root} (e.g. {', '.join(missing[:3])}): "
                                     "data_root must hold the images the mmad.json keys and templates name")

@@ -233,21 +233,6 @@ def score(pairs: list[tuple[MMADQuestion, str]], unparsable: Literal["wrong", "o
     return MMADScores(dict(table), bad, dropped, "official" if unparsable == "official" else "unparsable = wrong")
 
 
-def read_predictions(path: str | Path) -> list[dict]:
-    """JSON lines of predictions; a malformed line raises naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"predictions file {path} does not exist")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError as err:
-                raise ValueError(f"{path}, line {number}: not JSON ({err})") from None
-    return rows
-
-
 class MMADEvaluation(nn.Module):
     """The :class:`~maugpt.evaluation.run.Evaluation` of an MMAD test run, in both scoring modes.
 

@@ -51,6 +51,21 @@ def gather_rows(trainer: L.Trainer, rows: list[dict]) -> list[dict]:
     return [row for part in gathered for row in part]
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file (predictions, answers); a malformed line raises naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file {path} does not exist")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as err:
+                raise ValueError(f"{path}, line {number}: not JSON ({err})") from None
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w") as f:
         for row in rows:

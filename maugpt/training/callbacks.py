@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
 from maugpt.adapters import adapter_diagnostics
@@ -133,13 +134,13 @@ class ExampleAnswers(L.Callback):
         return self._batch
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or tensorboard(trainer) is None:
-            return
-        batch = trainer.datamodule.on_after_batch_transfer(
-            {k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v for k, v in self.prompts(trainer).items()}, 0)
-        answers = pl_module.generate_answers(batch, self.max_new_tokens)
         writer = tensorboard(trainer)
-        if writer is None or not trainer.is_global_zero:
+        if trainer.sanity_checking or writer is None:
+            return
+        batch = trainer.datamodule.on_after_batch_transfer(move_data_to_device(self.prompts(trainer),
+                                                                               pl_module.device), 0)
+        answers = pl_module.generate_answers(batch, self.max_new_tokens)
+        if not trainer.is_global_zero:
             return
         rows = ["| image | question | reference | answer |", "|---|---|---|---|"]
         for meta, answer, valid in zip(batch["meta"], answers, batch["valid"].tolist()):

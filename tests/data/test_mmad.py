@@ -172,7 +172,8 @@ def test_maugpt_test_on_mmad_writes_both_scoring_modes(mmad_root, tiny_base, syn
     assert two.returncode == 0, two.stderr[-3000:]
     gathered = [json.loads(line) for line in (tmp_path / "mmad2" / "evaluation" / "predictions.jsonl").open()]
     assert [(r["image"], r["question_index"]) for r in gathered] == [(r["image"], r["question_index"]) for r in rows]
-    assert (tmp_path / "mmad2" / "evaluation" / "mmad_likelihood.csv").is_file()
+    tables = (tmp_path / "mmad2" / "evaluation" / "tables.md").read_text()
+    assert tables.startswith(f"MMAD: {QUESTIONS} questions;") and "### Likelihood:" in tables  # all ranks' rows
 
 
 def test_more_slots_than_questions_pad_without_counting_unreadable_questions_twice(mmad_root, tokenizer_dir,
