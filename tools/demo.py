@@ -41,7 +41,7 @@ def main() -> None:
     times["test"] = time.perf_counter() - start
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
     print("\n| metric | value |\n|---|---:|")
-    for name in ("test/detection_accuracy", "test/detection_unparsed", "test/rougeL"):
+    for name in ("test/detection_accuracy", "test/detection_accuracy_macro", "test/detection_unparsed", "test/rougeL"):
         print(f"| {name[5:]} | {metrics.get(name, float('nan')):.4f} |")
     print("\n| step | seconds |\n|---|---:|")
     for name, seconds in times.items():

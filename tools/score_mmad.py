@@ -8,21 +8,29 @@ from typing import Literal
 from jsonargparse import auto_cli
 
 from maugpt.evaluation.mmad import load_questions, match_predictions, score
+from maugpt.evaluation.mmad_prompts import query_script
 from maugpt.evaluation.run import read_jsonl
 
 
 def main(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "official"] = "wrong",
-         first_letter: bool = False, field: str = "answer", csv: Path | None = None, overwrite: bool = False) -> None:
+         script: Literal["llava", "qwen", "internvl", "gpt4v"] | None = None, first_letter: bool | None = None,
+         closest_option: bool | None = None, field: str = "answer", csv: Path | None = None,
+         overwrite: bool = False) -> None:
     """Score MMAD predictions: accuracy per source dataset and subtask, row and overall means.
 
     Args:
         questions: the official mmad.json.
         predictions: JSON lines ``{"image": <mmad.json key>, "question_index": <int>, "answer": <raw text>}``
-            (a ``question`` text field may replace ``question_index``; an ``options`` field, letter →
-            text, gives the order the options were shown in when it is not the file's).
-        unparsable: ``wrong`` counts answers without a letter as wrong; ``official`` drops them as
-            the official summary does (with its skip of the following record).
-        first_letter: take the first letter A–E of an answer instead of the last.
+            in the order the answers were recorded (a ``question`` text field may replace
+            ``question_index``; an ``options`` field, letter → text, gives the order the options
+            were shown in when it is not the file's).
+        unparsable: ``wrong`` counts answers without a letter as wrong; ``official`` reproduces the
+            official summary (drops them, with its skip of the following record).
+        script: extract letters as this official query script does (``llava``: first letter, else
+            the closest option; ``qwen``: last, else closest; ``internvl``, ``gpt4v``: last, no
+            fallback). Default: last letter, else the closest option text.
+        first_letter: take the first letter A–E of an answer instead of the last (overrides ``script``).
+        closest_option: map an answer without a letter to the closest option text (overrides ``script``).
         field: the predictions' field holding the answer (``likelihood_answer``: the option-likelihood
             answers of ``maugpt test`` on MMAD).
         csv: also write the table as CSV here.
@@ -30,6 +38,10 @@ def main(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "of
     """
     if csv is not None and csv.exists() and not overwrite:
         raise SystemExit(f"score_mmad: {csv} exists; pass --overwrite true to replace it")
+    last, closest = (True, True) if script is None else (query_script(script).last_letter,
+                                                         query_script(script).closest_option)
+    last = last if first_letter is None else not first_letter
+    closest = closest if closest_option is None else closest_option
     try:
         rows = read_jsonl(predictions)
         missing = [n for n, row in enumerate(rows, 1) if field not in row]
@@ -38,7 +50,9 @@ def main(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "of
         pairs = match_predictions(load_questions(questions), [{**row, "answer": row[field]} for row in rows])
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"score_mmad: {err}") from None
-    scores = score(pairs, unparsable=unparsable, last_letter=not first_letter)
+    scores = score(pairs, unparsable=unparsable, last_letter=last, closest_option=closest)
+    print(f"letter extraction: {'last' if last else 'first'} letter A–E"
+          f"{', else the closest option text' if closest else ', no fallback'}")
     print(scores.markdown())
     if csv is not None:
         csv.parent.mkdir(parents=True, exist_ok=True)

@@ -288,6 +288,9 @@ class MAUSetDataModule(L.LightningDataModule):
             reference answers in ``meta``; ``loss``: test batches are like validation batches.
         shuffle_turns: in a packed conversation, put the QA pairs in an order drawn per image
             (fixed by its key), so that every task is sometimes asked first, as at test time.
+        bleu_tokenize: the test's BLEU-4 tokenizer, as sacrebleu names it: ``none`` (whitespace
+            tokens) or ``13a`` (see :mod:`maugpt.evaluation.mauset`).
+        rouge_stemmer: stem tokens (Porter) before the test's ROUGE, as rouge-score's ``use_stemmer``.
     """
 
     def __init__(self, data_dir: str, tokenizer: str, vision_encoder: str, image_tokens: int = 576,
@@ -296,7 +299,8 @@ class MAUSetDataModule(L.LightningDataModule):
                  domains: list[str] | None = None, sources: list[str] | None = None, references: int = 0,
                  shuffle_buffer: int = 1000, batches_per_epoch: int | None = None, seed: int = 0,
                  system_prompt: str | None = None, allow_pipe_urls: bool = False,
-                 test_mode: Literal["generate", "loss"] = "generate", shuffle_turns: bool = True) -> None:
+                 test_mode: Literal["generate", "loss"] = "generate", shuffle_turns: bool = True,
+                 bleu_tokenize: Literal["none", "13a"] = "none", rouge_stemmer: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         unknown = sorted(set(tasks or []) - set(TASKS) - {"caption"})
@@ -391,7 +395,8 @@ class MAUSetDataModule(L.LightningDataModule):
         """What scores generated test answers: Tables 2 and 4 (None when ``test_mode`` is ``loss``)."""
         from maugpt.evaluation.mauset import MAUSetEvaluation
 
-        return MAUSetEvaluation() if self.hparams.test_mode == "generate" else None
+        h = self.hparams
+        return MAUSetEvaluation(h.bleu_tokenize, h.rouge_stemmer) if h.test_mode == "generate" else None
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_dataloader("val")

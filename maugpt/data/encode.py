@@ -150,10 +150,12 @@ class ChatEncoder:
         """Token ids of a generation prompt: the images and one question, then the assistant header."""
         return self.prompt_text((self.image_token + "\n") * images + question)
 
-    def prompt_text(self, content: str) -> torch.Tensor:
+    def prompt_text(self, content: str, system: str | None = None) -> torch.Tensor:
         """Token ids of a generation prompt whose user turn is ``content``, with its ``<image>``
-        placeholders where the images go (e.g. between MMAD's instructions), then the assistant header."""
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        placeholders where the images go (e.g. between MMAD's instructions), then the assistant
+        header; ``system`` replaces the encoder's system prompt."""
+        system = system or self.system_prompt
+        messages = [{"role": "system", "content": system}] if system else []
         text = self.tokenizer.apply_chat_template(messages + [{"role": "user", "content": content}], tokenize=False,
                                                   add_generation_prompt=True)
         ids = np.asarray(self.tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)

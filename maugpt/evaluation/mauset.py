@@ -1,6 +1,18 @@
 """MAU-Set scores of generated answers: the paper's Table 2 (discriminative accuracy per domain) and
 Table 4 (ROUGE-1/2/L and BLEU-4 of open-ended answers), overall, per task and per domain.
 
+Discriminative accuracy is reported both ways, labelled: the macro mean over the domains that have
+questions, and the pooled (micro) accuracy over all questions (the paper's Table 2 mixes the two:
+most of its rows are macro means). Text metrics, and the reference implementations they equal
+(checked by tests/evaluation/test_mauset.py):
+
+- ROUGE-1/2/L: torchmetrics ``rouge_score`` F1, each answer against its reference, averaged over
+  answers = Google's ``rouge-score`` (``RougeScorer``, lower-cased alphanumeric tokens, sentence-level
+  ROUGE-L), without stemming unless ``rouge_stemmer`` (its Porter stemmer, as ``use_stemmer=True``).
+- BLEU-4: corpus BLEU with uniform weights, no smoothing, one reference = ``sacrebleu.corpus_bleu``
+  with ``smooth_method="none"`` and ``tokenize=bleu_tokenize`` (``none``: whitespace tokens, the
+  default; ``13a``: sacrebleu's standard tokenizer), through torchmetrics ``SacreBLEUScore``.
+
 Every state is a torchmetrics state, so scores computed on several ranks equal those of one.
 """
 from __future__ import annotations
@@ -15,26 +27,16 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.functional.text import rouge_score
-from torchmetrics.text import BLEUScore
+from torchmetrics.text import SacreBLEUScore
 
 from maugpt.data.knowledge import DOMAINS, TASKS
 from maugpt.evaluation.run import evaluation_folder, write_jsonl
+from maugpt.evaluation.true_false import parse_true_false
 from maugpt.training.callbacks import tensorboard
 
-_TRUE = {"true", "yes"}
-_FALSE = {"false", "no"}
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "bleu4")
+BLEU_TOKENIZERS = ("none", "13a")
 log = logging.getLogger(__name__)
-
-
-def parse_true_false(answer: str) -> bool | None:
-    """The first True/False (or yes/no) word of a free-text answer; None if there is none."""
-    for word in re.findall(r"[a-z]+", answer.lower()):
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-    return None
 
 
 class DomainAccuracy(Metric):
@@ -64,13 +66,14 @@ class MeanRouge(Metric):
     full_state_update = False
     KEYS = ("rouge1", "rouge2", "rougeL")
 
-    def __init__(self) -> None:
+    def __init__(self, stemmer: bool = False) -> None:
         super().__init__()
+        self.stemmer = stemmer
         self.add_state("sums", default=torch.zeros(len(self.KEYS), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, prediction: str, reference: str) -> None:
-        scores = rouge_score(prediction, reference, rouge_keys=self.KEYS)
+        scores = rouge_score(prediction, reference, rouge_keys=self.KEYS, use_stemmer=self.stemmer)
         self.sums += torch.tensor([float(scores[f"{k}_fmeasure"]) for k in self.KEYS], dtype=torch.float64,
                                   device=self.sums.device)
         self.count += 1
@@ -85,28 +88,49 @@ def _group_key(group: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", group.lower()).strip("_")
 
 
+def metric_settings(bleu_tokenize: str = "none", rouge_stemmer: bool = False) -> str:
+    """The line that says what the text metrics are, for the tables."""
+    return (f"ROUGE: rouge-score F1, {'Porter stemming' if rouge_stemmer else 'no stemming'}, averaged over answers; "
+            f"BLEU-4: corpus BLEU = sacrebleu tokenize='{bleu_tokenize}', smooth_method='none'")
+
+
 class MAUSetScores(nn.Module):
     """Scores of (meta, answer) pairs, ``meta`` as the data module's test batches carry it
-    (``style``, ``task``, ``domain``, ``reference``).
+    (``style``, ``task``, ``domain``, ``reference``, ``question``).
 
-    Discriminative answers are parsed for True/False (unparsable ones count as wrong and are
-    counted); open-ended answers get ROUGE-1/2/L F1 and corpus BLEU-4 overall, per task and per
-    domain.
+    Discriminative answers are parsed for their True/False verdict
+    (:func:`~maugpt.evaluation.true_false.parse_true_false`; unparsable ones count as wrong and
+    are counted); open-ended answers get ROUGE-1/2/L F1 and corpus BLEU-4 overall, per task and
+    per domain (see the module docstring for the implementations).
+
+    Args:
+        bleu_tokenize: sacrebleu's tokenizer for BLEU: ``none`` (whitespace) or ``13a``.
+        rouge_stemmer: stem tokens before ROUGE (Porter, as rouge-score's ``use_stemmer``; needs nltk).
     """
 
     GROUPS = ("all", *(f"task:{t}" for t in TASKS), *(f"domain:{d}" for d in DOMAINS))
 
-    def __init__(self) -> None:
+    def __init__(self, bleu_tokenize: str = "none", rouge_stemmer: bool = False) -> None:
         super().__init__()
+        if bleu_tokenize not in BLEU_TOKENIZERS:
+            raise ValueError(f"bleu_tokenize must be one of {list(BLEU_TOKENIZERS)}, got {bleu_tokenize!r}")
+        if rouge_stemmer:
+            try:
+                import nltk  # noqa: F401  (torchmetrics' stemmer)
+            except ImportError:
+                raise ImportError("rouge_stemmer needs the nltk package (pip install nltk)") from None
+        self.settings = metric_settings(bleu_tokenize, rouge_stemmer)
         self.discriminative = DomainAccuracy()
-        self.rouge = nn.ModuleDict({_group_key(g): MeanRouge() for g in self.GROUPS})
-        self.bleu = nn.ModuleDict({_group_key(g): BLEUScore(n_gram=4) for g in self.GROUPS})
+        self.rouge = nn.ModuleDict({_group_key(g): MeanRouge(rouge_stemmer) for g in self.GROUPS})
+        self.bleu = nn.ModuleDict({_group_key(g): SacreBLEUScore(n_gram=4, tokenize=bleu_tokenize)
+                                   for g in self.GROUPS})
 
     def add(self, meta: dict, answer: str) -> None:
         if meta["domain"] not in DOMAINS:
             raise ValueError(f"unknown domain {meta['domain']!r} in {meta.get('key')}; expected one of {DOMAINS}")
         if meta["style"] == "discriminative":
-            self.discriminative.update(meta["domain"], parse_true_false(answer), meta["reference"] == "True")
+            verdict = parse_true_false(answer, meta.get("question"))
+            self.discriminative.update(meta["domain"], verdict, meta["reference"] == "True")
             return
         for group in ("all", f"task:{meta['task']}", f"domain:{meta['domain']}"):
             key = _group_key(group)
@@ -114,7 +138,8 @@ class MAUSetScores(nn.Module):
             self.bleu[key].update([answer], [[meta["reference"]]])
 
     def compute(self) -> dict[str, float]:
-        """Flat results: ``detection_accuracy`` (all discriminative questions), ``…/<domain>``,
+        """Flat results: ``detection_accuracy`` (pooled over all discriminative questions),
+        ``detection_accuracy_macro`` (mean of the domains with questions), ``…/<domain>``,
         ``detection_unparsed``, and ``rouge1|rouge2|rougeL|bleu4`` with ``/task:…`` and ``/domain:…``."""
         counts = self.discriminative.compute()
         correct, total, unparsed = (counts[k].cpu() for k in ("correct", "total", "unparsed"))
@@ -123,6 +148,9 @@ class MAUSetScores(nn.Module):
                    "detection_unparsed": float(unparsed.sum())}
         for i, domain in enumerate(DOMAINS):
             results[f"detection_accuracy/{domain}"] = float(correct[i] / total[i]) if total[i] else nan
+        present = total > 0
+        results["detection_accuracy_macro"] = float((correct[present] / total[present]).mean()) if present.any() else nan
+        results["detection_domains"] = float(present.sum())
         with warnings.catch_warnings():  # torchmetrics warns about groups without answers on a rank
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
             for group in self.GROUPS:
@@ -141,19 +169,23 @@ class MAUSetScores(nn.Module):
             metric.reset()
 
 
-def tables(results: dict[str, float], model: str = "model") -> tuple[str, str]:
-    """Table 2 (discriminative accuracy % per domain and over all questions) and Table 4 (open-ended
-    scores overall, per task and per domain) as Markdown, and the same numbers as CSV rows."""
+def tables(results: dict[str, float], model: str = "model", settings: str | None = None) -> tuple[str, str]:
+    """Table 2 (discriminative accuracy % per domain, their macro mean and the pooled accuracy) and
+    Table 4 (open-ended scores overall, per task and per domain) as Markdown, with the metric
+    ``settings`` line, and the same numbers as CSV rows."""
     fmt = lambda v: "—" if v != v else f"{100 * v:.2f}"  # noqa: E731  (NaN: no such question)
-    t2 = ["| model | " + " | ".join(DOMAINS) + " | all |", "|---" + "|---:" * (len(DOMAINS) + 1) + "|",
+    domains = int(results.get("detection_domains", len(DOMAINS)))
+    t2 = ["| model | " + " | ".join(DOMAINS) + f" | macro avg. ({domains} domains) | pooled (all questions) |",
+          "|---" + "|---:" * (len(DOMAINS) + 2) + "|",
           f"| {model} | " + " | ".join(fmt(results[f"detection_accuracy/{d}"]) for d in DOMAINS)
-          + f" | {fmt(results['detection_accuracy'])} |",
+          + f" | {fmt(results['detection_accuracy_macro'])} | {fmt(results['detection_accuracy'])} |",
           "", f"unparsable True/False answers: {int(results['detection_unparsed'])} (counted as wrong)"]
     rows = [("all", "")] + [(f"task: {t}", f"/task:{t}") for t in TASKS if t != "detection"] \
         + [(f"domain: {d}", f"/domain:{d}") for d in DOMAINS]
     t4 = ["| answers | ROUGE-1 | ROUGE-2 | ROUGE-L | BLEU-4 |", "|---|---:|---:|---:|---:|"]
     t4 += [f"| {label} | " + " | ".join(fmt(results[f"{m}{suffix}"]) for m in TEXT_METRICS) + " |" for label, suffix in rows]
-    markdown = "\n".join(["### Discriminative QA accuracy (%)", "", *t2, "", "### Open-ended QA (%)", "", *t4]) + "\n"
+    markdown = "\n".join(["### Discriminative QA accuracy (%)", "", *t2, "", "### Open-ended QA (%)", "", *t4, "",
+                          settings or metric_settings()]) + "\n"
     csv = "metric,value\n" + "".join(f"{name},{value:.6f}\n" for name, value in results.items())
     return markdown, csv
 
@@ -163,11 +195,16 @@ PREDICTION_FIELDS = ("key", "source", "domain", "product", "task", "style", "que
 
 class MAUSetEvaluation(nn.Module):
     """The :class:`~maugpt.evaluation.run.Evaluation` of MAU-Set test shards: :class:`MAUSetScores`
-    plus the predictions, written with Tables 2 and 4 by :func:`write_evaluation`."""
+    plus the predictions, written with Tables 2 and 4 by :func:`write_evaluation`.
 
-    def __init__(self) -> None:
+    Args:
+        bleu_tokenize: see :class:`MAUSetScores`.
+        rouge_stemmer: see :class:`MAUSetScores`.
+    """
+
+    def __init__(self, bleu_tokenize: str = "none", rouge_stemmer: bool = False) -> None:
         super().__init__()
-        self.scores = MAUSetScores()
+        self.scores = MAUSetScores(bleu_tokenize, rouge_stemmer)
         self.predictions: list[dict] = []
 
     def add(self, meta: dict, answer: str, choice_logprobs: list[float] | None = None) -> None:
@@ -176,12 +213,13 @@ class MAUSetEvaluation(nn.Module):
 
     def finish(self, trainer: L.Trainer) -> dict[str, float]:
         results = self.scores.compute()
-        write_evaluation(trainer, results, self.predictions)
+        write_evaluation(trainer, results, self.predictions, self.scores.settings)
         self.predictions = []
         return results
 
 
-def write_evaluation(trainer: L.Trainer, results: dict[str, float], predictions: list[dict]) -> Path:
+def write_evaluation(trainer: L.Trainer, results: dict[str, float], predictions: list[dict],
+                     settings: str | None = None) -> Path:
     """Write the test predictions (JSONL, one file per rank when there are several) and, on rank 0,
     Tables 2 and 4 (Markdown and CSV) into the run's evaluation folder (a new one each time), and
     log the tables to TensorBoard."""
@@ -189,7 +227,7 @@ def write_evaluation(trainer: L.Trainer, results: dict[str, float], predictions:
     name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.jsonl"
     write_jsonl(folder / name, predictions)
     if trainer.is_global_zero:
-        markdown, csv = tables(results)
+        markdown, csv = tables(results, settings=settings)
         (folder / "tables.md").write_text(markdown)
         (folder / "scores.csv").write_text(csv)
         writer = tensorboard(trainer)

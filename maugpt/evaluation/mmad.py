@@ -7,10 +7,20 @@ anomalous images, every other subtask as accuracy; Object Structure and Object D
 Object Analysis, giving 7 subtasks. A row is the mean of its dataset's subtasks; the headline is
 the mean of the rows.
 
-Unparsable answers count as wrong by default. ``unparsable="official"`` reproduces the official
-summary instead: such answers are dropped, except that the record right after a dropped one is
-never checked (the official script deletes from the list it is iterating over), so an unparsable
-answer that follows another stays and counts as wrong.
+Two handlings, reported under their names:
+
+- ``wrong`` (default, corrected): an answer without a letter (and an empty answer, which is never
+  matched to an option) counts as wrong; a (dataset, subtask) cell without questions is left out
+  of the means, and balanced accuracy averages the groups that have questions.
+- ``official``: ``caculate_accuracy_mmad`` of ``evaluation/examples/helper/summary.py`` in
+  jam-cc/MMAD at commit ``f9a0e6fd5f7d2477cbb5169620549ed899ef6307``, quirks included. A record
+  whose answer or correct letter is not one of A–E is removed from the list being iterated, so
+  the record right after it is never visited (neither graded nor counted); rows and subtask columns
+  are every dataset and type seen in the answers, and a cell left without graded records is 0 and
+  enters the means; a normal/anomalous group without records adds 0 to balanced accuracy. The
+  answer letters come from the query script's own extraction, which maps every answer without a
+  letter, even an empty one, to the closest option text where the script passes its options
+  (see :mod:`maugpt.evaluation.mmad_prompts`).
 """
 from __future__ import annotations
 
@@ -109,26 +119,31 @@ def _as_presented(question: MMADQuestion, options: object, line: int) -> MMADQue
     return replace(question, options=dict(options), answer=next(k for k, v in options.items() if v == correct))
 
 
-def extract_letter(response: str, options: dict[str, str], last: bool = True) -> str | None:
-    """The official answer extraction: the last (or first) standalone letter A–E of the response;
-    without one, the letter of the option text closest to the response (difflib). None for an
-    empty response."""
+def extract_letter(response: str, options: dict[str, str], last: bool = True, closest_option: bool = True,
+                   official: bool = False) -> str | None:
+    """The official answer extraction (``GPT4Query.parse_answer``): the last (or first) standalone
+    letter A–E of the response; without one and with ``closest_option``, the letter of the option
+    text closest to the response (difflib, cutoff 0: some option always matches). An empty or
+    blank response is unparsable (None) unless ``official``, where it goes to difflib like any
+    text, as the scripts do (all ratios tie at 0 and the largest option text wins)."""
     found = _LETTER.findall(response)
     if found:
         return found[-1] if last else found[0]
-    if not response.strip() or not options:
+    if not closest_option or not options or (not official and not response.strip()):
         return None
     closest = difflib.get_close_matches(response, list(options.values()), n=1, cutoff=0.0)
     return next(letter for letter, text in options.items() if text == closest[0])
 
 
-def match_predictions(questions: list[MMADQuestion], predictions: list[dict]) -> list[tuple[MMADQuestion, str]]:
+def match_predictions(questions: list[MMADQuestion], predictions: list[dict]) -> list[tuple[MMADQuestion, str | None]]:
     """Pair each prediction with its question, in the predictions' order.
 
     A prediction is ``{"image", "question_index" | "question", "answer"}``, with ``options``
     (letter → text) when the options were shown in another order than the file's (shuffled): the
-    correct letter then follows its option text. Unknown images or questions, duplicates and
-    unanswered questions raise, listing a few with their counts.
+    correct letter then follows its option text. A prediction with an ``error`` (``maugpt test``
+    could not read its image) has no answer (None): it is unparsable, whatever the extraction.
+    Unknown images or questions, duplicates and unanswered questions raise, listing a few with
+    their counts.
     """
     by_index = {(q.image, q.index): q for q in questions}
     by_text = {(q.image, q.question): q for q in questions}
@@ -147,7 +162,8 @@ def match_predictions(questions: list[MMADQuestion], predictions: list[dict]) ->
             duplicates.append(f"line {line}: {q.image} #{q.index}")
             continue
         seen.add((q.image, q.index))
-        pairs.append((_as_presented(q, p["options"], line) if "options" in p else q, p["answer"]))
+        pairs.append((_as_presented(q, p["options"], line) if "options" in p else q,
+                      None if p.get("error") else p["answer"]))
     missing = [f"{q.image} #{q.index}" for q in questions if (q.image, q.index) not in seen]
     problems = [(name, items) for name, items in (("unknown", unknown), ("duplicate", duplicates),
                                                   ("unanswered", missing)) if items]
@@ -163,8 +179,9 @@ class MMADScores:
 
     table: dict[str, dict[str, float]]  # dataset → subtask → accuracy %
     unparsable: int
-    dropped: int  # records left out (official handling only)
+    dropped: int  # records removed (official handling only)
     handling: str
+    skipped: int = 0  # records never visited because one before them was removed (official only)
 
     def row_average(self, dataset: str) -> float:
         values = list(self.table[dataset].values())
@@ -178,6 +195,13 @@ class MMADScores:
     def average(self) -> float:
         return sum(self.row_average(d) for d in self.table) / len(self.table)
 
+    @property
+    def handling_note(self) -> str:
+        if self.handling == "official":
+            return (f"unparsable answers: {self.unparsable} (official summary: {self.dropped} records dropped, "
+                    f"{self.skipped} records right after them never checked)")
+        return f"unparsable answers: {self.unparsable} ({self.handling})"
+
     def markdown(self) -> str:
         """Table 5's layout: a row per source dataset, then the mean over datasets."""
         header = ["source dataset", *SUBTASKS, "average"]
@@ -188,8 +212,7 @@ class MMADScores:
             lines.append(f"| {dataset} | " + " | ".join(cell(v) for v in values) + f" | {self.row_average(dataset):.2f} |")
         means = [self.subtask_average(s) for s in SUBTASKS]
         lines.append("| **average** | " + " | ".join(cell(v) for v in means) + f" | {self.average:.2f} |")
-        lines.append(f"\nunparsable answers: {self.unparsable} ({self.handling}"
-                     + (f"; {self.dropped} records dropped)" if self.handling == "official" else ")"))
+        lines.append(f"\n{self.handling_note}")
         return "\n".join(lines)
 
     def csv(self) -> str:
@@ -201,36 +224,71 @@ class MMADScores:
         return "\n".join(rows) + "\n"
 
 
-def score(pairs: list[tuple[MMADQuestion, str]], unparsable: Literal["wrong", "official"] = "wrong",
-          last_letter: bool = True) -> MMADScores:
-    """Score (question, raw answer) pairs as the official summary does (see the module docstring)."""
-    if unparsable not in ("wrong", "official"):
-        raise ValueError(f"unparsable must be 'wrong' or 'official', got {unparsable!r}")
-    records = [(q, extract_letter(response, q.options, last=last_letter)) for q, response in pairs]
-    bad = sum(letter is None for _, letter in records)
-    dropped = 0
-    if unparsable == "official":
-        # As the official summary: a `for` loop over the list removes each unparsable record, so
-        # the iterator steps over the record that follows it, which escapes the check and stays.
-        position = 0
-        while position < len(records):
-            if records[position][1] is None:
-                del records[position]
-                dropped += 1
-            position += 1
-    graded = [(q, letter == q.answer) for q, letter in records]
+OFFICIAL_LETTERS = ("A", "B", "C", "D", "E")
+
+
+def _group(question: MMADQuestion) -> str:
+    if question.subtask != "Anomaly Detection":
+        return "all"
+    return "normal" if question.normal else "anomalous"
+
+
+def _corrected_table(records: list[tuple[MMADQuestion, str | None]]) -> dict[str, dict[str, float]]:
+    """Cells with questions only; balanced accuracy over the groups that have questions."""
     hits: dict[tuple, Counter] = defaultdict(Counter)
-    for question, correct in graded:
-        cell = (question.dataset, question.subtask)
-        group = ("normal" if question.normal else "anomalous") if question.subtask == "Anomaly Detection" else "all"
-        hits[cell + (group,)]["correct"] += correct
-        hits[cell + (group,)]["total"] += 1
+    for question, letter in records:
+        counter = hits[(question.dataset, question.subtask, _group(question))]
+        counter["correct"] += letter == question.answer
+        counter["total"] += 1
     table: dict[str, dict[str, float]] = defaultdict(dict)
     for dataset, subtask in sorted({k[:2] for k in hits}):
-        groups = [h for k, h in hits.items() if k[:2] == (dataset, subtask)]
-        accuracies = [h["correct"] / h["total"] for h in groups]  # balanced: mean over normal/anomalous
+        accuracies = [h["correct"] / h["total"] for k, h in hits.items() if k[:2] == (dataset, subtask)]
         table[dataset][subtask] = 100.0 * sum(accuracies) / len(accuracies)
-    return MMADScores(dict(table), bad, dropped, "official" if unparsable == "official" else "unparsable = wrong")
+    return dict(table)
+
+
+def _official_table(records: list[tuple[MMADQuestion, str | None]]) -> tuple[dict[str, dict[str, float]], int, int]:
+    """``caculate_accuracy_mmad`` (see the module docstring): the table, records dropped, records skipped."""
+    datasets = list(dict.fromkeys(q.dataset for q, _ in records))  # every record, dropped ones too
+    subtasks = list(dict.fromkeys(q.subtask for q, _ in records))
+    hits: dict[tuple, Counter] = defaultdict(Counter)
+    dropped = skipped = position = 0
+    while position < len(records):
+        question, letter = records[position]
+        if question.answer not in OFFICIAL_LETTERS or letter not in OFFICIAL_LETTERS:
+            # all_answers_json.remove(answer) inside `for answer in all_answers_json`: the list
+            # shifts left under the iterator, which then steps over the next record.
+            dropped += 1
+            skipped += position + 1 < len(records)
+            position += 2
+            continue
+        for key in [(question.dataset, question.subtask)] + (
+                [(question.dataset, _group(question))] if question.subtask == "Anomaly Detection" else []):
+            hits[key]["correct"] += letter == question.answer
+            hits[key]["total"] += 1
+        position += 1
+    rate = lambda h: h["correct"] / h["total"] if h["total"] else 0.0  # noqa: E731  (official: 0 when empty)
+    table = {d: {s: 100.0 * ((rate(hits[(d, "normal")]) + rate(hits[(d, "anomalous")])) / 2
+                             if s == "Anomaly Detection" else rate(hits[(d, s)])) for s in subtasks}
+             for d in datasets}
+    return table, dropped, skipped
+
+
+def score(pairs: list[tuple[MMADQuestion, str | None]], unparsable: Literal["wrong", "official"] = "wrong",
+          last_letter: bool = True, closest_option: bool = True) -> MMADScores:
+    """Score (question, raw answer) pairs, in the order the answers were recorded (it matters to the
+    official handling); ``last_letter`` and ``closest_option`` are the query script's extraction
+    (:func:`extract_letter`). See the module docstring for the two handlings."""
+    if unparsable not in ("wrong", "official"):
+        raise ValueError(f"unparsable must be 'wrong' or 'official', got {unparsable!r}")
+    official = unparsable == "official"
+    records = [(q, None if response is None else extract_letter(response, q.options, last_letter, closest_option,
+                                                                 official)) for q, response in pairs]
+    bad = sum(letter is None for _, letter in records)
+    if official:
+        table, dropped, skipped = _official_table(records)
+        return MMADScores(table, bad, dropped, "official", skipped)
+    return MMADScores(_corrected_table(records), bad, 0, "unparsable = wrong")
 
 
 class MMADEvaluation(nn.Module):
@@ -245,22 +303,29 @@ class MMADEvaluation(nn.Module):
         questions: the questions asked, in the file's order (their order matters to the
             official handling of unparsable answers).
         unparsable: ``wrong`` or ``official`` (see :func:`score`).
-        last_letter: take the last letter A–E of an answer (official), else the first.
-        setting: a line describing the prompts (shots, templates, option order) for the tables.
+        last_letter: take the last letter A–E of an answer, else the first (the query script's rule).
+        closest_option: map an answer without a letter to the closest option text (the script's rule).
+        setting: lines describing the prompts (query script, shots, templates, option order,
+            decoding) for the tables.
+        generate_kwargs: ``generate()`` keyword arguments of the query script's decoding
+            (``MAUGPTModule.test_step`` passes them on).
     """
 
-    MODES = {"generation": "generated answers, official extraction (last letter A–E, else the closest option text)",
+    MODES = {"generation": "generated answers through the query script's letter extraction",
              "likelihood": "option likelihood (the option letter most probable as the first answer token)"}
 
     def __init__(self, questions: list[MMADQuestion], unparsable: Literal["wrong", "official"] = "wrong",
-                 last_letter: bool = True, setting: str = "") -> None:
+                 last_letter: bool = True, closest_option: bool = True, setting: str = "",
+                 generate_kwargs: dict | None = None) -> None:
         super().__init__()
-        self.questions, self.unparsable, self.last_letter, self.setting = questions, unparsable, last_letter, setting
+        self.questions, self.unparsable, self.setting = questions, unparsable, setting
+        self.last_letter, self.closest_option = last_letter, closest_option
+        self.generate_kwargs = dict(generate_kwargs or {})
         self.rows: list[dict] = []
 
     def add(self, meta: dict, answer: str, choice_logprobs: list[float] | None = None) -> None:
         """One answer; ``choice_logprobs[i]`` is the log-probability of letter ``chr(65 + i)``. A
-        prompt whose image could not be read (``meta["error"]``) gets empty answers: wrong."""
+        prompt whose image could not be read (``meta["error"]``) has no answer: unparsable."""
         error = meta.get("error")
         likely = ""
         if choice_logprobs is not None and not error:
@@ -282,14 +347,16 @@ class MMADEvaluation(nn.Module):
             rows.sort(key=lambda r: order.get((r["image"], r["question_index"]), -1))
             write_jsonl(folder / "predictions.jsonl", rows)
             unreadable = sum("error" in r for r in rows)
-            sections = [f"MMAD: {len(rows)} questions; {self.setting}; "
-                        f"questions with unreadable images: {unreadable}"]
+            first, _, details = self.setting.partition("\n\n")
+            sections = [f"MMAD: {len(rows)} questions; {first}; questions with unreadable images: {unreadable}"
+                        + (f"\n\n{details}" if details else "")]
             for mode, title in self.MODES.items():
                 if mode == "likelihood" and not any(r["likelihood_answer"] for r in rows):
                     continue
                 field = "answer" if mode == "generation" else "likelihood_answer"
                 pairs = match_predictions(self.questions, [{**r, "answer": r[field]} for r in rows])
-                scores = score(pairs, self.unparsable if mode == "generation" else "wrong", self.last_letter)
+                scores = score(pairs, self.unparsable if mode == "generation" else "wrong", self.last_letter,
+                               self.closest_option)
                 sections.append(f"### {mode.capitalize()}: {title} (accuracy %)\n\n{scores.markdown()}")
                 (folder / f"mmad_{mode}.csv").write_text(scores.csv())
                 results[f"mmad/{mode}/average"] = scores.average

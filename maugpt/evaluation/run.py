@@ -22,7 +22,8 @@ class Evaluation(Protocol):
     ``add`` receives each valid prompt's ``meta`` (as the data module made it), the generated
     answer and, when the batch asked for them (``choice_ids``), the log-probabilities of those
     tokens as the first answer token. ``finish`` computes the scores over all ranks, writes the
-    run's files on rank 0 and returns the scalars to log (the same on every rank).
+    run's files on rank 0 and returns the scalars to log (the same on every rank). An evaluation
+    may also hold ``generate_kwargs``, the benchmark's decoding settings for ``generate()``.
     """
 
     def add(self, meta: dict, answer: str, choice_logprobs: list[float] | None = None) -> None: ...

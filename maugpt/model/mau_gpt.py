@@ -93,7 +93,8 @@ class MAUGPT(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor,
                  condition_mask: Tensor | None = None, max_new_tokens: int = 64, **kwargs) -> Tensor:
-        """Greedy, batched, KV-cached generation from left-padded prompts; returns the new tokens.
+        """Batched, KV-cached generation from left-padded prompts, greedy unless ``kwargs`` say otherwise
+        (e.g. an MMAD query script's sampling); returns the new tokens.
 
         AMoE-LoRA's condition is fixed at the prefill (the prompt: images and question).
         """

@@ -184,7 +184,8 @@ class MAUGPTModule(L.LightningModule):
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=int(valid.sum()))
 
     def generate_answers(self, batch: dict, max_new_tokens: int | None = None, **generate_kwargs) -> list[str]:
-        """Greedy answers to a batch of left-padded prompts (``max_new_tokens`` defaults to the model's)."""
+        """Answers to a batch of left-padded prompts: greedy unless ``generate_kwargs`` ask for sampling
+        (``max_new_tokens`` defaults to the model's)."""
         tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                                      batch.get("condition_mask"),
                                      max_new_tokens=max_new_tokens or self.hparams.max_new_tokens, **generate_kwargs)
@@ -205,7 +206,9 @@ class MAUGPTModule(L.LightningModule):
         # Multiple-choice data asks for its option letters' probabilities as the first answer token.
         first = FirstTokenLogprobs(batch["choice_ids"]) if "choice_ids" in batch else None
         processors = LogitsProcessorList([first] if first is not None else [])
-        answers = self.generate_answers(batch, logits_processor=processors)
+        # The benchmark's own decoding (e.g. an MMAD query script's sampling settings), if it has one.
+        decoding = getattr(self.evaluation, "generate_kwargs", None) or {}
+        answers = self.generate_answers(batch, logits_processor=processors, **decoding)
         for i, (meta, answer, valid) in enumerate(zip(batch["meta"], answers, batch["valid"].tolist())):
             if valid:
                 self.evaluation.add(meta, answer.strip(), first.logprobs[i].tolist() if first is not None else None)

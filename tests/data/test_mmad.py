@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from maugpt.data.mmad import INSTRUCTION, MMADDataModule, MMADPrompts, mmad_prompt
+from maugpt.data.mmad import MMADDataModule, MMADPrompts
 from maugpt.evaluation.mmad import load_questions, present_options
+from maugpt.evaluation.mmad_prompts import SCRIPTS
 from tests.evaluation.test_mmad import MMAD
 
 TEMPLATES = {"DS-MVTec": ["MVTec-AD/bottle/train/good/000.png", "MVTec-AD/bottle/train/good/001.png"],
@@ -50,14 +51,79 @@ def data_module(root: Path, tokenizer_dir, vision_dir, **kwargs) -> MMADDataModu
     return module
 
 
-def test_the_prompt_follows_the_official_layout():
-    question = present_options(load_questions("unused", MMAD)[6])  # broken_large/001.png, question 0
-    assert mmad_prompt(question, shots=1) == "\n".join([
-        INSTRUCTION,
-        "Following is/are 1 image of normal sample, which can be used as a template to compare the image being queried.",
-        "<image>", "Following is the query image:", "<image>", "Following is the question list:",
-        "Question 1: Anomaly Detection?", "A. Yes.", "B. No."])
-    assert "template" not in mmad_prompt(question, shots=0)
+# The scripts' texts, written out from jam-cc/MMAD @ f9a0e6fd (evaluation/examples/): the
+# instruction of GPT4/gpt4v.py (a triple-quoted string), then each script's own assembly.
+OFFICIAL_INSTRUCTION = ("\nYou are an industrial inspector who checks products by images. You should judge whether "
+                        "there is a defect in the query image and answer the questions about it.\n"
+                        "Answer with the option's letter from the given choices directly.\n")
+Q1 = "Question 1: Anomaly Detection? \nA. Yes.\nB. No.\n"
+Q2 = "Question 2: Defect Classification? \nA. first\nB. second\nC. third\nD. fourth\n"
+EXPECTED = {  # user turns for broken_large/000.png's second question, 1-shot
+    "gpt4v": ("Following is 1 image of normal sample, which can be used as a template to compare.<image>"
+              "Following is the query image: <image>Following is the question list: " + Q1 + Q2),
+    "qwen": (OFFICIAL_INSTRUCTION + "Answer with the option's letter from the given choices directly."
+             "Following is/are 1 image of normal sample, which can be used as a template to compare the image being "
+             "queried.Picture 1: <image>\nFollowing is the query image: Picture 2: <image>\n"
+             "Following is the question list: " + Q2),
+    "internvl": (OFFICIAL_INSTRUCTION + "Following is/are 1 image of normal sample, which can be used as a template "
+                 "to compare the image being queried.\n <image>\n\nFollowing is the query image: \n<image> \n"
+                 "Following is the question list. Answer with the option's letter from the given choices directly: \n"
+                 + Q2 + "\n"),
+    "llava": (OFFICIAL_INSTRUCTION + "\nFollowing is 1 image of normal sample:<image>\nTest image: \n<image>\n"
+              "Following is new question list: \nDefect Classification? \nA. first\nB. second\nC. third\nD. fourth\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_query_script_writes_its_official_prompt(name):
+    conversation = [present_options(q) for q in load_questions("unused", MMAD) if q.image == MMAD_KEYS[1]]
+    script = SCRIPTS[name]
+    assert script.render(conversation[:2], 1, OFFICIAL_INSTRUCTION) == EXPECTED[name]
+
+
+def test_zero_shot_prompts_have_only_the_query_image():
+    question = [present_options(load_questions("unused", MMAD)[6])]  # broken_large/001.png, question 0
+    assert SCRIPTS["llava"].render(question, 0, OFFICIAL_INSTRUCTION) == (
+        OFFICIAL_INSTRUCTION + "\nTest image: \n<image>\nFollowing is new question list: \n"
+        "Anomaly Detection? \nA. Yes.\nB. No.\n")
+    assert SCRIPTS["gpt4v"].render(question, 0, OFFICIAL_INSTRUCTION) == (
+        "Following is the query image: <image>Following is the question list: " + Q1)
+    for name, script in SCRIPTS.items():
+        assert script.render(question, 0, OFFICIAL_INSTRUCTION).count("<image>") == 1, name
+        assert script.render(question, 2, OFFICIAL_INSTRUCTION).count("<image>") == 3, name
+
+
+def test_the_scripts_extraction_and_decoding():
+    assert {n: (s.shuffle_options, s.last_letter, s.closest_option) for n, s in SCRIPTS.items()} == {
+        "gpt4v": (False, True, False), "qwen": (False, True, True), "internvl": (False, True, False),
+        "llava": (True, False, True)}
+    assert SCRIPTS["llava"].decoding == {"do_sample": True, "temperature": 0.2, "top_p": None, "num_beams": 1,
+                                         "max_new_tokens": 64}
+    assert SCRIPTS["internvl"].decoding == {"do_sample": False, "max_new_tokens": 128}
+    assert SCRIPTS["qwen"].decoding == {"do_sample": True, "top_k": 0, "top_p": 0.3, "max_new_tokens": 512}
+    assert SCRIPTS["gpt4v"].decoding["max_new_tokens"] == 600 and SCRIPTS["gpt4v"].system_instruction
+
+
+def test_the_data_module_uses_the_scripts_settings(mmad_root, tokenizer_dir, vision_dir):
+    llava = data_module(mmad_root, tokenizer_dir, vision_dir)  # the default script
+    evaluation = llava.evaluation()
+    assert (llava.shuffle, evaluation.last_letter, evaluation.closest_option) == (True, False, True)
+    assert evaluation.generate_kwargs == SCRIPTS["llava"].decoding
+    assert evaluation.setting.startswith("1-shot (random templates), shuffled options (seed 0), official decoding")
+    assert "query script llava (LLaVA_Query/llava_query.py @ f9a0e6fd): first letter A–E" in evaluation.setting
+    greedy = data_module(mmad_root, tokenizer_dir, vision_dir, prompt="qwen", decoding="greedy", last_letter=False)
+    evaluation = greedy.evaluation()
+    assert (greedy.shuffle, evaluation.last_letter, evaluation.generate_kwargs) == (False, False, {"do_sample": False})
+    assert evaluation.setting.endswith("letter overridden: first")
+    gpt4v = data_module(mmad_root, tokenizer_dir, vision_dir, prompt="gpt4v", shots=0)
+    question, _, text = gpt4v.items[4]  # broken_large/000.png #2: its questions 1-3 in one list
+    assert question.index == 2 and text.count("Question ") == 3 and text.endswith("Question 3: Object Structure? \n"
+                                                                                   "A. first\nB. second\nC. third\nD. fourth\n")
+    prompt = gpt4v.chat.tokenizer.decode(MMADPrompts(gpt4v.items, gpt4v.chat, gpt4v.transform, gpt4v.system)
+                                         .example(question, gpt4v.items[4][1], text, {})["input_ids"])
+    assert prompt.startswith("<|im_start|>system\n" + OFFICIAL_INSTRUCTION + "<|im_end|>\n<|im_start|>user\n")
+    with pytest.raises(ValueError, match=r"prompt must be one of \['gpt4v', 'qwen', 'internvl', 'llava'\], got 'blip'"):
+        data_module(mmad_root, tokenizer_dir, vision_dir, prompt="blip")
 
 
 def test_options_are_relettered_and_shuffled_with_the_answer_remapped():
@@ -74,7 +140,7 @@ def test_options_are_relettered_and_shuffled_with_the_answer_remapped():
 
 
 def test_the_data_module_asks_every_question_with_its_templates(mmad_root, tokenizer_dir, vision_dir):
-    data = data_module(mmad_root, tokenizer_dir, vision_dir, shots=1, templates="similar")
+    data = data_module(mmad_root, tokenizer_dir, vision_dir, shots=1, templates="similar", prompt="qwen")
     batches = list(data.test_dataloader())
     rows = [(m, v) for b in batches for m, v in zip(b["meta"], b["valid"].tolist())]
     assert [(m["image"], m["question_index"]) for m, _ in rows] == \
@@ -94,7 +160,7 @@ def test_every_question_once_across_ranks_and_workers_in_equal_counts(mmad_root,
     data = data_module(mmad_root, tokenizer_dir, vision_dir, shots=0)
     seen, counts = [], []
     for rank in range(2):
-        dataset = MMADPrompts(data.items, data.chat, data.transform, 0, INSTRUCTION, rank=rank, world_size=2)
+        dataset = MMADPrompts(data.items, data.chat, data.transform, rank=rank, world_size=2)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)
         examples = list(loader)
         counts.append(len(examples))
@@ -149,14 +215,15 @@ def test_maugpt_test_on_mmad_writes_both_scoring_modes(mmad_root, tiny_base, syn
     assert any(list(r["options"].values()) != list(MMAD[r["image"]]["conversation"][r["question_index"]]["Options"]
                                                    .values()) for r in rows)  # shuffled
     markdown = (folder / "tables.md").read_text()
-    assert markdown.startswith(f"MMAD: {QUESTIONS} questions; 1-shot (random templates), shuffled options (seed 0)")
+    assert markdown.startswith(f"MMAD: {QUESTIONS} questions; 1-shot (random templates), shuffled options (seed 0), "
+                               "official decoding; questions with unreadable images: 0\n\nquery script llava")
     assert "### Generation:" in markdown and "### Likelihood:" in markdown
     metrics = cli.trainer.callback_metrics
     tool = Path(__file__).parents[2] / "tools" / "score_mmad.py"
     for mode, field in (("generation", "answer"), ("likelihood", "likelihood_answer")):
         # the written predictions score the same with the standalone tool
         done = subprocess.run([sys.executable, str(tool), "--questions", str(mmad_root / "mmad.json"),
-                               "--predictions", str(folder / "predictions.jsonl"), "--field", field,
+                               "--predictions", str(folder / "predictions.jsonl"), "--field", field, "--script", "llava",
                                "--csv", str(tmp_path / f"{mode}.csv")], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert (tmp_path / f"{mode}.csv").read_text() == (folder / f"mmad_{mode}.csv").read_text()
@@ -180,7 +247,7 @@ def test_more_slots_than_questions_pad_without_counting_unreadable_questions_twi
                                                                                    vision_dir):
     (mmad_root / MMAD_KEYS[0]).write_bytes(b"not a png")  # the first question's image: also the padding's
     data = data_module(mmad_root, tokenizer_dir, vision_dir, shots=0)
-    slots = [list(MMADPrompts(data.items, data.chat, data.transform, 0, INSTRUCTION, rank=r, world_size=16))
+    slots = [list(MMADPrompts(data.items, data.chat, data.transform, rank=r, world_size=16))
              for r in range(16)]
     assert [len(s) for s in slots] == [1] * 16
     assert sum(e["valid"] for s in slots for e in s) == QUESTIONS

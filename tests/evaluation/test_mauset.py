@@ -1,14 +1,19 @@
-"""MAU-Set scores: hand-worked values on fixed strings, 2 ranks equal to 1, and the written tables."""
+"""MAU-Set scores: hand-worked values on fixed strings, the reference implementations (rouge-score,
+sacrebleu), 2 ranks equal to 1, and the written tables."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
+import sacrebleu
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from rouge_score import rouge_scorer
 
-from maugpt.evaluation.mauset import MAUSetScores, parse_true_false, tables
+from maugpt.evaluation.mauset import MAUSetScores, tables
+from maugpt.evaluation.true_false import parse_true_false
 
 IND, ELEC = "Industrial Components", "Electronic Components"
 
@@ -40,6 +45,8 @@ def test_discriminative_accuracy_per_domain_and_overall():
     assert results["detection_accuracy/Electronic Components"] == 1.0
     assert results["detection_accuracy"] == 0.5 and results["detection_unparsed"] == 1.0
     assert math.isnan(results["detection_accuracy/Optical Inspection"])
+    # macro: the mean of the two domains with questions, (1/3 + 1)/2; pooled: 2 of 4 questions
+    assert results["detection_accuracy_macro"] == pytest.approx(2 / 3) and results["detection_domains"] == 2
 
 
 def test_rouge_and_bleu_against_hand_computed_values():
@@ -59,9 +66,78 @@ def test_rouge_and_bleu_against_hand_computed_values():
     assert math.isnan(r["rouge1/task:description"])
 
 
-def test_true_false_parsing_takes_the_first_verdict_word():
-    assert parse_true_false("False. It is True that the surface is clean") is False
-    assert parse_true_false("YES") is True and parse_true_false("untrue") is None and parse_true_false("") is None
+QUESTION = "Is there any defect in this image of a bottle? Answer True or False."
+
+
+@pytest.mark.parametrize("answer, verdict", [
+    ("False", False), ("YES", True), ("Yes.", True), ("no", False), ("True, there is a scratch.", True),
+    (QUESTION + " Answer: False", False),  # an echoed question: its words are not the answer
+    ("True or False: False", False),  # the offered choices are not the answer
+    ("It is not true.", False), ("untrue", False), ("The answer is not False.", True), ("Incorrect.", False),
+    ("Correct", True), ("Defective", True), ("Anomalous", True), ("The bottle is abnormal.", True),
+    ("Normal", False), ("The product is defect-free.", False), ("The bottle is not normal.", True),
+    ("No, it is not defective.", False), ("There is no visible defect on the bottle.", False),
+    ("No defect.", False), ("It isn't damaged.", False),
+    ("False. It is True that the surface is clean", False),  # the first verdict word, then the explanation
+    ("I cannot tell.", None), ("There is a scratch.", None), ("", None)])
+def test_true_false_parsing_reads_the_final_verdict(answer, verdict):
+    assert parse_true_false(answer) is verdict
+
+
+def test_the_echoed_question_is_removed_when_known():
+    echo = QUESTION + " False."  # no answer marker: without the question, "defect" would come first
+    assert parse_true_false(echo, QUESTION) is False and parse_true_false(echo) is False  # verdict words come first
+    assert parse_true_false("Is the bottle defective? Normal.", "Is the bottle defective?") is False
+    assert parse_true_false("Is the bottle defective? Normal.") is True  # the echo's "defective" is read first
+
+
+def _corpus(seed: int = 0, n: int = 60) -> tuple[list[str], list[str]]:
+    """References and predictions sharing most words (so that 4-grams match), with punctuation,
+    case and inflections that tokenizers and stemmers treat differently."""
+    rng = random.Random(seed)
+    words = "the a scratch scratches crack cracked on top-left surface of bottle, it's 3mm dent. Dent dents".split()
+    references = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 14))) for _ in range(n)]
+    predictions = [" ".join(w if rng.random() < 0.8 else rng.choice(words) for w in r.split()) for r in references]
+    return references, predictions
+
+
+@pytest.mark.parametrize("stemmer", [False, True])
+def test_rouge_equals_rouge_score(stemmer):
+    references, predictions = _corpus()
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=stemmer)
+    scores = MAUSetScores(rouge_stemmer=stemmer)
+    expected = {k: 0.0 for k in ("rouge1", "rouge2", "rougeL")}
+    for reference, prediction in zip(references, predictions):
+        scores.add(open_qa(IND, "description", reference), prediction)
+        for key, value in scorer.score(reference, prediction).items():
+            expected[key] += value.fmeasure / len(references)
+    results = scores.compute()
+    for key, value in expected.items():
+        assert results[key] == pytest.approx(value, abs=1e-6), key
+    assert expected["rouge1"] > 0.5  # a corpus where the scores mean something
+
+
+@pytest.mark.parametrize("tokenize", ["none", "13a"])
+def test_bleu_equals_sacrebleu_without_smoothing(tokenize):
+    references, predictions = _corpus(seed=1)
+    scores = MAUSetScores(bleu_tokenize=tokenize)
+    for reference, prediction in zip(references, predictions):
+        scores.add(open_qa(ELEC, "localization", reference), prediction)
+    expected = sacrebleu.corpus_bleu(predictions, [references], tokenize=tokenize, smooth_method="none").score / 100
+    assert scores.compute()["bleu4"] == pytest.approx(expected, abs=1e-6) and expected > 0.3
+
+
+def test_the_bleu_tokenizers_differ_and_bad_settings_are_named():
+    references, predictions = _corpus(seed=1)
+    results = []
+    for tokenize in ("none", "13a"):
+        scores = MAUSetScores(bleu_tokenize=tokenize)
+        for reference, prediction in zip(references, predictions):
+            scores.add(open_qa(ELEC, "localization", reference), prediction)
+        results.append(scores.compute()["bleu4"])
+    assert results[0] != pytest.approx(results[1])  # "bottle," is one token for none, two for 13a
+    with pytest.raises(ValueError, match=r"bleu_tokenize must be one of \['none', '13a'\], got 'intl'"):
+        MAUSetScores(bleu_tokenize="intl")
 
 
 def test_an_unknown_domain_is_named():
@@ -105,14 +181,21 @@ def test_tables_lay_out_table_2_and_table_4():
         scores.add(meta, answer)
     markdown, csv = tables(scores.compute(), model="tiny")
     lines = markdown.splitlines()
-    assert "| tiny | 33.33 | 100.00 | — | — | — | — | 50.00 |" in lines
+    assert lines[2].endswith("| macro avg. (2 domains) | pooled (all questions) |")
+    assert "| tiny | 33.33 | 100.00 | — | — | — | — | 66.67 | 50.00 |" in lines
     assert "| task: classification | 100.00 | 100.00 | 100.00 | 100.00 |" in lines
     assert "unparsable True/False answers: 1 (counted as wrong)" in lines
     assert "detection_accuracy,0.500000" in csv.splitlines()
+    assert "detection_accuracy_macro,0.666667" in csv.splitlines()
+    assert lines[-1] == ("ROUGE: rouge-score F1, no stemming, averaged over answers; "
+                         "BLEU-4: corpus BLEU = sacrebleu tokenize='none', smooth_method='none'")
 
 
 def test_maugpt_test_writes_predictions_and_tables_without_overwriting(tiny_base, synthetic_dir, tmp_path):
     import json
+    import subprocess
+    import sys
+    from pathlib import Path
 
     from maugpt.data.reader import iter_samples
     from maugpt.training.cli import run
@@ -131,6 +214,19 @@ def test_maugpt_test_writes_predictions_and_tables_without_overwriting(tiny_base
     assert markdown.startswith("### Discriminative QA accuracy (%)") and "| task: localization |" in markdown
     accuracy = first.trainer.callback_metrics["test/detection_accuracy"].item()
     assert f"detection_accuracy,{accuracy:.6f}" in (folder / "scores.csv").read_text()
+    # the standalone tool scores the written predictions to the same numbers; with 13a, the setting is written
+    tool = Path(__file__).parents[2] / "tools" / "score_mauset.py"
+    again = subprocess.run([sys.executable, str(tool), str(folder), "--out", str(tmp_path / "re")],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "re" / "scores.csv").read_text() == (folder / "scores.csv").read_text()
+    assert (tmp_path / "re" / "tables.md").read_text().replace("| model |", "") == markdown.replace("| model |", "")
+    other = subprocess.run([sys.executable, str(tool), str(folder / "predictions.jsonl"), "--bleu_tokenize", "13a",
+                            "--out", str(tmp_path / "re")], capture_output=True, text=True, timeout=120)
+    assert other.returncode != 0 and "already holds tables.md" in other.stderr
+    other = subprocess.run([sys.executable, str(tool), str(folder / "predictions.jsonl"), "--bleu_tokenize", "13a"],
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0 and "sacrebleu tokenize='13a'" in other.stdout
     run(["test", "--config", config, "--ckpt_path", last, "--trainer.logger", "false",
          "--trainer.default_root_dir", str(folder.parent)])
     assert (folder / "tables.md").read_text() == markdown  # the earlier tables stay

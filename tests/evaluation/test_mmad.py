@@ -78,22 +78,83 @@ def test_scores_follow_the_official_protocol_with_unparsable_answers_wrong(mmad)
     assert scores.csv().splitlines()[-1].startswith("average,62.5000,0.0000,0.0000,100.0000")
 
 
-def test_official_handling_drops_unparsable_answers_and_the_first_letter_option(mmad):
-    official = score(match_predictions(load_questions(mmad), predictions()), unparsable="official")
-    # VisA's only normal AD answer is dropped: balanced accuracy over the anomalous group alone
-    assert official.table["VisA"]["Anomaly Detection"] == 100.0 and official.row_average("VisA") == 80.0
-    assert official.average == 68.125 and (official.unparsable, official.dropped) == (1, 1)
+def test_first_letter_extraction(mmad):
     first = score(match_predictions(load_questions(mmad), predictions()), last_letter=False)
     assert first.table["VisA"]["Defect Localization"] == 100.0 and first.average == 73.125
 
 
-def test_official_handling_never_checks_the_record_after_a_dropped_one(mmad):
+# Official handling (helper/summary.py caculate_accuracy_mmad @ f9a0e6fd), worked by hand from its rules:
+# a record whose letter is not A-E is removed inside the loop and the record after it is never
+# visited; every dataset x type seen in the answers is a cell, 0 when nothing was graded, and
+# enters the row mean; an empty normal/anomalous group adds 0 to balanced accuracy.
+
+def test_official_handling_with_a_script_that_has_no_fallback(mmad):
+    # internvl/gpt4v extraction: last letter, no closest-option fallback. In ANSWERS' order:
+    # #8 VisA good AD "" → dropped, so #9 VisA good OC "A" (right) is never visited;
+    # #10 VisA wax AD "Yes." → no letter, dropped, so #11 VisA wax DL is never visited.
+    s = score(match_predictions(load_questions(mmad), predictions()), "official", last_letter=True,
+              closest_option=False)
+    assert (s.unparsable, s.dropped, s.skipped) == (2, 2, 2)
+    # DS-MVTec: AD (1/1 + 1/2)/2 = 75, OC 100, DC 0, OA 1/2 = 50, and DL, DD, DA have no record: 0
+    assert s.table["DS-MVTec"] == {"Anomaly Detection": 75.0, "Object Classification": 100.0,
+                                   "Defect Classification": 0.0, "Object Analysis": 50.0,
+                                   "Defect Localization": 0.0, "Defect Description": 0.0, "Defect Analysis": 0.0}
+    # VisA: both AD groups empty → (0 + 0)/2; OC skipped → 0; DD 1/1, DA 1/1
+    assert s.table["VisA"] == {"Anomaly Detection": 0.0, "Object Classification": 0.0, "Defect Classification": 0.0,
+                               "Object Analysis": 0.0, "Defect Localization": 0.0, "Defect Description": 100.0,
+                               "Defect Analysis": 100.0}
+    assert s.row_average("DS-MVTec") == pytest.approx(225 / 7) and s.row_average("VisA") == pytest.approx(200 / 7)
+    assert s.average == pytest.approx(425 / 14)  # 30.357…, the official CSV's Average/Average
+    assert s.markdown().splitlines()[-1] == ("unparsable answers: 2 (official summary: 2 records dropped, "
+                                             "2 records right after them never checked)")
+
+
+def test_official_handling_maps_every_answer_with_the_closest_option_scripts(mmad):
+    # qwen extraction (last letter, closest option): "" goes through difflib too; every ratio is 0
+    # and the largest option text wins: "Yes." > "No." → A, wrong for VisA's normal image. Nothing dropped.
+    s = score(match_predictions(load_questions(mmad), predictions()), "official", last_letter=True)
+    assert (s.unparsable, s.dropped, s.skipped) == (0, 0, 0)
+    # VisA: AD (0/1 + 1/1)/2 = 50, OC 100, DC 0, OA 0, DL 0/1 ("… Actually D"), DD 100, DA 100 → 350/7
+    assert s.table["VisA"]["Anomaly Detection"] == 50.0 and s.row_average("VisA") == 50.0
+    assert s.average == pytest.approx((225 / 7 + 50) / 2)  # 41.071…
+    llava = score(match_predictions(load_questions(mmad), predictions()), "official", last_letter=False)
+    assert llava.table["VisA"]["Defect Localization"] == 100.0 and llava.average == pytest.approx((225 / 7 + 450 / 7) / 2)
+
+
+def test_official_handling_never_visits_the_record_after_a_dropped_one(mmad):
     questions = load_questions(mmad)
-    pairs = [(questions[0], ""), (questions[1], ""), (questions[2], ""), (questions[3], "A")]
-    scores = score(pairs, unparsable="official")
-    # 1st dropped; 2nd escapes the check and counts as wrong; 3rd dropped; 4th right
-    assert (scores.unparsable, scores.dropped) == (3, 2)
-    assert scores.table["DS-MVTec"] == {"Object Classification": 0.0, "Defect Classification": 100.0}
+    pairs = [(questions[0], "none"), (questions[1], "A"), (questions[2], "no idea"), (questions[3], "no"),
+             (questions[4], "B")]
+    s = score(pairs, "official", closest_option=False)
+    # #0 dropped → #1 (right) never visited; #2 dropped → #3 (unparsable) never visited; #4 right
+    assert (s.unparsable, s.dropped, s.skipped) == (3, 2, 2)
+    assert s.table == {"DS-MVTec": {"Anomaly Detection": 0.0, "Object Classification": 0.0,
+                                    "Defect Classification": 0.0, "Object Analysis": 100.0}}
+    corrected = score(pairs, "wrong", closest_option=False)  # every record graded, unparsable = wrong
+    assert corrected.table["DS-MVTec"] == {"Anomaly Detection": 0.0, "Object Classification": 100.0,
+                                           "Defect Classification": 0.0, "Object Analysis": 100.0}
+
+
+def test_official_handling_drops_a_correct_letter_past_e():
+    six = {"X/obj/good/0.png": {"conversation": [
+        {"Question": "d?", "Options": YES_NO, "Answer": "B", "type": "Anomaly Detection"},
+        {"Question": "c?", "Options": dict(zip("ABCDEF", ["one", "two", "three", "four", "five", "sixth"])),
+         "Answer": "F", "type": "Object Classification"}]}}
+    questions = load_questions("unused", six)
+    pairs = [(questions[0], "B"), (questions[1], "sixth")]  # the second: the closest option is F, right
+    official = score(pairs, "official")
+    # F is not in A-E: dropped; AD has only a normal image: (1/1 + 0)/2
+    assert official.table == {"X": {"Anomaly Detection": 50.0, "Object Classification": 0.0}} and official.dropped == 1
+    assert score(pairs).table == {"X": {"Anomaly Detection": 100.0, "Object Classification": 100.0}}
+
+
+def test_a_prediction_whose_image_was_unreadable_has_no_answer(mmad):
+    rows = predictions()
+    rows[9] = {**rows[9], "error": "cannot identify image file"}  # "Yes." would be right by its option text
+    pairs = match_predictions(load_questions(mmad), rows)
+    assert pairs[9][1] is None
+    assert score(pairs).table["VisA"]["Anomaly Detection"] == 0.0  # normal unparsable, anomalous now unparsable
+    assert score(pairs, "official").unparsable == 1  # only the unreadable one: "" goes to difflib officially
 
 
 @pytest.mark.parametrize("text, last, first", [
@@ -111,6 +172,10 @@ def test_no_letter_falls_back_to_the_closest_option_text():
     assert extract_letter("there is no defect", options) == "B"
     assert extract_letter("missing cap", options) == "C"
     assert extract_letter("ABC", {"A": "yes", "B": "ABCD"}) == "B"  # "ABC" holds no standalone letter
+    assert extract_letter("there is no defect", options, closest_option=False) is None
+    # officially an empty answer is matched too: all ratios tie at 0, the largest text wins
+    assert extract_letter("", options) is None and extract_letter("", options, official=True) == "B"
+    assert extract_letter("", YES_NO, official=True) == "A"  # "Yes." > "No."
 
 
 def test_a_question_may_be_named_by_its_text(mmad):
@@ -150,6 +215,13 @@ def test_score_mmad_tool_prints_table_5_and_writes_csv(mmad, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "| **average** | 62.50 | 0.00 | 0.00 | 100.00 | 100.00 | 100.00 | 50.00 | 63.12 |" in done.stdout
     assert (tmp_path / "t5.csv").read_text().splitlines()[0].startswith("dataset,Anomaly Detection,")
+    assert done.stdout.splitlines()[0] == "letter extraction: last letter A–E, else the closest option text"
+    internvl = subprocess.run([sys.executable, str(tool), "--questions", str(mmad), "--predictions", str(answers),
+                               "--script", "internvl", "--unparsable", "official"], capture_output=True, text=True,
+                              timeout=120)
+    assert internvl.returncode == 0, internvl.stderr
+    assert "| **average** |" in internvl.stdout and "| 30.36 |" in internvl.stdout  # as worked out above
+    assert "2 records dropped, 2 records right after them never checked" in internvl.stdout
     again = subprocess.run([sys.executable, str(tool), "--questions", str(mmad), "--predictions", str(answers),
                             "--csv", str(tmp_path / "t5.csv")], capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "t5.csv exists" in again.stderr

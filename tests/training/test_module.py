@@ -131,3 +131,30 @@ def test_example_loss_reduction_weighs_every_example_equally(tiny_base):
         # the token mean weighs the long answer 4.5 times more
         expected_token = (per_example[0] * 2 + per_example[1] * 9) / 11
         assert token.lm_loss(batch).item() == pytest.approx(expected_token.item(), rel=1e-5)
+
+
+def test_test_step_decodes_with_the_benchmarks_settings(tiny_base, monkeypatch):
+    stage2 = module(tiny_base, stage=2, adapter=AMoELoRA(experts=2, rank=2, hyper_hidden=4), max_new_tokens=7)
+    seen = []
+
+    def generate(*args, **kwargs):
+        seen.append(kwargs)
+        return torch.zeros(1, 2, dtype=torch.long)
+
+    class Evaluation:
+        generate_kwargs = {"do_sample": True, "temperature": 0.2, "max_new_tokens": 64}
+
+        def add(self, meta, answer, choice_logprobs=None):
+            seen.append(meta)
+
+    monkeypatch.setattr(stage2.model, "generate", generate)
+    stage2.evaluation = Evaluation()
+    batch = {"input_ids": torch.ones(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+             "pixel_values": torch.zeros(1, 1, 3, 32, 32), "meta": [{"key": "k"}], "valid": torch.tensor([True])}
+    stage2.test_step(batch, 0)
+    assert {k: seen[0][k] for k in ("do_sample", "temperature", "max_new_tokens")} == \
+        {"do_sample": True, "temperature": 0.2, "max_new_tokens": 64}
+    assert seen[1] == {"key": "k"}
+    stage2.evaluation = type("Plain", (), {"add": Evaluation.add})()  # no settings: the model's own
+    stage2.test_step(batch, 0)
+    assert seen[2]["max_new_tokens"] == 7 and "do_sample" not in seen[2]
