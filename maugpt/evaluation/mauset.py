@@ -17,6 +17,7 @@ Every state is a torchmetrics state, so scores computed on several ranks equal t
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import warnings
@@ -114,11 +115,8 @@ class MAUSetScores(nn.Module):
         super().__init__()
         if bleu_tokenize not in BLEU_TOKENIZERS:
             raise ValueError(f"bleu_tokenize must be one of {list(BLEU_TOKENIZERS)}, got {bleu_tokenize!r}")
-        if rouge_stemmer:
-            try:
-                import nltk  # noqa: F401  (torchmetrics' stemmer)
-            except ImportError:
-                raise ImportError("rouge_stemmer needs the nltk package (pip install nltk)") from None
+        if rouge_stemmer and importlib.util.find_spec("nltk") is None:  # torchmetrics' Porter stemmer
+            raise ImportError("rouge_stemmer needs the nltk package (pip install nltk)")
         self.settings = metric_settings(bleu_tokenize, rouge_stemmer)
         self.discriminative = DomainAccuracy()
         self.rouge = nn.ModuleDict({_group_key(g): MeanRouge(rouge_stemmer) for g in self.GROUPS})
