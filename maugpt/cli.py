@@ -42,6 +42,33 @@ def adapter_info(path: str) -> None:
         print(f"  {key:<{width}} {str(shape):<14} ×{count}")
 
 
+def recipes(copy_to: str | None = None) -> None:
+    """List the recipes installed with maugpt (``--config`` takes the printed paths), or copy them.
+
+    Args:
+        copy_to: copy every recipe into this folder (keeping ``tiny/``, ``mau-gpt-4b/`` …) to edit
+            them; files already there are left as they are and named.
+    """
+    import shutil
+
+    from maugpt.configs import ROOT, recipes as names
+
+    if copy_to is None:
+        for name in names():
+            print(ROOT / name)
+        return
+    kept = []
+    for name in names():
+        target = Path(copy_to) / name
+        if target.exists():
+            kept.append(str(target))
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, target)
+    print(f"copied {len(names()) - len(kept)} recipe(s) to {copy_to}"
+          + (f"; left {len(kept)} existing file(s) untouched: {', '.join(kept)}" if kept else ""))
+
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -49,7 +76,7 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``maugpt`` console script.
 
     ``maugpt fit|validate|test|predict --config …`` runs LightningCLI; ``maugpt adapter-info FILE``
-    describes a saved adapter.
+    describes a saved adapter; ``maugpt recipes`` lists (or copies) the installed recipes.
     """
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in LIGHTNING_COMMANDS:
@@ -57,7 +84,7 @@ def main(args: list[str] | None = None) -> None:
 
         run(args)  # None: LightningCLI reads sys.argv itself
         return
-    auto_cli({"adapter-info": adapter_info}, args=argv)
+    auto_cli({"adapter-info": adapter_info, "recipes": recipes}, args=argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The MAU-Set data files: products and their domains, question pools, the defect knowledge base.
 
-They live under ``configs/mauset/`` so that a researcher edits data, not code:
+They live under ``configs/mauset/`` (installed inside the package as ``maugpt/configs/mauset``) so
+that a researcher edits data, not code:
 ``products.yaml`` (source folder → display name, domain, texture or object), ``questions.yaml``
 (the five tasks' question pools and answer templates) and ``defects.yaml`` (defect kinds with
 appearance, causes, impact and remedy, and each source's defect classes mapped to a kind).
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "mauset"
+from maugpt.configs import ROOT
+
+CONFIG_DIR = ROOT / "mauset"
 TASKS = ("detection", "classification", "localization", "description", "understanding")
 DOMAINS = ("Industrial Components", "Electronic Components", "Construction Materials",
            "Mechanical Parts", "Consumer Products", "Optical Inspection")
