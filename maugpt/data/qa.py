@@ -6,8 +6,15 @@ image), and the answer is written from the record's facts and the defect knowled
 from __future__ import annotations
 
 import random
+import re
 
 from maugpt.data.knowledge import TASKS, Defect, Knowledge, Product
+
+_DOUBLED = re.compile(r"\b(\w+)(?:\s+\1\b)+", re.IGNORECASE)
+_ARTICLE = re.compile(r"\b([Aa]n?) (\w+)")
+# Words whose first letter misleads: "a unit", "a one-off", "an hour".
+_CONSONANT_SOUND = ("uni", "use", "usu", "uti", "ure", "one", "once", "eu")
+_VOWEL_SOUND = ("hour", "honest", "honor", "heir")
 
 
 def image_rng(seed: int, key: str) -> random.Random:
@@ -15,8 +22,30 @@ def image_rng(seed: int, key: str) -> random.Random:
     return random.Random(f"{seed}:{key}")
 
 
+def _article(match: re.Match) -> str:
+    article, word = match.groups()
+    lower = word.lower()
+    if word.isupper() and len(word) > 1:  # an acronym (a PCB, an LED): its letters' sound, left as written
+        return match.group(0)
+    vowel = (lower[0] in "aeiou" and not lower.startswith(_CONSONANT_SOUND)) or lower.startswith(_VOWEL_SOUND)
+    wanted = "an" if vowel else "a"
+    return (wanted.capitalize() if article[0] == "A" else wanted) + " " + word
+
+
+def tidy(text: str) -> str:
+    """Text assembled from templates and names, made grammatical: a word repeated where a name
+    ends as the template goes on ("a texture defect defect", "the commutator surface surface")
+    is written once, and "a"/"an" follow the sound of the next word ("a open" → "an open")."""
+    return _ARTICLE.sub(_article, _DOUBLED.sub(r"\1", text))
+
+
 def _box(location: dict) -> str:
     return "[" + ", ".join(f"{v:.2f}" for v in location["box"]) + "]"
+
+
+def question_text(question, product: Product) -> str:
+    """The question as asked about ``product``."""
+    return tidy(question.text.format(product=product.name))
 
 
 def answer(knowledge: Knowledge, question, product: Product, defect: Defect | None,
@@ -25,7 +54,7 @@ def answer(knowledge: Knowledge, question, product: Product, defect: Defect | No
     task = question.task
     facts = {"product": product.name}
     if defect is None:  # a normal image
-        return knowledge.answer_template(task, "normal").format(**facts)
+        return tidy(knowledge.answer_template(task, "normal").format(**facts))
     facts.update(defect=defect.name, appearance=defect.appearance, causes=defect.causes,
                  impact=defect.impact, remedy=defect.remedy)
     if task == "understanding":
@@ -36,7 +65,7 @@ def answer(knowledge: Knowledge, question, product: Product, defect: Defect | No
         if location is not None:
             facts.update(region=location["region"], box=_box(location))
         text = knowledge.answer_template(task, "abnormal").format(**facts)
-    return text[0].upper() + text[1:]
+    return tidy(text[0].upper() + text[1:])
 
 
 def build_qa(knowledge: Knowledge, product: Product, defect: Defect | None, location: dict | None,
@@ -47,7 +76,7 @@ def build_qa(knowledge: Knowledge, product: Product, defect: Defect | None, loca
         pool = knowledge.questions(task, product.domain)
         for question in rng.sample(pool, rng.randint(*per_task)):
             pairs.append({"task": task, "style": question.style,
-                          "question": question.text.format(product=product.name),
+                          "question": question_text(question, product),
                           "answer": answer(knowledge, question, product, defect, location)})
     return pairs
 

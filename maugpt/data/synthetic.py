@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from maugpt.data.knowledge import Knowledge
 from maugpt.data.location import location_from_mask
-from maugpt.data.qa import build_caption_qa, build_qa, image_rng
+from maugpt.data.qa import build_caption_qa, build_qa, image_rng, tidy
 from maugpt.data.schema import SourceImage
 from maugpt.data.shards import make_sample, prepare_output, write_split
 from maugpt.data.split import split_images
@@ -386,9 +386,9 @@ def caption(item: SourceImage, knowledge: Knowledge, location: dict | None) -> s
     product = knowledge.product(SOURCE, item.product)
     kind = "close-up of a" if product.kind == "texture" else "photo of a"
     if not item.is_anomalous:
-        return f"A {kind} {product.name} on an inspection station."
+        return tidy(f"A {kind} {product.name} on an inspection station.")
     where = f" in the {location['region']} of the image" if location else ""
-    return f"A {kind} {product.name} with a {knowledge.defect(SOURCE, item.product, item.defect_class).name}{where}."
+    return tidy(f"A {kind} {product.name} with a {knowledge.defect(SOURCE, item.product, item.defect_class).name}{where}.")
 
 
 def caption_sample(item: SourceImage, split: str, knowledge: Knowledge, seed: int, size: int,

@@ -1,0 +1,72 @@
+"""Every question and answer the builders can write, scanned for doubled words and a/an errors."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from maugpt.data.knowledge import TASKS, Knowledge
+from maugpt.data.qa import answer, question_text, tidy
+from maugpt.data.schema import SourceImage
+from maugpt.data.synthetic import SOURCE, caption
+
+DOUBLED = re.compile(r"\b(\w+)\s+\1\b", re.IGNORECASE)
+ARTICLE = re.compile(r"\b(a|an)\s+([a-z]\w*)", re.IGNORECASE)
+LOCATION = {"region": "top left", "box": [0.1, 0.2, 0.3, 0.4]}
+
+
+def article_errors(text: str) -> list[str]:
+    """"a" before a vowel letter or "an" before a consonant, with the few words whose sound differs."""
+    errors = []
+    for article, word in ARTICLE.findall(text):
+        w = word.lower()
+        vowel = w[0] in "aeiou" and not w.startswith(("uni", "use", "one", "eu")) or w.startswith("hour")
+        if (article.lower() == "an") != vowel and not word.isupper():
+            errors.append(f"{article} {word}")
+    return errors
+
+
+def every_text(knowledge: Knowledge) -> list[str]:
+    """Each question of each task for each product, and each answer for each of the product's defect
+    classes (and for a normal image), located and unlocated."""
+    texts = []
+    classes = knowledge._defects["classes"]
+    for source in knowledge._products["sources"]:
+        for folder, product in knowledge.products(source).items():
+            known = classes.get(source, {}).get(folder) or classes.get(source, {}).get("*") or {}
+            defects = [knowledge.defect(source, folder, c) for c in known] + [None]
+            for task in TASKS:
+                for question in knowledge.questions(task, product.domain):
+                    texts.append(question_text(question, product))
+                    texts += [answer(knowledge, question, product, d, loc) for d in defects for loc in (LOCATION, None)]
+    return texts
+
+
+def test_no_rendered_question_or_answer_has_a_doubled_word_or_a_wrong_article():
+    texts = every_text(Knowledge())
+    assert len(texts) > 20000  # all sources, products, classes, tasks and templates
+    doubled = sorted({m.group(0) for t in texts for m in DOUBLED.finditer(t)})
+    articles = sorted({e for t in texts for e in article_errors(t)})
+    assert doubled == [] and articles == []
+
+
+def test_synthetic_captions_are_tidy_too():
+    knowledge = Knowledge()
+    texts = []
+    for folder in knowledge.products(SOURCE):
+        known = knowledge._defects["classes"][SOURCE]["*"]
+        for cls in [None, *known]:
+            item = SourceImage(SOURCE, folder, "k", None, is_anomalous=cls is not None, defect_class=cls)
+            texts += [caption(item, knowledge, LOCATION), caption(item, knowledge, None)]
+    assert not [t for t in texts if DOUBLED.search(t) or article_errors(t)]
+
+
+@pytest.mark.parametrize("text, tidied", [
+    ("The tile has a oil stain defect.", "The tile has an oil stain defect."),
+    ("A integrated circuit", "An integrated circuit"), ("an scratch", "a scratch"),
+    ("The magnetic tile has a uneven surface defect.", "The magnetic tile has an uneven surface defect."),
+    ("The sheet has a texture defect defect.", "The sheet has a texture defect."),
+    ("on the commutator surface surface, such as", "on the commutator surface, such as"),
+    ("a unit", "a unit"), ("an hour", "an hour"), ("a PCB", "a PCB"), ("an LED", "an LED")])
+def test_tidy(text, tidied):
+    assert tidy(text) == tidied
