@@ -17,7 +17,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_build_then_inspect_a_source(tmp_path):
     RELEASES["mvtec_ad"](tmp_path / "mvtec")
     built = run(str(TOOLS / "build_mauset.py"), "--source", "mvtec_ad", "--root", str(tmp_path / "mvtec"),
-                "--out", str(tmp_path / "out"), "--test", "0.25", "--val", "0", "--max_side", "32")
+                "--out", str(tmp_path / "out"), "--test", "0.25", "--val", "0", "--max_side", "32", "--partial", "true")
     assert built.returncode == 0, built.stderr
     assert "== train (mvtec_ad): 8 images (5 normal, 3 abnormal)" in built.stdout
     assert "== test (mvtec_ad): 3 images (2 normal, 1 abnormal)" in built.stdout

@@ -11,7 +11,8 @@ from tqdm import tqdm
 from maugpt.data.knowledge import Knowledge
 from maugpt.data.schema import SOURCES, SourceImage
 from maugpt.data.shards import prepare_output, source_sample, write_split
-from maugpt.data.sources import SCANNERS
+from maugpt.data.sources import LAYOUTS, RELEASE_IMAGES, SCANNERS, LayoutError
+from maugpt.data.sources.common import listing
 from maugpt.data.split import split_images
 from maugpt.data.stats import format_statistics
 
@@ -35,29 +36,49 @@ def skip_unreadable(items: Iterable, make: Callable, skipped: list[str],
             log.warning("skipping unreadable image or record %s (%s)", label, err)
 
 
-def scan_sources(sources: Sequence[str], root: Path) -> list[SourceImage]:
-    """All images of ``sources``; with several sources, ``root/<source>`` holds each release."""
+#: A scan below this share of the full release fails unless the build is declared partial.
+RELEASE_SHARE = 0.9
+
+
+def scan_sources(sources: Sequence[str], root: Path, partial: bool = False) -> list[SourceImage]:
+    """All images of ``sources``; with several sources, ``root/<source>`` holds each release.
+
+    A source that yields no image fails, naming the layout its builder reads; one that yields fewer
+    than 90 % of its full release's images fails too, naming both counts, unless ``partial`` (a
+    deliberate subset of a release)."""
     unknown = [s for s in sources if s not in SCANNERS]
     if unknown:
         raise ValueError(f"unknown source(s) {unknown}; expected some of {list(SOURCES)}")
     images = []
     for source in sources:
-        images += SCANNERS[source](root if len(sources) == 1 else root / source)
+        folder = root if len(sources) == 1 else root / source
+        found = SCANNERS[source](folder)
+        if not found:
+            raise LayoutError(source, folder, LAYOUTS[source], f"no image: {listing(folder)}")
+        if not partial and len(found) < RELEASE_SHARE * RELEASE_IMAGES[source]:
+            raise ValueError(
+                f"{source}: found {len(found)} images under {folder}, but the full release has "
+                f"{RELEASE_IMAGES[source]:,}: a folder is missing or packaged differently from the layout "
+                f"{LAYOUTS[source]!r}. To build from part of a release on purpose, pass partial=True "
+                "(tools/build_mauset.py --partial true).")
+        images += found
     return images
 
 
 def build_mauset(sources: Sequence[str], root: Path, out: Path, *, seed: int = 0, test: float = 0.2,
                  val: float = 0.05, max_side: int = 512, image_format: str = "jpg", maxcount: int = 1000,
                  maxsize: float = 1e9, overwrite: bool = False, knowledge: Knowledge | None = None,
-                 progress: bool = True) -> dict[str, dict]:
+                 progress: bool = True, partial: bool = False) -> dict[str, dict]:
     """Scan the sources, split them (the paper's procedure), build QA, and write shards per split.
 
     Returns the statistics of each split written; they are also saved as ``<split>/stats.json``
-    and printed as tables. Unreadable images are skipped, counted and listed in the log.
+    and printed as tables. Unreadable images are skipped, counted and listed in the log. A source
+    found empty, or (unless ``partial``) far smaller than its release, fails before anything is
+    written (:func:`scan_sources`).
     """
     root, out = Path(root), Path(out)
     knowledge = knowledge or Knowledge()
-    images = scan_sources(sources, root)
+    images = scan_sources(sources, root, partial)
     for image in images:  # fail before writing anything if the data files miss a product or class
         knowledge.product(image.source, image.product)
         if image.is_anomalous:

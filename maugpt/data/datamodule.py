@@ -114,6 +114,45 @@ def worker_slot() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
+class StreamGuard:
+    """Stops an endless training stream that can never yield, naming why.
+
+    Resampled shards never run out, so webdataset's warn-and-continue handler would draw a rank's
+    unreadable shards forever, and samples that never make an example (filters matching nothing,
+    nothing decodable) would be read forever. ``handler`` fails once every shard of the rank has
+    failed to open or read with no sample in between; ``samples`` (a pipeline stage on the raw
+    samples) fails after ``max_barren`` consecutive samples without an ``example()``.
+    """
+
+    def __init__(self, urls: list[str], max_barren: int, rank: int = 0) -> None:
+        self.urls, self.max_barren, self.rank = list(urls), max_barren, rank
+        self.failed: dict[str, str] = {}  # shard → error, since the last sample
+        self.barren = 0
+
+    def handler(self, exn: Exception) -> bool:
+        url = next((a for a in reversed(exn.args) if isinstance(a, str) and a in self.urls), repr(exn.args[-1:]))
+        self.failed[url] = f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}"
+        log.warning("skipping unreadable training shard %s (%s)", url, self.failed[url])
+        if set(self.urls) <= set(self.failed):
+            shown = "; ".join(f"{u} ({e})" for u, e in list(self.failed.items())[:3])
+            raise RuntimeError(f"rank {self.rank}: none of its {len(self.urls)} training shard(s) can be read: "
+                               f"{shown}{' …' if len(self.failed) > 3 else ''}")
+        return True
+
+    def samples(self, stream: Iterator[dict]) -> Iterator[dict]:
+        for sample in stream:
+            self.failed.clear()
+            self.barren += 1
+            if self.barren > self.max_barren:
+                raise RuntimeError(f"no training example in {self.barren - 1} consecutive samples of "
+                                   f"{self.urls[0]}…: are they decodable, and do the tasks/domains/sources "
+                                   "filters match anything in the training split?")
+            yield sample
+
+    def example(self) -> None:
+        self.barren = 0
+
+
 class TrainExamples(IterableDataset):
     """An endless, shuffled stream of training examples for one rank (see the module docstring)."""
 
@@ -134,17 +173,15 @@ class TrainExamples(IterableDataset):
         worker, _ = worker_slot()
         key = f"{self.seed}:{self.rank}:{worker}:{self.epoch}" + (f":{self.resumed_after}" if self.resumed_after else "")
         seed = random.Random(key).randrange(2**31)
+        guard = StreamGuard(self.rank_urls(), self.max_barren + self.shuffle_buffer, self.rank)  # + the buffer's fill
         stream = wds.DataPipeline(
             wds.ResampledShards(self.rank_urls(), seed=seed, deterministic=True),
-            wds.tarfile_to_samples(handler=wds.warn_and_continue),
+            wds.tarfile_to_samples(handler=guard.handler),
+            guard.samples,
             wds.shuffle(self.shuffle_buffer, rng=random.Random(seed)),
         )
-        counter, barren = SkipCounter(), 0
+        counter = SkipCounter()
         for sample in decode_or_skip(stream, counter, self.encoder.wants_image):
-            barren += 1
-            if barren > self.max_barren:  # the stream is endless: never spin on data the filters reject
-                raise RuntimeError(f"no training example in {barren - 1} consecutive samples of {self.urls[0]}…: "
-                                   "do the tasks/domains/sources filters match anything in the training split?")
             try:
                 examples = self.encoder(sample)
             except ValueError as err:  # a sample the configuration cannot use: count it, go on
@@ -152,21 +189,25 @@ class TrainExamples(IterableDataset):
                 log.warning("skipping sample %r: %s", sample.get("__key__"), err)
                 continue
             for example in examples:
-                barren = 0
+                guard.example()
                 example["skipped"] = counter.take()
                 yield example
 
 
 def scan_records(url: str) -> list[dict]:
-    """The JSON records of one shard, read without decoding any image (undecodable ones left out)."""
+    """The JSON records of one shard, read without decoding any image: undecodable ones are left
+    out, and a missing or damaged (truncated) shard gives the records before the damage."""
     records = []
-    with tarfile.open(url) as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".json"):
-                try:
-                    records.append(json.loads(tar.extractfile(member).read()))
-                except ValueError:
-                    continue  # counted when the worker meets the sample
+    try:
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    try:
+                        records.append(json.loads(tar.extractfile(member).read()))
+                    except ValueError:
+                        continue
+    except (tarfile.TarError, EOFError, OSError) as err:
+        log.warning("evaluation shard %s is missing or damaged after %d record(s): %s", url, len(records), err)
     return records
 
 
@@ -177,13 +218,30 @@ def evaluation_slot(n: int, slot: int, slots: int) -> tuple[int, int, int]:
 
 
 class EvalExamples(IterableDataset):
-    """Every example of an evaluation split once across ranks and workers, in equal counts per rank."""
+    """Every example of an evaluation split once across ranks and workers, in equal counts per rank.
+
+    ``expected`` (per shard, from ``index.json``) is what the plan must cover: a shard with fewer
+    readable records (truncated, missing, a sample without its JSON) fails naming the shards and
+    counts, or with ``allow_missing`` is evaluated without them and named in a warning.
+    """
 
     def __init__(self, urls: list[str], encoder: ExampleEncoder, rank: int = 0, world_size: int = 1,
-                 prompts: bool = False) -> None:
+                 prompts: bool = False, expected: list[int] | None = None, allow_missing: bool = False) -> None:
         self.urls, self.encoder, self.rank, self.world_size, self.prompts = urls, encoder, rank, world_size, prompts
+        records = [scan_records(url) for url in urls]
+        if expected is not None:
+            short = [(url, len(found), want) for url, found, want in zip(urls, records, expected) if len(found) < want]
+            if short:
+                missing = sum(want - found for _, found, want in short)
+                message = (f"{missing} of the {sum(expected)} samples that index.json lists cannot be evaluated: "
+                           + "; ".join(f"{url} has {found} of {want} readable records" for url, found, want in short[:5])
+                           + (f"; … ({len(short)} shards)" if len(short) > 5 else ""))
+                if not allow_missing:
+                    raise ValueError(message + ". Rebuild or restore those shards, or set allow_missing_eval to "
+                                     "evaluate without them.")
+                log.warning("%s; evaluating without them (allow_missing_eval)", message)
         # The plan: (shard index, sample key, QA indices) of every example, in shard order.
-        self.plan = [(i, record["key"], group) for i, url in enumerate(urls) for record in scan_records(url)
+        self.plan = [(i, record["key"], group) for i, found in enumerate(records) for record in found
                      for group in encoder.groups(record, per_qa=prompts)]
 
     def __iter__(self) -> Iterator[dict]:
@@ -291,6 +349,9 @@ class MAUSetDataModule(L.LightningDataModule):
         bleu_tokenize: the test's BLEU-4 tokenizer, as sacrebleu names it: ``none`` (whitespace
             tokens) or ``13a`` (see :mod:`maugpt.evaluation.mauset`).
         rouge_stemmer: stem tokens (Porter) before the test's ROUGE, as rouge-score's ``use_stemmer``.
+        allow_missing_eval: evaluate although some samples that a split's ``index.json`` lists
+            cannot be read (a truncated shard, a sample without JSON), naming them in a warning;
+            by default that fails before the evaluation starts.
     """
 
     def __init__(self, data_dir: str, tokenizer: str, vision_encoder: str, image_tokens: int = 576,
@@ -300,7 +361,8 @@ class MAUSetDataModule(L.LightningDataModule):
                  shuffle_buffer: int = 1000, batches_per_epoch: int | None = None, seed: int = 0,
                  system_prompt: str | None = None, allow_pipe_urls: bool = False,
                  test_mode: Literal["generate", "loss"] = "generate", shuffle_turns: bool = True,
-                 bleu_tokenize: Literal["none", "13a"] = "none", rouge_stemmer: bool = False) -> None:
+                 bleu_tokenize: Literal["none", "13a"] = "none", rouge_stemmer: bool = False,
+                 allow_missing_eval: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         unknown = sorted(set(tasks or []) - set(TASKS) - {"caption"})
@@ -342,7 +404,10 @@ class MAUSetDataModule(L.LightningDataModule):
 
     def eval_dataset(self, split: str, rank: int = 0, world_size: int = 1, prompts: bool = False) -> EvalExamples:
         self.setup()
-        return EvalExamples(self.urls(split), self.encoder, rank, world_size, prompts)
+        counts = [shard.get("count") for shard in read_index(self.data_dir / split)["shards"]]
+        expected = counts if all(isinstance(c, int) for c in counts) else None  # hand-written indexes may omit them
+        return EvalExamples(self.urls(split), self.encoder, rank, world_size, prompts, expected,
+                            self.hparams.allow_missing_eval)
 
     def default_batches_per_epoch(self, world_size: int) -> int:
         """About one pass over the training split's examples, shared by all ranks."""

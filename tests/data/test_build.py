@@ -17,7 +17,7 @@ from tests.data.releases import RELEASES
 def build_all(tmp_path, **kwargs):
     root = tmp_path / "releases"
     expected = {source: make(root / source) for source, make in RELEASES.items()}
-    stats = build_mauset(list(RELEASES), root, tmp_path / "out", progress=False, max_side=32, **kwargs)
+    stats = build_mauset(list(RELEASES), root, tmp_path / "out", progress=False, max_side=32, partial=True, **kwargs)
     return expected, stats
 
 
@@ -77,7 +77,7 @@ def test_the_same_seed_builds_the_same_records(tmp_path):
     root = tmp_path / "releases"
     RELEASES["mvtec_ad"](root)
     for name in ("a", "b"):
-        build_mauset(["mvtec_ad"], root, tmp_path / name, progress=False, seed=7, max_side=32)
+        build_mauset(["mvtec_ad"], root, tmp_path / name, progress=False, seed=7, max_side=32, partial=True)
     for split in ("train", "test"):
         a = [s["json"] for s in iter_samples(tmp_path / "a" / split)]
         b = [s["json"] for s in iter_samples(tmp_path / "b" / split)]
@@ -102,8 +102,8 @@ def test_a_non_empty_output_folder_is_refused_unless_asked(tmp_path):
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="is not empty; pass --overwrite"):
-        build_mauset(["mpdd"], root, out, progress=False)
-    build_mauset(["mpdd"], root, out, progress=False, overwrite=True)
+        build_mauset(["mpdd"], root, out, progress=False, partial=True)
+    build_mauset(["mpdd"], root, out, progress=False, overwrite=True, partial=True)
     assert (out / "mine.txt").read_text() == "keep me" and (out / "train" / "index.json").is_file()
 
 
@@ -111,7 +111,7 @@ def test_an_unreadable_source_image_is_skipped_and_counted(tmp_path, caplog):
     root = tmp_path / "releases"
     RELEASES["mpdd"](root)
     (root / "tubes/train/good/001.png").write_bytes(b"not a png")
-    stats = build_mauset(["mpdd"], root, tmp_path / "out", progress=False, test=0.0, val=0.0)
+    stats = build_mauset(["mpdd"], root, tmp_path / "out", progress=False, test=0.0, val=0.0, partial=True)
     assert stats["train"]["images"] == 3 and stats["train"]["skipped_unreadable"] == 1
     assert "skipping unreadable image" in caplog.text and "001.png" in caplog.text
 
@@ -152,10 +152,37 @@ QA_PER_TASK = {
 def test_each_source_builds_its_exact_counts(tmp_path, source):
     expected = RELEASES[source](tmp_path / "release")
     stats = build_mauset([source], tmp_path / "release", tmp_path / "out", progress=False, test=0.0, val=0.0,
-                         max_side=32)["train"]
+                         max_side=32, partial=True)["train"]
     assert (stats["images"], stats["abnormal"], stats["products"], stats["defect_classes"]) == \
         (expected["images"], expected["anomalous"], expected["products"], expected["defect_classes"])
     assert stats["task"] == QA_PER_TASK[source]
     assert stats["qa_pairs"] == sum(QA_PER_TASK[source].values())
     assert stats["style"] == {"discriminative": QA_PER_TASK[source]["detection"],
                               "open": stats["qa_pairs"] - QA_PER_TASK[source]["detection"]}
+
+
+def test_a_scan_far_below_the_release_fails_unless_partial(tmp_path):
+    expected = RELEASES["mvtec_ad"](tmp_path / "release")
+    with pytest.raises(ValueError, match=rf"mvtec_ad: found {expected['images']} images under .*release, but the "
+                                         r"full release has 5,354: a folder is missing .*--partial true"):
+        build_mauset(["mvtec_ad"], tmp_path / "release", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # failed before writing anything
+
+
+def test_a_source_with_no_image_fails_naming_its_layout(tmp_path):
+    (tmp_path / "dagm" / "Class1" / "Training").mkdir(parents=True)  # a class folder, but not the release's
+    with pytest.raises(FileNotFoundError, match=r"dagm: .* does not have the expected layout\.\n  expected: "
+                                                r"\[DAGM/\]Class<k>/\{Train,Test\}.*\n  found: no image: Class1/"):
+        build_mauset(["dagm"], tmp_path / "dagm", tmp_path / "out", progress=False, partial=True)
+
+
+def test_the_older_dagm_packaging_is_named(tmp_path):
+    from tests.data.releases import image
+
+    for k in (1, 2):
+        image(tmp_path / "dagm" / f"Class{k}" / "0001.PNG", mode="L")
+        image(tmp_path / "dagm" / f"Class{k}_def" / "1.png", mode="L")
+        (tmp_path / "dagm" / f"Class{k}_def" / "labels.txt").write_text("1\t0\t1.png\t20\t10\t0.5\t30\t30\n")
+    with pytest.raises(FileNotFoundError, match=r"found: the older DAGM packaging \(Class1_def, Class2_def, … beside "
+                                                r"Class<k>/.*get the 2007 competition release"):
+        build_mauset(["dagm"], tmp_path / "dagm", tmp_path / "out", progress=False, partial=True)

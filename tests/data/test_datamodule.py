@@ -1,6 +1,7 @@
 """MAUSetDataModule: equal batch counts per rank, exactly-once evaluation, packing, filters, bad input."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections import Counter
@@ -158,3 +159,66 @@ def test_training_filters_that_match_nothing_fail_instead_of_spinning(synthetic_
     dataset.max_barren = 50
     with pytest.raises(RuntimeError, match="do the tasks/domains/sources filters match anything"):
         next(iter(dataset))
+
+
+def copy_dataset(synthetic_dir, tmp_path):
+    data = tmp_path / "mauset"
+    shutil.copytree(synthetic_dir / "mauset", data)
+    return data
+
+
+def test_a_rank_whose_shards_are_all_unreadable_fails_naming_them(synthetic_dir, tokenizer_dir, vision_dir, tmp_path):
+    data = copy_dataset(synthetic_dir, tmp_path)
+    shards = sorted((data / "train").glob("*.tar"))
+    assert len(shards) >= 2
+    shards[0].write_bytes(b"not a tar file" * 10)  # unreadable
+    for shard in shards[1:]:
+        shard.unlink()  # missing, though index.json lists it
+    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, data_dir=str(data))
+    with pytest.raises(RuntimeError, match=rf"rank 0: none of its {len(shards)} training shard\(s\) can be read: "
+                                           r".*shard-\d+\.tar \((ReadError|FileNotFoundError)"):
+        next(iter(dm.train_dataset()))
+
+
+def test_one_readable_shard_keeps_the_stream_going(synthetic_dir, tokenizer_dir, vision_dir, tmp_path):
+    data = copy_dataset(synthetic_dir, tmp_path)
+    shards = sorted((data / "train").glob("*.tar"))
+    for shard in shards[1:]:
+        shard.write_bytes(b"\0" * 1024)  # an empty tar stream: reads, but holds nothing
+    shards[1].unlink()
+    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, data_dir=str(data))
+    stream = iter(dm.train_dataset())
+    examples = [next(stream) for _ in range(30)]  # more than the good shard holds: it is drawn again and again
+    assert {e["meta"]["key"] for e in examples} <= {s["json"]["key"] for s in iter_samples(synthetic_dir / "mauset" / "train")
+                                                  if s["__url__"].endswith(shards[0].name)}
+
+
+def test_an_evaluation_shortfall_against_index_json_is_named(synthetic_dir, tokenizer_dir, vision_dir, tmp_path):
+    import tarfile
+
+    data = copy_dataset(synthetic_dir, tmp_path)
+    index = json.loads((data / "test" / "index.json").read_text())
+    first, second = (data / "test" / s["name"] for s in index["shards"][:2])
+    full = datamodule(synthetic_dir, tokenizer_dir, vision_dir, data_dir=str(data)).eval_dataset("test")
+    # the first shard cut in the middle of its third sample; the second loses one sample's JSON
+    with tarfile.open(first) as tar:
+        members = tar.getmembers()
+    cut = next(m for m in members if m.name.endswith(".json") and m.name.startswith(members[6].name.split(".")[0]))
+    first.write_bytes(first.read_bytes()[:cut.offset_data + 10])
+    with tarfile.open(second) as tar:
+        kept = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    dropped = next(m.name for m, _ in kept if m.name.endswith(".json"))
+    with tarfile.open(second, "w") as tar:
+        for member, content in kept:
+            if member.name != dropped:
+                tar.addfile(member, io.BytesIO(content))
+    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, data_dir=str(data))
+    found_first = sum(1 for m in members[:members.index(cut)] if m.name.endswith(".json"))
+    with pytest.raises(ValueError, match=rf"{index['shards'][0]['count'] - found_first + 1} of the {index['samples']} "
+                                         rf"samples that index\.json lists cannot be evaluated: .*{first.name} has "
+                                         rf"{found_first} of {index['shards'][0]['count']} readable records; "
+                                         rf".*{second.name} has {index['shards'][1]['count'] - 1} of .*allow_missing_eval"):
+        dm.eval_dataset("test")
+    lenient = datamodule(synthetic_dir, tokenizer_dir, vision_dir, data_dir=str(data), allow_missing_eval=True)
+    planned = lenient.eval_dataset("test").plan
+    assert 0 < len(planned) < len(full.plan)  # evaluated without them, and said so in the log

@@ -14,6 +14,11 @@ def scan_dagm(root: Path) -> list[SourceImage]:
     base = descend(root, "DAGM")
     classes = sorted((p for p in base.iterdir() if re.fullmatch(r"Class\d+", p.name) and p.is_dir()),
                      key=lambda p: int(p.name[5:])) if base.is_dir() else []
+    older = [p.name for p in base.iterdir() if re.fullmatch(r"Class\d+_def", p.name)] if base.is_dir() else []
+    if older:  # Class<k>/ (normal) + Class<k>_def/ (defects, labels.txt ellipses): not read here
+        raise LayoutError("dagm", root, LAYOUT, f"the older DAGM packaging ({', '.join(sorted(older)[:3])}, … "
+                          "beside Class<k>/, defects described by labels.txt ellipses); get the 2007 competition "
+                          "release with Train/Test folders and Label masks")
     if not classes:
         raise LayoutError("dagm", root, LAYOUT, listing(base))
     found = []
