@@ -14,7 +14,7 @@ from maugpt.data.schema import SOURCES
 def main(*, source: Literal["btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile", "mpdd", "mvtec_ad", "all"],
          root: Path, out: Path, seed: int = 0, test: float = 0.2, val: float = 0.05, max_side: int = 512,
          image_format: Literal["jpg", "png"] = "jpg", maxcount: int = 1000, maxsize: float = 1e9,
-         overwrite: bool = False, partial: bool = False) -> None:
+         overwrite: bool = False, partial: bool = False, paper_subset: bool = False) -> None:
     """Scan, split (fixed ratio per source and class), build QA, and write shards with statistics.
 
     Args:
@@ -31,10 +31,12 @@ def main(*, source: Literal["btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile",
         overwrite: replace the split folders of a non-empty ``out``.
         partial: build from part of a release on purpose; without it a source that yields fewer
             than 90 % of its release's images fails (a missing folder, another packaging).
+        paper_subset: keep the paper's Table 1 normal and abnormal counts per source (a seeded,
+            even draw over products; all images where a release has fewer).
     """
     sources = list(SOURCES) if source == "all" else [source]
     build_mauset(sources, root, out, seed=seed, test=test, val=val, max_side=max_side, image_format=image_format,
-                 maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, partial=partial)
+                 maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, partial=partial, paper_subset=paper_subset)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from maugpt.data.sources import LAYOUTS, RELEASE_IMAGES, SCANNERS, LayoutError
 from maugpt.data.sources.common import listing
 from maugpt.data.split import split_images
 from maugpt.data.stats import format_statistics
+from maugpt.data.table1 import paper_subset as draw_paper_subset
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +69,24 @@ def scan_sources(sources: Sequence[str], root: Path, partial: bool = False) -> l
 def build_mauset(sources: Sequence[str], root: Path, out: Path, *, seed: int = 0, test: float = 0.2,
                  val: float = 0.05, max_side: int = 512, image_format: str = "jpg", maxcount: int = 1000,
                  maxsize: float = 1e9, overwrite: bool = False, knowledge: Knowledge | None = None,
-                 progress: bool = True, partial: bool = False) -> dict[str, dict]:
+                 progress: bool = True, partial: bool = False, paper_subset: bool = False) -> dict[str, dict]:
     """Scan the sources, split them (the paper's procedure), build QA, and write shards per split.
 
     Returns the statistics of each split written; they are also saved as ``<split>/stats.json``
     and printed as tables. Unreadable images are skipped, counted and listed in the log. A source
     found empty, or (unless ``partial``) far smaller than its release, fails before anything is
-    written (:func:`scan_sources`).
+    written (:func:`scan_sources`). ``paper_subset`` keeps the paper's Table 1 counts per source
+    and label (:func:`maugpt.data.table1.paper_subset`, seeded by ``seed``) before the split.
     """
     root, out = Path(root), Path(out)
     knowledge = knowledge or Knowledge()
     images = scan_sources(sources, root, partial)
+    if paper_subset:
+        scanned = len(images)
+        images, shortfalls = draw_paper_subset(images, seed)
+        print(f"paper subset (Table 1 counts): {len(images)} of {scanned} images kept")
+        for line in shortfalls:
+            print(f"  {line}")
     for image in images:  # fail before writing anything if the data files miss a product or class
         knowledge.product(image.source, image.product)
         if image.is_anomalous:

@@ -186,3 +186,13 @@ def test_the_older_dagm_packaging_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"found: the older DAGM packaging \(Class1_def, Class2_def, … beside "
                                                 r"Class<k>/.*get the 2007 competition release"):
         build_mauset(["dagm"], tmp_path / "dagm", tmp_path / "out", progress=False, partial=True)
+
+
+def test_the_paper_subset_is_drawn_before_the_split(tmp_path, capsys):
+    expected = RELEASES["magnetic_tile"](tmp_path / "release")
+    stats = build_mauset(["magnetic_tile"], tmp_path / "release", tmp_path / "out", progress=False, test=0.0,
+                         val=0.0, max_side=32, partial=True, paper_subset=True)["train"]
+    out = capsys.readouterr().out
+    assert stats["images"] == expected["images"]  # the fixture is smaller than the paper's counts: all kept
+    assert f"paper subset (Table 1 counts): {expected['images']} of {expected['images']} images kept" in out
+    assert f"magnetic_tile abnormal: the release has {expected['anomalous']}, the paper counts 383" in out
