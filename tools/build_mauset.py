@@ -8,13 +8,15 @@ from typing import Literal
 from jsonargparse import auto_cli
 
 from maugpt.data.build import build_mauset
+from maugpt.data.knowledge import Knowledge
 from maugpt.data.schema import SOURCES
 
 
 def main(*, source: Literal["btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile", "mpdd", "mvtec_ad", "all"],
          root: Path, out: Path, seed: int = 0, test: float = 0.2, val: float = 0.05, max_side: int = 512,
          image_format: Literal["jpg", "png"] = "jpg", maxcount: int = 1000, maxsize: float = 1e9,
-         overwrite: bool = False, partial: bool = False, paper_subset: bool = False) -> None:
+         overwrite: bool = False, partial: bool = False, paper_subset: bool = False,
+         knowledge: Path | None = None) -> None:
     """Scan, split (fixed ratio per source and class), build QA, and write shards with statistics.
 
     Args:
@@ -33,9 +35,13 @@ def main(*, source: Literal["btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile",
             than 90 % of its release's images fails (a missing folder, another packaging).
         paper_subset: keep the paper's Table 1 normal and abnormal counts per source (a seeded,
             even draw over products; all images where a release has fewer).
+        knowledge: a folder of your own products.yaml / questions.yaml / defects.yaml, merged over
+            the packaged ones (new products or defect classes of a release, edited texts). Defect
+            classes found in neither get a generic description, marked and listed in the stats.
     """
     sources = list(SOURCES) if source == "all" else [source]
-    build_mauset(sources, root, out, seed=seed, test=test, val=val, max_side=max_side, image_format=image_format,
+    build_mauset(sources, root, out, knowledge=Knowledge(overlay=knowledge), seed=seed, test=test, val=val,
+                 max_side=max_side, image_format=image_format,
                  maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, partial=partial, paper_subset=paper_subset)
 
 

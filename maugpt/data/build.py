@@ -87,10 +87,16 @@ def build_mauset(sources: Sequence[str], root: Path, out: Path, *, seed: int = 0
         print(f"paper subset (Table 1 counts): {len(images)} of {scanned} images kept")
         for line in shortfalls:
             print(f"  {line}")
-    for image in images:  # fail before writing anything if the data files miss a product or class
+    generic: dict[str, int] = {}
+    for image in images:  # fail before writing anything if the data files miss a product
         knowledge.product(image.source, image.product)
-        if image.is_anomalous:
-            knowledge.defect(image.source, image.product, image.defect_class)
+        if image.is_anomalous and knowledge.defect(image.source, image.product, image.defect_class, generic=True).generic:
+            name = f"{image.source}/{image.product}/{image.defect_class}"
+            generic[name] = generic.get(name, 0) + 1
+    if generic:
+        print(f"{len(generic)} defect class(es) not in the knowledge base get the generic description (records "
+              f"marked generic_defect; add them with --knowledge DIR): "
+              + ", ".join(f"{name} ({count})" for name, count in sorted(generic.items())))
     prepare_output(out, overwrite)
     all_stats = {}
     for split, members in split_images(images, test=test, val=val, seed=seed).items():

@@ -39,6 +39,15 @@ class Defect:
     causes: str
     impact: str
     remedy: str
+    generic: bool = False  # the class is not in the knowledge base: the generic description
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """``overlay`` over ``base``: mappings merge key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 @dataclass(frozen=True)
@@ -50,10 +59,21 @@ class Question:
 
 
 class Knowledge:
-    """Read-only access to the three data files, validated once at load."""
+    """Read-only access to the three data files, validated once at load.
 
-    def __init__(self, root: str | Path = CONFIG_DIR) -> None:
+    Args:
+        root: the folder of the three files (default: the packaged ``configs/mauset``).
+        overlay: a folder of the user's own ``products.yaml``, ``questions.yaml`` and/or
+            ``defects.yaml``, merged over ``root``'s (mappings key by key, other values replaced):
+            new products, defect classes or kinds of a new release, or edited texts.
+    """
+
+    def __init__(self, root: str | Path = CONFIG_DIR, overlay: str | Path | None = None) -> None:
         self.root = Path(root)
+        self.overlay = Path(overlay) if overlay is not None else None
+        if self.overlay is not None and not self.overlay.is_dir():
+            raise FileNotFoundError(f"knowledge overlay {self.overlay} is not a folder (expected products.yaml, "
+                                    "questions.yaml and/or defects.yaml in it)")
         self._products = self._load("products.yaml")
         self._questions = self._load("questions.yaml")
         self._defects = self._load("defects.yaml")
@@ -64,7 +84,15 @@ class Knowledge:
         if not path.is_file():
             raise FileNotFoundError(f"MAU-Set data file {path} is missing (expected {name} in {self.root})")
         with open(path) as f:
-            return yaml.safe_load(f)
+            data = yaml.safe_load(f)
+        extra = self.overlay / name if self.overlay is not None else None
+        if extra is not None and extra.is_file():
+            with open(extra) as f:
+                mine = yaml.safe_load(f) or {}
+            if not isinstance(mine, dict):
+                raise ValueError(f"{extra}: expected a mapping like {path}'s, got {type(mine).__name__}")
+            data = merge(data, mine)
+        return data
 
     def _validate(self) -> None:
         for source, products in self._products["sources"].items():
@@ -95,23 +123,27 @@ class Knowledge:
         products = self.products(source)
         if folder not in products:
             raise KeyError(f"{source} product folder {folder!r} is not in {self.root / 'products.yaml'}; "
-                           f"known: {sorted(products)}")
+                           f"known: {sorted(products)} (add it, with its domain, in a --knowledge overlay)")
         return products[folder]
 
     # -- defects --------------------------------------------------------------------------
-    def defect(self, source: str, product: str, defect_class: str) -> Defect:
-        """The knowledge-base entry of one defect class of one product."""
+    def defect(self, source: str, product: str, defect_class: str, generic: bool = False) -> Defect:
+        """The knowledge-base entry of one defect class of one product; with ``generic``, a class the
+        knowledge base does not list gets the ``generic`` kind's description (marked ``generic``)."""
         by_product = self._defects["classes"].get(source, {})
-        classes = by_product.get(product) or by_product.get("*") or {}
-        if defect_class not in classes:
+        known = by_product.get(product) or by_product.get("*") or {}
+        if defect_class in known:
+            spec = known[defect_class]
+        elif generic:
+            spec = "generic"
+        else:
             raise KeyError(f"defect class {defect_class!r} of {source}/{product} is not in "
-                           f"{self.root / 'defects.yaml'}; known: {sorted(classes)}")
-        spec = classes[defect_class]
+                           f"{self.root / 'defects.yaml'}; known: {sorted(known)} (add it with a --knowledge overlay)")
         spec = {"kind": spec} if isinstance(spec, str) else spec
         name = spec.get("name", defect_class.replace("_", " "))
         display = self.product(source, product).name
         texts = {k: v.format(product=display) for k, v in self._defects["kinds"][spec["kind"]].items()}
-        return Defect(name=name, kind=spec["kind"], **texts)
+        return Defect(name=name, kind=spec["kind"], **texts, generic=defect_class not in known)
 
     # -- questions ------------------------------------------------------------------------
     def questions(self, task: str, domain: str | None = None) -> list[Question]:

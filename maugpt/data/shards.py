@@ -79,7 +79,7 @@ def source_sample(src: SourceImage, split: str, knowledge: Knowledge, seed: int,
         location = location_from_mask(mask)
     elif src.boxes:
         location = location_from_boxes(src.boxes, image.width, image.height)
-    defect = knowledge.defect(src.source, src.product, src.defect_class) if src.is_anomalous else None
+    defect = knowledge.defect(src.source, src.product, src.defect_class, generic=True) if src.is_anomalous else None
     record = {
         "key": src.key, "source": src.source, "product": src.product, "product_name": product.name,
         "domain": product.domain, "split": split, "is_anomalous": src.is_anomalous,
@@ -87,6 +87,7 @@ def source_sample(src: SourceImage, split: str, knowledge: Knowledge, seed: int,
         "defect_name": defect.name if defect else None, "location": location,
         "qa": build_qa(knowledge, product, defect, location, image_rng(seed, src.key)),
         "origin": str(src.image.relative_to(src.root)) if src.root else src.image.name,
+        **({"generic_defect": True} if defect is not None and defect.generic else {}),
     }
     references = []
     for path in src.references:

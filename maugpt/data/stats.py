@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 def split_statistics(records: Iterable[dict]) -> dict:
     """Counts over decoded records (products and defect classes keyed ``source/product[/class]``)."""
-    counts = {k: Counter() for k in ("source", "domain", "product", "defect_class", "task", "style")}
+    counts = {k: Counter() for k in ("source", "domain", "product", "defect_class", "generic_defect_class", "task",
+                                     "style")}
     images = normal = qa = 0
     for r in records:
         images += 1
@@ -17,6 +18,8 @@ def split_statistics(records: Iterable[dict]) -> dict:
         counts["product"][f"{r['source']}/{r['product']}"] += 1
         if r.get("defect_class"):
             counts["defect_class"][f"{r['source']}/{r['product']}/{r['defect_class']}"] += 1
+            if r.get("generic_defect"):  # described by the generic fallback, not the knowledge base
+                counts["generic_defect_class"][f"{r['source']}/{r['product']}/{r['defect_class']}"] += 1
         for pair in r["qa"]:
             qa += 1
             counts["task"][pair["task"]] += 1
@@ -31,7 +34,7 @@ def format_statistics(stats: dict, title: str) -> str:
     lines = [f"== {title}: {stats['images']} images ({stats['normal']} normal, {stats['abnormal']} abnormal), "
              f"{stats['qa_pairs']} QA pairs, {stats['products']} products, {stats['defect_classes']} defect classes"
              + (f", {stats['skipped_unreadable']} unreadable skipped" if stats.get("skipped_unreadable") else "")]
-    for section in ("source", "domain", "task", "style", "product", "defect_class"):
+    for section in ("source", "domain", "task", "style", "product", "defect_class", "generic_defect_class"):
         entries = stats[section]
         if not entries:
             continue

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from maugpt.data.build import build_mauset
-from maugpt.data.knowledge import TASKS
+from maugpt.data.knowledge import TASKS, Knowledge
 from maugpt.data.reader import SkipCounter, iter_samples, read_index
 from maugpt.data.schema import SourceImage
 from maugpt.data.split import split_images
@@ -196,3 +196,51 @@ def test_the_paper_subset_is_drawn_before_the_split(tmp_path, capsys):
     assert stats["images"] == expected["images"]  # the fixture is smaller than the paper's counts: all kept
     assert f"paper subset (Table 1 counts): {expected['images']} of {expected['images']} images kept" in out
     assert f"magnetic_tile abnormal: the release has {expected['anomalous']}, the paper counts 383" in out
+
+
+def test_an_unseen_defect_class_builds_with_the_generic_description_marked_and_listed(tmp_path, capsys):
+    from tests.data.releases import image, mask
+
+    root = tmp_path / "release"
+    RELEASES["mvtec_ad"](root)
+    for i in range(2):  # a class folder the knowledge base has never heard of
+        image(root / f"bottle/test/bubble/{i:03d}.png")
+        mask(root / f"bottle/ground_truth/bubble/{i:03d}_mask.png")
+    stats = build_mauset(["mvtec_ad"], root, tmp_path / "out", progress=False, test=0.0, val=0.0, max_side=32,
+                         partial=True)["train"]
+    assert stats["generic_defect_class"] == {"mvtec_ad/bottle/bubble": 2}
+    assert "1 defect class(es) not in the knowledge base get the generic description" in capsys.readouterr().out
+    records = [s["json"] for s in iter_samples(tmp_path / "out" / "train")]
+    bubbles = [r for r in records if r["defect_class"] == "bubble"]
+    assert len(bubbles) == 2 and all(r["generic_defect"] for r in bubbles)
+    assert not any("generic_defect" in r for r in records if r["defect_class"] != "bubble")
+    answers = [qa["answer"] for r in bubbles for qa in r["qa"] if qa["task"] == "description"]
+    assert answers and all(a.startswith("The bottle shows a bubble: a region of the bottle differs") for a in answers)
+
+
+def test_a_knowledge_overlay_adds_a_product_and_its_classes(tmp_path):
+    from tests.data.releases import image, mask
+
+    root = tmp_path / "release"
+    RELEASES["mvtec_ad"](root)
+    for i in range(2):
+        image(root / f"gear/train/good/{i:03d}.png")
+        image(root / f"gear/test/chipped_tooth/{i:03d}.png")
+        mask(root / f"gear/ground_truth/chipped_tooth/{i:03d}_mask.png")
+    with pytest.raises(KeyError, match="product folder 'gear' is not in .*add it, with its domain, in a --knowledge"):
+        build_mauset(["mvtec_ad"], root, tmp_path / "none", progress=False, partial=True)
+    overlay = tmp_path / "mine"
+    overlay.mkdir()
+    (overlay / "products.yaml").write_text(
+        "sources:\n  mvtec_ad:\n    gear: {name: spur gear, domain: Mechanical Parts, kind: object}\n")
+    (overlay / "defects.yaml").write_text(
+        "classes:\n  mvtec_ad:\n    gear: {chipped_tooth: {kind: teeth, name: chipped tooth}}\n")
+    knowledge = Knowledge(overlay=overlay)
+    assert len(knowledge.products("mvtec_ad")) == 16 and knowledge.product("mvtec_ad", "bottle").name == "bottle"
+    stats = build_mauset(["mvtec_ad"], root, tmp_path / "out", progress=False, test=0.0, val=0.0, max_side=32,
+                         partial=True, knowledge=knowledge)["train"]
+    assert stats["product"]["mvtec_ad/gear"] == 4 and stats["generic_defect_class"] == {}
+    gear = [s["json"] for s in iter_samples(tmp_path / "out" / "train") if s["json"]["product"] == "gear"]
+    assert {r["domain"] for r in gear} == {"Mechanical Parts"} and {r["defect_name"] for r in gear} == {None, "chipped tooth"}
+    with pytest.raises(FileNotFoundError, match="knowledge overlay .*nowhere is not a folder"):
+        Knowledge(overlay=tmp_path / "nowhere")
