@@ -110,6 +110,16 @@ class Knowledge:
         for task in (*TASKS, "caption"):
             if len(self._questions[task]["questions"]) < 10:
                 raise ValueError(f"questions.yaml: task {task!r} needs at least 10 phrasings")
+        names = {entry["name"] for products in self._products["sources"].values() for entry in products.values()}
+        for domain, questions in self._questions["understanding"].get("expert", {}).items():
+            for q in questions:
+                if q.get("aspect") not in ("causes", "impact", "remedy"):
+                    raise ValueError(f"questions.yaml: expert question {q.get('text')!r} ({domain}) needs an aspect: "
+                                     "causes, impact or remedy (its answer comes from that aspect)")
+                unknown = sorted(set(q.get("products", [])) - names)
+                if unknown:
+                    raise ValueError(f"questions.yaml: expert question {q['text']!r} ({domain}) names products "
+                                     f"{unknown} that products.yaml does not have (it lists display names)")
 
     # -- products -----------------------------------------------------------------------
     def products(self, source: str) -> dict[str, Product]:
@@ -146,12 +156,14 @@ class Knowledge:
         return Defect(name=name, kind=spec["kind"], **texts, generic=defect_class not in known)
 
     # -- questions ------------------------------------------------------------------------
-    def questions(self, task: str, domain: str | None = None) -> list[Question]:
-        """The task's question pool; for ``understanding`` plus the domain's expert questions."""
+    def questions(self, task: str, domain: str | None = None, product: str | None = None) -> list[Question]:
+        """The task's question pool; for ``understanding`` plus the domain's expert questions, those
+        with a ``products`` list only for those product display names (``product``)."""
         entry = self._questions[task]
         pool = list(entry["questions"])
         if task == "understanding" and domain is not None:
-            pool += entry.get("expert", {}).get(domain, [])
+            pool += [q for q in entry.get("expert", {}).get(domain, [])
+                     if "products" not in q or product in q["products"]]
         return [Question(task, entry["style"], q["text"], q["aspect"]) if isinstance(q, dict)
                 else Question(task, entry["style"], q) for q in pool]
 

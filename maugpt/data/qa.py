@@ -73,7 +73,7 @@ def build_qa(knowledge: Knowledge, product: Product, defect: Defect | None, loca
     """1–2 QA pairs for each of the five tasks, in task order."""
     pairs = []
     for task in TASKS:
-        pool = knowledge.questions(task, product.domain)
+        pool = knowledge.questions(task, product.domain, product.name)
         for question in rng.sample(pool, rng.randint(*per_task)):
             pairs.append({"task": task, "style": question.style,
                           "question": question_text(question, product),

@@ -36,7 +36,7 @@ def every_text(knowledge: Knowledge) -> list[str]:
             known = classes.get(source, {}).get(folder) or classes.get(source, {}).get("*") or {}
             defects = [knowledge.defect(source, folder, c) for c in known] + [None]
             for task in TASKS:
-                for question in knowledge.questions(task, product.domain):
+                for question in knowledge.questions(task, product.domain, product.name):
                     texts.append(question_text(question, product))
                     texts += [answer(knowledge, question, product, d, loc) for d in defects for loc in (LOCATION, None)]
     return texts
@@ -70,3 +70,29 @@ def test_synthetic_captions_are_tidy_too():
     ("a unit", "a unit"), ("an hour", "an hour"), ("a PCB", "a PCB"), ("an LED", "an LED")])
 def test_tidy(text, tidied):
     assert tidy(text) == tidied
+
+
+def test_every_product_has_expert_questions_of_its_own():
+    knowledge = Knowledge()
+    general = {q.text for q in knowledge.questions("understanding")}
+    products = {p.name: p for s in knowledge._products["sources"] for p in knowledge.products(s).values()}
+    assert len(products) >= 35
+    pools = {name: {q.text for q in knowledge.questions("understanding", p.domain, name)} - general
+             for name, p in products.items()}
+    domain_wide = {domain: {q["text"] for q in qs if "products" not in q}
+                   for domain, qs in knowledge._questions["understanding"]["expert"].items()}
+    for name, pool in pools.items():
+        own = pool - domain_wide[products[name].domain]
+        assert len(own) >= 2, name  # specific to this product (or its group: DAGM's textures, BTAD's products)
+    # a product's questions never reach another product of the same domain
+    assert not {q for q in pools["bottle"] if "{product} still hold and protect" in q} & pools["capsule"]
+    assert all(q.aspect in ("causes", "impact", "remedy") for q in knowledge.questions("understanding", "Mechanical Parts",
+                                                                                       "screw"))
+
+
+def test_an_expert_question_naming_an_unknown_product_is_refused(tmp_path):
+    (tmp_path / "questions.yaml").write_text(
+        "understanding:\n  expert:\n    Mechanical Parts:\n"
+        "      - {aspect: impact, products: [sprocket], text: 'Will the {product} mesh?'}\n")
+    with pytest.raises(ValueError, match=r"names products \['sprocket'\] that products.yaml does not have"):
+        Knowledge(overlay=tmp_path)
