@@ -48,16 +48,29 @@ def question_text(question, product: Product) -> str:
     return tidy(question.text.format(product=product.name))
 
 
+def listing(items: list[str], separator: str = ", ") -> str:
+    """``a, b and c``."""
+    return items[0] if len(items) == 1 else separator.join(items[:-1]) + " and " + items[-1]
+
+
 def answer(knowledge: Knowledge, question, product: Product, defect: Defect | None,
-           location: dict | None) -> str:
-    """The reference answer to ``question`` about one image."""
+           location: dict | None, defects: list[dict] | None = None) -> str:
+    """The reference answer to ``question`` about one image. ``defects`` (the record's, for an image
+    with several defect types, most boxes first; ``defect`` is the first) makes classification
+    and localization list every type with its count and regions, and description name the others."""
     task = question.task
     facts = {"product": product.name}
     if defect is None:  # a normal image
         return tidy(knowledge.answer_template(task, "normal").format(**facts))
     facts.update(defect=defect.name, appearance=defect.appearance, causes=defect.causes,
                  impact=defect.impact, remedy=defect.remedy)
-    if task == "understanding":
+    if defects is not None and len(defects) > 1 and task in ("classification", "localization", "description"):
+        facts.update(count=len(defects), defects=listing([f"{d['name']} ({d['count']})" for d in defects]),
+                     others=listing([d["name"] for d in defects[1:]]),
+                     locations="; ".join(f"the {d['name']} ({d['count']}) in the {listing(list(dict.fromkeys(d['regions'])))}"
+                                         for d in defects))
+        text = knowledge.answer_template(task, "abnormal_several").format(**facts)
+    elif task == "understanding":
         text = knowledge.answer_template(task, question.aspect).format(**facts)
     elif task == "localization" and location is None:
         text = knowledge.answer_template(task, "abnormal_unlocated").format(**facts)
@@ -69,15 +82,15 @@ def answer(knowledge: Knowledge, question, product: Product, defect: Defect | No
 
 
 def build_qa(knowledge: Knowledge, product: Product, defect: Defect | None, location: dict | None,
-             rng: random.Random, per_task: tuple[int, int] = (1, 2)) -> list[dict]:
-    """1–2 QA pairs for each of the five tasks, in task order."""
+             rng: random.Random, per_task: tuple[int, int] = (1, 2), defects: list[dict] | None = None) -> list[dict]:
+    """1–2 QA pairs for each of the five tasks, in task order (``defects``: see :func:`answer`)."""
     pairs = []
     for task in TASKS:
         pool = knowledge.questions(task, product.domain, product.name)
         for question in rng.sample(pool, rng.randint(*per_task)):
             pairs.append({"task": task, "style": question.style,
                           "question": question_text(question, product),
-                          "answer": answer(knowledge, question, product, defect, location)})
+                          "answer": answer(knowledge, question, product, defect, location, defects)})
     return pairs
 
 

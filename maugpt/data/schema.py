@@ -43,6 +43,10 @@ class SourceImage:
     boxes: list[tuple[float, float, float, float]] | None = None  # pixel boxes, when no mask
     references: list[Path] = field(default_factory=list)  # normal reference images
     root: Path | None = None  # the source root, for the record's "origin"
+    # Every annotated defect, (class, pixel box), where an image holds several (DeepPCB boards);
+    # defect_class is then the class with the most boxes.
+    defects: list[tuple[str, tuple[float, float, float, float]]] | None = None
+    group: str | None = None  # images of one group go to the same split (a board and its template)
 
 
 def validate_record(record: dict, where: str = "record") -> dict:

@@ -66,6 +66,17 @@ def make_sample(record: dict, image: Image.Image, image_format: str, max_side: i
     return sample
 
 
+def defect_list(knowledge: Knowledge, src: SourceImage, width: int, height: int) -> list[dict]:
+    """Every defect type of an image annotated with several (``src.defects``), most boxes first:
+    class, name, count, and each box (0-1) with its region."""
+    by_class: dict[str, list] = {}
+    for cls, box in src.defects:
+        by_class.setdefault(cls, []).append(location_from_boxes([box], width, height))
+    return [{"class": cls, "name": knowledge.defect(src.source, src.product, cls, generic=True).name,
+             "count": len(locations), "boxes": [loc["box"] for loc in locations],
+             "regions": [loc["region"] for loc in locations]} for cls, locations in by_class.items()]
+
+
 def source_sample(src: SourceImage, split: str, knowledge: Knowledge, seed: int, max_side: int,
                   image_format: str) -> dict:
     """Read one source image (and its mask), build its record and QA, and encode it."""
@@ -80,14 +91,16 @@ def source_sample(src: SourceImage, split: str, knowledge: Knowledge, seed: int,
     elif src.boxes:
         location = location_from_boxes(src.boxes, image.width, image.height)
     defect = knowledge.defect(src.source, src.product, src.defect_class, generic=True) if src.is_anomalous else None
+    defects = defect_list(knowledge, src, image.width, image.height) if src.defects else None
     record = {
         "key": src.key, "source": src.source, "product": src.product, "product_name": product.name,
         "domain": product.domain, "split": split, "is_anomalous": src.is_anomalous,
         "defect_class": src.defect_class if src.is_anomalous else None,
         "defect_name": defect.name if defect else None, "location": location,
-        "qa": build_qa(knowledge, product, defect, location, image_rng(seed, src.key)),
+        "qa": build_qa(knowledge, product, defect, location, image_rng(seed, src.key), defects=defects),
         "origin": str(src.image.relative_to(src.root)) if src.root else src.image.name,
         **({"generic_defect": True} if defect is not None and defect.generic else {}),
+        **({"defects": defects} if defects else {}),
     }
     references = []
     for path in src.references:

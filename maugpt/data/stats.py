@@ -16,10 +16,14 @@ def split_statistics(records: Iterable[dict]) -> dict:
         counts["source"][r["source"]] += 1
         counts["domain"][r["domain"]] += 1
         counts["product"][f"{r['source']}/{r['product']}"] += 1
-        if r.get("defect_class"):
-            counts["defect_class"][f"{r['source']}/{r['product']}/{r['defect_class']}"] += 1
-            if r.get("generic_defect"):  # described by the generic fallback, not the knowledge base
-                counts["generic_defect_class"][f"{r['source']}/{r['product']}/{r['defect_class']}"] += 1
+        if r.get("defects"):  # every defect type on the image (several on DeepPCB boards)
+            classes = [d["class"] for d in r["defects"]]
+        else:
+            classes = [r["defect_class"]] if r.get("defect_class") else []
+        for cls in classes:
+            counts["defect_class"][f"{r['source']}/{r['product']}/{cls}"] += 1
+        if r.get("generic_defect"):  # described by the generic fallback, not the knowledge base
+            counts["generic_defect_class"][f"{r['source']}/{r['product']}/{r['defect_class']}"] += 1
         for pair in r["qa"]:
             qa += 1
             counts["task"][pair["task"]] += 1

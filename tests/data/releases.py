@@ -98,7 +98,8 @@ def deeppcb(root: Path) -> dict:
     (base / "trainval.txt").write_text("group00041/00041/00041000.jpg group00041/00041_not/00041000.txt\n"
                                        "group00041/00041/00041001.jpg group00041/00041_not/00041001.txt\n")
     (base / "test.txt").write_text("group12000/12000/12000000.jpg group12000/12000_not/12000000.txt\n")
-    return {"images": 7, "anomalous": 3, "products": 1, "defect_classes": 3}
+    # every type on a board counts: open, short, mousebite, pin-hole and spur
+    return {"images": 7, "anomalous": 3, "products": 1, "defect_classes": 5}
 
 
 def ksdd2(root: Path) -> dict:

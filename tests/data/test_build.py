@@ -244,3 +244,39 @@ def test_a_knowledge_overlay_adds_a_product_and_its_classes(tmp_path):
     assert {r["domain"] for r in gear} == {"Mechanical Parts"} and {r["defect_name"] for r in gear} == {None, "chipped tooth"}
     with pytest.raises(FileNotFoundError, match="knowledge overlay .*nowhere is not a folder"):
         Knowledge(overlay=tmp_path / "nowhere")
+
+
+def test_deeppcb_boards_carry_every_defect_type_and_stay_with_their_templates(tmp_path):
+    RELEASES["deeppcb"](tmp_path / "release")
+    stats = build_mauset(["deeppcb"], tmp_path / "release", tmp_path / "out", progress=False, test=0.0, val=0.0,
+                         max_side=32, partial=True)["train"]
+    assert stats["defect_class"] == {"deeppcb/pcb/mousebite": 1, "deeppcb/pcb/open": 1, "deeppcb/pcb/pin_hole": 1,
+                                     "deeppcb/pcb/short": 1, "deeppcb/pcb/spur": 1}
+    board = next(s["json"] for s in iter_samples(tmp_path / "out" / "train") if s["json"]["key"].endswith("00041000"))
+    # boxes (2,2,10,10) open; (20,20,30,28) and (25,2,35,9) short, on a 40 x 40 board
+    assert board["defects"] == [
+        {"class": "short", "name": "short circuit", "count": 2, "boxes": [[0.5, 0.5, 0.75, 0.7], [0.625, 0.05, 0.875, 0.225]],
+         "regions": ["center", "top right"]},
+        {"class": "open", "name": "open circuit", "count": 1, "boxes": [[0.05, 0.05, 0.25, 0.25]], "regions": ["top left"]}]
+    answers = {qa["task"]: qa["answer"] for qa in board["qa"]}
+    assert answers["classification"] == ("The printed circuit board has 2 kinds of defect: short circuit (2) and "
+                                         "open circuit (1).")
+    assert answers["localization"] == ("The printed circuit board has defects in several places: the short circuit (2) "
+                                       "in the center and top right; the open circuit (1) in the top left of the image.")
+    assert answers["description"].endswith("It also has open circuit defects.")
+    single = next(s["json"] for s in iter_samples(tmp_path / "out" / "train") if s["json"]["key"].endswith("00041001"))
+    assert [qa["answer"] for qa in single["qa"] if qa["task"] == "classification"][0] == \
+        "The printed circuit board has a mousebite defect."  # one type: the usual answer
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_board_and_its_template_are_always_in_the_same_split(tmp_path, seed):
+    from maugpt.data.sources import SCANNERS
+
+    RELEASES["deeppcb"](tmp_path)
+    images = SCANNERS["deeppcb"](tmp_path)
+    split_of = {im.key: name for name, members in split_images(images, test=0.34, val=0.34, seed=seed).items()
+                for im in members}
+    assert len(split_of) == len(images)
+    for board in (im for im in images if im.is_anomalous):
+        assert split_of[f"deeppcb/pcb/temp/{board.group}_temp"] == split_of[board.key]

@@ -35,10 +35,14 @@ def every_text(knowledge: Knowledge) -> list[str]:
         for folder, product in knowledge.products(source).items():
             known = classes.get(source, {}).get(folder) or classes.get(source, {}).get("*") or {}
             defects = [knowledge.defect(source, folder, c) for c in known] + [None]
+            several = [{"name": d.name, "count": n, "regions": ["top left", "center"][:n]}
+                       for d, n in zip(defects[:2], (2, 1)) if d is not None]  # as a DeepPCB board's record
             for task in TASKS:
                 for question in knowledge.questions(task, product.domain, product.name):
                     texts.append(question_text(question, product))
                     texts += [answer(knowledge, question, product, d, loc) for d in defects for loc in (LOCATION, None)]
+                    if len(several) == 2:
+                        texts.append(answer(knowledge, question, product, defects[0], LOCATION, several))
     return texts
 
 

@@ -15,7 +15,9 @@ def test_scanner_finds_every_image_with_its_label(tmp_path, source):
     assert len(images) == expected["images"]
     assert sum(im.is_anomalous for im in images) == expected["anomalous"]
     assert len({im.product for im in images}) == expected["products"]
-    assert len({(im.product, im.defect_class) for im in images if im.is_anomalous}) == expected["defect_classes"]
+    present = {(im.product, cls) for im in images if im.is_anomalous
+               for cls in ([d[0] for d in im.defects] if im.defects else [im.defect_class])}
+    assert len(present) == expected["defect_classes"]
     assert len({im.key for im in images}) == len(images)
     knowledge = Knowledge()
     for im in images:  # every product and defect class is in the data files
@@ -31,8 +33,12 @@ def test_deeppcb_reads_space_separated_boxes_and_inserts_the_suffix(tmp_path):
     board = images["deeppcb/pcb/test/00041000"]
     assert board.image.name == "00041000_test.jpg" and board.references[0].name == "00041000_temp.jpg"
     assert board.boxes == [(2, 2, 10, 10), (20, 20, 30, 28), (25, 2, 35, 9)]
-    assert board.defect_class == "short"
-    assert images["deeppcb/pcb/test/12000000"].defect_class == "spur"
+    assert board.defect_class == "short"  # the most boxes
+    # every defect, most frequent type first, each type's boxes in the file's order
+    assert board.defects == [("short", (20, 20, 30, 28)), ("short", (25, 2, 35, 9)), ("open", (2, 2, 10, 10))]
+    assert images["deeppcb/pcb/test/12000000"].defect_class == "spur"  # a tie: the lower type id
+    assert [d[0] for d in images["deeppcb/pcb/test/12000000"].defects] == ["spur", "pin_hole"]
+    assert board.group == images["deeppcb/pcb/temp/00041000_temp"].group == "00041000"
     assert not images["deeppcb/pcb/temp/00041002_temp"].is_anomalous
 
 

@@ -50,12 +50,15 @@ def scan_deeppcb(root: Path) -> list[SourceImage]:
                                   f"but {image.relative_to(base)} does not exist")
             boxes = read_boxes(base / annotation_rel)
             counts = Counter(kind for *_, kind in boxes)
-            dominant = min(counts, key=lambda kind: (-counts[kind], kind))  # most boxes, then lowest id
+            order = sorted(counts, key=lambda kind: (-counts[kind], kind))  # most boxes first, then lowest id
+            # the types in that order, each type's boxes in the file's order
+            defects = [(TYPES[kind], tuple(box)) for *box, kind in sorted(boxes, key=lambda b: order.index(b[4]))]
             found.append(SourceImage(
                 source="deeppcb", product="pcb", image=image, root=base, key=f"deeppcb/pcb/test/{stem.name}",
-                is_anomalous=True, defect_class=TYPES[dominant], boxes=[b[:4] for b in boxes],
-                references=[template] if template.is_file() else []))
+                is_anomalous=True, defect_class=TYPES[order[0]], boxes=[b[:4] for b in boxes],
+                references=[template] if template.is_file() else [], defects=defects, group=stem.name))
     for template in sorted(base.glob("group*/*/*_temp.jpg")):
         found.append(SourceImage(source="deeppcb", product="pcb", image=template, root=base,
-                                 key=f"deeppcb/pcb/temp/{template.stem}", is_anomalous=False))
+                                 key=f"deeppcb/pcb/temp/{template.stem}", is_anomalous=False,
+                                 group=template.stem.removesuffix("_temp")))
     return found
