@@ -13,6 +13,11 @@ against the floor measured in the same process, so a noisy machine shifts both a
 Memory: on CUDA the peak allocated during the steps; on CPU (where PyTorch keeps no peak) the
 activation bytes saved for backward, parameters excluded.
 
+Op counts (``projection`` setting, the same on any machine): the aten operators one forward and
+backward of the adapted projection dispatches (views such as ``t`` or ``expand`` included; counted
+with a ``TorchDispatchMode``) and the autograd nodes of its graph, the floor's included: what
+bounds the step on a GPU once the arithmetic is small (kernel launches and autograd overhead).
+
     python benchmarks/adapters.py                 # CPU shapes, or CUDA when present
     python benchmarks/adapters.py --shape 3b      # the Qwen2.5-3B shape of the GPU notes (CUDA)
 """
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from maugpt.adapters import base as adapter_base
@@ -87,6 +93,44 @@ class Result:
     step_s: float = float("nan")
     memory_bytes: int = 0
     error: str = ""
+    aten_ops: int | None = None  # forward + backward, projection setting only
+    autograd_nodes: int | None = None
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts every aten operator dispatched while it is active, backward ones included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def graph_nodes(output: torch.Tensor) -> int:
+    """The autograd nodes ``output``'s backward runs (accumulate-grad leaves included)."""
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack += [next_node for next_node, _ in node.next_functions]
+    return len(seen)
+
+
+def count_ops(setup: "Setup") -> tuple[int, int]:
+    """(aten ops, autograd nodes) of one forward and backward of a variant."""
+    module, make_loss, teardown = setup()
+    try:
+        with OpCounter() as counter:
+            loss = make_loss()
+            nodes = graph_nodes(loss)
+            loss.backward()
+        return counter.count, nodes
+    finally:
+        teardown()
 
 
 class SavedActivations:
@@ -181,7 +225,11 @@ def bench_projection(shape: dict, device: torch.device, **timing) -> list[Result
             return holder, lambda: holder(x).float().square().mean(), lambda: unwrap(holder)
         return setup
 
-    return run_rounds("projection", {name: setup_for(make) for name, make in VARIANTS.items()}, device, **timing)
+    setups = {name: setup_for(make) for name, make in VARIANTS.items()}
+    results = run_rounds("projection", setups, device, **timing)
+    for result in results:
+        result.aten_ops, result.autograd_nodes = count_ops(setups[result.variant])
+    return results
 
 
 def bench_model(shape: dict, device: torch.device, **timing) -> list[Result]:
@@ -216,18 +264,20 @@ def bench_model(shape: dict, device: torch.device, **timing) -> list[Result]:
 
 def table(results: list[Result], device_name: str, memory_label: str) -> str:
     lines = [f"device: {device_name}", "",
-             f"| setting | variant | trainable params | step ms | × floor | {memory_label} MiB | × floor |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             f"| setting | variant | trainable params | step ms | × floor | {memory_label} MiB | × floor "
+             "| aten ops fwd+bwd | autograd nodes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for setting in dict.fromkeys(r.setting for r in results):
         rows = [r for r in results if r.setting == setting]
         floor = rows[0]
         for r in rows:
+            ops = f"{r.aten_ops} | {r.autograd_nodes}" if r.aten_ops is not None else "— | —"
             if r.error:
-                lines.append(f"| {setting} | {r.variant} | {r.trainable:,} | {r.error} | | | |")
+                lines.append(f"| {setting} | {r.variant} | {r.trainable:,} | {r.error} | | | | {ops} |")
                 continue
             lines.append(f"| {setting} | {r.variant} | {r.trainable:,} | {r.step_s * 1e3:.1f} | "
                          f"{r.step_s / floor.step_s:.2f} | {r.memory_bytes / 2**20:.1f} | "
-                         f"{r.memory_bytes / max(floor.memory_bytes, 1):.2f} |")
+                         f"{r.memory_bytes / max(floor.memory_bytes, 1):.2f} | {ops} |")
     return "\n".join(lines)
 
 

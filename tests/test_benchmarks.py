@@ -35,14 +35,29 @@ def test_projection_rows_count_parameters_and_saved_activations():
     assert all(row.step_s > 0 and not row.error for row in rows.values())
 
 
+def test_op_counts_are_repeatable_and_order_the_variants():
+    def counts():
+        rows = bench.bench_projection(SHAPE, torch.device("cpu"), rounds=1, steps=1, warmup=0)
+        return {r.variant: (r.aten_ops, r.autograd_nodes) for r in rows}
+
+    first = counts()
+    assert first == counts()  # the same on every run: a yardstick where timings are noise
+    ops = {name: value[0] for name, value in first.items()}
+    nodes = {name: value[1] for name, value in first.items()}
+    # floor: linear (t, mm), square, mean forward; their backward; the leaf's detach
+    assert 10 < ops["floor (frozen base)"] < ops["LoRA r=64"] < ops["LoRAMoE 16x4"] < ops["AMoE-LoRA 16x4 + hypernetwork"]
+    assert ops["AMoE-LoRA, literal Eq. 1-6 (loop)"] > 4 * ops["AMoE-LoRA 16x4 + hypernetwork"]
+    assert nodes["floor (frozen base)"] < nodes["LoRA r=64"] < nodes["AMoE-LoRA 16x4 + hypernetwork"]
+
+
 def test_the_table_puts_every_variant_against_its_floor():
     rows = [bench.Result("model", "floor (frozen base)", 0, 0.2, 100),
-            bench.Result("model", "LoRA r=64", 10, 0.3, 150),
+            bench.Result("model", "LoRA r=64", 10, 0.3, 150, aten_ops=42, autograd_nodes=16),
             bench.Result("model", "loop", 10, error="out of memory")]
     text = bench.table(rows, "test device", "peak allocated")
-    assert "| model | floor (frozen base) | 0 | 200.0 | 1.00 | 0.0 | 1.00 |" in text
-    assert "| model | LoRA r=64 | 10 | 300.0 | 1.50 | 0.0 | 1.50 |" in text
-    assert "| model | loop | 10 | out of memory | | | |" in text
+    assert "| model | floor (frozen base) | 0 | 200.0 | 1.00 | 0.0 | 1.00 | — | — |" in text
+    assert "| model | LoRA r=64 | 10 | 300.0 | 1.50 | 0.0 | 1.50 | 42 | 16 |" in text
+    assert "| model | loop | 10 | out of memory | | | | — | — |" in text
 
 
 def test_generation_benchmark_checks_that_fresh_adapters_generate_the_adapter_free_tokens():
