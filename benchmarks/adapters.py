@@ -13,8 +13,8 @@ against the floor measured in the same process, so a noisy machine shifts both a
 Memory: on CUDA the peak allocated during the steps; on CPU (where PyTorch keeps no peak) the
 activation bytes saved for backward, parameters excluded.
 
-Op counts (``projection`` setting, the same on every run of a device kind): the aten operators one forward and
-backward of the adapted projection dispatches (views such as ``t`` or ``expand`` included; counted
+Op counts (``projection`` setting, the same on every run of a device kind): the aten operators
+one forward and backward of the adapted projection dispatches (views such as ``t`` or ``expand`` included; counted
 with a ``TorchDispatchMode``) and the autograd nodes of its graph, the floor's included: what
 bounds the step on a GPU once the arithmetic is small (kernel launches and autograd overhead).
 
