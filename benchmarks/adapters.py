@@ -14,9 +14,10 @@ Memory: on CUDA the peak allocated during the steps; on CPU (where PyTorch keeps
 activation bytes saved for backward, parameters excluded.
 
 Op counts (``projection`` setting, the same on every run of a device kind): the aten operators
-one forward and backward of the adapted projection dispatches (views such as ``t`` or ``expand`` included; counted
-with a ``TorchDispatchMode``) and the autograd nodes of its graph, the floor's included: what
-bounds the step on a GPU once the arithmetic is small (kernel launches and autograd overhead).
+one forward and backward of the adapted projection dispatches (views such as ``t`` or ``expand``
+included; counted with a ``TorchDispatchMode``) and the autograd nodes of its graph, the floor's
+included: what bounds the step on a GPU once the arithmetic is small (kernel launches and
+autograd overhead).
 
     python benchmarks/adapters.py                 # CPU shapes, or CUDA when present
     python benchmarks/adapters.py --shape 3b      # the Qwen2.5-3B shape of the GPU notes (CUDA)
