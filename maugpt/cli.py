@@ -53,19 +53,20 @@ def recipes(copy_to: str | None = None) -> None:
 
     from maugpt.configs import ROOT, recipes as names
 
+    recipes = names()
     if copy_to is None:
-        for name in names():
+        for name in recipes:
             print(ROOT / name)
         return
     kept = []
-    for name in names():
+    for name in recipes:
         target = Path(copy_to) / name
         if target.exists():
             kept.append(str(target))
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, target)
-    print(f"copied {len(names()) - len(kept)} recipe(s) to {copy_to}"
+    print(f"copied {len(recipes) - len(kept)} recipe(s) to {copy_to}"
           + (f"; left {len(kept)} existing file(s) untouched: {', '.join(kept)}" if kept else ""))
 
 

@@ -38,8 +38,8 @@ def main(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "of
     """
     if csv is not None and csv.exists() and not overwrite:
         raise SystemExit(f"score_mmad: {csv} exists; pass --overwrite true to replace it")
-    last, closest = (True, True) if script is None else (query_script(script).last_letter,
-                                                         query_script(script).closest_option)
+    chosen = query_script(script) if script is not None else None
+    last, closest = (chosen.last_letter, chosen.closest_option) if chosen else (True, True)
     last = last if first_letter is None else not first_letter
     closest = closest if closest_option is None else closest_option
     try:

@@ -48,9 +48,9 @@ def question_text(question, product: Product) -> str:
     return tidy(question.text.format(product=product.name))
 
 
-def listing(items: list[str], separator: str = ", ") -> str:
+def and_join(items: list[str]) -> str:
     """``a, b and c``."""
-    return items[0] if len(items) == 1 else separator.join(items[:-1]) + " and " + items[-1]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def answer(knowledge: Knowledge, question, product: Product, defect: Defect | None,
@@ -65,9 +65,9 @@ def answer(knowledge: Knowledge, question, product: Product, defect: Defect | No
     facts.update(defect=defect.name, appearance=defect.appearance, causes=defect.causes,
                  impact=defect.impact, remedy=defect.remedy)
     if defects is not None and len(defects) > 1 and task in ("classification", "localization", "description"):
-        facts.update(count=len(defects), defects=listing([f"{d['name']} ({d['count']})" for d in defects]),
-                     others=listing([d["name"] for d in defects[1:]]),
-                     locations="; ".join(f"the {d['name']} ({d['count']}) in the {listing(list(dict.fromkeys(d['regions'])))}"
+        facts.update(count=len(defects), defects=and_join([f"{d['name']} ({d['count']})" for d in defects]),
+                     others=and_join([d["name"] for d in defects[1:]]),
+                     locations="; ".join(f"the {d['name']} ({d['count']}) in the {and_join(list(dict.fromkeys(d['regions'])))}"
                                          for d in defects))
         text = knowledge.answer_template(task, "abnormal_several").format(**facts)
     elif task == "understanding":

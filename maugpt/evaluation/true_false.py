@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import re
 
-_ANSWER_MARKER = re.compile(r"\b(?:final answer|the answer is|answer|verdict|conclusion)\s*(?:is\s*)?[:\-]|"
-                            r"\bthe answer is\b|\bfinal answer\b")
+_ANSWER_MARKER = re.compile(r"\b(?:the answer is|final answer)\b|\b(?:answer|verdict|conclusion)\s*(?:is\s*)?[:\-]")
 _CHOICES = re.compile(r"\b(?:true\s*(?:or|/)\s*false|false\s*(?:or|/)\s*true|yes\s*(?:or|/)\s*no|no\s*(?:or|/)\s*yes)\b")
 _FREE = re.compile(r"\b(?:defect|anomaly|flaw|damage)[\s-]+free\b")
 _TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|[.,;:!?()]")
@@ -62,6 +61,6 @@ def parse_true_false(answer: str, question: str | None = None) -> bool | None:
     for table in (_VERDICT, _CONDITION):
         for at, token in enumerate(tokens):
             if token in table or (table is _VERDICT and token == "no" and _standalone_no(tokens, at)):
-                value = table.get(token, False)
+                value = table.get(token, False)  # a standalone "no" is not a key: False
                 return value != _negated(tokens, at)
     return None

@@ -51,8 +51,9 @@ def scan_deeppcb(root: Path) -> list[SourceImage]:
             boxes = read_boxes(base / annotation_rel)
             counts = Counter(kind for *_, kind in boxes)
             order = sorted(counts, key=lambda kind: (-counts[kind], kind))  # most boxes first, then lowest id
-            # the types in that order, each type's boxes in the file's order
-            defects = [(TYPES[kind], tuple(box)) for *box, kind in sorted(boxes, key=lambda b: order.index(b[4]))]
+            rank = {kind: i for i, kind in enumerate(order)}
+            # the types in that order, each type's boxes in the file's order (sorted() is stable)
+            defects = [(TYPES[kind], tuple(box)) for *box, kind in sorted(boxes, key=lambda b: rank[b[4]])]
             found.append(SourceImage(
                 source="deeppcb", product="pcb", image=image, root=base, key=f"deeppcb/pcb/test/{stem.name}",
                 is_anomalous=True, defect_class=TYPES[order[0]], boxes=[b[:4] for b in boxes],
