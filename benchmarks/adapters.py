@@ -15,9 +15,9 @@ activation bytes saved for backward, parameters excluded.
 
 Op counts (``projection`` setting, the same on every run of a device kind): the aten operators
 one forward and backward of the adapted projection dispatches (views such as ``t`` or ``expand``
-included; counted with a ``TorchDispatchMode``) and the autograd nodes of its graph, the floor's
-included: what bounds the step on a GPU once the arithmetic is small (kernel launches and
-autograd overhead).
+included; counted with a ``TorchDispatchMode``), the *kernels* among them (the ops that write new
+memory) and the autograd nodes of its graph, the floor's included: what bounds the step on a GPU
+once the arithmetic is small (kernel launches and autograd overhead).
 
     python benchmarks/adapters.py                 # CPU shapes, or CUDA when present
     python benchmarks/adapters.py --shape 3b      # the Qwen2.5-3B shape of the GPU notes (CUDA)
@@ -95,19 +95,26 @@ class Result:
     memory_bytes: int = 0
     error: str = ""
     aten_ops: int | None = None  # forward + backward, projection setting only
+    kernels: int | None = None
     autograd_nodes: int | None = None
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts every aten operator dispatched while it is active, backward ones included."""
+    """Counts every aten operator dispatched while it is active, backward ones included, and
+    among them the *kernels*: the ops that write new memory (not views, reshapes or dtype queries)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
+        self.count = self.kernels = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
         self.count += 1
-        return func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor)}
+        outputs = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.kernels += any(t.untyped_storage().data_ptr() not in inputs for t in outputs)
+        return out
 
 
 def graph_nodes(output: torch.Tensor) -> int:
@@ -121,15 +128,15 @@ def graph_nodes(output: torch.Tensor) -> int:
     return len(seen)
 
 
-def count_ops(setup: "Setup") -> tuple[int, int]:
-    """(aten ops, autograd nodes) of one forward and backward of a variant."""
+def count_ops(setup: "Setup") -> tuple[int, int, int]:
+    """(aten ops, kernels, autograd nodes) of one forward and backward of a variant."""
     module, make_loss, teardown = setup()
     try:
         with OpCounter() as counter:
             loss = make_loss()
             nodes = graph_nodes(loss)
             loss.backward()
-        return counter.count, nodes
+        return counter.count, counter.kernels, nodes
     finally:
         teardown()
 
@@ -229,7 +236,7 @@ def bench_projection(shape: dict, device: torch.device, **timing) -> list[Result
     setups = {name: setup_for(make) for name, make in VARIANTS.items()}
     results = run_rounds("projection", setups, device, **timing)
     for result in results:
-        result.aten_ops, result.autograd_nodes = count_ops(setups[result.variant])
+        result.aten_ops, result.kernels, result.autograd_nodes = count_ops(setups[result.variant])
     return results
 
 
@@ -266,13 +273,13 @@ def bench_model(shape: dict, device: torch.device, **timing) -> list[Result]:
 def table(results: list[Result], device_name: str, memory_label: str) -> str:
     lines = [f"device: {device_name}", "",
              f"| setting | variant | trainable params | step ms | × floor | {memory_label} MiB | × floor "
-             "| aten ops fwd+bwd | autograd nodes |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| aten ops fwd+bwd | kernels | autograd nodes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for setting in dict.fromkeys(r.setting for r in results):
         rows = [r for r in results if r.setting == setting]
         floor = rows[0]
         for r in rows:
-            ops = f"{r.aten_ops} | {r.autograd_nodes}" if r.aten_ops is not None else "— | —"
+            ops = f"{r.aten_ops} | {r.kernels} | {r.autograd_nodes}" if r.aten_ops is not None else "— | — | —"
             if r.error:
                 lines.append(f"| {setting} | {r.variant} | {r.trainable:,} | {r.error} | | | | {ops} |")
                 continue

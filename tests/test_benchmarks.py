@@ -38,7 +38,7 @@ def test_projection_rows_count_parameters_and_saved_activations():
 def test_op_counts_are_repeatable_and_order_the_variants():
     def counts():
         rows = bench.bench_projection(SHAPE, torch.device("cpu"), rounds=1, steps=1, warmup=0)
-        return {r.variant: (r.aten_ops, r.autograd_nodes) for r in rows}
+        return {r.variant: (r.aten_ops, r.autograd_nodes, r.kernels) for r in rows}
 
     first = counts()
     assert first == counts()  # the same on every run: a yardstick where timings are noise
@@ -48,16 +48,23 @@ def test_op_counts_are_repeatable_and_order_the_variants():
     assert 10 < ops["floor (frozen base)"] < ops["LoRA r=64"] < ops["LoRAMoE 16x4"] < ops["AMoE-LoRA 16x4 + hypernetwork"]
     assert ops["AMoE-LoRA, literal Eq. 1-6 (loop)"] > 4 * ops["AMoE-LoRA 16x4 + hypernetwork"]
     assert nodes["floor (frozen base)"] < nodes["LoRA r=64"] < nodes["AMoE-LoRA 16x4 + hypernetwork"]
+    # What each adapter adds over the floor with the hand-written Functions (the autograd
+    # compositions they replaced added 25/59/115 ops and 10/19/43 nodes): a regression yardstick.
+    added = {name: (ops[name] - ops["floor (frozen base)"], nodes[name] - nodes["floor (frozen base)"])
+             for name in ("LoRA r=64", "LoRAMoE 16x4", "AMoE-LoRA 16x4 + hypernetwork")}
+    assert added == {"LoRA r=64": (13, 3), "LoRAMoE 16x4": (43, 4), "AMoE-LoRA 16x4 + hypernetwork": (80, 12)}
+    kernels = {name: value[2] for name, value in first.items()}
+    assert kernels["floor (frozen base)"] == 9 and kernels["AMoE-LoRA 16x4 + hypernetwork"] == 49
 
 
 def test_the_table_puts_every_variant_against_its_floor():
     rows = [bench.Result("model", "floor (frozen base)", 0, 0.2, 100),
-            bench.Result("model", "LoRA r=64", 10, 0.3, 150, aten_ops=42, autograd_nodes=16),
+            bench.Result("model", "LoRA r=64", 10, 0.3, 150, aten_ops=42, kernels=20, autograd_nodes=16),
             bench.Result("model", "loop", 10, error="out of memory")]
     text = bench.table(rows, "test device", "peak allocated")
-    assert "| model | floor (frozen base) | 0 | 200.0 | 1.00 | 0.0 | 1.00 | — | — |" in text
-    assert "| model | LoRA r=64 | 10 | 300.0 | 1.50 | 0.0 | 1.50 | 42 | 16 |" in text
-    assert "| model | loop | 10 | out of memory | | | | — | — |" in text
+    assert "| model | floor (frozen base) | 0 | 200.0 | 1.00 | 0.0 | 1.00 | — | — | — |" in text
+    assert "| model | LoRA r=64 | 10 | 300.0 | 1.50 | 0.0 | 1.50 | 42 | 20 | 16 |" in text
+    assert "| model | loop | 10 | out of memory | | | | — | — | — |" in text
 
 
 def test_generation_benchmark_checks_that_fresh_adapters_generate_the_adapter_free_tokens():

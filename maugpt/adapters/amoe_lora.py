@@ -23,19 +23,20 @@ config prefers that reading.
 Cost: ``[A_1 … A_N | W_a | W_g]`` is one ``(d_in, N·r + r + N)`` down-projection and
 ``[B_1; …; B_N; W_b]`` one ``(N·r + r, d_out)`` up-projection, so the whole adapter reads ``x``
 once and writes the output once; the per-sample core acts on the small ``(B, T, r)``
-intermediate by a batched ``(r, r)`` matmul, never on ``(d, r)`` matrices per token. The pooled
-condition is computed once per layer input and shared by the modules that read it (q/k/v,
-gate/up).
+intermediate by a batched ``(r, r)`` matmul, never on ``(d, r)`` matrices per token. Forward and
+backward of all of it are one autograd Function (:class:`~maugpt.adapters.fused.MixtureDelta`).
+The pooled condition is computed once per layer input and shared by the modules that read it
+(q/k/v, gate/up).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maugpt.adapters.base import ALL_PROJECTIONS, AdapterContext, require_positive
+from maugpt.adapters.fused import HypernetworkCore
 from maugpt.adapters.lora import low_rank_init, zero_init
 from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear
 
@@ -59,10 +60,9 @@ class Hypernetwork(nn.Module):
             self.out.bias.copy_(torch.eye(rank, device=device).flatten())
 
     def forward(self, condition: Tensor) -> Tensor:
-        if condition.dtype != self.out.weight.dtype and not torch.is_autocast_enabled(condition.device.type):
-            condition = condition.to(self.out.weight.dtype)
-        c = F.layer_norm(condition, (self.d_in,))
-        return self.out(F.gelu(self.hidden(c))).view(-1, self.rank, self.rank)
+        """``(B, d_in) → (B, r, r)``, forward and backward by hand (:class:`HypernetworkCore`)."""
+        return HypernetworkCore.apply(condition, self.hidden.weight, self.hidden.bias, self.out.weight,
+                                      self.out.bias, self.rank)
 
 
 class AnomalyAwareExpert(nn.Module):
@@ -99,15 +99,15 @@ class AMoELoRALinear(LoRAMoELinear):
             ctx.frozen_cores[self] = core
         return core
 
-    def core_square(self, core: Tensor) -> Tensor:
-        """``(α/r) H H`` of Eq. 4–5, computed once per generation while the condition is fixed."""
+    def core_square(self, core: Tensor) -> Tensor | None:
+        """``H H`` of Eq. 4–5, kept for the whole generation while the condition is fixed
+        (None in training: the fused delta squares the core itself)."""
         ctx = self.context
-        if ctx.freeze_condition and (self, "square") in ctx.frozen_cores:
-            return ctx.frozen_cores[(self, "square")]
-        square = (core @ core) * self.scale
-        if ctx.freeze_condition:
-            ctx.frozen_cores[(self, "square")] = square
-        return square
+        if not ctx.freeze_condition:
+            return None
+        if (self, "square") not in ctx.frozen_cores:
+            ctx.frozen_cores[(self, "square")] = torch.bmm(core, core)
+        return ctx.frozen_cores[(self, "square")]
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
@@ -117,18 +117,9 @@ class AMoELoRALinear(LoRAMoELinear):
         if core.shape[0] != x.shape[0]:
             raise ValueError(f"AMoE-LoRA layer {self.name!r}: the condition was fixed for a batch of "
                              f"{core.shape[0]} but the input has {x.shape[0]} samples")
-        h = self.adapter_input(x, self.A)
-        z, z_anomaly, logits = self.project_down(h, self.anomaly_aware.W_a)
-        weights = self.route(logits)
+        out, weights = self.mixture(x, core, self.core_square(core))
         self.observe(x, weights, core=core)
-        hh = self.core_square(core)  # (B, r, r): (α/r) H H, Eq. 4–5
-        u = [self.mix(z, weights), torch.bmm(z_anomaly, hh.to(z_anomaly.dtype))]
-        pad = self.alignment_padding(self.B.shape[0] + self.rank, x.device)
-        if pad:  # zero columns of u meet zero rows of up: the sum is unchanged, the GEMM aligned
-            u.append(z_anomaly.new_zeros(*z_anomaly.shape[:-1], pad))
-        ups = [self.B, self.anomaly_aware.W_b]
-        up = self.fused("up", ups, lambda: F.pad(torch.cat(ups, dim=0), (0, 0, 0, pad)) if pad else torch.cat(ups, dim=0))
-        return self.add_low_rank(self.base(x), torch.cat(u, dim=-1), up)
+        return out
 
 
 class AMoELoRA(LoRAMoE):

@@ -199,12 +199,6 @@ class AdapterLayer(nn.Module, ABC):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
     # -- helpers shared by the adapters' forward passes ------------------------------------
-    def adapter_input(self, x: Tensor, weight: Tensor) -> Tensor:
-        """``x`` in the adapter's dtype; under autocast the matmuls cast for themselves."""
-        if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
-            return x
-        return x.to(weight.dtype)
-
     def fused(self, name: str, parts: Sequence[Tensor], build: Callable[[], Tensor]) -> Tensor:
         """``build()``, a fusion (concatenation) of ``parts``, cached while no gradient is recorded:
         generation re-reads the same weights at every decoding step. The cache is keyed by the
@@ -222,18 +216,6 @@ class AdapterLayer(nn.Module, ABC):
         """Zero columns that bring a fused low-rank width to a multiple of :data:`ALIGN` (on GPUs,
         whose tensor cores want it; elsewhere the padding would only cost)."""
         return -width % ALIGN if device.type == "cuda" else 0
-
-    @staticmethod
-    def add_low_rank(out: Tensor, u: Tensor, up: Tensor) -> Tensor:
-        """``out + u @ up`` with the addition fused into the matmul (no extra pass over ``out``).
-
-        ``out``: ``(…, d_out)`` frozen output; ``u``: ``(…, k)`` scaled low-rank intermediate;
-        ``up``: ``(k, d_out)``.
-        """
-        if u.dtype != out.dtype and not torch.is_autocast_enabled(u.device.type):
-            return out + (u @ up).to(out.dtype)
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), u.reshape(-1, u.shape[-1]), up)
-        return flat.view(out.shape)
 
     def record(self, **tensors: Tensor) -> None:
         """Keep detached diagnostics of this forward."""

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from maugpt.adapters.base import ALL_PROJECTIONS, Adapter, AdapterContext, AdapterLayer
+from maugpt.adapters.fused import LoRADelta, compute_dtype
 
 
 def low_rank_init(d_in: int, cols: int, device: torch.device | None = None) -> nn.Parameter:
@@ -39,9 +40,12 @@ class LoRALinear(AdapterLayer):
         return {"lora": self.rank * (self.in_features + self.out_features)}
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.adapter_input(x if self.dropout is None else self.dropout(x), self.A)
-        # Scaling the (…, r) intermediate is r/d_out cheaper than scaling the output.
-        return self.add_low_rank(self.base(x), (h @ self.A) * self.scale, self.B)
+        x2 = x.reshape(-1, self.in_features)  # 2-D: the frozen GEMM and the delta share one view
+        h = x2.to(compute_dtype(x, self.A))
+        if self.dropout is not None:
+            h = self.dropout(h)
+        out = LoRADelta.apply(self.base(x2), h, self.A, self.B, self.scale)
+        return out.view(*x.shape[:-1], self.out_features)
 
 
 class LoRA(Adapter):

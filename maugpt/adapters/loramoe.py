@@ -7,7 +7,8 @@ The mixture is the generalist component of AMoE-LoRA too (the paper's Eq. 1–3)
 
 The experts are stacked, ``A = [A_1 | … | A_N]: (d_in, N·r)`` and ``B = [B_1; …; B_N]: (N·r, d_out)``,
 so the mixture costs one LoRA of rank N·r: ``((x A) ⊙ repeat(ω, r)) B``. The router's ``W_g`` is
-concatenated to ``A`` so that ``x`` is read once for all of them. The official code instead
+concatenated to ``A`` so that ``x`` is read once for all of them; forward and backward are one
+autograd Function (:class:`~maugpt.adapters.fused.MixtureDelta`). The official code instead
 loops over experts, which costs N small matmul pairs and N full-size intermediates.
 
 The *localized balancing constraint* is LoRAMoE's auxiliary loss; see :func:`localized_balance_loss`.
@@ -17,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maugpt.adapters.base import (
     FFN_PROJECTIONS, Adapter, AdapterContext, AdapterLayer, require_fraction, require_positive,
 )
+from maugpt.adapters.fused import MixtureDelta, MixtureSpec, compute_dtype, fuse_down, fuse_up, mixture_forward
 from maugpt.adapters.lora import low_rank_init, zero_init
 
 
@@ -92,43 +93,59 @@ class LoRAMoELinear(AdapterLayer):
     def auxiliary_loss(self) -> Tensor | None:
         return self._aux_loss
 
-    def project_down(self, h: Tensor, *extra: Tensor) -> list[Tensor]:
-        """``h @ [A | extra… | W_g]`` split back into ``[z_experts, z_extra…, router logits]``.
+    def spec(self, device: torch.device, anomaly: bool) -> MixtureSpec:
+        """The sizes of this layer's delta (``anomaly``: with the anomaly-aware expert's block);
+        fused widths are padded to multiples of 8 on GPUs."""
+        down = self.experts * self.rank + (self.rank if anomaly else 0)
+        up = down  # [B; W_b] has the rows of [A | W_a]'s columns
+        down += self.experts if self.dropout is None else 0
+        return MixtureSpec(self.experts, self.rank, self.scale, anomaly,
+                           self.alignment_padding(down, device), self.alignment_padding(up, device))
 
-        One matmul reads ``h`` once for every expert and the router. With dropout, the experts
-        read the dropped-out input and the router the clean one, as in the official code.
-        """
-        blocks = [self.A, *extra]
-        sizes = [b.shape[1] for b in blocks]
-        if self.dropout is None:
-            parts = [*blocks, self.router]
-            z = h @ self.fused("down", parts, lambda: self.padded(torch.cat(parts, dim=1)))
-            return list(z[..., :sum(sizes) + self.experts].split([*sizes, self.experts], dim=-1))
-        z = self.dropout(h) @ self.padded(torch.cat(blocks, dim=1))
-        return [*z[..., :sum(sizes)].split(sizes, dim=-1), h @ self.router]
+    def mixture(self, x: Tensor, core: Tensor | None = None, hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(o, ω)`` for ``x (…, d_in)``: the frozen output plus the delta (Eq. 1–6), and the
+        router weights ``(…, N)``. ``core``: the anomaly-aware ``H (B, r, r)``; ``hh``: its square
+        when already known (generation), used on the no-gradient path."""
+        x2 = x.reshape(-1, self.in_features)
+        out0 = self.base(x2)
+        h = x2.to(compute_dtype(x, self.A))
+        hd = None if self.dropout is None else self.dropout(h)
+        W_a = W_b = None
+        if core is not None:
+            W_a, W_b = self.anomaly_aware.W_a, self.anomaly_aware.W_b
+        spec = self.spec(x.device, core is not None)
+        if torch.is_grad_enabled():
+            want = self.wants_weights()
+            out = MixtureDelta.apply(out0, h, hd, self.A, self.router, self.B, W_a, W_b, core, spec, want)
+            out, weights = out if want else (out, None)
+        else:  # generation: the fused weights are cached between decoding steps
+            dtype = h.dtype
+            router = self.router.to(dtype)
+            downs = [self.A, W_a, self.router if hd is None else None]
+            down = self.fused(f"down {dtype}", [p for p in downs if p is not None],
+                              lambda: fuse_down(*[p if p is None else p.to(dtype) for p in downs], spec.pad_down))
+            ups = [self.B, W_b]
+            up = self.fused(f"up {dtype}", [p for p in ups if p is not None],
+                            lambda: fuse_up(*[p if p is None else p.to(dtype) for p in ups], spec.pad_up))
+            if core is not None and hh is None:
+                hh = torch.bmm(core, core)
+            hh = None if hh is None else hh.to(dtype)
+            out, weights = mixture_forward(out0, h, hd, down, router, up, hh, spec)[:2]
+        lead = x.shape[:-1]
+        return out.view(*lead, self.out_features), None if weights is None else weights.view(*lead, self.experts)
 
-    def padded(self, weight: Tensor) -> Tensor:
-        """``weight (d_in, k)`` with zero columns up to an aligned width (the extra outputs are dropped)."""
-        pad = self.alignment_padding(weight.shape[1], weight.device)
-        return F.pad(weight, (0, pad)) if pad else weight
+    def wants_weights(self) -> bool:
+        """Whether this forward needs the router weights: for the balancing loss or diagnostics."""
+        return (self.training and self.balance_weight > 0) or self.context.record
 
-    def route(self, logits: Tensor) -> Tensor:
-        """Router weights ω = softmax(x W_g) (Eq. 1), in at least float32 precision."""
-        return F.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).to(logits.dtype)
-
-    def mix(self, z: Tensor, weights: Tensor) -> Tensor:
-        """``(α/r) ω_i`` applied to each expert's ``(…, r)`` slice of ``z (…, N·r)`` (Eq. 3)."""
-        scaled = (weights * self.scale).unsqueeze(-1)  # (…, N, 1): broadcast, no repeat_interleave
-        return (z.unflatten(-1, (self.experts, self.rank)) * scaled).flatten(-2)
-
-    def observe(self, x: Tensor, weights: Tensor, **extra: Tensor) -> None:
+    def observe(self, x: Tensor, weights: Tensor | None, **extra: Tensor) -> None:
         """The balancing loss (training) and the diagnostics (on request) of one forward."""
         ctx = self.context
         self._aux_loss = None
         if self._diagnostics and not ctx.record:
             self._diagnostics = {}  # diagnostics always describe the latest forward
         want_loss = self.training and self.balance_weight > 0 and torch.is_grad_enabled()
-        if not (want_loss or ctx.record):
+        if weights is None or not (want_loss or ctx.record):
             return
         batch = x.shape[0] if x.dim() > 1 else 1
         w3 = weights.reshape(batch, -1, self.experts)
@@ -144,11 +161,9 @@ class LoRAMoELinear(AdapterLayer):
             self.record(expert_load=tokens.mean(0), router_entropy=entropy.mean(), **extra)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.adapter_input(x, self.A)
-        z, logits = self.project_down(h)
-        weights = self.route(logits)
+        out, weights = self.mixture(x)
         self.observe(x, weights)
-        return self.add_low_rank(self.base(x), self.mix(z, weights), self.B)
+        return out
 
 
 class LoRAMoE(Adapter):

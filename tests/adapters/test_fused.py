@@ -1,0 +1,122 @@
+"""The hand-written backward passes: checked against finite differences and against autograd
+through the literal equations (``reference.py``), in float64 to 1e-10."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from maugpt.adapters import AMoELoRA, LoRA, LoRAMoE, localized_balance_loss
+from maugpt.adapters.fused import HypernetworkCore, LoRADelta, MixtureDelta, MixtureSpec
+from maugpt.adapters.reference import reference_forward
+
+N, R, D, O, BATCH, T = 3, 2, 5, 4, 2, 3
+
+
+def double(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).requires_grad_()
+
+
+def mixture_inputs(anomaly: bool, dropout: bool):
+    m = BATCH * T
+    tensors = [double(m, O, seed=0), double(m, D, seed=1), double(m, D, seed=2) if dropout else None,
+               double(D, N * R, seed=3), double(D, N, seed=4), double(N * R, O, seed=5)]
+    tensors += [double(D, R, seed=6), double(R, O, seed=7), double(BATCH, R, R, seed=8)] if anomaly else [None] * 3
+    return tensors
+
+
+def test_lora_delta_backward_matches_finite_differences():
+    args = (double(6, O, seed=0), double(6, D, seed=1), double(D, R, seed=2), double(R, O, seed=3), 1.5)
+    assert torch.autograd.gradcheck(LoRADelta.apply, args)
+
+
+@pytest.mark.parametrize("anomaly", [False, True], ids=["loramoe", "amoe_lora"])
+@pytest.mark.parametrize("dropout", [False, True], ids=["clean", "dropout"])
+@pytest.mark.parametrize("pads", [(0, 0), (3, 5)], ids=["unaligned", "padded"])
+def test_mixture_delta_backward_matches_finite_differences(anomaly, dropout, pads):
+    spec = MixtureSpec(N, R, 0.7, anomaly, *pads)
+    inputs = mixture_inputs(anomaly, dropout)
+    assert torch.autograd.gradcheck(lambda *t: MixtureDelta.apply(*t, spec, True), inputs)
+    assert torch.autograd.gradcheck(lambda *t: MixtureDelta.apply(*t, spec, False), inputs)
+
+
+def test_padding_changes_nothing_but_the_widths():
+    inputs = mixture_inputs(anomaly=True, dropout=False)
+    plain = MixtureDelta.apply(*inputs, MixtureSpec(N, R, 0.7, True), True)
+    padded = MixtureDelta.apply(*inputs, MixtureSpec(N, R, 0.7, True, 3, 5), True)
+    for a, b in zip(plain, padded):  # the output and the router weights
+        assert (a - b).abs().max().item() <= 1e-12  # zeros summed in another order: equal to rounding
+
+
+def test_hypernetwork_core_backward_matches_finite_differences():
+    args = (double(BATCH, D, seed=0) * 3, double(7, D, seed=1), double(7, seed=2), double(R * R, 7, seed=3),
+            double(R * R, seed=4), R)
+    assert torch.autograd.gradcheck(HypernetworkCore.apply, args)
+
+
+def layer_and_input(adapter, seed: int = 0):
+    torch.manual_seed(seed)
+    layer = adapter.wrap(nn.Linear(24, 40)).double()
+    with torch.no_grad():
+        for p in layer.adapter_parameters().values():
+            p.normal_(0.0, 0.3)
+    x = torch.randn(3, 7, 24, dtype=torch.float64, requires_grad=True)
+    return layer, x
+
+
+def gradients(layer, x, out):
+    named = dict(layer.adapter_parameters(), x=x)
+    grads = torch.autograd.grad(out.square().sum(), list(named.values()))
+    return dict(zip(named, grads))
+
+
+@pytest.mark.parametrize("adapter", [LoRAMoE(experts=4, rank=3, dropout=0.0, balance_weight=0.0),
+                                     AMoELoRA(experts=4, rank=3, hyper_hidden=8)], ids=["loramoe", "amoe_lora"])
+def test_every_gradient_equals_autograd_through_the_literal_equations(adapter):
+    layer, x = layer_and_input(adapter)
+    mask = torch.rand(3, 7, generator=torch.Generator().manual_seed(1)) > 0.3
+    with layer.context.use(condition_mask=mask):
+        fast = gradients(layer, x, layer(x))
+        slow = gradients(layer, x, reference_forward(layer, x))
+    # x, A, router, B; AMoE-LoRA also W_a, W_b and the hypernetwork's two weights and biases
+    assert fast.keys() == slow.keys() and len(fast) == (10 if isinstance(adapter, AMoELoRA) else 4)
+    for name in fast:
+        assert (fast[name] - slow[name]).abs().max().item() <= 1e-10, name
+    assert all(g.abs().sum() > 0 for g in fast.values())  # every path is exercised
+
+
+def test_lora_gradients_equal_autograd_of_x_a_b():
+    layer, x = layer_and_input(LoRA(rank=4, alpha=8))
+    fast = gradients(layer, x, layer(x))
+    slow = gradients(layer, x, layer.base(x) + layer.scale * (x @ layer.A) @ layer.B)
+    for name in fast:
+        assert (fast[name] - slow[name]).abs().max().item() <= 1e-10, name
+
+
+def test_the_balancing_loss_gradient_reaches_the_router_through_the_fused_weights():
+    adapter = LoRAMoE(experts=4, rank=3, dropout=0.0, balance_delta=0.2, balance_weight=0.5)
+    layer, x = layer_and_input(adapter)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    labels = torch.tensor([0, 1, 1])
+    with layer.context.use(token_mask=mask, sample_labels=labels):
+        out = layer(x)
+        fast = torch.autograd.grad(out.square().sum() + layer.auxiliary_loss(), [layer.router, layer.A])
+        literal = reference_forward(layer, x)
+        loss = 0.5 * localized_balance_loss(torch.softmax(x @ layer.router, -1), mask, labels, 0.2)
+        slow = torch.autograd.grad(literal.square().sum() + loss, [layer.router, layer.A])
+    for f, s in zip(fast, slow):
+        assert (f - s).abs().max().item() <= 1e-10
+
+
+def test_dropout_reaches_the_experts_and_never_the_router():
+    adapter = LoRAMoE(experts=4, rank=3, dropout=0.5, balance_weight=0.0)
+    layer, x = layer_and_input(adapter)
+    layer.train()
+    torch.manual_seed(5)
+    out = layer(x)
+    torch.manual_seed(5)  # the same mask, drawn the same way, applied by hand
+    dropped = layer.dropout(x.reshape(-1, 24)).view_as(x)
+    weights = torch.softmax(x @ layer.router, -1)
+    z = (dropped @ layer.A).unflatten(-1, (4, 3)) * weights.unsqueeze(-1)
+    expected = layer.base(x) + layer.scale * z.flatten(-2) @ layer.B
+    assert (out - expected).abs().max().item() <= 1e-12
