@@ -7,6 +7,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor
 
 from maugpt.adapters import Adapter, adapter_context, inject
 from maugpt.model.projector import build_projector
+from maugpt.model.units import COMPILE_TARGETS
+from maugpt.model.units import compile_llm as compile_llm_units
 from maugpt.model.vision import VisionEncoder
 from maugpt.tokenizer import IMAGE_TOKEN, load_tokenizer
 
@@ -29,14 +31,20 @@ class MAUGPT(nn.Module):
         llm_dtype: ``float32``, ``bfloat16`` or ``float16`` for the frozen LLM and encoder.
         attn_implementation: passed to transformers (``sdpa``, ``eager``, ``flash_attention_2``).
         trust_remote_code: allow the LLM repository's own code (off unless a config asks).
+        compile_llm: ``torch.compile`` the LLM's ``decoder_layers`` or its ``adapters`` (``none``:
+            eager); see :func:`~maugpt.model.units.compile_llm`.
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` to debug).
     """
 
     def __init__(self, llm: str, vision_encoder: str, projector: str = "mlp2x_gelu", adapter: Adapter | None = None,
                  feature_layer: int = -2, vision_pretrained: bool | str = True, llm_pretrained: bool = True,
-                 llm_dtype: str = "float32", attn_implementation: str = "sdpa", trust_remote_code: bool = False) -> None:
+                 llm_dtype: str = "float32", attn_implementation: str = "sdpa", trust_remote_code: bool = False,
+                 compile_llm: str = "none", compile_backend: str = "inductor") -> None:
         super().__init__()
         if llm_dtype not in DTYPES:
             raise ValueError(f"llm_dtype must be one of {sorted(DTYPES)}, got {llm_dtype!r}")
+        if compile_llm not in COMPILE_TARGETS:
+            raise ValueError(f"compile_llm must be one of {list(COMPILE_TARGETS)}, got {compile_llm!r}")
         dtype = DTYPES[llm_dtype]
         self.tokenizer = load_tokenizer(llm, trust_remote_code=trust_remote_code)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -54,6 +62,7 @@ class MAUGPT(nn.Module):
         self.synced_generation = False  # set under FSDP: ranks decode in lockstep (see training/sharding.py)
         if adapter is not None:
             inject(self.llm, adapter)
+        compile_llm_units(self.llm, compile_llm, compile_backend)
 
     @property
     def image_tokens(self) -> int:

@@ -52,6 +52,9 @@ class MAUGPTModule(L.LightningModule):
         loss_reduction: ``token`` averages the LM loss over all answer tokens of a batch;
             ``example`` averages within each example first, so that a one-word answer (True or
             False) weighs as much as a long description.
+        compile_llm: ``torch.compile`` the LLM's ``decoder_layers`` (one graph each, adapters
+            included) or only its ``adapters``; ``none`` runs eager (see ``maugpt.model.units``).
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` to debug).
     """
 
     def __init__(self, llm: str, vision_encoder: str, stage: Literal[1, 2] = 2, adapter: Adapter | None = None,
@@ -60,7 +63,9 @@ class MAUGPTModule(L.LightningModule):
                  attn_implementation: str = "sdpa", trust_remote_code: bool = False, lr: float = 2e-4,
                  projector_lr: float | None = None, weight_decay: float = 0.0, warmup_ratio: float = 0.03,
                  gradient_checkpointing: bool = False, nonfinite: Literal["stop", "skip"] = "stop",
-                 max_new_tokens: int = 64, loss_reduction: Literal["token", "example"] = "token") -> None:
+                 max_new_tokens: int = 64, loss_reduction: Literal["token", "example"] = "token",
+                 compile_llm: Literal["none", "decoder_layers", "adapters"] = "none",
+                 compile_backend: str = "inductor") -> None:
         super().__init__()
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
@@ -74,7 +79,8 @@ class MAUGPTModule(L.LightningModule):
         self.save_hyperparameters(ignore=["adapter"])
         self.hparams["adapter"] = adapter.to_config() if adapter is not None else None
         self.model = MAUGPT(llm, vision_encoder, projector, adapter, feature_layer, vision_pretrained,
-                            llm_pretrained, llm_dtype, attn_implementation, trust_remote_code)
+                            llm_pretrained, llm_dtype, attn_implementation, trust_remote_code, compile_llm,
+                            compile_backend)
         if gradient_checkpointing:
             self.model.llm.activation_checkpointing_enable({"use_reentrant": False})
         if init_from is not None:

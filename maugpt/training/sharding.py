@@ -16,16 +16,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from maugpt.adapters.inject import is_adapter_base
-
-
-def decoder_layers(llm: nn.Module) -> list[nn.Module]:
-    """The LLM's decoder layers: the module classes transformers never splits across devices."""
-    names = set(getattr(llm, "_no_split_modules", None) or ())
-    layers = [m for m in llm.modules() if type(m).__name__ in names]
-    if not layers:
-        raise ValueError(f"{type(llm).__name__} names no decoder-layer classes (_no_split_modules = {sorted(names)}): "
-                         "cannot choose FSDP units")
-    return layers
+from maugpt.model.units import decoder_layers
 
 
 def shard_mesh(mesh: DeviceMesh) -> DeviceMesh:
