@@ -13,11 +13,13 @@ against the floor measured in the same process, so a noisy machine shifts both a
 Memory: on CUDA the peak allocated during the steps; on CPU (where PyTorch keeps no peak) the
 activation bytes saved for backward, parameters excluded.
 
-Op counts (``projection`` setting, the same on every run of a device kind): the aten operators
-one forward and backward of the adapted projection dispatches (views such as ``t`` or ``expand``
-included; counted with a ``TorchDispatchMode``), the *kernels* among them (the ops that write new
-memory) and the autograd nodes of its graph, the floor's included: what bounds the step on a GPU
-once the arithmetic is small (kernel launches and autograd overhead).
+Op counts (the same on every run of a device kind): the aten operators one forward and backward
+dispatches (views such as ``t`` or ``expand`` included; counted with a ``TorchDispatchMode``),
+the *kernels* among them (the ops that write new memory) and the autograd nodes of the graph,
+the floor's included: what bounds the step on a GPU once the arithmetic is small (kernel
+launches and autograd overhead). The ``projection`` setting counts one adapted projection; the
+``model`` setting (on CPU only) the whole model, so that ``(variant − floor) / adapted
+projections`` shows what shared inputs save.
 
     python benchmarks/adapters.py                 # CPU shapes, or CUDA when present
     python benchmarks/adapters.py --shape 3b      # the Qwen2.5-3B shape of the GPU notes (CUDA)
@@ -73,6 +75,8 @@ VARIANTS: dict[str, Callable[[Sequence[str]], Adapter] | None] = {
     "LoRA r=64": lambda targets: LoRA(rank=64, alpha=128, targets=targets),
     "LoRAMoE 16x4": lambda targets: LoRAMoE(experts=16, rank=4, alpha=8, dropout=0.0, targets=targets),
     "AMoE-LoRA 16x4 + hypernetwork": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
+    "AMoE-LoRA 16x4, shared inputs": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets,
+                                                              share_input=True),
     "AMoE-LoRA 16x4, unaligned widths": lambda targets: UnalignedAMoELoRA(experts=16, rank=4, alpha=8,
                                                                           targets=targets),
     "AMoE-LoRA, literal Eq. 1-6 (loop)": lambda targets: LoopedAMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
@@ -94,7 +98,7 @@ class Result:
     step_s: float = float("nan")
     memory_bytes: int = 0
     error: str = ""
-    aten_ops: int | None = None  # forward + backward, projection setting only
+    aten_ops: int | None = None  # forward + backward
     kernels: int | None = None
     autograd_nodes: int | None = None
 
@@ -267,7 +271,12 @@ def bench_model(shape: dict, device: torch.device, **timing) -> list[Result]:
             return model, loss, teardown
         return setup
 
-    return run_rounds("model", {name: setup_for(make) for name, make in VARIANTS.items()}, device, **timing)
+    setups = {name: setup_for(make) for name, make in VARIANTS.items()}
+    results = run_rounds("model", setups, device, **timing)
+    if device.type == "cpu":  # on a GPU one counting pass of the 3B model would take minutes
+        for result in results:
+            result.aten_ops, result.kernels, result.autograd_nodes = count_ops(setups[result.variant])
+    return results
 
 
 def table(results: list[Result], device_name: str, memory_label: str) -> str:

@@ -135,12 +135,13 @@ class AMoELoRA(LoRAMoE):
         balance_delta: δ of LoRAMoE's balancing constraint on the router (off by default).
         balance_weight: β of that constraint; the paper uses none (0).
         targets: name patterns of the linear layers to wrap.
+        share_input: one down-projection GEMM for q/k/v and for gate/up (same parameters and outputs).
     """
 
     def __init__(self, experts: int = 16, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0,
                  hyper_hidden: int = 64, balance_delta: float = 0.0, balance_weight: float = 0.0,
-                 targets: Sequence[str] = ALL_PROJECTIONS) -> None:
-        super().__init__(experts, rank, alpha, dropout, balance_delta, balance_weight, targets)
+                 targets: Sequence[str] = ALL_PROJECTIONS, share_input: bool = False) -> None:
+        super().__init__(experts, rank, alpha, dropout, balance_delta, balance_weight, targets, share_input)
         require_positive(hyper_hidden=hyper_hidden)
         self.hyper_hidden = int(hyper_hidden)
 

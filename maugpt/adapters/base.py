@@ -22,10 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from maugpt.adapters.fused import DownProjection, concat, split
+
 #: Every linear projection of a Llama/Qwen2-style decoder block.
 ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: The feed-forward projections only (LoRAMoE's official targets).
 FFN_PROJECTIONS: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+#: Projections of one block that read the same input: they can share one down-projection GEMM.
+SHARED_INPUTS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # Fused low-rank widths are padded with zeros to a multiple of this: bf16 GEMMs whose sizes are not
 # multiples of 8 miss the tensor-core kernels (AMoE-LoRA 16×4 is 16·4 + 4 + 16 = 84 wide otherwise).
 ALIGN = 8
@@ -72,6 +76,8 @@ class AdapterContext:
         # after every forward of the adapted model (see end_forward), so that a tensor fed
         # again in a later forward never reuses a result whose autograd graph is gone.
         self._pooled: tuple[Tensor, Tensor] | None = None
+        # The same for shared down-projections (share_input): (first sibling, x, per-sibling z's).
+        self._shared: tuple[Any, Tensor, list[list[Tensor]]] | None = None
         # Written by inject(): each parameter's requires_grad before freezing, and the model's
         # forward hook; unwrap() restores the one and removes the other.
         self.requires_grad_before: dict[int, bool] = {}
@@ -102,11 +108,11 @@ class AdapterContext:
         self.record = record
         self.freeze_condition = freeze_condition
         self.frozen_cores = {}
-        self._pooled = None
+        self._pooled = self._shared = None
 
     def end_forward(self, *_: Any) -> None:
-        """Forget the cached layer input; runs after each forward of the adapted model."""
-        self._pooled = None
+        """Forget the cached layer inputs; runs after each forward of the adapted model."""
+        self._pooled = self._shared = None
 
     def clear(self) -> None:
         """Drop every mask, label and cached tensor."""
@@ -174,6 +180,10 @@ class AdapterLayer(nn.Module, ABC):
         self.context = context if context is not None else AdapterContext()
         self._diagnostics: dict[str, Tensor] = {}
         self._fused: dict[str, tuple[tuple, Tensor]] = {}
+        # Set by inject() when the adapter shares inputs: the adapter layers (this one included)
+        # that read the same x (q/k/v, gate/up); their down-projections run as one GEMM.
+        self.siblings: tuple[AdapterLayer, ...] = ()
+        self.dropout: nn.Module | None = None
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """The adapter's own parameters, by name relative to this layer."""
@@ -194,6 +204,49 @@ class AdapterLayer(nn.Module, ABC):
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
         """``(…, d_in) → (…, d_out)``: the frozen output plus the adapter's (Eq. 6)."""
+
+    #: Whether the width of the first down-projection is padded to a multiple of ALIGN on GPUs.
+    aligned = False
+
+    @abstractmethod
+    def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
+        """The down-projection weights, grouped by the input they read: ``(dropped, blocks)`` pairs,
+        ``dropped`` meaning the input after dropout; the first group holds the experts' ``A``."""
+
+    def project_down(self, x: Tensor, h: Tensor) -> list[Tensor]:
+        """``h`` (``x`` flattened, in the compute dtype) times each group of :meth:`down_blocks`.
+
+        With siblings, the first of them to see ``x`` computes every sibling's projections in
+        one GEMM per group (and one dropout mask for all), and the others take their columns.
+        """
+        group, ctx = self.siblings or (self,), self.context
+        shared = ctx._shared
+        if len(group) > 1 and shared is not None and shared[0] is group[0] and shared[1] is x:
+            return shared[2][group.index(self)]
+        layouts = [layer.down_blocks() for layer in group]
+        dropped = None
+        results: list[list[Tensor]] = [[] for _ in group]
+        for index, (is_dropped, _) in enumerate(layouts[0]):
+            if is_dropped and dropped is None:
+                dropped = self.dropout(h) if self.dropout is not None else h
+            weights = [w for layout in layouts for w in layout[index][1]]
+            widths = [sum(w.shape[1] for w in layout[index][1]) for layout in layouts]
+            pad = self.alignment_padding(sum(widths), x.device) if index == 0 and self.aligned else 0
+            inputs = dropped if is_dropped else h
+            if torch.is_grad_enabled():
+                z = DownProjection.apply(inputs, pad, *weights)
+            else:  # generation: the fused weights are cached between decoding steps
+                dtype = inputs.dtype
+                z = inputs @ group[0].fused(f"down {index} {dtype}", weights,
+                                            lambda: concat([w.to(dtype) for w in weights], pad, dim=1))
+            if len(group) == 1:
+                results[0].append(z)  # whole, with its padding columns
+            else:
+                for result, block in zip(results, split(z, widths, dim=1)):
+                    result.append(block)
+        if len(group) > 1:
+            ctx._shared = (group[0], x, results)
+        return results[group.index(self)]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -232,15 +285,20 @@ class Adapter(ABC):
         targets: name patterns of the ``nn.Linear`` layers to wrap. A pattern matches a layer
             whose last name component equals it (``"q_proj"``) or whose full dotted name matches
             it as a glob (``"model.layers.1?.mlp.*"``).
+        share_input: give the wrapped layers that read the same input (q/k/v, gate/up of one
+            block) one down-projection GEMM for all of them (and one dropout mask). The
+            parameters, the saved files and the outputs are those of the per-module form.
     """
 
-    def __init__(self, rank: int, alpha: float, dropout: float, targets: Sequence[str]) -> None:
+    def __init__(self, rank: int, alpha: float, dropout: float, targets: Sequence[str],
+                 share_input: bool = False) -> None:
         require_positive(rank=rank, alpha=alpha)
         require_fraction(dropout=dropout)
         if isinstance(targets, str) or not targets:
             raise ValueError(f"targets must be a non-empty list of name patterns, got {targets!r}")
         self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
         self.targets = tuple(targets)
+        self.share_input = bool(share_input)
 
     @abstractmethod
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> AdapterLayer:

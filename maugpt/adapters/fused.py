@@ -2,16 +2,18 @@
 
 At the widths of a 3B model the adapters' arithmetic is ~4 % of the frozen projection's; what
 costs is the number of kernels and autograd nodes each adapted projection launches. Autograd
-composes a delta from ~30 small ops, each with its own node, views and casts. Here one Function
-per delta does the forward in the fewest ops and the backward in the least number of matmuls:
+composes a delta from ~30 small ops, each with its own node, views and casts. Here each delta is
+two Functions that do the forward in the fewest ops and the backward in the fewest matmuls:
 
-* LoRA (:class:`LoRADelta`): ``o = o_0 + s (x A) B``, forward 2 matmuls, backward 4;
-* the mixture of LoRAMoE and AMoE-LoRA (:class:`MixtureDelta`): ``z = x D`` with
-  ``D = [A | W_a | W_g]`` (Eq. 1, 2 and 5 read ``x`` once), ``ω = softmax(z_g)`` (Eq. 1),
-  ``u = [z_A ⊙ ω̃ | z_a H H]`` (Eq. 3, 5; ``ω̃``: each ω_i over its expert's r columns),
-  ``o = o_0 + s u [B; W_b]`` (Eq. 6) with ``s = α/r``: forward 3 matmuls, backward 4 + 3 for the
-  weight gradients, the router softmax, expert scaling and per-sample core in a few element-wise
-  ops on the small ``(M, N·r + r)`` intermediate.
+* :class:`DownProjection`: ``z = h [W_1 | … | W_k]``, every low-rank block that reads ``h`` in
+  one GEMM: LoRA's ``A``; the mixture's ``[A | W_a | W_g]`` (Eq. 1, 2 and 5 read ``x`` once);
+  with ``share_input``, those of q/k/v (or gate/up) together. Backward: one GEMM for ``∂h``, one
+  per weight (each gets a contiguous gradient of its own).
+* the up side: :class:`LoRAUp`, ``o = o_0 + s z B``; :class:`MixtureDelta` for LoRAMoE and
+  AMoE-LoRA, ``ω = softmax(z_g)`` (Eq. 1), ``u = [z_A ⊙ ω̃ | z_a H H]`` (Eq. 3, 5; ``ω̃``: each
+  ω_i over its expert's r columns), ``o = o_0 + s u [B; W_b]`` (Eq. 6) with ``s = α/r``: one GEMM
+  forward, two backward, and the router softmax, expert scaling and per-sample core in a few
+  element-wise ops on the small ``(M, N·r + r)`` intermediate.
 
 Shapes: ``M`` rows (tokens, flattened), ``d`` in, ``o`` out; the per-sample core ``H`` is
 ``(B, r, r)`` with ``M = B·T``. The Functions compute in one dtype (the autocast dtype when
@@ -51,77 +53,6 @@ def scaled_mm(a: Tensor, b: Tensor, scale: float, like: Tensor) -> Tensor:
     return torch.addmm(like, a, b, beta=0, alpha=scale)
 
 
-class LoRADelta(torch.autograd.Function):
-    """``o = o_0 + s (h A) B`` for ``o_0 (M, o)``, ``h (M, d)``, ``A (d, r)``, ``B (r, o)``."""
-
-    @staticmethod
-    def forward(ctx, out0: Tensor, h: Tensor, A: Tensor, B: Tensor, scale: float) -> Tensor:
-        with torch.autocast(h.device.type, enabled=False):
-            A_, B_ = A.to(h.dtype), B.to(h.dtype)
-            z = torch.mm(h, A_)
-            ctx.save_for_backward(h, A_, B_, z)
-            ctx.scale = scale
-            return add_up(out0, z, B_, scale)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        h, A, B, z = ctx.saved_tensors
-        g = grad.to(h.dtype)
-        gz = scaled_mm(g, B.t(), ctx.scale, z)  # (M, r): s g Bᵀ
-        need = ctx.needs_input_grad
-        return (grad if need[0] else None,
-                torch.mm(gz, A.t()) if need[1] else None,
-                torch.mm(h.t(), gz) if need[2] else None,
-                scaled_mm(z.t(), g, ctx.scale, B) if need[3] else None,
-                None)
-
-
-@dataclass(frozen=True)
-class MixtureSpec:
-    """The sizes of a mixture delta: N experts of rank r, scale s = α/r, and the zero columns
-    (``pad_down``) and rows (``pad_up``) that align the fused widths on GPUs."""
-
-    experts: int
-    rank: int
-    scale: float
-    anomaly_aware: bool
-    pad_down: int = 0
-    pad_up: int = 0
-
-    @property
-    def widths(self) -> list[int]:
-        """Column blocks of ``z = x D``: experts, [anomaly-aware,] router."""
-        e = self.experts * self.rank
-        return [e, self.rank, self.experts] if self.anomaly_aware else [e, self.experts]
-
-
-def mixture_forward(out0: Tensor, h: Tensor, hd: Tensor | None, down: Tensor, router: Tensor | None,
-                    up: Tensor, hh: Tensor | None, spec: MixtureSpec) -> tuple[Tensor, ...]:
-    """The mixture's forward: ``(out, ω, u, z, ω as (M, N, 1))``; the last three are for backward.
-
-    ``down`` is ``[A | W_a | W_g | 0]`` when ``hd`` is None (no dropout: every block reads ``h``),
-    else ``[A | W_a | 0]`` read by the dropped-out ``hd`` while ``router`` reads ``h``. ``up`` is
-    ``[B; W_b; 0]``; ``hh`` the per-sample ``H H`` ``(B, r, r)`` (None for LoRAMoE).
-    """
-    n, r = spec.experts, spec.rank
-    m = h.shape[0]
-    if hd is None:
-        z = torch.mm(h, down)
-        parts = z.split([*spec.widths, spec.pad_down], dim=1)
-        logits = parts[-2]
-    else:
-        z = torch.mm(hd, down)
-        parts = z.split([*spec.widths[:-1], spec.pad_down], dim=1)
-        logits = torch.mm(h, router)
-    weights = torch.softmax(logits, dim=-1, dtype=router_dtype(h.dtype))  # Eq. 1
-    omega = weights.to(h.dtype).unsqueeze(-1)  # (M, N, 1)
-    u = [(parts[0].view(m, n, r) * omega).view(m, n * r)]  # Eq. 3 before s
-    if hh is not None:  # Eq. 5 before s: (x W_a) H H, sample by sample
-        u.append(torch.bmm(parts[1].view(hh.shape[0], -1, r), hh).view(m, r))
-    u = _cat(u, spec.pad_up, dim=1)  # zero columns of u meet zero rows of up: the GEMM aligned
-    return add_up(out0, u, up, spec.scale), weights, u, z, omega
-
-
 def split(t: Tensor, widths: list[int], dim: int) -> list[Tensor]:
     """``t`` split into blocks of ``widths`` along ``dim`` (and the rest, if any, as one more)."""
     rest = t.shape[dim] - sum(widths)
@@ -130,7 +61,7 @@ def split(t: Tensor, widths: list[int], dim: int) -> list[Tensor]:
     return list(t.split([*widths, rest] if rest else widths, dim=dim))
 
 
-def _cat(blocks: list[Tensor | None], pad: int, dim: int) -> Tensor:
+def concat(blocks: list[Tensor | None], pad: int, dim: int) -> Tensor:
     """The blocks (None skipped) and ``pad`` zeros along ``dim``, concatenated."""
     blocks = [b for b in blocks if b is not None]
     if pad:
@@ -140,60 +71,139 @@ def _cat(blocks: list[Tensor | None], pad: int, dim: int) -> Tensor:
     return torch.cat(blocks, dim=dim) if len(blocks) > 1 else blocks[0]
 
 
-def fuse_down(A: Tensor, W_a: Tensor | None, router: Tensor | None, pad: int) -> Tensor:
-    """``[A | W_a | W_g | 0]``: one down-projection for every block that reads the same input."""
-    return _cat([A, W_a, router], pad, dim=1)
+class DownProjection(torch.autograd.Function):
+    """``z = h [W_1 | … | W_k | 0]``: ``h (M, d)``, each ``W_i (d, k_i)``, ``pad`` zero columns
+    (that align the width on GPUs; the Functions downstream ignore them)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, pad: int, *weights: Tensor) -> Tensor:
+        with torch.autocast(h.device.type, enabled=False):
+            down = concat([w.to(h.dtype) for w in weights], pad, dim=1)
+            ctx.save_for_backward(h, down)
+            ctx.widths = [w.shape[1] for w in weights]
+            return torch.mm(h, down)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, down = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g = grad.to(h.dtype)
+        g_h = torch.mm(g, down.t()) if need[0] else None
+        h_t = h.t()
+        blocks = split(g, ctx.widths, dim=1)
+        return (g_h, None, *(torch.mm(h_t, b) if n else None for b, n in zip(blocks, need[2:])))
+
+
+class LoRAUp(torch.autograd.Function):
+    """``o = o_0 + s z B`` for ``o_0 (M, o)``, ``z = h A (M, r)``, ``B (r, o)``."""
+
+    @staticmethod
+    def forward(ctx, out0: Tensor, z: Tensor, B: Tensor, scale: float) -> Tensor:
+        with torch.autocast(z.device.type, enabled=False):
+            B_ = B.to(z.dtype)
+            ctx.save_for_backward(z, B_)
+            ctx.scale = scale
+            return add_up(out0, z, B_, scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, B = ctx.saved_tensors
+        g = grad.to(z.dtype)
+        need = ctx.needs_input_grad
+        return (grad if need[0] else None,
+                scaled_mm(g, B.t(), ctx.scale, z) if need[1] else None,  # s g Bᵀ
+                scaled_mm(z.t(), g, ctx.scale, B) if need[2] else None,  # s zᵀ g
+                None)
+
+
+@dataclass(frozen=True)
+class MixtureSpec:
+    """The sizes of a mixture delta: N experts of rank r, scale s = α/r, whether ``z`` ends with
+    the router logits (no dropout) and the zero rows (``pad_up``) that align ``[B; W_b]``."""
+
+    experts: int
+    rank: int
+    scale: float
+    anomaly_aware: bool
+    router_in_z: bool = True
+    pad_up: int = 0
+
+    @property
+    def widths(self) -> list[int]:
+        """Column blocks of ``z``: experts, [anomaly-aware,] [router]."""
+        blocks = [self.experts * self.rank] + ([self.rank] if self.anomaly_aware else [])
+        return blocks + ([self.experts] if self.router_in_z else [])
+
+
+def mixture_forward(out0: Tensor, z: Tensor, logits: Tensor | None, up: Tensor, hh: Tensor | None,
+                    spec: MixtureSpec) -> tuple[Tensor, ...]:
+    """The mixture's forward: ``(out, ω, u, ω as (M, N, 1))``; the last two are for backward.
+
+    ``z`` is ``h [A | W_a | W_g]`` (``logits`` None) or ``h_dropped [A | W_a]`` with the clean
+    ``logits = h W_g``, possibly followed by padding columns; ``up`` is ``[B; W_b; 0]``; ``hh`` the
+    per-sample ``H H`` ``(B, r, r)`` (None for LoRAMoE).
+    """
+    n, r = spec.experts, spec.rank
+    m = z.shape[0]
+    parts = split(z, spec.widths, dim=1)
+    if spec.router_in_z:
+        logits = parts[len(spec.widths) - 1]
+    weights = torch.softmax(logits, dim=-1, dtype=router_dtype(z.dtype))  # Eq. 1
+    omega = weights.to(z.dtype).unsqueeze(-1)  # (M, N, 1)
+    u = [(parts[0].view(m, n, r) * omega).view(m, n * r)]  # Eq. 3 before s
+    if hh is not None:  # Eq. 5 before s: (x W_a) H H, sample by sample
+        u.append(torch.bmm(parts[1].view(hh.shape[0], -1, r), hh).view(m, r))
+    u = concat(u, spec.pad_up, dim=1)  # zero columns of u meet zero rows of up: the GEMM aligned
+    return add_up(out0, u, up, spec.scale), weights, u, omega
 
 
 def fuse_up(B: Tensor, W_b: Tensor | None, pad: int) -> Tensor:
     """``[B; W_b; 0]``: one up-projection."""
-    return _cat([B, W_b], pad, dim=0)
+    return concat([B, W_b], pad, dim=0)
 
 
 class MixtureDelta(torch.autograd.Function):
-    """LoRAMoE's and AMoE-LoRA's delta (Eq. 1–6): ``o = o_0 + s u [B; W_b]``.
+    """LoRAMoE's and AMoE-LoRA's up side (Eq. 1–6): ``o = o_0 + s u [B; W_b]``.
 
-    Inputs: ``out0 (M, o)``, ``h (M, d)``, ``hd`` (``h`` after dropout, or None), the stacked
-    experts ``A (d, N·r)``, ``router (d, N)``, ``B (N·r, o)``, the anomaly-aware pair
-    ``W_a (d, r)``, ``W_b (r, o)`` and the hypernetwork's core ``H (B, r, r)`` (all three None
-    for LoRAMoE). With ``with_weights`` it returns ``(o, ω)`` instead of ``o``: ``ω (M, N)``, in at least
-    float32 and differentiable, is what LoRAMoE's balancing loss and the diagnostics read.
+    Inputs: ``out0 (M, o)``, ``z`` and ``logits`` (see :func:`mixture_forward`), the stacked
+    experts' ``B (N·r, o)``, the anomaly-aware ``W_b (r, o)`` and the hypernetwork's core
+    ``H (B, r, r)`` (both None for LoRAMoE). With ``with_weights`` it returns ``(o, ω)`` instead of
+    ``o``: ``ω (M, N)``, in at least float32 and differentiable, is what LoRAMoE's balancing loss
+    and the diagnostics read.
     """
 
     @staticmethod
-    def forward(ctx, out0, h, hd, A, router, B, W_a, W_b, core, spec: MixtureSpec, with_weights: bool):
+    def forward(ctx, out0, z, logits, B, W_b, core, spec: MixtureSpec, with_weights: bool):
         ctx.set_materialize_grads(False)
-        with torch.autocast(h.device.type, enabled=False):
-            dtype = h.dtype
-            A, router, B = A.to(dtype), router.to(dtype), B.to(dtype)
-            anomaly = core is not None
-            if anomaly:
-                W_a, W_b, core = W_a.to(dtype), W_b.to(dtype), core.to(dtype)
-            hh = torch.bmm(core, core) if anomaly else None
-            down = fuse_down(A, W_a, router if hd is None else None, spec.pad_down)
+        with torch.autocast(z.device.type, enabled=False):
+            dtype = z.dtype
+            B = B.to(dtype)
+            if core is not None:
+                W_b, core = W_b.to(dtype), core.to(dtype)
+            hh = torch.bmm(core, core) if core is not None else None
             up = fuse_up(B, W_b, spec.pad_up)
-            out, weights, u, z, omega = mixture_forward(out0, h, hd, down, router, up, hh, spec)
-        ctx.spec, ctx.has_dropout = spec, hd is not None
+            out, weights, u, omega = mixture_forward(out0, z, logits, up, hh, spec)
+        ctx.spec, ctx.z_width = spec, z.shape[1]
         # ω is saved as its (M, N, 1) view (saving an output of the Function itself costs a
         # detach), unless that view was rounded to a narrower compute dtype
         exact = None if omega.dtype == weights.dtype else weights
-        ctx.save_for_backward(h, hd, down, router, up, core, hh, u, z, omega, exact)
+        ctx.save_for_backward(z, up, core, hh, u, omega, exact)
         return (out, weights) if with_weights else out
 
     @staticmethod
     def backward(ctx, grad: Tensor | None, grad_weights: Tensor | None = None):
-        h, hd, down, router, up, core, hh, u, z, omega, weights = ctx.saved_tensors
+        z, up, core, hh, u, omega, weights = ctx.saved_tensors
         spec, need = ctx.spec, ctx.needs_input_grad
         n, r, s = spec.experts, spec.rank, spec.scale
-        m, dtype = h.shape[0], h.dtype
+        m, dtype = z.shape[0], z.dtype
         e = n * r
         if grad is None:
-            grad = torch.zeros(m, up.shape[1], dtype=dtype, device=h.device)
+            grad = torch.zeros(m, up.shape[1], dtype=dtype, device=z.device)
         g = grad.to(dtype)
         widths = [e, r] if core is not None else [e]
         gu = split(scaled_mm(g, up.t(), s, u), widths, dim=1)  # s g [B; W_b]ᵀ
-        z = split(z, widths, dim=1)
-        gu_experts, z_experts = gu[0].view(m, n, r), z[0].view(m, n, r)
+        zs = split(z, widths, dim=1)
+        gu_experts, z_experts = gu[0].view(m, n, r), zs[0].view(m, n, r)
         gz_experts = (gu_experts * omega).view(m, e)
         g_omega = (gu_experts * z_experts).sum(-1, dtype=router_dtype(dtype))  # dL/dω (M, N)
         if grad_weights is not None:
@@ -206,29 +216,19 @@ class MixtureDelta(torch.autograd.Function):
             batch = core.shape[0]
             gu_anomaly = gu[1].view(batch, -1, r)
             gz_anomaly = torch.bmm(gu_anomaly, hh.transpose(1, 2)).view(m, r)
-            if need[8]:
-                g_hh = torch.bmm(z[1].view(batch, -1, r).transpose(1, 2), gu_anomaly)
+            if need[5]:
+                g_hh = torch.bmm(zs[1].view(batch, -1, r).transpose(1, 2), gu_anomaly)
                 core_t = core.transpose(1, 2)  # d(H H) = dH H + H dH
                 g_core = torch.baddbmm(torch.bmm(g_hh, core_t), core_t, g_hh)
-        blocks = [gz_experts, gz_anomaly] + ([] if ctx.has_dropout else [g_logits])
-        gz = _cat(blocks, spec.pad_down, dim=1)
-        reads = hd if ctx.has_dropout else h  # what the experts (and W_a) read
-        g_reads = torch.mm(gz, down.t()) if need[1] or need[2] else None
-        if ctx.has_dropout:
-            g_h, g_hd = (torch.mm(g_logits, router.t()) if need[1] else None), g_reads
-        else:
-            g_h, g_hd = g_reads, None
-        reads_t = reads.t()
-        g_router = torch.mm(h.t() if ctx.has_dropout else reads_t, g_logits) if need[4] else None
+        blocks = [gz_experts, gz_anomaly] + ([g_logits] if spec.router_in_z else [])
+        width = sum(b.shape[1] for b in blocks if b is not None)
+        g_z = concat(blocks, ctx.z_width - width, dim=1) if need[1] else None
         g_B = g_W_b = None
-        if need[5] or need[7]:  # s uᵀ g = [gB; gW_b]
+        if need[3] or need[4]:  # s uᵀ g = [gB; gW_b]
             g_up = split(scaled_mm(u.t(), g, s, up), widths, dim=0)
             g_B, g_W_b = g_up[0], (g_up[1] if core is not None else None)
-        return (grad if need[0] else None, g_h, g_hd,
-                torch.mm(reads_t, gz_experts) if need[3] else None,
-                g_router, g_B,
-                torch.mm(reads_t, gz_anomaly) if need[6] else None,
-                g_W_b, g_core, None, None)
+        return (grad if need[0] else None, g_z, None if spec.router_in_z else g_logits,
+                g_B, g_W_b, g_core, None, None)
 
 
 class HypernetworkCore(torch.autograd.Function):

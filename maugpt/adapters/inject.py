@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from maugpt.adapters.base import Adapter, AdapterContext, AdapterLayer
+from maugpt.adapters.base import SHARED_INPUTS, Adapter, AdapterContext, AdapterLayer
 
 METADATA_KEY = "maugpt.adapter"
 LAYERS_KEY = "maugpt.layers"
@@ -79,7 +79,21 @@ def inject(model: nn.Module, adapter: Adapter) -> list[str]:
         layer.name = name
         setattr(parent, child, layer)
         _FROZEN_BASES.add(layer.base)
+    if adapter.share_input:
+        link_siblings(model, chosen)
     return chosen
+
+
+def link_siblings(model: nn.Module, names: list[str]) -> None:
+    """Give the adapted projections of one block that read the same input (:data:`SHARED_INPUTS`)
+    each other as ``siblings``, so that their down-projections run as one GEMM."""
+    for parent_name in dict.fromkeys(n.rpartition(".")[0] for n in names):
+        for group in SHARED_INPUTS:
+            members = [f"{parent_name}.{child}" if parent_name else child for child in group]
+            layers = tuple(model.get_submodule(m) for m in members if m in names)
+            if len(layers) > 1:
+                for layer in layers:
+                    layer.siblings = layers
 
 
 # The frozen linear layers inside adapters: FSDP1 must make each one a unit of its own.

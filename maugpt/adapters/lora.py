@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from maugpt.adapters.base import ALL_PROJECTIONS, Adapter, AdapterContext, AdapterLayer
-from maugpt.adapters.fused import LoRADelta, compute_dtype
+from maugpt.adapters.fused import LoRAUp, compute_dtype
 
 
 def low_rank_init(d_in: int, cols: int, device: torch.device | None = None) -> nn.Parameter:
@@ -39,12 +39,13 @@ class LoRALinear(AdapterLayer):
     def parameter_counts(self) -> dict[str, int]:
         return {"lora": self.rank * (self.in_features + self.out_features)}
 
+    def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
+        return [(self.dropout is not None, [self.A])]
+
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, self.in_features)  # 2-D: the frozen GEMM and the delta share one view
-        h = x2.to(compute_dtype(x, self.A))
-        if self.dropout is not None:
-            h = self.dropout(h)
-        out = LoRADelta.apply(self.base(x2), h, self.A, self.B, self.scale)
+        (z,) = self.project_down(x, x2.to(compute_dtype(x, self.A)))
+        out = LoRAUp.apply(self.base(x2), z, self.B, self.scale)
         return out.view(*x.shape[:-1], self.out_features)
 
 
@@ -56,11 +57,12 @@ class LoRA(Adapter):
         alpha: scaling numerator α; the update is scaled by α / r.
         dropout: dropout on the adapter's input.
         targets: name patterns of the linear layers to wrap (see :class:`~maugpt.adapters.base.Adapter`).
+        share_input: one down-projection GEMM for q/k/v and for gate/up (same parameters and outputs).
     """
 
     def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                 targets: Sequence[str] = ALL_PROJECTIONS) -> None:
-        super().__init__(rank, alpha, dropout, targets)
+                 targets: Sequence[str] = ALL_PROJECTIONS, share_input: bool = False) -> None:
+        super().__init__(rank, alpha, dropout, targets, share_input)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> LoRALinear:
         return LoRALinear(base, self.rank, self.alpha, self.dropout, context)

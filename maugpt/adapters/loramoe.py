@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from maugpt.adapters.base import (
     FFN_PROJECTIONS, Adapter, AdapterContext, AdapterLayer, require_fraction, require_positive,
 )
-from maugpt.adapters.fused import MixtureDelta, MixtureSpec, compute_dtype, fuse_down, fuse_up, mixture_forward
+from maugpt.adapters.fused import MixtureDelta, MixtureSpec, compute_dtype, concat, mixture_forward
 from maugpt.adapters.lora import low_rank_init, zero_init
 
 
@@ -93,44 +93,43 @@ class LoRAMoELinear(AdapterLayer):
     def auxiliary_loss(self) -> Tensor | None:
         return self._aux_loss
 
+    aligned = True
+
     def spec(self, device: torch.device, anomaly: bool) -> MixtureSpec:
         """The sizes of this layer's delta (``anomaly``: with the anomaly-aware expert's block);
-        fused widths are padded to multiples of 8 on GPUs."""
-        down = self.experts * self.rank + (self.rank if anomaly else 0)
-        up = down  # [B; W_b] has the rows of [A | W_a]'s columns
-        down += self.experts if self.dropout is None else 0
-        return MixtureSpec(self.experts, self.rank, self.scale, anomaly,
-                           self.alignment_padding(down, device), self.alignment_padding(up, device))
+        ``[B; W_b]``'s rows are padded to a multiple of 8 on GPUs."""
+        up = self.experts * self.rank + (self.rank if anomaly else 0)
+        return MixtureSpec(self.experts, self.rank, self.scale, anomaly, self.dropout is None,
+                           self.alignment_padding(up, device))
 
-    def mixture(self, x: Tensor, core: Tensor | None = None, hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
+        experts = [self.A] + ([self.anomaly_aware.W_a] if hasattr(self, "anomaly_aware") else [])
+        if self.dropout is None:
+            return [(False, experts + [self.router])]
+        return [(True, experts), (False, [self.router])]  # the router reads the clean input
+
+    def mixture(self, x: Tensor, core: Tensor | None = None, hh: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """``(o, ω)`` for ``x (…, d_in)``: the frozen output plus the delta (Eq. 1–6), and the
-        router weights ``(…, N)``. ``core``: the anomaly-aware ``H (B, r, r)``; ``hh``: its square
-        when already known (generation), used on the no-gradient path."""
+        router weights ``(…, N)`` when :meth:`wants_weights` (else None). ``core``: the
+        anomaly-aware ``H (B, r, r)``; ``hh``: its square when already known (generation)."""
         x2 = x.reshape(-1, self.in_features)
         out0 = self.base(x2)
-        h = x2.to(compute_dtype(x, self.A))
-        hd = None if self.dropout is None else self.dropout(h)
-        W_a = W_b = None
-        if core is not None:
-            W_a, W_b = self.anomaly_aware.W_a, self.anomaly_aware.W_b
+        z, *logits = self.project_down(x, x2.to(compute_dtype(x, self.A)))
+        logits = logits[0] if logits else None
+        W_b = self.anomaly_aware.W_b if core is not None else None
         spec = self.spec(x.device, core is not None)
         if torch.is_grad_enabled():
             want = self.wants_weights()
-            out = MixtureDelta.apply(out0, h, hd, self.A, self.router, self.B, W_a, W_b, core, spec, want)
+            out = MixtureDelta.apply(out0, z, logits, self.B, W_b, core, spec, want)
             out, weights = out if want else (out, None)
         else:  # generation: the fused weights are cached between decoding steps
-            dtype = h.dtype
-            router = self.router.to(dtype)
-            downs = [self.A, W_a, self.router if hd is None else None]
-            down = self.fused(f"down {dtype}", [p for p in downs if p is not None],
-                              lambda: fuse_down(*[p if p is None else p.to(dtype) for p in downs], spec.pad_down))
-            ups = [self.B, W_b]
-            up = self.fused(f"up {dtype}", [p for p in ups if p is not None],
-                            lambda: fuse_up(*[p if p is None else p.to(dtype) for p in ups], spec.pad_up))
+            dtype = z.dtype
+            ups = [self.B] + ([W_b] if W_b is not None else [])
+            up = self.fused(f"up {dtype}", ups, lambda: concat([p.to(dtype) for p in ups], spec.pad_up, dim=0))
             if core is not None and hh is None:
                 hh = torch.bmm(core, core)
             hh = None if hh is None else hh.to(dtype)
-            out, weights = mixture_forward(out0, h, hd, down, router, up, hh, spec)[:2]
+            out, weights = mixture_forward(out0, z, logits, up, hh, spec)[:2]
         lead = x.shape[:-1]
         return out.view(*lead, self.out_features), None if weights is None else weights.view(*lead, self.experts)
 
@@ -181,12 +180,13 @@ class LoRAMoE(Adapter):
         balance_delta: δ of the localized balancing constraint, in [0, 1).
         balance_weight: β, the weight of the balancing loss added to the LM loss (0 turns it off).
         targets: name patterns of the linear layers to wrap.
+        share_input: one down-projection GEMM for q/k/v and for gate/up (same parameters and outputs).
     """
 
     def __init__(self, experts: int = 8, rank: int = 4, alpha: float = 32.0, dropout: float = 0.05,
                  balance_delta: float = 0.1, balance_weight: float = 1e-4,
-                 targets: Sequence[str] = FFN_PROJECTIONS) -> None:
-        super().__init__(rank, alpha, dropout, targets)
+                 targets: Sequence[str] = FFN_PROJECTIONS, share_input: bool = False) -> None:
+        super().__init__(rank, alpha, dropout, targets, share_input)
         require_positive(experts=experts)
         require_fraction(balance_delta=balance_delta)
         if balance_weight < 0:

@@ -7,43 +7,52 @@ import torch
 from torch import nn
 
 from maugpt.adapters import AMoELoRA, LoRA, LoRAMoE, localized_balance_loss
-from maugpt.adapters.fused import HypernetworkCore, LoRADelta, MixtureDelta, MixtureSpec
+from maugpt.adapters.fused import DownProjection, HypernetworkCore, LoRAUp, MixtureDelta, MixtureSpec
 from maugpt.adapters.reference import reference_forward
 
 N, R, D, O, BATCH, T = 3, 2, 5, 4, 2, 3
+M = BATCH * T
 
 
 def double(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).requires_grad_()
 
 
-def mixture_inputs(anomaly: bool, dropout: bool):
-    m = BATCH * T
-    tensors = [double(m, O, seed=0), double(m, D, seed=1), double(m, D, seed=2) if dropout else None,
-               double(D, N * R, seed=3), double(D, N, seed=4), double(N * R, O, seed=5)]
-    tensors += [double(D, R, seed=6), double(R, O, seed=7), double(BATCH, R, R, seed=8)] if anomaly else [None] * 3
-    return tensors
+@pytest.mark.parametrize("pad", [0, 3])
+def test_down_projection_backward_matches_finite_differences(pad):
+    args = (double(M, D, seed=1), pad, double(D, 4, seed=2), double(D, 1, seed=3), double(D, N, seed=4))
+    assert torch.autograd.gradcheck(DownProjection.apply, args)
+    z = DownProjection.apply(*args)
+    assert z.shape == (M, 4 + 1 + N + pad) and torch.equal(z[:, 4 + 1 + N:], torch.zeros(M, pad, dtype=z.dtype))
 
 
-def test_lora_delta_backward_matches_finite_differences():
-    args = (double(6, O, seed=0), double(6, D, seed=1), double(D, R, seed=2), double(R, O, seed=3), 1.5)
-    assert torch.autograd.gradcheck(LoRADelta.apply, args)
+def test_lora_up_backward_matches_finite_differences():
+    args = (double(M, O, seed=0), double(M, R, seed=1), double(R, O, seed=2), 1.5)
+    assert torch.autograd.gradcheck(LoRAUp.apply, args)
+
+
+def mixture_inputs(anomaly: bool, router_in_z: bool, pad_z: int):
+    width = N * R + (R if anomaly else 0) + (N if router_in_z else 0) + pad_z
+    inputs = [double(M, O, seed=0), double(M, width, seed=1), None if router_in_z else double(M, N, seed=2),
+              double(N * R, O, seed=3)]
+    return inputs + ([double(R, O, seed=4), double(BATCH, R, R, seed=5)] if anomaly else [None, None])
 
 
 @pytest.mark.parametrize("anomaly", [False, True], ids=["loramoe", "amoe_lora"])
-@pytest.mark.parametrize("dropout", [False, True], ids=["clean", "dropout"])
+@pytest.mark.parametrize("router_in_z", [True, False], ids=["clean", "dropout"])
 @pytest.mark.parametrize("pads", [(0, 0), (3, 5)], ids=["unaligned", "padded"])
-def test_mixture_delta_backward_matches_finite_differences(anomaly, dropout, pads):
-    spec = MixtureSpec(N, R, 0.7, anomaly, *pads)
-    inputs = mixture_inputs(anomaly, dropout)
+def test_mixture_delta_backward_matches_finite_differences(anomaly, router_in_z, pads):
+    spec = MixtureSpec(N, R, 0.7, anomaly, router_in_z, pads[1])
+    inputs = mixture_inputs(anomaly, router_in_z, pads[0])
     assert torch.autograd.gradcheck(lambda *t: MixtureDelta.apply(*t, spec, True), inputs)
     assert torch.autograd.gradcheck(lambda *t: MixtureDelta.apply(*t, spec, False), inputs)
 
 
 def test_padding_changes_nothing_but_the_widths():
-    inputs = mixture_inputs(anomaly=True, dropout=False)
-    plain = MixtureDelta.apply(*inputs, MixtureSpec(N, R, 0.7, True), True)
-    padded = MixtureDelta.apply(*inputs, MixtureSpec(N, R, 0.7, True, 3, 5), True)
+    plain = MixtureDelta.apply(*mixture_inputs(True, True, 0), MixtureSpec(N, R, 0.7, True), True)
+    padded_inputs = mixture_inputs(True, True, 0)
+    padded_inputs[1] = torch.cat([padded_inputs[1], torch.zeros(M, 3, dtype=torch.float64)], dim=1)
+    padded = MixtureDelta.apply(*padded_inputs, MixtureSpec(N, R, 0.7, True, True, 5), True)
     for a, b in zip(plain, padded):  # the output and the router weights
         assert (a - b).abs().max().item() <= 1e-12  # zeros summed in another order: equal to rounding
 

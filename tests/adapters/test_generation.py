@@ -12,6 +12,7 @@ ADAPTERS = {
     "lora": LoRA(rank=4, alpha=8),
     "loramoe": LoRAMoE(experts=4, rank=2, dropout=0.0),
     "amoe_lora": AMoELoRA(experts=4, rank=2, hyper_hidden=8),
+    "amoe_lora_shared": AMoELoRA(experts=4, rank=2, hyper_hidden=8, share_input=True),
 }
 PROMPT, NEW = 6, 5
 

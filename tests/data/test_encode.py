@@ -73,8 +73,31 @@ def test_transform_matches_timms_own_float_transform(vision_dir):
     config = json.loads((vision_dir / "config.json").read_text())["pretrained_cfg"]
     reference = create_transform(**resolve_data_config(pretrained_cfg=config), is_training=False)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
-    transform = ImageTransform(str(vision_dir))
+    transform = ImageTransform(str(vision_dir), resize="pil")
+    assert transform.fast is None
     torch.testing.assert_close(transform.normalize(transform(image)), reference(image), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(48, 48), (61, 37), (30, 90), (32, 32)])
+def test_torch_resize_is_pil_compatible_within_one_level(vision_dir, size):
+    from PIL import Image
+    import numpy as np
+
+    # Noise is the worst case for interpolation differences; real images differ on fewer pixels.
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8))
+    for pad in (True, False):
+        pil = ImageTransform(str(vision_dir), pad_to_square=pad, resize="pil")(image)
+        fast_transform = ImageTransform(str(vision_dir), pad_to_square=pad)
+        assert fast_transform.fast is not None and fast_transform.fast.mode == "bicubic"
+        fast = fast_transform(image)
+        assert fast.shape == pil.shape == (32, 32, 3) and fast.dtype == torch.uint8
+        diff = (fast.int() - pil.int()).abs()
+        assert diff.max().item() <= 1 and (diff > 0).float().mean().item() < 0.05
+
+
+def test_an_unknown_resize_is_named(vision_dir):
+    with pytest.raises(ValueError, match="resize must be 'torch' or 'pil', got 'cv2'"):
+        ImageTransform(str(vision_dir), resize="cv2")
 
 
 def test_collate_pads_right_and_masks_padding(tokenizer):
