@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, Qwen2Config
@@ -49,6 +50,32 @@ class LoopedAMoELoRA(AMoELoRA):
     def wrap(self, base, context=None):
         layer = super().wrap(base, context)
         layer.forward = lambda x: reference_forward(layer, x)
+        return layer
+
+
+def composed_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """The same fused math (Eq. 1–6) composed of plain autograd ops: the form before the
+    hand-written Functions, kept here as their baseline."""
+    n, r, s = layer.experts, layer.rank, layer.scale
+    hyper, expert = layer.anomaly_aware.hypernetwork, layer.anomaly_aware
+    c = F.layer_norm(layer.context.pooled_condition(x, layer.name), (hyper.d_in,))
+    core = hyper.out(F.gelu(hyper.hidden(c))).view(-1, r, r)
+    z = x @ torch.cat([layer.A, expert.W_a, layer.router], dim=1)
+    z_experts, z_anomaly, logits = z.split([n * r, r, n], dim=-1)
+    weights = F.softmax(logits, dim=-1)
+    u = torch.cat([(z_experts.unflatten(-1, (n, r)) * (weights * s).unsqueeze(-1)).flatten(-2),
+                   torch.bmm(z_anomaly, (core @ core) * s)], dim=-1)
+    out = layer.base(x)
+    up = torch.cat([layer.B, expert.W_b], dim=0)
+    return torch.addmm(out.reshape(-1, out.shape[-1]), u.reshape(-1, u.shape[-1]), up).view(out.shape)
+
+
+class ComposedAMoELoRA(AMoELoRA):
+    """AMoE-LoRA as plain autograd ops (:func:`composed_forward`)."""
+
+    def wrap(self, base, context=None):
+        layer = super().wrap(base, context)
+        layer.forward = lambda x: composed_forward(layer, x)
         return layer
 
 
@@ -79,6 +106,8 @@ VARIANTS: dict[str, Callable[[Sequence[str]], Adapter] | None] = {
                                                               share_input=True),
     "AMoE-LoRA 16x4, unaligned widths": lambda targets: UnalignedAMoELoRA(experts=16, rank=4, alpha=8,
                                                                           targets=targets),
+    "AMoE-LoRA 16x4, autograd composition": lambda targets: ComposedAMoELoRA(experts=16, rank=4, alpha=8,
+                                                                             targets=targets),
     "AMoE-LoRA, literal Eq. 1-6 (loop)": lambda targets: LoopedAMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
 }
 

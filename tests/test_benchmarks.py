@@ -53,6 +53,9 @@ def test_op_counts_are_repeatable_and_order_the_variants():
     added = {name: (ops[name] - ops["floor (frozen base)"], nodes[name] - nodes["floor (frozen base)"])
              for name in ("LoRA r=64", "LoRAMoE 16x4", "AMoE-LoRA 16x4 + hypernetwork")}
     assert added == {"LoRA r=64": (13, 4), "LoRAMoE 16x4": (44, 5), "AMoE-LoRA 16x4 + hypernetwork": (81, 13)}
+    # the same math as plain autograd ops: what the Functions replaced, measured beside them
+    composed = "AMoE-LoRA 16x4, autograd composition"
+    assert (ops[composed], nodes[composed]) == (130, 48)
     kernels = {name: value[2] for name, value in first.items()}
     assert kernels["floor (frozen base)"] == 9 and kernels["AMoE-LoRA 16x4 + hypernetwork"] == 49
 

@@ -89,6 +89,9 @@ class AMoELoRALinear(LoRAMoELinear):
         return {**super().parameter_counts(),
                 "anomaly_aware": sum(p.numel() for p in self.anomaly_aware.parameters())}
 
+    def expert_blocks(self) -> list[Tensor]:
+        return [self.A, self.anomaly_aware.W_a]
+
     def core(self, x: Tensor) -> Tensor:
         """The hypernetwork's ``(B, r, r)`` core for the samples of ``x (B, T, d_in)``."""
         ctx = self.context

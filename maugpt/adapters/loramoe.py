@@ -102,8 +102,12 @@ class LoRAMoELinear(AdapterLayer):
         return MixtureSpec(self.experts, self.rank, self.scale, anomaly, self.dropout is None,
                            self.alignment_padding(up, device))
 
+    def expert_blocks(self) -> list[Tensor]:
+        """The down-projections the experts' input meets (AMoE-LoRA adds ``W_a``)."""
+        return [self.A]
+
     def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
-        experts = [self.A] + ([self.anomaly_aware.W_a] if hasattr(self, "anomaly_aware") else [])
+        experts = self.expert_blocks()
         if self.dropout is None:
             return [(False, experts + [self.router])]
         return [(True, experts), (False, [self.router])]  # the router reads the clean input

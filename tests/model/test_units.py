@@ -59,7 +59,7 @@ def test_a_decoder_layer_with_adapters_is_one_graph_without_breaks(kind):
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
-@pytest.mark.parametrize("kind", ADAPTERS)
+@pytest.mark.parametrize("kind", ["amoe_lora"])  # the others trace the same Functions (see above)
 def test_compiled_decoder_layers_train_exactly_like_eager(kind):
     ids, mask = batch()
     eager_loss, eager_grads = loss_and_grads(adapted_lm(kind), ids, mask)
