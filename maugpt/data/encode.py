@@ -28,8 +28,8 @@ _START, _END = "\ue000", "\ue001"  # private-use characters that mark answers in
 class ImageTransform:
     """A timm encoder's evaluation transform, split where it is cheapest to run.
 
-    The geometry (pad to square, resize, center crop) runs on PIL images in the loader workers and
-    yields ``uint8`` tensors ``(H, W, 3)``; :meth:`normalize` turns a batch into the encoder's
+    The geometry (pad to square, resize, center crop) runs in the loader workers and yields
+    ``uint8`` tensors ``(H, W, 3)``; :meth:`normalize` turns a batch into the encoder's
     normalised floats on the accelerator, after the transfer (a quarter of the bytes to move,
     and no float arithmetic in the workers).
 
