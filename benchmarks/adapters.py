@@ -23,6 +23,7 @@ projections`` shows what shared inputs save.
 
     python benchmarks/adapters.py                 # CPU shapes, or CUDA when present
     python benchmarks/adapters.py --shape 3b      # the Qwen2.5-3B shape of the GPU notes (CUDA)
+    python benchmarks/adapters.py --shape 3b --compile inductor --warmup 2 --only model
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 from maugpt.adapters import base as adapter_base
 from maugpt.adapters import ALL_PROJECTIONS, AMoELoRA, Adapter, LoRA, LoRAMoE, inject, unwrap
 from maugpt.adapters.reference import reference_forward
+from maugpt.model.units import compile_llm
 
 
 class LoopedAMoELoRA(AMoELoRA):
@@ -273,7 +275,12 @@ def bench_projection(shape: dict, device: torch.device, **timing) -> list[Result
     return results
 
 
-def bench_model(shape: dict, device: torch.device, **timing) -> list[Result]:
+# With --compile: the model setting also runs these, (variant, compile_llm target) each.
+COMPILED = {"AMoE-LoRA 16x4, compiled decoder layers": ("AMoE-LoRA 16x4 + hypernetwork", "decoder_layers"),
+            "LoRA r=64, compiled decoder layers": ("LoRA r=64", "decoder_layers")}
+
+
+def bench_model(shape: dict, device: torch.device, compile_backend: str | None = None, **timing) -> list[Result]:
     cuda = device.type == "cuda"
     config = Qwen2Config(**{k: v for k, v in shape.items() if k not in ("batch", "tokens")},
                          max_position_embeddings=max(4096, shape["tokens"]), tie_word_embeddings=True)
@@ -284,12 +291,17 @@ def bench_model(shape: dict, device: torch.device, **timing) -> list[Result]:
     ids = torch.randint(0, config.vocab_size, (shape["batch"], shape["tokens"]), device=device)
     embed = model.get_input_embeddings()
 
-    def setup_for(make) -> Setup:
+    def setup_for(make, compile_target: str | None = None) -> Setup:
+        compiled: list[nn.Module] = []
+
         def loss() -> torch.Tensor:
             inputs = embed(ids).detach().requires_grad_(make is None)  # the floor: backward to the input
             return model(inputs_embeds=inputs, labels=ids).loss
 
         def teardown() -> None:
+            for unit in compiled:  # back to eager for the next variant
+                unit._compiled_call_impl = None
+            compiled.clear()
             unwrap(model)
             model.requires_grad_(False)
 
@@ -297,13 +309,19 @@ def bench_model(shape: dict, device: torch.device, **timing) -> list[Result]:
             if make is not None:
                 inject(model, make(ALL_PROJECTIONS))
                 model.to(device)
+            if compile_target is not None:  # compiles at the first (untimed warm-up) step of each round
+                compiled.extend(compile_llm(model, compile_target, backend=compile_backend))
             return model, loss, teardown
         return setup
 
     setups = {name: setup_for(make) for name, make in VARIANTS.items()}
+    if compile_backend is not None:
+        for name, (variant, target) in COMPILED.items():
+            if variant in VARIANTS:
+                setups[name] = setup_for(VARIANTS[variant], target)
     results = run_rounds("model", setups, device, **timing)
     if device.type == "cpu":  # on a GPU one counting pass of the 3B model would take minutes
-        for result in results:
+        for result in (r for r in results if r.variant not in COMPILED):  # compiled code bypasses the counter
             result.aten_ops, result.kernels, result.autograd_nodes = count_ops(setups[result.variant])
     return results
 
@@ -336,6 +354,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant and round")
     parser.add_argument("--only", choices=["projection", "model"], help="run one setting")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--compile", metavar="BACKEND", help="also run the model setting with compile_llm's decoder "
+                        "layers compiled by this torch.compile backend (inductor); use --warmup 2 or more: each "
+                        "round compiles again")
     parser.add_argument("--variants", nargs="+", help="run only the variants whose names start with these "
                         "(the floor always runs)")
     args = parser.parse_args()
@@ -352,7 +373,7 @@ def main() -> None:
     if args.only in (None, "projection"):
         results += bench_projection(shape, device, **timing)
     if args.only in (None, "model"):
-        results += bench_model(shape, device, **timing)
+        results += bench_model(shape, device, args.compile, **timing)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     label = "peak allocated" if device.type == "cuda" else "saved activations"
     print(f"shape {args.shape}: batch {shape['batch']} × {shape['tokens']} tokens, hidden {shape['hidden_size']}, "

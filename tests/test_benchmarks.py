@@ -60,6 +60,17 @@ def test_op_counts_are_repeatable_and_order_the_variants():
     assert kernels["floor (frozen base)"] == 9 and kernels["AMoE-LoRA 16x4 + hypernetwork"] == 49
 
 
+def test_the_compiled_variants_run_beside_the_eager_ones():
+    rows = {r.variant: r for r in bench.bench_model(SHAPE, torch.device("cpu"), "aot_eager", rounds=1, steps=1,
+                                                    warmup=1)}
+    assert list(rows) == [*bench.VARIANTS, *bench.COMPILED]
+    for name, (variant, _) in bench.COMPILED.items():
+        assert not rows[name].error and rows[name].step_s > 0
+        assert rows[name].trainable == rows[variant].trainable > 0
+        assert rows[name].aten_ops is None and rows[variant].aten_ops > rows["floor (frozen base)"].aten_ops
+    torch._dynamo.reset()
+
+
 def test_the_table_puts_every_variant_against_its_floor():
     rows = [bench.Result("model", "floor (frozen base)", 0, 0.2, 100),
             bench.Result("model", "LoRA r=64", 10, 0.3, 150, aten_ops=42, kernels=20, autograd_nodes=16),
