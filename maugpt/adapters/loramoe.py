@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from maugpt.adapters.base import (
     FFN_PROJECTIONS, Adapter, AdapterContext, AdapterLayer, require_fraction, require_positive,
 )
-from maugpt.adapters.fused import MixtureDelta, MixtureSpec, compute_dtype, concat, mixture_forward
+from maugpt.adapters.fused import MixtureDelta, MixtureSpec, compute_dtype, fuse_up, mixture_forward
 from maugpt.adapters.lora import low_rank_init, zero_init
 
 
@@ -129,7 +129,8 @@ class LoRAMoELinear(AdapterLayer):
         else:  # generation: the fused weights are cached between decoding steps
             dtype = z.dtype
             ups = [self.B] + ([W_b] if W_b is not None else [])
-            up = self.fused(f"up {dtype}", ups, lambda: concat([p.to(dtype) for p in ups], spec.pad_up, dim=0))
+            up = self.fused(f"up {dtype}", ups, lambda: fuse_up(self.B.to(dtype), None if W_b is None else W_b.to(dtype),
+                                                                spec.pad_up))
             if core is not None and hh is None:
                 hh = torch.bmm(core, core)
             hh = None if hh is None else hh.to(dtype)

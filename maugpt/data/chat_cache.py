@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 PROBES = ["plain", " leading space", "trailing space ", "\nnewlines\n", "", "<b>&amp;</b> {{ x }}", "True"]
 
 
+def same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether two ``(ids, starts)`` encodings are equal."""
+    return np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
 class SegmentTokenizer:
     """``encode(text) → (ids, starts)``: token ids and each token's start offset in ``text``, as
     ``tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)`` gives them.
@@ -36,9 +41,11 @@ class SegmentTokenizer:
             repeated pieces come back at once).
         probes: texts to compare against the uncached path at start-up.
         verify_every: compare every so many real inputs too (0: never).
+        enabled: False always takes the uncached path (and skips the start-up check).
     """
 
-    def __init__(self, tokenizer, max_entries: int = 200_000, probes: list[str] = (), verify_every: int = 1000) -> None:
+    def __init__(self, tokenizer, max_entries: int = 200_000, probes: list[str] = (), verify_every: int = 1000,
+                 enabled: bool = True) -> None:
         self.backend = tokenizer.backend_tokenizer
         added = {token.content: index for index, token in tokenizer.added_tokens_decoder.items()}
         # each added token as a finished piece: its id at offset 0
@@ -47,8 +54,8 @@ class SegmentTokenizer:
         self.max_entries, self.verify_every, self.calls = max_entries, verify_every, 0
         self.hits = self.misses = 0
         self.pieces: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.enabled = self.pattern is not None and all(self.agrees(text) for text in probes)
-        if self.pattern is not None and not self.enabled:
+        self.enabled = enabled and self.pattern is not None and all(self.agrees(text) for text in probes)
+        if enabled and self.pattern is not None and not self.enabled:
             log.warning("token-segment cache off: tokenizing between added tokens changes the ids of this tokenizer")
 
     def uncached(self, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -58,21 +65,20 @@ class SegmentTokenizer:
 
     def agrees(self, text: str) -> bool:
         """Whether the cached path gives ``text`` the uncached ids and offsets."""
-        (ids, starts), (ref_ids, ref_starts) = self.segmented(text), self.uncached(text)
-        return np.array_equal(ids, ref_ids) and np.array_equal(starts, ref_starts)
+        return same(self.segmented(text), self.uncached(text))
 
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         if not self.enabled:
             return self.uncached(text)
         self.calls += 1
-        ids, starts = self.segmented(text)
+        encoded = self.segmented(text)
         if self.verify_every and self.calls % self.verify_every == 0:
-            ref_ids, ref_starts = self.uncached(text)
-            if not (np.array_equal(ids, ref_ids) and np.array_equal(starts, ref_starts)):
+            reference = self.uncached(text)
+            if not same(encoded, reference):
                 self.enabled = False
                 log.warning("token-segment cache off: it changed the ids of %r", text[:200])
-                return ref_ids, ref_starts
-        return ids, starts
+                return reference
+        return encoded
 
     def segmented(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         pieces, offsets, position = [], [], 0  # the text as pieces and added tokens, in order
@@ -111,16 +117,19 @@ class TemplateRenderer:
     Args:
         tokenizer: a transformers tokenizer with a chat template.
         verify_every: compare every so many real renders with the template's own (0: never).
+        enabled: False always renders with the template (and skips the start-up check).
     """
 
-    def __init__(self, tokenizer, verify_every: int = 1000) -> None:
+    def __init__(self, tokenizer, verify_every: int = 1000, enabled: bool = True) -> None:
         self.tokenizer, self.verify_every, self.calls = tokenizer, verify_every, 0
         self.skeletons: dict[tuple, tuple[list[str], bool]] = {}
+        self.enabled = enabled
+        if not enabled:
+            return
         conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": q}]
                          for p in PROBES for q in reversed(PROBES)]
         conversations += [[{"role": "system", "content": p}, *c] for p, c in zip(PROBES, conversations)]
         conversations += [c + c for c in conversations[:len(PROBES)]]
-        self.enabled = True
         self.enabled = all(self.filled(c, g) == self.reference(c, g) for c in conversations for g in (False, True))
         if not self.enabled:
             log.warning("chat-template cache off: this template does not copy message contents verbatim")

@@ -160,11 +160,9 @@ class ChatEncoder:
             raise ValueError("the tokenizer has no chat template")
         self.turn_end = self._turn_end()
         probes = [self.tokenizer.apply_chat_template(self._messages([(q, a)], 1), tokenize=False)
-                  for q, a in zip(PROBES, reversed(PROBES))]
-        self.renderer = TemplateRenderer(tokenizer, verify_every=1000 if cache else 0)
-        self.segments = SegmentTokenizer(tokenizer, probes=probes, verify_every=1000 if cache else 0)
-        self.renderer.enabled &= cache
-        self.segments.enabled &= cache
+                  for q, a in zip(PROBES, reversed(PROBES))] if cache else []
+        self.renderer = TemplateRenderer(tokenizer, enabled=cache)
+        self.segments = SegmentTokenizer(tokenizer, probes=probes, enabled=cache)
 
     def _turn_end(self) -> str:
         """What the template writes right after an answer (e.g. ``<|im_end|>\\n``)."""

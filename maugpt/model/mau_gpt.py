@@ -7,8 +7,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor
 
 from maugpt.adapters import Adapter, adapter_context, inject
 from maugpt.model.projector import build_projector
-from maugpt.model.units import COMPILE_TARGETS
 from maugpt.model.units import compile_llm as compile_llm_units
+from maugpt.model.units import require_compile_target
 from maugpt.model.vision import VisionEncoder
 from maugpt.tokenizer import IMAGE_TOKEN, load_tokenizer
 
@@ -43,8 +43,7 @@ class MAUGPT(nn.Module):
         super().__init__()
         if llm_dtype not in DTYPES:
             raise ValueError(f"llm_dtype must be one of {sorted(DTYPES)}, got {llm_dtype!r}")
-        if compile_llm not in COMPILE_TARGETS:
-            raise ValueError(f"compile_llm must be one of {list(COMPILE_TARGETS)}, got {compile_llm!r}")
+        require_compile_target(compile_llm)  # before anything is loaded
         dtype = DTYPES[llm_dtype]
         self.tokenizer = load_tokenizer(llm, trust_remote_code=trust_remote_code)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)

@@ -10,6 +10,12 @@ from maugpt.adapters import adapter_layers
 COMPILE_TARGETS = ("none", "decoder_layers", "adapters")
 
 
+def require_compile_target(target: str) -> None:
+    """Raise ``ValueError`` naming the choices unless ``target`` is one of :data:`COMPILE_TARGETS`."""
+    if target not in COMPILE_TARGETS:
+        raise ValueError(f"compile_llm must be one of {list(COMPILE_TARGETS)}, got {target!r}")
+
+
 def decoder_layers(llm: nn.Module) -> list[nn.Module]:
     """The LLM's decoder layers: the module classes transformers never splits across devices."""
     names = set(getattr(llm, "_no_split_modules", None) or ())
@@ -28,8 +34,7 @@ def compile_llm(llm: nn.Module, target: str, backend: str = "inductor") -> list[
     decoder layer compiles to one graph; the first step of each new sequence length recompiles
     until dynamo marks the length dynamic.
     """
-    if target not in COMPILE_TARGETS:
-        raise ValueError(f"compile_llm must be one of {list(COMPILE_TARGETS)}, got {target!r}")
+    require_compile_target(target)
     if target == "none":
         return []
     units = decoder_layers(llm) if target == "decoder_layers" else [layer for _, layer in adapter_layers(llm)]
