@@ -35,7 +35,7 @@ from PIL import Image
 from maugpt.data.datamodule import ExampleEncoder
 from maugpt.data.encode import ChatEncoder, collate
 from maugpt.data.reader import decode_sample, iter_samples, shard_urls
-from maugpt.data.synthetic import build_synthetic
+from maugpt.mauset.synthetic import build_synthetic
 from maugpt.tokenizer import save_tokenizer, train_tokenizer
 
 

@@ -39,7 +39,7 @@ def qwen2():
 # -- data and base-model fixtures shared by tests/data and tests/training --------------------------
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory):
-    from maugpt.data.synthetic import build_synthetic
+    from maugpt.mauset.synthetic import build_synthetic
 
     out = tmp_path_factory.mktemp("synthetic")
     build_synthetic(out, images=56, seed=0, image_size=40, test=0.25, val=0.25, progress=False, maxcount=6,
@@ -72,7 +72,7 @@ def vision_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_base(synthetic_dir, tmp_path_factory):
-    from maugpt.model.tiny import make_tiny_base
+    from maugpt.tiny_base import make_tiny_base
 
     return make_tiny_base(tmp_path_factory.mktemp("base"), synthetic_dir, vit_steps=2, llm_steps=2,
                           vit_extra_images=14)

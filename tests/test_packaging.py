@@ -37,7 +37,7 @@ def test_the_installed_package_finds_its_data_and_recipes(installed, tmp_path):
     site = installed.parent / "site"
     env = {**os.environ, "PYTHONPATH": str(site)}
     check = ("import maugpt, maugpt.configs\n"
-             "from maugpt.data.knowledge import Knowledge\n"
+             "from maugpt.mauset.knowledge import Knowledge\n"
              f"assert maugpt.__file__.startswith({str(site)!r}), maugpt.__file__\n"
              "knowledge = Knowledge()\n"
              f"assert str(knowledge.root).startswith({str(site)!r})\n"

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.data.releases import RELEASES
+from tests.mauset.releases import RELEASES
 
 TOOLS = Path(__file__).parents[1] / "tools"
 

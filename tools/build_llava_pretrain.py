@@ -7,8 +7,8 @@ from typing import Literal
 
 from jsonargparse import auto_cli
 
-from maugpt.data.llava import convert_llava_pretrain
-from maugpt.data.stats import format_statistics
+from maugpt.mauset.llava import convert_llava_pretrain
+from maugpt.mauset.stats import format_statistics
 
 
 def main(*, annotations: Path, images: Path, out: Path, max_side: int = 512, image_format: Literal["jpg", "png"] = "jpg",

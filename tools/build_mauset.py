@@ -7,9 +7,9 @@ from typing import Literal
 
 from jsonargparse import auto_cli
 
-from maugpt.data.build import build_mauset
-from maugpt.data.knowledge import Knowledge
-from maugpt.data.schema import SOURCES
+from maugpt.mauset.build import build_mauset
+from maugpt.mauset.knowledge import Knowledge
+from maugpt.schema import SOURCES
 
 
 def main(*, source: Literal["btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile", "mpdd", "mvtec_ad", "all"],

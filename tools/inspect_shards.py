@@ -9,7 +9,7 @@ from pathlib import Path
 from jsonargparse import auto_cli
 
 from maugpt.data.reader import SkipCounter, iter_samples
-from maugpt.data.stats import format_statistics, split_statistics
+from maugpt.mauset.stats import format_statistics, split_statistics
 
 
 def main(folder: Path, samples: int = 2) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jsonargparse import auto_cli
 
-from maugpt.model.tiny import make_tiny_base
+from maugpt.tiny_base import make_tiny_base
 
 
 def main(*, shards: Path, out: Path, seed: int = 0, vit_steps: int = 900, llm_steps: int = 150,

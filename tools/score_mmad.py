@@ -7,8 +7,8 @@ from typing import Literal
 
 from jsonargparse import auto_cli
 
-from maugpt.evaluation.mmad import load_questions, match_predictions, score
-from maugpt.evaluation.mmad_prompts import query_script
+from maugpt.mmad.scoring import load_questions, match_predictions, score
+from maugpt.mmad.prompts import query_script
 from maugpt.evaluation.run import read_jsonl
 
 

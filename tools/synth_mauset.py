@@ -6,8 +6,8 @@ from pathlib import Path
 
 from jsonargparse import auto_cli
 
-from maugpt.data.stats import format_statistics
-from maugpt.data.synthetic import build_synthetic
+from maugpt.mauset.stats import format_statistics
+from maugpt.mauset.synthetic import build_synthetic
 
 
 def main(*, out: Path, images: int = 700, seed: int = 0, image_size: int = 224, captions: int | None = None,

@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from maugpt.data.encode import ChatEncoder, ImageTransform, collate, collate_prompts
-from maugpt.data.knowledge import TASKS
+from maugpt.schema import TASKS
 from maugpt.data.reader import SkipCounter, decode_or_skip, decode_sample, read_index, shard_urls
 from maugpt.tokenizer import load_tokenizer
 

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from maugpt.data.encode import ChatEncoder, ImageTransform, collate_prompts
-from maugpt.data.sources.common import images_in
+from maugpt.mauset.sources.common import images_in
 from maugpt.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)

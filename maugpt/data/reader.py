@@ -15,7 +15,7 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image
 
-from maugpt.data.schema import validate_record
+from maugpt.schema import validate_record
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")

@@ -1,7 +1,6 @@
-"""Evaluation: MAU-Set scores and tables (`mauset`), MMAD scoring with the official protocol (`mmad`),
-the LLM judge (`judge`) and what test runs share (`run`)."""
-from maugpt.evaluation.mmad import MMADQuestion, MMADScores, extract_letter, load_questions, match_predictions, score
+"""Evaluation on MAU-Set: scores and the paper's tables (`mauset`), the True/False parser
+(`true_false`), the LLM judge (`judge`) and what test runs share (`run`). MMAD has its own
+package, :mod:`maugpt.mmad`."""
 from maugpt.evaluation.run import read_jsonl
 
-__all__ = ["MMADQuestion", "MMADScores", "extract_letter", "load_questions", "match_predictions", "read_jsonl",
-           "score"]
+__all__ = ["read_jsonl"]

@@ -30,10 +30,10 @@ from torchmetrics import Metric
 from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import SacreBLEUScore
 
-from maugpt.data.knowledge import DOMAINS, TASKS
+from maugpt.schema import DOMAINS, TASKS
 from maugpt.evaluation.run import evaluation_folder, write_jsonl
 from maugpt.evaluation.true_false import parse_true_false
-from maugpt.training.callbacks import tensorboard
+from maugpt.tensorboard import tensorboard
 
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "bleu4")
 BLEU_TOKENIZERS = ("none", "13a")

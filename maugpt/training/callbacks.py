@@ -9,24 +9,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
 from maugpt.adapters import adapter_diagnostics
-
-
-def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger
-    return None
-
-
-def tensorboard(trainer: L.Trainer):
-    """The trainer's TensorBoard ``SummaryWriter``, or None."""
-    logger = tensorboard_logger(trainer)
-    return logger.experiment if logger is not None else None
+from maugpt.tensorboard import tensorboard, tensorboard_logger
 
 
 class ThroughputMonitor(L.Callback):

@@ -103,7 +103,7 @@ def test_the_mmad_eval_recipe_composes_with_a_training_recipe(capsys):
         run(["test", "--config", str(CONFIGS / "mau-gpt-4b/stage2.yaml"), "--config", str(CONFIGS / "eval/mmad.yaml"),
              "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["data"]["class_path"] == "maugpt.data.mmad.MMADDataModule"
+    assert printed["data"]["class_path"] == "maugpt.mmad.data.MMADDataModule"
     assert printed["data"]["init_args"]["shots"] == 1 and printed["data"]["init_args"]["templates"] == "random"
     assert printed["model"]["init_args"]["max_new_tokens"] == 16
     assert printed["model"]["init_args"]["llm"] == "Qwen/Qwen2.5-3B-Instruct"

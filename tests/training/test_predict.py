@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from maugpt.training.cli import run
-from tests.data.releases import image
+from tests.mauset.releases import image
 from tests.training.conftest import AMOE, stage_config
 
 PREDICT = Path(__file__).parents[2] / "configs" / "tiny" / "predict.yaml"

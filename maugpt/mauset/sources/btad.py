@@ -1,0 +1,27 @@
+"""BTAD: ``{01,02,03}/{train/ok, test/ok, test/ko}``, masks in ``ground_truth/ko`` (same stem)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from maugpt.schema import SourceImage
+from maugpt.mauset.sources.common import LayoutError, descend, find_by_stem, images_in, listing
+
+LAYOUT = "[BTech_Dataset_transformed/]{01,02,03}/{train/ok,test/ok,test/ko}/*, {01,02,03}/ground_truth/ko/*"
+
+
+def scan_btad(root: Path) -> list[SourceImage]:
+    base = descend(root, "BTech_Dataset_transformed")
+    products = sorted(p for p in base.iterdir() if (p / "test" / "ko").is_dir()) if base.is_dir() else []
+    if not products:
+        raise LayoutError("btad", root, LAYOUT, listing(base))
+    found = []
+    for product in products:
+        for split, label in (("train", "ok"), ("test", "ok"), ("test", "ko")):
+            for image in images_in(product / split / label):
+                anomalous = label == "ko"
+                found.append(SourceImage(
+                    source="btad", product=product.name, image=image, root=base,
+                    key=f"btad/{product.name}/{split}/{label}/{image.stem}", is_anomalous=anomalous,
+                    defect_class="defect" if anomalous else None,
+                    mask=find_by_stem(product / "ground_truth" / "ko", image.stem) if anomalous else None))
+    return found

@@ -1,0 +1,34 @@
+"""DAGM 2007: ``Class{1..10}/{Train,Test}/NNNN.PNG``; defective iff ``Label/NNNN_label.PNG`` exists."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from maugpt.schema import SourceImage
+from maugpt.mauset.sources.common import LayoutError, descend, find_by_stem, images_in, listing
+
+LAYOUT = "[DAGM/]Class<k>/{Train,Test}/NNNN.PNG with Class<k>/{Train,Test}/Label/NNNN_label.PNG for defects"
+
+
+def scan_dagm(root: Path) -> list[SourceImage]:
+    base = descend(root, "DAGM")
+    classes = sorted((p for p in base.iterdir() if re.fullmatch(r"Class\d+", p.name) and p.is_dir()),
+                     key=lambda p: int(p.name[5:])) if base.is_dir() else []
+    older = [p.name for p in base.iterdir() if re.fullmatch(r"Class\d+_def", p.name)] if base.is_dir() else []
+    if older:  # Class<k>/ (normal) + Class<k>_def/ (defects, labels.txt ellipses): not read here
+        raise LayoutError("dagm", root, LAYOUT, f"the older DAGM packaging ({', '.join(sorted(older)[:3])}, … "
+                          "beside Class<k>/, defects described by labels.txt ellipses); get the 2007 competition "
+                          "release with Train/Test folders and Label masks")
+    if not classes:
+        raise LayoutError("dagm", root, LAYOUT, listing(base))
+    found = []
+    for cls in classes:
+        for split in ("Train", "Test"):
+            folder = cls / split
+            for image in images_in(folder):
+                label = find_by_stem(folder / "Label", f"{image.stem}_label")
+                found.append(SourceImage(
+                    source="dagm", product=cls.name, image=image, root=base,
+                    key=f"dagm/{cls.name}/{split.lower()}/{image.stem}", is_anomalous=label is not None,
+                    defect_class="defect" if label is not None else None, mask=label))
+    return found

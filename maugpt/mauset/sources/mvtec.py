@@ -1,0 +1,41 @@
+"""MVTec AD and MPDD: ``<category>/{train/good, test/<defect>}``, masks in ``ground_truth/<defect>/``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from maugpt.schema import SourceImage
+from maugpt.mauset.sources.common import LayoutError, images_in, listing
+
+LAYOUT = "<category>/train/good/*.png, <category>/test/{good,<defect>}/*.png, <category>/ground_truth/<defect>/*_mask.png"
+
+
+def scan_mvtec_layout(root: Path, source: str) -> list[SourceImage]:
+    categories = sorted(p for p in root.iterdir() if (p / "train").is_dir() and (p / "test").is_dir()) \
+        if root.is_dir() else []
+    if not categories:
+        raise LayoutError(source, root, LAYOUT, listing(root))
+    found = []
+    for category in categories:
+        for split in ("train", "test"):
+            for defect_dir in sorted(p for p in (category / split).iterdir() if p.is_dir()):
+                normal = defect_dir.name == "good"
+                for image in images_in(defect_dir):
+                    mask = None
+                    if not normal:
+                        candidate = category / "ground_truth" / defect_dir.name / f"{image.stem}_mask.png"
+                        mask = candidate if candidate.is_file() else None
+                    found.append(SourceImage(
+                        source=source, product=category.name, image=image, root=root,
+                        key=f"{source}/{category.name}/{split}/{defect_dir.name}/{image.stem}",
+                        is_anomalous=not normal, defect_class=None if normal else defect_dir.name, mask=mask))
+    return found
+
+
+def scan_mvtec_ad(root: Path) -> list[SourceImage]:
+    """MVTec AD: 15 categories, 73 defect types."""
+    return scan_mvtec_layout(root, "mvtec_ad")
+
+
+def scan_mpdd(root: Path) -> list[SourceImage]:
+    """MPDD: the MVTec AD layout with 6 metal-part categories."""
+    return scan_mvtec_layout(root, "mpdd")

@@ -1,0 +1,216 @@
+"""``MMADDataModule``: the MMAD benchmark (the paper's Table 5) as generation prompts for ``maugpt test``.
+
+Each multiple-choice question of ``mmad.json`` becomes one prompt, written as one of the official
+query scripts writes it (:mod:`maugpt.mmad.prompts`; ``llava`` by default): its
+instruction, ``k`` normal templates (0-shot: none; the official default is 1 from
+``random_templates``), the query image and the question with its options lettered A, B, C… (in the
+file's order or shuffled, the answer remapped). The answers are scored by
+:class:`~maugpt.mmad.scoring.MMADEvaluation` with the official protocol, by generation (the
+script's letter extraction and decoding) and by option likelihood. Format: ``../shared/notes/mmad.md``.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, IterableDataset
+
+from maugpt.data.datamodule import evaluation_slot, worker_slot
+from maugpt.data.encode import ChatEncoder, ImageTransform, collate_prompts
+from maugpt.mmad.scoring import MMADEvaluation, MMADQuestion, load_questions, present_options, read_mmad
+from maugpt.mmad.prompts import DEFAULT, INSTRUCTION, SCRIPTS, query_script
+from maugpt.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+Item = tuple[MMADQuestion, list[Path], str]  # the question as shown, its images (templates, query), the user turn
+
+
+class MMADPrompts(IterableDataset):
+    """Every question once across ranks and workers, in equal counts per rank (the shorter ranges
+    padded with ``valid=False`` copies, so that ranks decoding in lockstep stop together).
+
+    A question whose image cannot be read is counted (``skipped``) and stays as a prompt flagged
+    with the error: it is scored as unparsable, never dropped from the plan.
+    """
+
+    def __init__(self, items: list[Item], chat: ChatEncoder, transform: ImageTransform, system: str | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.items, self.chat, self.transform = items, chat, transform
+        self.system, self.rank, self.world_size = system, rank, world_size
+
+    def pixels(self, paths: list[Path]) -> tuple[torch.Tensor, str | None]:
+        """``uint8 (images, H, W, 3)``: the templates, then the query image (the prompt's order)."""
+        try:
+            images = []
+            for path in paths:
+                with Image.open(path) as image:
+                    images.append(self.transform(image))
+            return torch.stack(images), None
+        except (OSError, UnidentifiedImageError) as err:
+            log.warning("unreadable MMAD image among %s: %s", [str(p) for p in paths], err)
+            return torch.zeros(len(paths), *self.transform.size, 3, dtype=torch.uint8), str(err)
+
+    def example(self, question: MMADQuestion, paths: list[Path], text: str, cache: dict) -> dict:
+        if cache.get("paths") != paths:  # an image's questions are consecutive: decode it once
+            cache.update(paths=paths, result=self.pixels(paths))
+        pixels, error = cache["result"]
+        meta = {"image": question.image, "question_index": question.index, "subtask": question.subtask,
+                "question": question.question, "options": question.options, "answer": question.answer}
+        if error:
+            meta["error"] = error
+        return {"input_ids": self.chat.prompt_text(text, self.system), "pixel_values": pixels, "meta": meta, "valid": True,
+                "skipped": int(error is not None)}  # counted per question, whatever the slots
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = worker_slot()
+        start, stop, target = evaluation_slot(len(self.items), self.rank * workers + worker, self.world_size * workers)
+        mine = self.items[start:stop] or self.items[:1]  # an empty slot pads with the first question
+        cache: dict = {}
+        produced = 0
+        for question, paths, text in mine:
+            example = self.example(question, paths, text, cache)
+            if start == stop:  # padding: its question, if unreadable, is counted by its own slot
+                example.update(valid=False, skipped=0)
+            produced += 1
+            yield example
+        while produced < target:
+            produced += 1
+            yield {**example, "valid": False, "skipped": 0}
+
+
+class MMADDataModule(L.LightningDataModule):
+    """MMAD questions as generation prompts; ``evaluation()`` scores them (Table 5).
+
+    Args:
+        data_root: the MMAD folder: the ``mmad.json`` keys and template paths are relative to it.
+        tokenizer: linked from the model's LLM by the CLI.
+        vision_encoder: linked from the model's encoder by the CLI.
+        image_tokens: linked from the built encoder by the CLI.
+        questions: the question file (default: ``<data_root>/mmad.json``).
+        shots: normal templates shown before the query image (0: the query image only).
+        templates: where the templates come from: ``random`` (``random_templates``, the official
+            default) or ``similar`` (``similar_templates``).
+        prompt: the official query script whose prompt, option order, letter extraction and
+            decoding are used: ``llava`` (default; MAU-GPT is LLaVA-style), ``qwen``, ``internvl``
+            or ``gpt4v`` (see :mod:`maugpt.mmad.prompts`).
+        decoding: ``official``: the script's generation settings (sampled for ``llava``, ``qwen``
+            and ``gpt4v``: scores vary from run to run); ``greedy``: greedy decoding with the
+            model's ``max_new_tokens``.
+        shuffle_options: show each question's options in a seeded random order (the answer
+            letter follows its option); default: as the script does (``llava`` shuffles).
+        seed: seed of the option order.
+        instruction: replaces the scripts' instruction text (default: theirs).
+        datasets: keep only these source datasets (``DS-MVTec``, ``MVTec-LOCO``, ``VisA``, ``GoodsAD``).
+        limit: ask only the first ``limit`` questions (a quick look; tables then cover those).
+        unparsable: ``wrong`` counts answers without a letter as wrong; ``official`` reproduces
+            the official summary (see :mod:`maugpt.mmad.scoring`).
+        last_letter: take the last letter A–E of an answer, else the first; default: as the
+            script does (``llava`` takes the first).
+        batch_size: prompts per batch and rank.
+        num_workers: data-loading workers per rank.
+    """
+
+    def __init__(self, data_root: str, tokenizer: str, vision_encoder: str, image_tokens: int = 576,
+                 questions: str | None = None, shots: int = 1, templates: Literal["random", "similar"] = "random",
+                 prompt: Literal["llava", "qwen", "internvl", "gpt4v"] = DEFAULT,
+                 decoding: Literal["official", "greedy"] = "official", shuffle_options: bool | None = None,
+                 seed: int = 0, instruction: str | None = None, datasets: list[str] | None = None,
+                 limit: int | None = None, unparsable: Literal["wrong", "official"] = "wrong",
+                 last_letter: bool | None = None, batch_size: int = 8, num_workers: int = 2) -> None:
+        super().__init__()
+        if shots < 0:
+            raise ValueError(f"shots must be 0 or more, got {shots}")
+        for name, value, allowed in (("templates", templates, ("random", "similar")),
+                                     ("prompt", prompt, tuple(SCRIPTS)), ("decoding", decoding, ("official", "greedy")),
+                                     ("unparsable", unparsable, ("wrong", "official"))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+        self.save_hyperparameters()
+        self.script = query_script(prompt)
+        self.shuffle = self.script.shuffle_options if shuffle_options is None else shuffle_options
+        self.last_letter = self.script.last_letter if last_letter is None else last_letter
+        self.items: list[Item] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.items:
+            return
+        h = self.hparams
+        root = Path(h.data_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"MMAD data_root {root} is not a folder (expected the unpacked MMAD release)")
+        path = Path(h.questions) if h.questions else root / "mmad.json"
+        entries = read_mmad(path)
+        every = load_questions(path, entries)
+        questions = every
+        if h.datasets:
+            unknown = sorted(set(h.datasets) - {q.dataset for q in questions})
+            if unknown:
+                raise ValueError(f"datasets {unknown} are not in {path}; it holds {sorted({q.dataset for q in questions})}")
+            questions = [q for q in questions if q.dataset in h.datasets]
+        questions = questions[:h.limit] if h.limit is not None else questions
+        if not questions:
+            raise ValueError(f"{path}: no question left to ask (datasets={h.datasets}, limit={h.limit})")
+        conversations: dict[str, list[MMADQuestion]] = defaultdict(list)  # each image's questions as shown
+        for q in every:
+            conversations[q.image].append(present_options(q, self.shuffle, h.seed))
+        instruction = INSTRUCTION if h.instruction is None else h.instruction
+        field = f"{h.templates}_templates"
+        self.items = []
+        for q in questions:
+            listed = entries[q.image].get(field) if h.shots else []
+            if not isinstance(listed, list) or len(listed) < h.shots:
+                raise ValueError(f"{path}: entry {q.image!r} field {field!r} needs at least {h.shots} template "
+                                 f"path(s) for {h.shots}-shot prompts, got {listed!r}")
+            asked = conversations[q.image][:q.index + 1]
+            self.items.append((asked[-1], [root / p for p in listed[:h.shots]] + [root / q.image],
+                               self.script.render(asked, h.shots, instruction)))
+        missing = sorted(str(p) for p in {p for _, paths, _ in self.items for p in paths} if not p.is_file())
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} MMAD image(s) missing under {root} (e.g. {', '.join(missing[:3])}): "
+                                    "data_root must hold the images the mmad.json keys and templates name")
+        tokenizer = load_tokenizer(h.tokenizer)
+        self.chat = ChatEncoder(tokenizer, h.image_tokens)
+        self.system = instruction if self.script.system_instruction else None
+        self.transform = ImageTransform(h.vision_encoder)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        letters = [chr(ord("A") + i) for i in range(max(len(q.options) for q, _, _ in self.items))]
+        ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in letters]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"option-likelihood scoring needs each option letter to be one token; the tokenizer "
+                             f"splits them as {dict(zip(letters, ids))}")
+        self.choice_ids = torch.tensor([i[0] for i in ids])
+        log.info("MMAD: %d questions on %d images, %d-shot, %s prompts", len(self.items),
+                 len({q.image for q, _, _ in self.items}), h.shots, self.script.name)
+
+    def evaluation(self) -> MMADEvaluation:
+        h = self.hparams
+        order = f"shuffled options (seed {h.seed})" if self.shuffle else "options in the file's order"
+        shots = f"{h.shots}-shot ({h.templates} templates)" if h.shots else "0-shot"
+        decoding = (self.script.decoding if h.decoding == "official"
+                    else {"do_sample": False})  # greedy: the model's max_new_tokens
+        used = "official decoding" if h.decoding == "official" else "greedy decoding (the model's max_new_tokens)"
+        setting = (f"{shots}, {order}, {used}\n\n{self.script.describe()}"
+                   + ("" if self.last_letter == self.script.last_letter else
+                      f"; letter overridden: {'last' if self.last_letter else 'first'}"))
+        return MMADEvaluation([q for q, _, _ in self.items], h.unparsable, self.last_letter,
+                              self.script.closest_option, setting, decoding)
+
+    def _collate(self, examples: list[dict]) -> dict:
+        return {**collate_prompts(examples, self.pad_token_id), "choice_ids": self.choice_ids}
+
+    def test_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        dataset = MMADPrompts(self.items, self.chat, self.transform, self.system, rank, world)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
+                          collate_fn=self._collate, pin_memory=torch.cuda.is_available())
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        batch["pixel_values"] = self.transform.normalize(batch["pixel_values"])
+        return batch

@@ -1,0 +1,68 @@
+"""Each source builder reads a tiny tree in its release layout with exact expected counts."""
+from __future__ import annotations
+
+import pytest
+
+from maugpt.mauset.knowledge import Knowledge
+from maugpt.mauset.sources import SCANNERS, LayoutError
+from tests.mauset.releases import RELEASES
+
+
+@pytest.mark.parametrize("source", sorted(RELEASES))
+def test_scanner_finds_every_image_with_its_label(tmp_path, source):
+    expected = RELEASES[source](tmp_path)
+    images = SCANNERS[source](tmp_path)
+    assert len(images) == expected["images"]
+    assert sum(im.is_anomalous for im in images) == expected["anomalous"]
+    assert len({im.product for im in images}) == expected["products"]
+    present = {(im.product, cls) for im in images if im.is_anomalous
+               for cls in ([d[0] for d in im.defects] if im.defects else [im.defect_class])}
+    assert len(present) == expected["defect_classes"]
+    assert len({im.key for im in images}) == len(images)
+    knowledge = Knowledge()
+    for im in images:  # every product and defect class is in the data files
+        knowledge.product(im.source, im.product)
+        assert im.is_anomalous == (im.defect_class is not None)
+        if im.is_anomalous:
+            knowledge.defect(im.source, im.product, im.defect_class)
+
+
+def test_deeppcb_reads_space_separated_boxes_and_inserts_the_suffix(tmp_path):
+    RELEASES["deeppcb"](tmp_path)
+    images = {im.key: im for im in SCANNERS["deeppcb"](tmp_path)}
+    board = images["deeppcb/pcb/test/00041000"]
+    assert board.image.name == "00041000_test.jpg" and board.references[0].name == "00041000_temp.jpg"
+    assert board.boxes == [(2, 2, 10, 10), (20, 20, 30, 28), (25, 2, 35, 9)]
+    assert board.defect_class == "short"  # the most boxes
+    # every defect, most frequent type first, each type's boxes in the file's order
+    assert board.defects == [("short", (20, 20, 30, 28)), ("short", (25, 2, 35, 9)), ("open", (2, 2, 10, 10))]
+    assert images["deeppcb/pcb/test/12000000"].defect_class == "spur"  # a tie: the lower type id
+    assert [d[0] for d in images["deeppcb/pcb/test/12000000"].defects] == ["spur", "pin_hole"]
+    assert board.group == images["deeppcb/pcb/temp/00041000_temp"].group == "00041000"
+    assert not images["deeppcb/pcb/temp/00041002_temp"].is_anomalous
+
+
+def test_deeppcb_rejects_a_malformed_annotation_line(tmp_path):
+    RELEASES["deeppcb"](tmp_path)
+    (tmp_path / "PCBData/group00041/00041_not/00041001.txt").write_text("5 5 9 9\n")
+    with pytest.raises(ValueError, match=r"00041001.txt:1: expected 'x1 y1 x2 y2 type'"):
+        SCANNERS["deeppcb"](tmp_path)
+
+
+def test_ksdd2_all_zero_masks_are_normal(tmp_path):
+    RELEASES["ksdd2"](tmp_path)
+    labels = {im.key: im.is_anomalous for im in SCANNERS["ksdd2"](tmp_path)}
+    assert labels == {"ksdd2/commutator/train/10": False, "ksdd2/commutator/train/11": True,
+                      "ksdd2/commutator/train/12": False, "ksdd2/commutator/test/20": True,
+                      "ksdd2/commutator/test/21": False}
+
+
+@pytest.mark.parametrize("source", sorted(RELEASES))
+def test_a_folder_without_the_layout_names_what_was_expected_and_found(tmp_path, source):
+    (tmp_path / "random_folder").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(LayoutError) as err:
+        SCANNERS[source](tmp_path)
+    message = str(err.value)
+    assert f"{source}: {tmp_path} does not have the expected layout" in message
+    assert "expected: " in message and "found: notes.txt, random_folder/" in message
