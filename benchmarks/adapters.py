@@ -40,7 +40,6 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from maugpt.adapters import base as adapter_base
 from maugpt.adapters import ALL_PROJECTIONS, AMoELoRA, Adapter, LoRA, LoRAMoE, inject, unwrap
 from maugpt.adapters.reference import reference_forward
 from maugpt.model.units import compile_llm
@@ -81,23 +80,6 @@ class ComposedAMoELoRA(AMoELoRA):
         return layer
 
 
-class UnalignedAMoELoRA(AMoELoRA):
-    """AMoE-LoRA without the zero padding of its fused widths to multiples of 8 (84 and 68 wide)."""
-
-    def wrap(self, base, context=None):
-        layer = super().wrap(base, context)
-        aligned = type(layer).forward
-
-        def forward(x):
-            adapter_base.ALIGN = 1
-            try:
-                return aligned(layer, x)
-            finally:
-                adapter_base.ALIGN = 8
-        layer.forward = forward
-        return layer
-
-
 # Each variant is built for a list of target patterns; None is the floor (no adapter).
 VARIANTS: dict[str, Callable[[Sequence[str]], Adapter] | None] = {
     "floor (frozen base)": None,
@@ -106,8 +88,8 @@ VARIANTS: dict[str, Callable[[Sequence[str]], Adapter] | None] = {
     "AMoE-LoRA 16x4 + hypernetwork": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
     "AMoE-LoRA 16x4, shared inputs": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets,
                                                               share_input=True),
-    "AMoE-LoRA 16x4, unaligned widths": lambda targets: UnalignedAMoELoRA(experts=16, rank=4, alpha=8,
-                                                                          targets=targets),
+    "AMoE-LoRA 16x4, unaligned widths": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets,
+                                                                 align=1),
     "AMoE-LoRA 16x4, autograd composition": lambda targets: ComposedAMoELoRA(experts=16, rank=4, alpha=8,
                                                                              targets=targets),
     "AMoE-LoRA, literal Eq. 1-6 (loop)": lambda targets: LoopedAMoELoRA(experts=16, rank=4, alpha=8, targets=targets),

@@ -80,8 +80,8 @@ class AMoELoRALinear(LoRAMoELinear):
 
     def __init__(self, base: nn.Linear, experts: int, rank: int, alpha: float, dropout: float = 0.0,
                  hyper_hidden: int = 64, balance_delta: float = 0.0, balance_weight: float = 0.0,
-                 context: AdapterContext | None = None) -> None:
-        super().__init__(base, experts, rank, alpha, dropout, balance_delta, balance_weight, context)
+                 context: AdapterContext | None = None, align: int = 8) -> None:
+        super().__init__(base, experts, rank, alpha, dropout, balance_delta, balance_weight, context, align)
         self.anomaly_aware = AnomalyAwareExpert(self.in_features, self.out_features, rank, hyper_hidden,
                                                 base.weight.device)
 
@@ -139,15 +139,18 @@ class AMoELoRA(LoRAMoE):
         balance_weight: β of that constraint; the paper uses none (0).
         targets: name patterns of the linear layers to wrap.
         share_input: one down-projection GEMM for q/k/v and for gate/up (same parameters and outputs).
+        align: on GPUs, the fused low-rank widths are padded with zero columns and rows to a
+            multiple of this, for the tensor-core GEMMs (bf16 wants multiples of 8); 1 never pads.
+            Parameters, files and outputs do not change with it.
     """
 
     def __init__(self, experts: int = 16, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0,
                  hyper_hidden: int = 64, balance_delta: float = 0.0, balance_weight: float = 0.0,
-                 targets: Sequence[str] = ALL_PROJECTIONS, share_input: bool = False) -> None:
-        super().__init__(experts, rank, alpha, dropout, balance_delta, balance_weight, targets, share_input)
+                 targets: Sequence[str] = ALL_PROJECTIONS, share_input: bool = False, align: int = 8) -> None:
+        super().__init__(experts, rank, alpha, dropout, balance_delta, balance_weight, targets, share_input, align)
         require_positive(hyper_hidden=hyper_hidden)
         self.hyper_hidden = int(hyper_hidden)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> AMoELoRALinear:
         return AMoELoRALinear(base, self.experts, self.rank, self.alpha, self.dropout, self.hyper_hidden,
-                              self.balance_delta, self.balance_weight, context)
+                              self.balance_delta, self.balance_weight, context, self.align)

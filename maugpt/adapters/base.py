@@ -30,9 +30,6 @@ ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gat
 FFN_PROJECTIONS: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
 #: Projections of one block that read the same input: they can share one down-projection GEMM.
 SHARED_INPUTS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-# Fused low-rank widths are padded with zeros to a multiple of this: bf16 GEMMs whose sizes are not
-# multiples of 8 miss the tensor-core kernels (AMoE-LoRA 16×4 is 16·4 + 4 + 16 = 84 wide otherwise).
-ALIGN = 8
 
 
 def require_positive(**values: float) -> None:
@@ -78,10 +75,6 @@ class AdapterContext:
         self._pooled: tuple[Tensor, Tensor] | None = None
         # The same for shared down-projections (share_input): (first sibling, x, per-sibling z's).
         self._shared: tuple[Any, Tensor, list[list[Tensor]]] | None = None
-        # Written by inject(): each parameter's requires_grad before freezing, and the model's
-        # forward hook; unwrap() restores the one and removes the other.
-        self.requires_grad_before: dict[int, bool] = {}
-        self.hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     def set(
         self,
@@ -183,7 +176,12 @@ class AdapterLayer(nn.Module, ABC):
         # Set by inject() when the adapter shares inputs: the adapter layers (this one included)
         # that read the same x (q/k/v, gate/up); their down-projections run as one GEMM.
         self.siblings: tuple[AdapterLayer, ...] = ()
+        # Set by inject(): what unwrap() needs to give the model back as it came (shared by all layers).
+        self.injection: Any = None
         self.dropout: nn.Module | None = None
+        # On GPUs, the first fused down-projection's width is padded with zero columns to a
+        # multiple of this (1: never); the mixture adapters take it as their ``align`` argument.
+        self.align = 1
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """The adapter's own parameters, by name relative to this layer."""
@@ -204,9 +202,6 @@ class AdapterLayer(nn.Module, ABC):
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
         """``(…, d_in) → (…, d_out)``: the frozen output plus the adapter's (Eq. 6)."""
-
-    #: Whether the width of the first down-projection is padded to a multiple of ALIGN on GPUs.
-    aligned = False
 
     @abstractmethod
     def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
@@ -231,7 +226,7 @@ class AdapterLayer(nn.Module, ABC):
                 dropped = self.dropout(h) if self.dropout is not None else h
             weights = [w for layout in layouts for w in layout[index][1]]
             widths = [sum(w.shape[1] for w in layout[index][1]) for layout in layouts]
-            pad = self.alignment_padding(sum(widths), x.device) if index == 0 and self.aligned else 0
+            pad = self.alignment_padding(sum(widths), x.device) if index == 0 else 0
             inputs = dropped if is_dropped else h
             if torch.is_grad_enabled():
                 z = DownProjection.apply(inputs, pad, *weights)
@@ -264,11 +259,10 @@ class AdapterLayer(nn.Module, ABC):
             cached = self._fused[name] = (key, build())
         return cached[1]
 
-    @staticmethod
-    def alignment_padding(width: int, device: torch.device) -> int:
-        """Zero columns that bring a fused low-rank width to a multiple of :data:`ALIGN` (on GPUs,
+    def alignment_padding(self, width: int, device: torch.device) -> int:
+        """Zero columns that bring a fused low-rank width to a multiple of ``self.align`` (on GPUs,
         whose tensor cores want it; elsewhere the padding would only cost)."""
-        return -width % ALIGN if device.type == "cuda" else 0
+        return -width % self.align if device.type == "cuda" else 0
 
     def record(self, **tensors: Tensor) -> None:
         """Keep detached diagnostics of this forward."""

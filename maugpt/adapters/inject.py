@@ -9,9 +9,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import weakref
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +23,16 @@ from maugpt.adapters.base import SHARED_INPUTS, Adapter, AdapterContext, Adapter
 
 METADATA_KEY = "maugpt.adapter"
 LAYERS_KEY = "maugpt.layers"
+
+
+@dataclass(frozen=True)
+class Injection:
+    """What :func:`inject` changed beyond the wrapped layers, for :func:`unwrap` to undo: each
+    parameter's ``requires_grad`` before freezing (by ``id``) and the forward hook that ends each
+    forward of the adapted model (:meth:`AdapterContext.end_forward`)."""
+
+    requires_grad_before: dict[int, bool]
+    hook: torch.utils.hooks.RemovableHandle
 
 
 def matches(name: str, pattern: str) -> bool:
@@ -70,15 +80,14 @@ def inject(model: nn.Module, adapter: Adapter) -> list[str]:
     chosen = [n for n in linears if any(matches(n, p) for p in adapter.targets)]
     context = AdapterContext()
     # Remember who trained before, so that unwrap() gives the model back exactly as it came.
-    context.requires_grad_before = {id(p): p.requires_grad for p in model.parameters()}
+    injection = Injection({id(p): p.requires_grad for p in model.parameters()},
+                          model.register_forward_hook(context.end_forward))
     model.requires_grad_(False)
-    context.hooks.append(model.register_forward_hook(context.end_forward))
     for name in chosen:
         parent, child = _parent(model, name)
         layer = adapter.wrap(getattr(parent, child), context)
-        layer.name = name
+        layer.name, layer.injection = name, injection
         setattr(parent, child, layer)
-        _FROZEN_BASES.add(layer.base)
     if adapter.share_input:
         link_siblings(model, chosen)
     return chosen
@@ -96,28 +105,17 @@ def link_siblings(model: nn.Module, names: list[str]) -> None:
                     layer.siblings = layers
 
 
-# The frozen linear layers inside adapters: FSDP1 must make each one a unit of its own.
-_FROZEN_BASES: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-
-
-def is_adapter_base(module: nn.Module) -> bool:
-    """Whether ``module`` is the frozen linear layer an injected adapter wraps."""
-    return module in _FROZEN_BASES
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """Put the original linear layers back and restore every parameter's ``requires_grad``."""
     layers = list(adapter_layers(model))
     for name, layer in layers:
         parent, child = _parent(model, name)
         setattr(parent, child, layer.base)
-        _FROZEN_BASES.discard(layer.base)
     if layers:
-        context = layers[0][1].context
+        injection = layers[0][1].injection
         for p in model.parameters():
-            p.requires_grad_(context.requires_grad_before.get(id(p), p.requires_grad))
-        for hook in context.hooks:
-            hook.remove()
+            p.requires_grad_(injection.requires_grad_before.get(id(p), p.requires_grad))
+        injection.hook.remove()
     return model
 
 

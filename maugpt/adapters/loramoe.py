@@ -70,8 +70,9 @@ class LoRAMoELinear(AdapterLayer):
 
     def __init__(self, base: nn.Linear, experts: int, rank: int, alpha: float, dropout: float = 0.0,
                  balance_delta: float = 0.0, balance_weight: float = 0.0,
-                 context: AdapterContext | None = None) -> None:
+                 context: AdapterContext | None = None, align: int = 8) -> None:
         super().__init__(base, context)
+        self.align = align
         self.experts, self.rank, self.scale = experts, rank, alpha / rank
         self.balance_delta, self.balance_weight = balance_delta, balance_weight
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
@@ -93,11 +94,9 @@ class LoRAMoELinear(AdapterLayer):
     def auxiliary_loss(self) -> Tensor | None:
         return self._aux_loss
 
-    aligned = True
-
     def spec(self, device: torch.device, anomaly: bool) -> MixtureSpec:
         """The sizes of this layer's delta (``anomaly``: with the anomaly-aware expert's block);
-        ``[B; W_b]``'s rows are padded to a multiple of 8 on GPUs."""
+        ``[B; W_b]``'s rows are padded to a multiple of ``align`` on GPUs."""
         up = self.experts * self.rank + (self.rank if anomaly else 0)
         return MixtureSpec(self.experts, self.rank, self.scale, anomaly, self.dropout is None,
                            self.alignment_padding(up, device))
@@ -186,19 +185,22 @@ class LoRAMoE(Adapter):
         balance_weight: β, the weight of the balancing loss added to the LM loss (0 turns it off).
         targets: name patterns of the linear layers to wrap.
         share_input: one down-projection GEMM for q/k/v and for gate/up (same parameters and outputs).
+        align: on GPUs, the fused low-rank widths are padded with zero columns and rows to a
+            multiple of this, for the tensor-core GEMMs (bf16 wants multiples of 8); 1 never pads.
+            Parameters, files and outputs do not change with it.
     """
 
     def __init__(self, experts: int = 8, rank: int = 4, alpha: float = 32.0, dropout: float = 0.05,
                  balance_delta: float = 0.1, balance_weight: float = 1e-4,
-                 targets: Sequence[str] = FFN_PROJECTIONS, share_input: bool = False) -> None:
+                 targets: Sequence[str] = FFN_PROJECTIONS, share_input: bool = False, align: int = 8) -> None:
         super().__init__(rank, alpha, dropout, targets, share_input)
-        require_positive(experts=experts)
+        require_positive(experts=experts, align=align)
         require_fraction(balance_delta=balance_delta)
         if balance_weight < 0:
             raise ValueError(f"balance_weight must be >= 0, got {balance_weight!r}")
-        self.experts = int(experts)
+        self.experts, self.align = int(experts), int(align)
         self.balance_delta, self.balance_weight = float(balance_delta), float(balance_weight)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> LoRAMoELinear:
         return LoRAMoELinear(base, self.experts, self.rank, self.alpha, self.dropout,
-                             self.balance_delta, self.balance_weight, context)
+                             self.balance_delta, self.balance_weight, context, self.align)

@@ -15,6 +15,15 @@ from maugpt.tokenizer import IMAGE_TOKEN, load_tokenizer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+#: Batch entries that describe the examples rather than feed the model (see ``collate``).
+BATCH_ANNOTATIONS = ("valid", "meta", "skipped")
+
+
+def model_inputs(batch: dict, **overrides: Tensor | None) -> dict:
+    """``batch`` without its :data:`BATCH_ANNOTATIONS`, with ``overrides`` applied (e.g. ``labels``)."""
+    return {**{k: v for k, v in batch.items() if k not in BATCH_ANNOTATIONS}, **overrides}
+
+
 class MAUGPT(nn.Module):
     """The multimodal model.
 
@@ -90,8 +99,12 @@ class MAUGPT(nn.Module):
         return next(self.projector.parameters()).dtype
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor, labels: Tensor | None = None,
-                condition_mask: Tensor | None = None, sample_labels: Tensor | None = None, **_: object):
-        """Teacher-forced forward; returns the LLM's output (``loss`` when ``labels`` are given)."""
+                condition_mask: Tensor | None = None, sample_labels: Tensor | None = None):
+        """Teacher-forced forward; returns the LLM's output (``loss`` when ``labels`` are given).
+
+        Takes a batch's model inputs only (:func:`model_inputs` drops its annotations): an
+        unknown key is a ``TypeError``, never silently ignored.
+        """
         if self.adapter is not None:
             adapter_context(self.llm).set(token_mask=attention_mask.bool(), condition_mask=condition_mask,
                                           sample_labels=sample_labels, record=self.record_diagnostics)

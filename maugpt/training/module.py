@@ -8,7 +8,6 @@ optimizer state: the frozen encoder and LLM are rebuilt from their own files.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +18,9 @@ from transformers import LogitsProcessorList
 
 from maugpt.adapters import Adapter, auxiliary_loss
 from maugpt.model import MAUGPT
-from maugpt.model.mau_gpt import DTYPES, FirstTokenLogprobs
+from maugpt.model.mau_gpt import DTYPES, FirstTokenLogprobs, model_inputs
+from maugpt.training.schedule import (
+    OptimizerCallable, SchedulerCallable, WarmupCosine, component_config, default_optimizer)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,15 @@ class MAUGPTModule(L.LightningModule):
         trust_remote_code: allow the LLM repository's own code.
         lr: peak learning rate of the adapter parameters (and of everything in stage 1).
         projector_lr: peak learning rate of the projector (default: ``lr``).
-        weight_decay: AdamW weight decay of matrices (biases and norms get none).
-        warmup_ratio: share of the steps with linear warm-up before the cosine decay.
+        weight_decay: weight decay of matrices (biases and norms get none).
+        warmup_ratio: share of the steps with linear warm-up before the cosine decay (the default
+            ``scheduler``, :class:`~maugpt.training.schedule.WarmupCosine`).
+        optimizer: builds the optimizer from the parameter groups (projector, adapter matrices,
+            adapter biases and norms, each with its learning rate and weight decay); default
+            AdamW with β = (0.9, 0.999). In YAML: ``class_path: torch.optim.SGD`` with ``init_args``.
+        scheduler: builds the per-step learning-rate schedule from the optimizer and the run's
+            total optimizer steps; default ``WarmupCosine(warmup_ratio)``
+            (see :mod:`maugpt.training.schedule`).
         gradient_checkpointing: recompute the LLM's activations in backward to save memory.
         nonfinite: what a non-finite loss does: ``stop`` the run naming the step, or ``skip``
             the batch and count it.
@@ -65,7 +73,8 @@ class MAUGPTModule(L.LightningModule):
                  gradient_checkpointing: bool = False, nonfinite: Literal["stop", "skip"] = "stop",
                  max_new_tokens: int = 64, loss_reduction: Literal["token", "example"] = "token",
                  compile_llm: Literal["none", "decoder_layers", "adapters"] = "none",
-                 compile_backend: str = "inductor") -> None:
+                 compile_backend: str = "inductor", optimizer: OptimizerCallable | None = None,
+                 scheduler: SchedulerCallable | None = None) -> None:
         super().__init__()
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
@@ -76,8 +85,11 @@ class MAUGPTModule(L.LightningModule):
         if init_from is not None and not Path(init_from).is_file():
             raise FileNotFoundError(f"init_from checkpoint {init_from} does not exist: run the previous stage first "
                                     "(its checkpoint is written under the run's checkpoints/ folder)")
-        self.save_hyperparameters(ignore=["adapter"])
+        self.save_hyperparameters(ignore=["adapter", "optimizer", "scheduler"])
         self.hparams["adapter"] = adapter.to_config() if adapter is not None else None
+        # Plain data in the checkpoint (weights_only loading), as LightningCLI's YAML gave them.
+        self.hparams["optimizer"], self.hparams["scheduler"] = component_config(optimizer), component_config(scheduler)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.model = MAUGPT(llm, vision_encoder, projector, adapter, feature_layer, vision_pretrained,
                             llm_pretrained, llm_dtype, attn_implementation, trust_remote_code, compile_llm,
                             compile_backend)
@@ -96,7 +108,7 @@ class MAUGPTModule(L.LightningModule):
 
         if self._trainer is None:
             return
-        if isinstance(self.trainer.strategy, FSDPStrategy):  # Lightning wraps (fsdp1_wrap_policy)
+        if isinstance(self.trainer.strategy, FSDPStrategy):  # Lightning wraps (AdapterWrapPolicy)
             self.model.synced_generation = self.trainer.world_size > 1
             return
         if not isinstance(self.trainer.strategy, ModelParallelStrategy):
@@ -156,8 +168,8 @@ class MAUGPTModule(L.LightningModule):
     def lm_loss(self, batch: dict) -> Tensor:
         """The next-token loss of the batch's answers, reduced as ``loss_reduction`` says."""
         if self.hparams.loss_reduction == "token":
-            return self.model(**batch).loss
-        logits = self.model(**{**batch, "labels": None}).logits[:, :-1]
+            return self.model(**model_inputs(batch)).loss
+        logits = self.model(**model_inputs(batch, labels=None)).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, reduction="none")
         counts = (labels != -100).sum(1)
@@ -186,7 +198,7 @@ class MAUGPTModule(L.LightningModule):
         labels = batch["labels"].masked_fill(~valid[:, None], -100)  # padding examples count nothing
         if not (labels != -100).any():
             return
-        out = self.model(**{**batch, "labels": labels})
+        out = self.model(**model_inputs(batch, labels=labels))
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=int(valid.sum()))
 
     def generate_answers(self, batch: dict, max_new_tokens: int | None = None, **generate_kwargs) -> list[str]:
@@ -244,16 +256,12 @@ class MAUGPTModule(L.LightningModule):
                         "name": "adapter"},
                        {"params": [p for _, p in rest if p.dim() <= 1], "lr": self.hparams.lr, "weight_decay": 0.0,
                         "name": "adapter_no_decay"}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
+        optimizer = (self.optimizer_factory or default_optimizer)([g for g in groups if g["params"]])
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(total * self.hparams.warmup_ratio)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        if self.scheduler_factory is None:
+            scheduler = WarmupCosine(optimizer, total, self.hparams.warmup_ratio)
+        else:
+            scheduler = self.scheduler_factory(optimizer, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def parameter_summary(self) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """Sharding MAU-GPT. FSDP2 (``shard_model``): every decoder layer of the LLM is one shard unit, the
-rest one root unit; FSDP1 (``fsdp1_wrap_policy``, for Lightning's ``FSDPStrategy``) at the end.
+rest one root unit; FSDP1 (``AdapterWrapPolicy``, for Lightning's ``FSDPStrategy``) at the end.
 
 ``fully_shard`` shards each parameter as a DTensor, so frozen and trainable parameters can share
 a unit: the frozen ones get no gradient buffer at all, and only the adapters and the projector
@@ -10,12 +10,15 @@ shard across ``tensor_parallel``, i.e. shard within a node and replicate across 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from maugpt.adapters.inject import is_adapter_base
+from maugpt.adapters import adapter_layers
 from maugpt.model.units import decoder_layers
 
 
@@ -52,15 +55,30 @@ def shard_model(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | N
     model.synced_generation = mesh.size() > 1
 
 
-def fsdp1_wrap_policy(module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
-    """Auto-wrap policy for Lightning's ``FSDPStrategy`` (FSDP1, configs/strategy/fsdp1.yaml).
+class AdapterWrapPolicy(ModuleWrapPolicy):
+    """FSDP1's auto-wrap policy for Lightning's ``FSDPStrategy`` (configs/strategy/fsdp1.yaml).
 
     FSDP1 flattens each unit's parameters into one buffer and gives the whole buffer a gradient
     as soon as one of them trains. So the frozen linear layer inside each adapter is a unit of its
     own (no gradient), and each decoder layer a unit with the adapters' trainable tensors and the
     small frozen norms; the rest (encoder, projector, embeddings tied to the LM head) is the root.
+    The units are read from the model being wrapped (:func:`fsdp1_units`), when FSDP wraps it.
     """
-    if recurse:
-        return True
-    # transformers names its decoder-layer classes <Model>DecoderLayer
-    return is_adapter_base(module) or type(module).__name__.endswith("DecoderLayer")
+
+    def __init__(self) -> None:
+        super().__init__(set())
+
+    def _run_policy(self, root_module: nn.Module, ignored_modules: set[nn.Module],
+                    root_kwargs: dict[str, Any]) -> dict[nn.Module, dict[str, Any]]:
+        return {unit: dict(root_kwargs) for unit in fsdp1_units(root_module) if unit not in ignored_modules}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> bool:
+        raise TypeError("AdapterWrapPolicy reads its units from the root module: pass it to FSDP as a policy "
+                        "object, not as a per-module callable")
+
+
+def fsdp1_units(model: nn.Module) -> list[nn.Module]:
+    """The FSDP1 units of ``model``: its decoder layers (transformers names their classes
+    ``<Model>DecoderLayer``) and the frozen linear layer inside each of its adapter layers."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    return layers + [layer.base for _, layer in adapter_layers(model)]

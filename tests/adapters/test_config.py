@@ -71,3 +71,24 @@ def test_each_shipped_adapter_recipe_loads_as_a_model_argument(path):
 
 def test_the_recipes_are_the_three_adapters():
     assert [p.stem for p in CONFIGS] == ["amoe_lora", "lora", "loramoe"]
+
+
+@pytest.mark.parametrize("kind", [LoRAMoE, AMoELoRA])
+def test_align_is_an_argument_that_pads_the_fused_widths_on_gpus_only(kind):
+    import torch
+    from torch import nn
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # device objects only: nothing runs on them
+    anomaly = kind is AMoELoRA
+    # fused widths: down [A | (W_a) | W_g] 80 or 84, up [B; (W_b)] 64 or 68
+    pads = {8: (4, 4) if anomaly else (0, 0), 1: (0, 0), 32: (12, 28) if anomaly else (16, 0)}
+    for align, (pad_down, pad_up) in pads.items():
+        adapter = kind(experts=16, rank=4, align=align)
+        assert adapter.to_config()["init_args"]["align"] == align
+        assert parse(yaml.safe_dump({"adapter": adapter.to_config()})) == adapter
+        layer = adapter.wrap(nn.Linear(16, 24, bias=False))
+        width = 16 * 4 + 16 + (4 if anomaly else 0)
+        assert (layer.alignment_padding(width, cuda), layer.alignment_padding(width, cpu)) == (pad_down, 0)
+        assert layer.spec(cuda, anomaly).pad_up == pad_up and layer.spec(cpu, anomaly).pad_up == 0
+    with pytest.raises(ValueError, match="^align must be > 0, got 0"):
+        kind(align=0)

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from torch import nn
 
 from tests.training.conftest import AMOE, stage_config
 
@@ -54,20 +56,55 @@ def test_fsdp_fit_checkpoints_one_file_of_trainable_tensors_and_resumes(tiny_bas
 
 
 def test_fsdp1_policy_isolates_the_frozen_linear_layers_of_the_adapters(tiny_base):
-    """FSDP1 (Lightning's FSDPStrategy) needs a GPU, so its wrapping decisions are checked here."""
+    """The units FSDP1 (Lightning's FSDPStrategy) gets on the real model, read from the model itself."""
     from maugpt.adapters import AMoELoRA, adapter_layers, unwrap
     from maugpt.training.module import MAUGPTModule
-    from maugpt.training.sharding import fsdp1_wrap_policy
+    from maugpt.training.sharding import AdapterWrapPolicy
 
     module = MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2,
                           adapter=AMoELoRA(experts=4, rank=2, hyper_hidden=8))
-    units = [m for m in module.modules() if fsdp1_wrap_policy(m, recurse=False, nonwrapped_numel=0)]
+    policy = AdapterWrapPolicy()
+    units = list(policy._run_policy(module, set(), {"device_id": None}))
     bases = [layer.base for _, layer in adapter_layers(module.model.llm)]
     layers = [m for m in module.modules() if type(m).__name__ == "Qwen2DecoderLayer"]
     assert len(bases) == 21 and len(layers) == 3
     assert {id(m) for m in units} == {id(m) for m in bases + layers}
     assert all(not p.requires_grad for m in bases for p in m.parameters())
     assert module.model.llm.lm_head not in units  # tied to the embeddings: stays with them in the root
-    assert fsdp1_wrap_policy(module, recurse=True, nonwrapped_numel=0)
+    assert policy._run_policy(module, set(bases), {})[layers[0]] == {}  # ignored modules stay out
+    assert len(policy._run_policy(module, set(bases), {})) == 3
+    with pytest.raises(TypeError, match="reads its units from the root module"):
+        policy(module, True, 0)
     unwrap(module.model.llm)
-    assert not any(fsdp1_wrap_policy(b, recurse=False, nonwrapped_numel=0) for b in bases)
+    assert not any(b in policy._run_policy(module, set(), {}) for b in bases)
+
+
+def test_fsdp1_wraps_each_decoder_layer_and_each_frozen_base_as_a_unit():
+    """A real FSDP1 wrap (one CPU process, gloo): the policy's units are what FSDP makes."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from maugpt.adapters import LoRA, inject
+    from maugpt.training.sharding import AdapterWrapPolicy
+
+    class Qwen2DecoderLayer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj, self.norm = nn.Linear(8, 8), nn.LayerNorm(8)
+
+        def forward(self, x):
+            return self.norm(self.q_proj(x))
+
+    model = nn.Sequential(Qwen2DecoderLayer(), Qwen2DecoderLayer(), nn.Linear(8, 8))
+    inject(model, LoRA(rank=2, targets=["q_proj"]))
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+    try:
+        wrapped = FSDP(model, auto_wrap_policy=AdapterWrapPolicy(), device_id=torch.device("cpu"),
+                       use_orig_params=True)
+        units = [n.replace("_fsdp_wrapped_module.", "") for n, m in wrapped.named_modules() if isinstance(m, FSDP)]
+        wrapped(torch.randn(2, 8)).sum().backward()
+        grads = {n.replace("_fsdp_wrapped_module.", ""): p.grad is not None for n, p in wrapped.named_parameters()}
+    finally:
+        dist.destroy_process_group()
+    assert units == ["", "0", "0.q_proj.base", "1", "1.q_proj.base"]
+    assert grads["0.q_proj.A"] and grads["1.q_proj.B"] and not grads["0.q_proj.base.weight"]

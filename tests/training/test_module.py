@@ -133,6 +133,21 @@ def test_example_loss_reduction_weighs_every_example_equally(tiny_base):
         assert token.lm_loss(batch).item() == pytest.approx(expected_token.item(), rel=1e-5)
 
 
+def test_the_model_takes_the_batch_without_annotations_and_rejects_unknown_keys(tiny_base):
+    from maugpt.model.mau_gpt import model_inputs
+
+    stage1 = module(tiny_base, stage=1)
+    ids = torch.cat([torch.full((1, stage1.image_tokens), stage1.model.image_token_id), torch.arange(5, 9)[None]], 1)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool), "labels": ids,
+             "pixel_values": torch.randn(1, 1, 3, 96, 96), "valid": torch.tensor([True]), "meta": [{}], "skipped": 0}
+    assert sorted(model_inputs(batch, labels=None)) == ["attention_mask", "input_ids", "labels", "pixel_values"]
+    assert model_inputs(batch, labels=None)["labels"] is None and batch["labels"] is ids  # the batch is untouched
+    with torch.no_grad():
+        assert torch.isfinite(stage1.lm_loss(batch))
+        with pytest.raises(TypeError, match="unexpected keyword argument 'pixel_value'"):
+            stage1.lm_loss({**batch, "pixel_value": batch["pixel_values"]})  # a misspelt key fails
+
+
 def test_test_step_decodes_with_the_benchmarks_settings(tiny_base, monkeypatch):
     stage2 = module(tiny_base, stage=2, adapter=AMoELoRA(experts=2, rank=2, hyper_hidden=4), max_new_tokens=7)
     seen = []
