@@ -35,6 +35,13 @@ class WarmupCosine(LambdaLR):
         self.total_steps, self.warmup_steps = max(1, int(total_steps)), int(max(1, int(total_steps)) * warmup_ratio)
         super().__init__(optimizer, self.factor)
 
+    def state_dict(self) -> dict[str, Any]:
+        # The run's length comes from the trainer each time: a resumed run that trains for longer
+        # gets the schedule of its own length from the restored step on.
+        state = super().state_dict()
+        state.pop("total_steps"), state.pop("warmup_steps")
+        return state
+
     def factor(self, step: int) -> float:
         warmup, total = self.warmup_steps, self.total_steps
         if step < warmup:

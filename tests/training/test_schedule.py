@@ -20,6 +20,11 @@ def test_warmup_cosine_is_linear_warmup_then_cosine_to_zero():
     assert factors[:2] == [1 / 6, 5 / 6]  # (s + 1) / (w + 1), w = 5
     assert factors[2] == 1.0 and factors[3] == pytest.approx(0.5 * (1 + math.cos(math.pi * 50 / 95)), abs=1e-15)
     assert factors[4] == factors[5] == 0.0
+    for _ in range(3):
+        optimizer.step(), schedule.step()
+    resumed = WarmupCosine(optimizer, total_steps=200, warmup_ratio=0.05)  # a longer run resumes
+    resumed.load_state_dict(schedule.state_dict())
+    assert (resumed.last_epoch, resumed.total_steps, resumed.warmup_steps) == (3, 200, 10)
     with pytest.raises(ValueError, match=r"warmup_ratio must be in \[0, 1\), got 1.5"):
         WarmupCosine(optimizer, 10, 1.5)
 
