@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from maugpt.mauset.build import UNREADABLE, skip_unreadable
 from maugpt.mauset.writer import make_sample, prepare_output, write_split
+from maugpt.schema import GENERAL_DOMAIN, MAUSetRecord
 
 log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
@@ -30,10 +31,10 @@ def llava_sample(entry: dict, images: Path, max_side: int, image_format: str) ->
     path = images / entry["image"]
     with Image.open(path) as opened:
         image = opened.convert("RGB")
-    record = {"key": f"llava_pretrain/{entry['id']}", "source": "llava_pretrain", "product": "", "product_name": "",
-              "domain": "general", "split": "train", "is_anomalous": False, "defect_class": None,
-              "defect_name": None, "location": None, "origin": entry["image"],
-              "qa": [{"task": "caption", "style": "open", "question": question, "answer": caption}]}
+    record = MAUSetRecord(
+        key=f"llava_pretrain/{entry['id']}", source="llava_pretrain", product="", product_name="",
+        domain=GENERAL_DOMAIN, split="train", is_anomalous=False, defect_class=None, defect_name=None, location=None,
+        qa=[{"task": "caption", "style": "open", "question": question, "answer": caption}], origin=entry["image"])
     return make_sample(record, image, image_format, max_side)
 
 

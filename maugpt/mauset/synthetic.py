@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from maugpt.mauset.knowledge import Knowledge
 from maugpt.mauset.location import location_from_mask
 from maugpt.mauset.qa import build_caption_qa, build_qa, image_rng, tidy
-from maugpt.schema import SourceImage
+from maugpt.schema import MAUSetRecord, SourceImage
 from maugpt.mauset.writer import make_sample, prepare_output, write_split
 from maugpt.mauset.split import split_images
 
@@ -370,13 +370,12 @@ def synthetic_sample(item: SourceImage, split: str, knowledge: Knowledge, seed: 
     product = knowledge.product(SOURCE, item.product)
     defect = knowledge.defect(SOURCE, item.product, item.defect_class) if item.is_anomalous else None
     location = location_from_mask(mask) if mask is not None else None
-    record = {
-        "key": item.key, "source": SOURCE, "product": item.product, "product_name": product.name,
-        "domain": product.domain, "split": split, "is_anomalous": item.is_anomalous,
-        "defect_class": item.defect_class, "defect_name": defect.name if defect else None,
-        "location": location, "qa": build_qa(knowledge, product, defect, location, image_rng(seed, item.key)),
-        "origin": f"procedural seed {seed} image {item.image.name}",
-    }
+    record = MAUSetRecord(
+        key=item.key, source=SOURCE, product=item.product, product_name=product.name, domain=product.domain,
+        split=split, is_anomalous=item.is_anomalous, defect_class=item.defect_class,
+        defect_name=defect.name if defect else None, location=location,
+        qa=build_qa(knowledge, product, defect, location, image_rng(seed, item.key)),
+        origin=f"procedural seed {seed} image {item.image.name}")
     refs = [render(item.product, None, size, rng)[0] for _ in range(references)]
     return make_sample(record, image, image_format, size, mask, refs)
 
@@ -397,14 +396,13 @@ def caption_sample(item: SourceImage, split: str, knowledge: Knowledge, seed: in
     image, mask = render(item.product, item.defect_class, size, rng)
     product = knowledge.product(SOURCE, item.product)
     location = location_from_mask(mask) if mask is not None else None
-    record = {
-        "key": item.key.replace(SOURCE, "synthetic_caption", 1), "source": "synthetic_caption",
-        "product": item.product, "product_name": product.name, "domain": product.domain, "split": split,
-        "is_anomalous": item.is_anomalous, "defect_class": item.defect_class,
-        "defect_name": knowledge.defect(SOURCE, item.product, item.defect_class).name if item.is_anomalous else None,
-        "location": location, "origin": f"procedural seed {seed} image {item.image.name}",
-        "qa": build_caption_qa(knowledge, caption(item, knowledge, location), image_rng(seed, item.key)),
-    }
+    record = MAUSetRecord(
+        key=item.key.replace(SOURCE, "synthetic_caption", 1), source="synthetic_caption", product=item.product,
+        product_name=product.name, domain=product.domain, split=split, is_anomalous=item.is_anomalous,
+        defect_class=item.defect_class,
+        defect_name=knowledge.defect(SOURCE, item.product, item.defect_class).name if item.is_anomalous else None,
+        location=location, origin=f"procedural seed {seed} image {item.image.name}",
+        qa=build_caption_qa(knowledge, caption(item, knowledge, location), image_rng(seed, item.key)))
     return make_sample(record, image, image_format, size)
 
 

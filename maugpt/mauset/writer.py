@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from PIL import Image
 from maugpt.mauset.knowledge import Knowledge
 from maugpt.mauset.location import location_from_boxes, location_from_mask
 from maugpt.mauset.qa import build_qa, image_rng
-from maugpt.schema import SourceImage
+from maugpt.schema import MAUSetRecord, SourceImage
 from maugpt.mauset.stats import split_statistics
 
 SPLITS = ("train", "val", "test")
@@ -51,13 +52,13 @@ def sample_key(key: str) -> str:
     return key.replace(".", "_")
 
 
-def make_sample(record: dict, image: Image.Image, image_format: str, max_side: int,
+def make_sample(record: MAUSetRecord, image: Image.Image, image_format: str, max_side: int,
                 mask: np.ndarray | None = None, references: Iterable[Image.Image] = ()) -> dict:
-    """A shard sample from a finished record and its full-size images."""
+    """A shard sample from a finished record and its full-size images (the record gets their stored size)."""
     image = fit_max_side(image.convert("RGB"), max_side)
-    record = {**record, "width": image.width, "height": image.height}
-    sample = {"__key__": sample_key(record["key"]), image_format: encode_image(image, image_format),
-              "json": json.dumps(record).encode()}
+    record = replace(record, width=image.width, height=image.height)
+    sample = {"__key__": sample_key(record.key), image_format: encode_image(image, image_format),
+              "json": json.dumps(record.to_dict()).encode()}
     if mask is not None:
         mask_image = Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.Resampling.NEAREST)
         sample["mask.png"] = encode_image(mask_image, "png")
@@ -92,16 +93,13 @@ def source_sample(src: SourceImage, split: str, knowledge: Knowledge, seed: int,
         location = location_from_boxes(src.boxes, image.width, image.height)
     defect = knowledge.defect(src.source, src.product, src.defect_class, generic=True) if src.is_anomalous else None
     defects = defect_list(knowledge, src, image.width, image.height) if src.defects else None
-    record = {
-        "key": src.key, "source": src.source, "product": src.product, "product_name": product.name,
-        "domain": product.domain, "split": split, "is_anomalous": src.is_anomalous,
-        "defect_class": src.defect_class if src.is_anomalous else None,
-        "defect_name": defect.name if defect else None, "location": location,
-        "qa": build_qa(knowledge, product, defect, location, image_rng(seed, src.key), defects=defects),
-        "origin": str(src.image.relative_to(src.root)) if src.root else src.image.name,
-        **({"generic_defect": True} if defect is not None and defect.generic else {}),
-        **({"defects": defects} if defects else {}),
-    }
+    record = MAUSetRecord(
+        key=src.key, source=src.source, product=src.product, product_name=product.name, domain=product.domain,
+        split=split, is_anomalous=src.is_anomalous, defect_class=src.defect_class if src.is_anomalous else None,
+        defect_name=defect.name if defect else None, location=location,
+        qa=build_qa(knowledge, product, defect, location, image_rng(seed, src.key), defects=defects),
+        origin=str(src.image.relative_to(src.root)) if src.root else src.image.name,
+        generic_defect=defect is not None and defect.generic, defects=defects or None)
     references = []
     for path in src.references:
         with Image.open(path) as ref:

@@ -121,7 +121,9 @@ def test_a_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path):
     import tarfile, io
     shard = tmp_path / "split" / "shard-000000.tar"
     shard.parent.mkdir()
-    good = {"key": "k1", "source": "s", "product": "p", "domain": "d", "split": "test", "is_anomalous": False, "qa": []}
+    good = {"key": "k1", "source": "mpdd", "product": "p", "product_name": "p", "domain": "Mechanical Parts",
+            "split": "test", "is_anomalous": False, "defect_class": None, "defect_name": None, "location": None,
+            "qa": [], "origin": "p/good/1.png"}
     members = {"k1.json": json.dumps(good).encode(), "k2.json": b"{broken", "k3.json": json.dumps({**good, "key": "k3"}).encode(),
                "k3.jpg": b"\xff\xd8 not really a jpeg", "k4.pyd": b"cos\nsystem\n(S'echo pwned'\ntR."}
     with tarfile.open(shard, "w") as tar:
