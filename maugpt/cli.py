@@ -10,6 +10,7 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import auto_cli
 from safetensors import safe_open
@@ -40,6 +41,28 @@ def adapter_info(path: str) -> None:
     width = max(len(key) for key, _ in kinds) + 2
     for (key, shape), count in sorted(kinds.items()):
         print(f"  {key:<{width}} {str(shape):<14} ×{count}")
+
+
+def export(checkpoint: str, out: str, format: Literal["adapter", "peft", "merged"] = "adapter",
+           llm: str | None = None, overwrite: bool = False) -> None:
+    """Export a stage-2 checkpoint's adapter (see ``maugpt.export``).
+
+    Args:
+        checkpoint: a checkpoint written by ``maugpt fit`` (e.g. ``runs/demo/stage2/checkpoints/last.ckpt``).
+        out: the ``.safetensors`` file (``adapter``) or the folder (``peft``, ``merged``) to write.
+        format: ``adapter``: maugpt's adapter file, any adapter; ``peft``: a PEFT LoRA folder
+            (``adapter_config.json`` + ``adapter_model.safetensors``); ``merged``: the LLM with the
+            LoRA merged into its weights (``save_pretrained``). The last two are LoRA's only.
+        llm: the base LLM for ``merged`` (default: the one the checkpoint was trained on).
+        overwrite: replace an existing file or a non-empty folder.
+    """
+    from maugpt.export import export as write
+
+    try:
+        written = write(checkpoint, out, format, llm, overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        raise SystemExit(f"maugpt export: {err}") from None
+    print(f"wrote {format} export of {checkpoint} to {written}")
 
 
 def recipes(copy_to: str | None = None) -> None:
@@ -77,7 +100,8 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``maugpt`` console script.
 
     ``maugpt fit|validate|test|predict --config …`` runs LightningCLI; ``maugpt adapter-info FILE``
-    describes a saved adapter; ``maugpt recipes`` lists (or copies) the installed recipes.
+    describes a saved adapter; ``maugpt export CKPT OUT`` exports a checkpoint's adapter;
+    ``maugpt recipes`` lists (or copies) the installed recipes.
     """
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in LIGHTNING_COMMANDS:
@@ -85,7 +109,7 @@ def main(args: list[str] | None = None) -> None:
 
         run(args)  # None: LightningCLI reads sys.argv itself
         return
-    auto_cli({"adapter-info": adapter_info, "recipes": recipes}, args=argv)
+    auto_cli({"adapter-info": adapter_info, "export": export, "recipes": recipes}, args=argv)
 
 
 if __name__ == "__main__":

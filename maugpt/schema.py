@@ -106,8 +106,9 @@ class MAUSetRecord:
             raise ValueError(f"{where}: a normal image has no defect_class, defect_name, location or defects")
         if self.location is not None:
             box, region = self.location.get("box"), self.location.get("region")
-            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in box)
-                    and box[0] <= box[2] and box[1] <= box[3]) or region not in REGIONS:
+            numbers = isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+            if not (numbers and all(0 <= v <= 1 for v in box) and box[0] <= box[2] and box[1] <= box[3]) \
+                    or region not in REGIONS:
                 raise ValueError(f"{where}: location should be {{'box': [x1, y1, x2, y2] in [0, 1], 'region': one of "
                                  f"{list(REGIONS)}}}, got {self.location!r}")
         for i, qa in enumerate(self.qa):

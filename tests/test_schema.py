@@ -51,7 +51,8 @@ def test_each_broken_field_is_named_with_the_key(change, message):
 
 def test_missing_and_unknown_fields_are_errors_from_a_shard():
     missing = {k: v for k, v in GOOD.items() if k != "origin"}
-    with pytest.raises(ValueError, match=r"^sample in x.tar 'mvtec_ad/bottle/broken_large/000': missing field 'origin'$"):
+    with pytest.raises(ValueError, match=r"^sample in x.tar 'mvtec_ad/bottle/broken_large/000': missing field "
+                                         r"'origin'$"):
         MAUSetRecord.from_dict(missing, where="sample in x.tar")
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['colour'\]; a record has \['key', 'source'"):
         MAUSetRecord.from_dict({**GOOD, "colour": "red"})

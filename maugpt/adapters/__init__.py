@@ -5,8 +5,8 @@ from maugpt.adapters.base import (
 )
 from maugpt.adapters.inject import (
     adapter_context, adapter_diagnostics, adapter_layers, adapter_state_dict, auxiliary_loss,
-    count_parameters, inject, load_adapter, read_adapter_config, read_adapter_metadata, save_adapter,
-    unwrap,
+    count_parameters, inject, load_adapter, load_adapter_state, read_adapter_config, read_adapter_metadata,
+    save_adapter, unwrap, write_adapter_file,
 )
 from maugpt.adapters.lora import LoRA, LoRALinear
 from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear, localized_balance_loss
@@ -15,6 +15,6 @@ __all__ = [
     "ALL_PROJECTIONS", "FFN_PROJECTIONS", "AMoELoRA", "AMoELoRALinear", "Adapter", "AdapterContext",
     "AdapterLayer", "AnomalyAwareExpert", "Hypernetwork", "LoRA", "LoRALinear", "LoRAMoE",
     "LoRAMoELinear", "adapter_context", "adapter_diagnostics", "adapter_layers", "adapter_state_dict",
-    "auxiliary_loss", "count_parameters", "inject", "load_adapter", "localized_balance_loss",
-    "read_adapter_config", "read_adapter_metadata", "save_adapter", "unwrap",
+    "auxiliary_loss", "count_parameters", "inject", "load_adapter", "load_adapter_state", "localized_balance_loss",
+    "read_adapter_config", "read_adapter_metadata", "save_adapter", "unwrap", "write_adapter_file",
 ]

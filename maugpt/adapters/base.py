@@ -195,6 +195,11 @@ class AdapterLayer(nn.Module, ABC):
         """Detached tensors of the latest forward, recorded only while ``context.record`` is on."""
         return dict(self._diagnostics)
 
+    def delta_weight(self) -> Tensor | None:
+        """``ΔW (d_out, d_in)`` when the adapter's delta is one fixed matrix that can be merged into
+        ``base.weight``; None (the default) when it depends on the input (routers, hypernetworks)."""
+        return None
+
     @abstractmethod
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per component, e.g. ``{"generalist": …, "router": …}``."""
@@ -297,6 +302,16 @@ class Adapter(ABC):
     @abstractmethod
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> AdapterLayer:
         """Wrap one frozen linear layer."""
+
+    @staticmethod
+    def from_config(config: dict[str, Any]) -> Adapter:
+        """The adapter of a ``{"class_path", "init_args"}`` block (:meth:`to_config`, a checkpoint's
+        hyper-parameters), parsed as LightningCLI parses YAML: an unknown class or argument fails."""
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--adapter", type=Adapter)
+        return parser.instantiate(parser.parse_object({"adapter": config})).adapter
 
     def init_args(self) -> dict[str, Any]:
         """The constructor arguments, as a LightningCLI ``init_args`` block."""

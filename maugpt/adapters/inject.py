@@ -149,18 +149,25 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, adapter: Adapter | N
     ``adapter``'s configuration goes into the file's metadata, so the file says how to rebuild
     the layers. An existing file is never replaced unless ``overwrite`` is true.
     """
+    return write_adapter_file(adapter_state_dict(model), [name for name, _ in adapter_layers(model)], adapter,
+                              path, overwrite)
+
+
+def write_adapter_file(state: dict[str, Tensor], layers: list[str], adapter: Adapter | None,
+                       path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The file :func:`save_adapter` writes, from the tensors (keyed ``<module name>.<parameter>``)
+    and the adapted layers' names."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    state = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     if not state:
         raise ValueError("the model has no adapter layers to save")
-    metadata = {LAYERS_KEY: json.dumps([name for name, _ in adapter_layers(model)])}
+    metadata = {LAYERS_KEY: json.dumps(layers)}
     if adapter is not None:
         metadata[METADATA_KEY] = json.dumps(adapter.to_config())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)  # a crash mid-write leaves the old file, never half a new one
     return path
 
@@ -183,15 +190,20 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"adapter file {path} does not exist")
-    saved = load_file(str(path))
+    load_adapter_state(model, load_file(str(path)), str(path), f" (file written for {read_adapter_config(path)})")
+
+
+def load_adapter_state(model: nn.Module, saved: dict[str, Tensor], source: str = "the adapter state",
+                       note: str = "") -> None:
+    """Copy adapter tensors keyed as :func:`adapter_state_dict` keys them into the model's adapter
+    layers; every key and shape must match (the error names ``source``, then ``note``)."""
     own = adapter_state_dict(model)
     missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
     wrong = [f"{k}: file {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}"
              for k in sorted(own.keys() & saved.keys()) if saved[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        config = read_adapter_config(path)
         raise ValueError(
-            f"{path} does not fit this model's adapters (file written for {config}): "
+            f"{source} does not fit this model's adapters{note}: "
             f"{len(missing)} missing {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, "
             f"{len(wrong)} of another shape {wrong[:5]}")
     with torch.no_grad():

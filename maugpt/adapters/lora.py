@@ -42,6 +42,10 @@ class LoRALinear(AdapterLayer):
     def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
         return [(self.dropout is not None, [self.A])]
 
+    def delta_weight(self) -> Tensor:
+        """``(α/r) (A B)ᵀ``, in ``nn.Linear``'s ``(d_out, d_in)`` layout."""
+        return (self.scale * (self.A @ self.B)).T
+
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, self.in_features)  # 2-D: the frozen GEMM and the delta share one view
         (z,) = self.project_down(x, x2.to(compute_dtype(x, self.A)))
