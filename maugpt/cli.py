@@ -101,7 +101,9 @@ def main(args: list[str] | None = None) -> None:
 
     ``maugpt fit|validate|test|predict --config …`` runs LightningCLI; ``maugpt adapter-info FILE``
     describes a saved adapter; ``maugpt export CKPT OUT`` exports a checkpoint's adapter;
-    ``maugpt recipes`` lists (or copies) the installed recipes.
+    ``maugpt recipes`` lists (or copies) the installed recipes; the data, scoring and sweep
+    commands (``build``, ``synth``, ``inspect``, ``score-mmad``, ``judge``, ``sweep`` …) are
+    :mod:`maugpt.commands`.
     """
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in LIGHTNING_COMMANDS:
@@ -109,7 +111,13 @@ def main(args: list[str] | None = None) -> None:
 
         run(args)  # None: LightningCLI reads sys.argv itself
         return
-    auto_cli({"adapter-info": adapter_info, "export": export, "recipes": recipes}, args=argv)
+    from maugpt import commands
+
+    auto_cli({"adapter-info": adapter_info, "export": export, "recipes": recipes, "build": commands.build,
+              "build-llava": commands.build_llava, "synth": commands.synth, "inspect": commands.inspect_shards,
+              "tiny-base": commands.tiny_base, "score-mauset": commands.score_mauset,
+              "score-mmad": commands.score_mmad, "judge": commands.judge, "sweep": commands.sweep,
+              "sweep-cell": commands.sweep_cell, "report": commands.report}, args=argv)
 
 
 if __name__ == "__main__":

@@ -310,9 +310,9 @@ def run_cells(sweep_dir: str | Path, parallel: int = 1) -> dict[str, str]:
 
 def write_slurm(sweep_dir: str | Path, partition: str | None = None, gpus: int = 1, hours: int = 24,
                 python: str = "python") -> Path:
-    """``<sweep>/slurm.sh``: a SLURM array with one task per cell, each running its cell's commands
-    from the current folder, as a local run would (``sbatch`` it; submitting again resumes: finished
-    cells exit at once)."""
+    """``<sweep>/slurm.sh``: a SLURM array with one task per cell, each running ``maugpt sweep-cell``
+    (the cell's fit and test, as a local run does: skipped when finished, resumed from its last
+    checkpoint) from the current folder (``sbatch`` it; submitting again resumes)."""
     sweep_dir = Path(sweep_dir).resolve()
     names = prepared_cells(sweep_dir)
     lines = ["#!/bin/bash", f"#SBATCH --job-name={sweep_dir.name}", f"#SBATCH --array=0-{len(names) - 1}",
@@ -321,12 +321,8 @@ def write_slurm(sweep_dir: str | Path, partition: str | None = None, gpus: int =
     if partition:
         lines.append(f"#SBATCH --partition={partition}")
     lines += ["set -euo pipefail", f'cd "{Path.cwd()}"  # the configs\' relative paths start here',
-              "CELLS=(" + " ".join(names) + ")", "CELL=${CELLS[$SLURM_ARRAY_TASK_ID]}",
-              f'DIR="{sweep_dir}/cells/$CELL"', 'if [ -f "$DIR/metrics.json" ]; then exit 0; fi',
-              'RESUME=(); if [ -f "$DIR/checkpoints/last.ckpt" ]; then RESUME=(--ckpt_path "$DIR/checkpoints/last.ckpt"); fi',
-              f'{python} -m maugpt.cli fit --config "$DIR/config.yaml" "${{RESUME[@]}}"',
-              f'{python} -m maugpt.cli test --config "$DIR/config.yaml" --ckpt_path "$DIR/checkpoints/last.ckpt" '
-              "--trainer.logger.init_args.version test"]
+              "CELLS=(" + " ".join(names) + ")", 'echo "cell ${CELLS[$SLURM_ARRAY_TASK_ID]}"',
+              f'{python} -m maugpt.cli sweep-cell "{sweep_dir}" "$SLURM_ARRAY_TASK_ID"']
     path = sweep_dir / "slurm.sh"
     path.write_text("\n".join(lines) + "\n")
     return path

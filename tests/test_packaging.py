@@ -69,3 +69,18 @@ def test_recipes_are_copied_without_overwriting(tmp_path, capsys):
     assert (tmp_path / "tiny" / "stage2.yaml").read_text() == "mine\n"  # the user's file stays
     assert (tmp_path / "tiny" / "stage1.yaml").read_text() == (REPO / "configs" / "tiny" / "stage1.yaml").read_text()
     assert f"left 1 existing file(s) untouched: {tmp_path / 'tiny' / 'stage2.yaml'}" in out
+
+
+def test_the_installed_command_has_the_tools_as_subcommands(installed, tmp_path):
+    site = installed.parent / "site"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    made = subprocess.run([sys.executable, "-m", "maugpt.cli", "synth", "--out", str(tmp_path / "syn"), "--images",
+                           "14", "--image_size", "16"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert "== mauset/train:" in made.stdout and (tmp_path / "syn" / "mauset" / "train" / "index.json").is_file()
+    helped = subprocess.run([sys.executable, "-m", "maugpt.cli", "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    for command in ("build", "build-llava", "synth", "inspect", "tiny-base", "score-mauset", "score-mmad", "judge",
+                    "sweep", "sweep-cell", "report", "export"):
+        assert f"    {command} " in helped.stdout, command

@@ -75,7 +75,8 @@ def test_the_slurm_script_has_one_array_task_per_cell_with_its_overrides(tmp_pat
     script = write_slurm(folder, partition="gpu", gpus=8).read_text()
     assert "#SBATCH --array=0-6\n" in script and "#SBATCH --gpus-per-task=8\n" in script
     assert "CELLS=(1x64 2x32 4x16 8x8 16x4 32x2 64x1)\n" in script
-    assert 'maugpt.cli fit --config "$DIR/config.yaml"' in script and "maugpt.cli test" in script
+    # the array calls the sub-command that runs a cell locally (fit, test, skip when done, resume)
+    assert f'python -m maugpt.cli sweep-cell "{folder.resolve()}" "$SLURM_ARRAY_TASK_ID"\n' in script
     for cell in spec.cells:
         config = yaml.safe_load((folder / "cells" / cell.name / "config.yaml").read_text())
         adapter = config["model"]["init_args"]["adapter"]["init_args"]

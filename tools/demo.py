@@ -20,14 +20,16 @@ def step(title: str, *args: str) -> float:
 
 
 def main() -> None:
+    """Run the offline demo end to end (about 15 minutes on 2 CPU cores); a previous ``runs/demo``
+    is moved aside to ``runs/demo-<time>``, never overwritten."""
     if RUN.exists():  # keep the previous demo's outputs: nothing is overwritten
         kept = RUN.with_name(f"demo-{datetime.now():%Y%m%d-%H%M%S}")
         RUN.rename(kept)
         print(f"previous demo outputs moved to {kept.relative_to(ROOT)}")
     times = {}
-    times["synthetic MAU-Set"] = step("synthetic MAU-Set", "tools/synth_mauset.py", "--out", "runs/demo/shards",
+    times["synthetic MAU-Set"] = step("synthetic MAU-Set", "-m", "maugpt.cli", "synth", "--out", "runs/demo/shards",
                                       "--images", "2800", "--image_size", "96", "--seed", "0")
-    times["tiny base"] = step("tiny base", "tools/make_tiny_base.py", "--shards", "runs/demo/shards",
+    times["tiny base"] = step("tiny base", "-m", "maugpt.cli", "tiny-base", "--shards", "runs/demo/shards",
                               "--out", "runs/demo/base")
     times["stage 1"] = step("stage 1 (projector)", "-m", "maugpt.cli", "fit", "--config", "configs/tiny/stage1.yaml")
     times["stage 2"] = step("stage 2 (AMoE-LoRA + projector)", "-m", "maugpt.cli", "fit", "--config",
@@ -53,4 +55,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from jsonargparse import auto_cli
+
+    auto_cli(main)  # --help describes it instead of starting it

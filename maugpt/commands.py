@@ -1,0 +1,390 @@
+"""The ``maugpt`` sub-commands over the library: building, inspecting, scoring, judging, sweeping.
+
+Each is a plain typed function whose signature and docstring are its ``--help`` (jsonargparse);
+``maugpt.cli`` registers them and ``tools/*.py`` run the same functions as scripts. Heavy imports
+happen inside each command, so that ``maugpt --help`` and the light commands start fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Literal
+
+from maugpt.evaluation.judge import SYSTEM, USER_TEMPLATE
+
+def build(*, source: Literal["btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile", "mpdd", "mvtec_ad", "all"],
+         root: Path, out: Path, seed: int = 0, test: float = 0.2, val: float = 0.05, max_side: int = 512,
+         image_format: Literal["jpg", "png"] = "jpg", maxcount: int = 1000, maxsize: float = 1e9,
+         overwrite: bool = False, partial: bool = False, paper_subset: bool = False,
+         knowledge: Path | None = None) -> None:
+    """Scan, split (fixed ratio per source and class), build QA, and write shards with statistics.
+
+    Args:
+        source: one source, or ``all`` (then ``root/<source>`` holds each release).
+        root: the release folder of the source (or the folder of all releases).
+        out: output folder; ``train/``, ``val/`` and ``test/`` are written into it.
+        seed: seed of the split and of the question sampling.
+        test: fraction of each source's normal and of its abnormal images that goes to test.
+        val: fraction that goes to validation.
+        max_side: images are scaled down so that their longer side is at most this.
+        image_format: encoding of the stored images.
+        maxcount: samples per shard at most.
+        maxsize: bytes per shard at most.
+        overwrite: replace the split folders of a non-empty ``out``.
+        partial: build from part of a release on purpose; without it a source that yields fewer
+            than 90 % of its release's images fails (a missing folder, another packaging).
+        paper_subset: keep the paper's Table 1 normal and abnormal counts per source (a seeded,
+            even draw over products; all images where a release has fewer).
+        knowledge: a folder of your own products.yaml / questions.yaml / defects.yaml, merged over
+            the packaged ones (new products or defect classes of a release, edited texts). Defect
+            classes found in neither get a generic description, marked and listed in the stats.
+    """
+    from maugpt.mauset.build import build_mauset
+    from maugpt.mauset.knowledge import Knowledge
+    from maugpt.schema import SOURCES
+
+    sources = list(SOURCES) if source == "all" else [source]
+    build_mauset(sources, root, out, knowledge=Knowledge(overlay=knowledge), seed=seed, test=test, val=val,
+                 max_side=max_side, image_format=image_format,
+                 maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, partial=partial, paper_subset=paper_subset)
+
+
+def build_llava(*, annotations: Path, images: Path, out: Path, max_side: int = 512, image_format: Literal["jpg", "png"] = "jpg",
+         maxcount: int = 5000, limit: int | None = None, overwrite: bool = False) -> None:
+    """Write ``out/train`` shards with one caption pair per image (task ``caption``).
+
+    Args:
+        annotations: the ``blip_laion_cc_sbu_558k.json`` file.
+        images: the folder the records' image paths are relative to.
+        out: output folder.
+        max_side: images are scaled down so that their longer side is at most this.
+        image_format: encoding of the stored images.
+        maxcount: samples per shard at most.
+        limit: convert only the first N records.
+        overwrite: replace the shards of a non-empty ``out``.
+    """
+    from maugpt.mauset.llava import convert_llava_pretrain
+    from maugpt.mauset.stats import format_statistics
+
+    stats = convert_llava_pretrain(annotations, images, out, max_side, image_format, maxcount, limit, overwrite)
+    print(format_statistics(stats, "llava_pretrain train"))
+
+
+def synth(*, out: Path, images: int = 700, seed: int = 0, image_size: int = 224, captions: int | None = None,
+         anomaly_fraction: float = 0.5, test: float = 0.2, val: float = 0.05, references: int = 0,
+         overwrite: bool = False) -> None:
+    """Procedural images of 14 products in the 6 domains, with defects drawn at known positions.
+
+    Args:
+        out: output folder: ``mauset/{train,val,test}`` and ``captions/{train,val}``.
+        images: number of MAU-Set images.
+        seed: the seed; the same seed writes the same data.
+        image_size: side of the square images, in pixels.
+        captions: number of caption images (default: as many as ``images``).
+        anomaly_fraction: share of images with a defect.
+        test: fraction of each class that goes to test.
+        val: fraction that goes to validation.
+        references: normal reference images of the same product stored with each sample.
+        overwrite: replace the shards of a non-empty ``out``.
+    """
+    from maugpt.mauset.stats import format_statistics
+    from maugpt.mauset.synthetic import build_synthetic
+
+    stats = build_synthetic(out, images=images, seed=seed, image_size=image_size, captions=captions,
+                            anomaly_fraction=anomaly_fraction, test=test, val=val, references=references,
+                            overwrite=overwrite)
+    for name, split_stats in stats.items():
+        print(format_statistics(split_stats, name))
+
+
+def inspect_shards(folder: Path, samples: int = 2) -> None:
+    """Summarise every split folder under ``folder`` (or ``folder`` itself), decoding every sample.
+
+    Args:
+        folder: a split folder (with index.json) or a folder of split folders.
+        samples: how many decoded samples to print per split.
+    """
+    from maugpt.data.reader import SkipCounter, iter_samples
+    from maugpt.mauset.stats import format_statistics, split_statistics
+
+    splits = [folder] if (folder / "index.json").is_file() else sorted(p.parent for p in folder.glob("**/index.json"))
+    if not splits:
+        raise SystemExit(f"inspect_shards: no index.json under {folder}: not a folder of maugpt shards")
+    for split in splits:
+        counter = SkipCounter()
+        decoded = list(iter_samples(split, counter))
+        stats = {**split_statistics(s["json"] for s in decoded), "skipped_unreadable": counter.count}
+        print(format_statistics(stats, str(split)))
+        for sample in islice(decoded, samples):
+            members = {k: (f"image {v.size[0]}x{v.size[1]}" if hasattr(v, "size") else "record")
+                       for k, v in sample.items() if not k.startswith("__")}
+            print(f"-- sample {sample['__key__']}: {members}")
+            print(json.dumps(sample["json"], indent=1)[:1500])
+
+
+def tiny_base(*, shards: Path, out: Path, seed: int = 0, vit_steps: int = 900, llm_steps: int = 150,
+         vit_extra_images: int = 6000, overwrite: bool = False) -> None:
+    """Train the tokenizer, build and briefly pretrain the tiny LM and ViT, save them in standard formats.
+
+    Args:
+        shards: the folder tools/synth_mauset.py wrote (with mauset/ and captions/).
+        out: output folder: llm/ (transformers) and vision/ (timm) are written into it.
+        seed: the seed of initialisation and pretraining.
+        vit_steps: pretraining steps of the ViT (product and defect classification).
+        llm_steps: pretraining steps of the LM (the synthetic questions and answers).
+        vit_extra_images: procedural images of another seed added to the ViT's pretraining data.
+        overwrite: replace llm/ and vision/ in a non-empty ``out``.
+    """
+    from maugpt.tiny_base import make_tiny_base
+
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SystemExit(f"make_tiny_base: {out} is not empty; pass --overwrite true to replace llm/ and vision/")
+        for name in ("llm", "vision"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    paths = make_tiny_base(out, shards, seed=seed, vit_steps=vit_steps, llm_steps=llm_steps,
+                           vit_extra_images=vit_extra_images)
+    print(f"tiny base written: llm {paths['llm']}, vision {paths['vision']}")
+
+
+#: The text fields every MAU-Set prediction row needs (as ``maugpt test`` writes them).
+FIELDS = ("style", "task", "domain", "question", "reference", "prediction")
+
+
+def score_mauset(predictions: Path, *, bleu_tokenize: Literal["none", "13a"] = "none", rouge_stemmer: bool = False,
+         model: str = "model", out: Path | None = None) -> None:
+    """Print the discriminative accuracy (per domain, macro and pooled) and ROUGE/BLEU tables.
+
+    Args:
+        predictions: a ``predictions.jsonl`` as ``maugpt test`` writes it, or the evaluation folder
+            of a run (every ``predictions*.jsonl`` in it: one per rank on several GPUs); any
+            model's rows with the same fields (style, task, domain, question, reference,
+            prediction) score the same way.
+        bleu_tokenize: sacrebleu's tokenizer for BLEU-4: ``none`` (whitespace, as ``maugpt test``
+            by default) or ``13a``.
+        rouge_stemmer: stem tokens (Porter) before ROUGE.
+        model: the model's name in Table 2's row.
+        out: also write ``tables.md`` and ``scores.csv`` into this folder (never over existing ones).
+    """
+    from maugpt.evaluation.mauset import MAUSetScores, tables
+    from maugpt.evaluation.run import read_jsonl
+
+    if out is not None and any((out / name).exists() for name in ("tables.md", "scores.csv")):
+        raise SystemExit(f"score_mauset: {out} already holds tables.md or scores.csv; choose another --out")
+    files = sorted(predictions.glob("predictions*.jsonl")) if predictions.is_dir() else [predictions]
+    scores = MAUSetScores(bleu_tokenize, rouge_stemmer)
+    rows = 0
+    try:
+        for path in files:
+            for line, row in enumerate(read_jsonl(path), 1):
+                missing = [f for f in FIELDS if not isinstance(row.get(f), str)]
+                if missing:
+                    raise ValueError(f"{path}, line {line}: needs text fields {missing}")
+                scores.add(row, row["prediction"])
+                rows += 1
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"score_mauset: {err}") from None
+    if not rows:
+        raise SystemExit(f"score_mauset: no predictions in {predictions}")
+    markdown, csv = tables(scores.compute(), model=model, settings=scores.settings)
+    print(f"{rows} predictions\n\n{markdown}", end="")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tables.md").write_text(markdown)
+        (out / "scores.csv").write_text(csv)
+        print(f"tables written to {out}")
+
+
+def score_mmad(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "official"] = "wrong",
+         script: Literal["llava", "qwen", "internvl", "gpt4v"] | None = None, first_letter: bool | None = None,
+         closest_option: bool | None = None, field: str = "answer", csv: Path | None = None,
+         overwrite: bool = False) -> None:
+    """Score MMAD predictions: accuracy per source dataset and subtask, row and overall means.
+
+    Args:
+        questions: the official mmad.json.
+        predictions: JSON lines ``{"image": <mmad.json key>, "question_index": <int>, "answer": <raw text>}``
+            in the order the answers were recorded (a ``question`` text field may replace
+            ``question_index``; an ``options`` field, letter → text, gives the order the options
+            were shown in when it is not the file's).
+        unparsable: ``wrong`` counts answers without a letter as wrong; ``official`` reproduces the
+            official summary (drops them, with its skip of the following record).
+        script: extract letters as this official query script does (``llava``: first letter, else
+            the closest option; ``qwen``: last, else closest; ``internvl``, ``gpt4v``: last, no
+            fallback). Default: last letter, else the closest option text.
+        first_letter: take the first letter A–E of an answer instead of the last (overrides ``script``).
+        closest_option: map an answer without a letter to the closest option text (overrides ``script``).
+        field: the predictions' field holding the answer (``likelihood_answer``: the option-likelihood
+            answers of ``maugpt test`` on MMAD).
+        csv: also write the table as CSV here.
+        overwrite: replace an existing CSV file.
+    """
+    from maugpt.mmad.scoring import load_questions, match_predictions, score
+    from maugpt.mmad.prompts import query_script
+    from maugpt.evaluation.run import read_jsonl
+
+    if csv is not None and csv.exists() and not overwrite:
+        raise SystemExit(f"score_mmad: {csv} exists; pass --overwrite true to replace it")
+    chosen = query_script(script) if script is not None else None
+    last, closest = (chosen.last_letter, chosen.closest_option) if chosen else (True, True)
+    last = last if first_letter is None else not first_letter
+    closest = closest if closest_option is None else closest_option
+    try:
+        rows = read_jsonl(predictions)
+        missing = [n for n, row in enumerate(rows, 1) if field not in row]
+        if missing:
+            raise ValueError(f"{predictions}: {len(missing)} line(s) have no field {field!r} (e.g. line {missing[0]})")
+        pairs = match_predictions(load_questions(questions), [{**row, "answer": row[field]} for row in rows])
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"score_mmad: {err}") from None
+    scores = score(pairs, unparsable=unparsable, last_letter=last, closest_option=closest)
+    print(f"letter extraction: {'last' if last else 'first'} letter A–E"
+          f"{', else the closest option text' if closest else ', no fallback'}")
+    print(scores.markdown())
+    if csv is not None:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        csv.write_text(scores.csv())
+        print(f"CSV written to {csv}")
+
+
+def judge(predictions: Path, *, base_url: str | None = None, model: str = "gpt-4o",
+         api_key_env: str = "OPENAI_API_KEY", cache: Path | None = None, concurrency: int = 4,
+         retries: int = 4, system: str = SYSTEM, template: str = USER_TEMPLATE, max_unjudged: float = 0.01) -> None:
+    """Judge the open-ended answers of a predictions file (``maugpt test`` writes one).
+
+    Args:
+        predictions: JSON lines with ``question``, ``reference``, ``prediction`` (and ``style``,
+            ``domain`` as ``maugpt test`` writes them).
+        base_url: the endpoint (``https://…/v1``); default: the MAUGPT_JUDGE_BASE_URL variable.
+            Without one the judge is skipped.
+        model: the judge model.
+        api_key_env: the environment variable holding the API key.
+        cache: verdict cache (default: ``judge-<model>.jsonl`` beside the predictions); a verdict is
+            reused only for the same endpoint, model, system text, template and texts.
+        concurrency: requests in flight at most.
+        retries: further attempts after a failed request.
+        system: the judge's system message.
+        template: the user message, with ``{question}``, ``{reference}`` and ``{prediction}``.
+        max_unjudged: the largest share of answers that may stay unjudged (unjudged answers leave
+            the denominator); above it the tool exits with status 1 after printing the table.
+    """
+    from maugpt.evaluation.judge import MACRO, POOLED, Judge, judged_accuracy
+    from maugpt.evaluation.run import read_jsonl
+
+    base_url = base_url or os.environ.get("MAUGPT_JUDGE_BASE_URL")
+    if not base_url:
+        print("judge skipped: no endpoint configured (pass --base_url or set MAUGPT_JUDGE_BASE_URL)")
+        return
+    if not 0 <= max_unjudged <= 1:
+        raise SystemExit(f"judge: max_unjudged is a share between 0 and 1, got {max_unjudged}")
+    try:
+        rows = [r for r in read_jsonl(predictions) if r.get("style", "open") == "open"]
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"judge: {err}") from None
+    missing = [i for i, r in enumerate(rows, 1) if not all(isinstance(r.get(k), str)
+                                                            for k in ("question", "reference", "prediction"))]
+    if missing:
+        raise SystemExit(f"judge: {len(missing)} open-ended rows lack question/reference/prediction text "
+                         f"(e.g. rows {missing[:3]})")
+    if not rows:
+        raise SystemExit(f"judge: {predictions} holds no open-ended answer to judge")
+    cache = cache or predictions.parent / f"judge-{model.replace('/', '_')}.jsonl"
+    try:
+        judge = Judge(base_url, model, cache, api_key_env=api_key_env, concurrency=concurrency, retries=retries,
+                      system=system, template=template)
+    except ValueError as err:
+        raise SystemExit(f"judge: {err}") from None
+    table = judged_accuracy(rows, judge.judge(rows))
+    print(f"| answers | LLM-judged accuracy % ({model}) | judged | unjudged |\n|---|---:|---:|---:|")
+    for group in [g for g in table if g not in (MACRO, POOLED)] + [MACRO, POOLED]:
+        row = table[group]
+        print(f"| {group} | {row['accuracy']:.2f} | {row['judged']} | {row['unjudged']} |")
+    print(f"requests sent: {judge.requests}; verdict cache: {cache}")
+    unjudged = table[POOLED]["unjudged"]
+    if unjudged > max_unjudged * len(rows):
+        print(f"WARNING: {unjudged} of {len(rows)} answers ({100 * unjudged / len(rows):.1f} %) stayed unjudged, "
+              f"more than --max_unjudged {max_unjudged:g}; they are left out of the accuracies above. "
+              "Run again to ask for them (verdicts already given are cached).", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def sweep(spec: Path, *, variant: str = "tiny", out: Path | None = None, parallel: int = 1, slurm: bool = False,
+         partition: str | None = None, gpus: int = 1, hours: int = 24, dry_run: bool = False) -> None:
+    """Run an ablation sweep: ``maugpt fit`` then ``maugpt test`` per cell, resumable.
+
+    Args:
+        spec: the sweep spec (experiments/*.yaml).
+        variant: which of the spec's variants (``tiny``: synthetic data on CPU; ``full``: real scale).
+        out: the sweep folder (default: experiments/results/<name>-<variant>).
+        parallel: cells run at once on this machine.
+        slurm: write <out>/slurm.sh (one array task per cell) instead of running.
+        partition: SLURM partition.
+        gpus: GPUs per SLURM array task.
+        hours: SLURM time limit per task.
+        dry_run: check the spec and write the cell folders, run nothing.
+    """
+    from maugpt.sweep import SweepError, load_spec, prepare, run_cells, write_slurm
+
+    try:
+        sweep = load_spec(spec, variant)
+        folder = prepare(sweep, out or Path("experiments/results") / f"{sweep.name}-{variant}")
+    except (SweepError, FileNotFoundError) as err:
+        raise SystemExit(f"sweep: {err}") from None
+    print(f"{sweep.name} ({variant}): {len(sweep.cells)} cells in {folder}: {', '.join(c.label for c in sweep.cells)}")
+    if slurm:
+        print(f"SLURM array script: {write_slurm(folder, partition, gpus, hours)}  (sbatch it)")
+        return
+    if dry_run:
+        return
+    start = time.perf_counter()
+    outcomes = run_cells(folder, parallel)
+    for name, outcome in outcomes.items():
+        print(f"  {name}: {outcome}" + (f" (log: {folder}/cells/{name}/logs/)" if outcome == "failed" else ""))
+    print(f"{time.perf_counter() - start:.0f} s; report: maugpt report {folder}")
+    if "failed" in outcomes.values():
+        raise SystemExit(1)
+
+
+def report(sweep_dir: Path, *, scale: float = 100.0, tensorboard: bool = True) -> None:
+    """Write report.md, report.csv and report.png into the sweep folder and print the table.
+
+    Args:
+        sweep_dir: a folder made by tools/sweep.py.
+        scale: multiply metrics by this in the Markdown table (100: fractions as %).
+        tensorboard: also log the table and plot under <sweep_dir>/tensorboard/report.
+    """
+    from maugpt.report import write_report
+
+    try:
+        written = write_report(sweep_dir, scale, tensorboard)
+    except FileNotFoundError as err:
+        raise SystemExit(f"report: {err}") from None
+    print(written["markdown"].read_text())
+    print("written: " + ", ".join(str(p) for p in written.values()))
+
+
+def sweep_cell(sweep_dir: Path, index: int) -> None:
+    """Run one cell of a prepared sweep, as each task of ``maugpt sweep --slurm``'s array does:
+    skipped when finished, resumed from its last checkpoint, logged under ``cells/<name>/logs/``.
+
+    Args:
+        sweep_dir: a folder made by ``maugpt sweep`` (with ``sweep.json``).
+        index: the cell's position in the spec (``$SLURM_ARRAY_TASK_ID``).
+    """
+    from maugpt.sweep import prepared_cells, run_cell
+
+    try:
+        names = prepared_cells(sweep_dir)
+    except FileNotFoundError:
+        raise SystemExit(f"sweep-cell: {sweep_dir} has no sweep.json: run maugpt sweep --slurm true first") from None
+    if not 0 <= index < len(names):
+        raise SystemExit(f"sweep-cell: index {index} is outside the sweep's {len(names)} cells (0-{len(names) - 1})")
+    outcome = run_cell(sweep_dir / "cells" / names[index])
+    print(f"{names[index]}: {outcome}" + (f" (log: {sweep_dir}/cells/{names[index]}/logs/)" if outcome == "failed" else ""))
+    if outcome == "failed":
+        raise SystemExit(1)
