@@ -162,7 +162,7 @@ def score_mauset(predictions: Path, *, bleu_tokenize: Literal["none", "13a"] = "
 
     Args:
         predictions: a ``predictions.jsonl`` as ``maugpt test`` writes it, or the evaluation folder
-            of a run (every ``predictions*.jsonl`` in it: one per rank on several GPUs); any
+            of a run (every ``predictions*.jsonl`` in it); any
             model's rows with the same fields (style, task, domain, question, reference,
             prediction) score the same way.
         bleu_tokenize: sacrebleu's tokenizer for BLEU-4: ``none`` (whitespace, as ``maugpt test``

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import random
 import tarfile
 from collections.abc import Callable, Iterator
@@ -21,12 +20,12 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 from maugpt.data.encode import ChatEncoder, ImageTransform, collate, collate_prompts
+from maugpt.data.prompts import PromptDataModule, padded, padding, share, worker_slot
 from maugpt.schema import TASKS
 from maugpt.data.reader import SkipCounter, decode_or_skip, decode_sample, read_index, shard_urls
 from maugpt.tokenizer import load_tokenizer
@@ -107,11 +106,6 @@ class ExampleEncoder:
             return []
         pixels = self.images(sample)
         return [self.example(sample["json"], pixels, group) for group in groups]
-
-
-def worker_slot() -> tuple[int, int]:
-    info = get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
 class StreamGuard:
@@ -211,12 +205,6 @@ def scan_records(url: str) -> list[dict]:
     return records
 
 
-def evaluation_slot(n: int, slot: int, slots: int) -> tuple[int, int, int]:
-    """Of ``n`` evaluation examples cut into ``slots`` contiguous ranges (one per rank and worker):
-    ``start`` and ``stop`` of range ``slot``, and how many examples every slot yields, padding included."""
-    return slot * n // slots, (slot + 1) * n // slots, math.ceil(n / slots) if n else 0
-
-
 class EvalExamples(IterableDataset):
     """Every example of an evaluation split once across ranks and workers, in equal counts per rank.
 
@@ -245,14 +233,17 @@ class EvalExamples(IterableDataset):
                      for group in encoder.groups(record, per_qa=prompts)]
 
     def __iter__(self) -> Iterator[dict]:
-        worker, workers = worker_slot()
-        start, stop, target = evaluation_slot(len(self.plan), self.rank * workers + worker, self.world_size * workers)
-        mine = self.plan[start:stop]
+        start, stop, target = share(len(self.plan), self.rank, self.world_size)
+        counter = SkipCounter()
+        yield from padded(self.examples(self.plan[start:stop], target, counter), target, counter.take)
+
+    def examples(self, mine: list, target: int, counter: SkipCounter) -> Iterator[dict]:
+        """The examples of this slot's part of the plan, read shard by shard."""
         # With fewer examples than slots, an empty slot still yields its padding: read the first
-        # example and flag every copy of it invalid.
+        # example and flag every copy of it as padding.
         padding_only = not mine and target > 0
         mine = self.plan[:1] if padding_only else mine
-        produced, last, counter = 0, None, SkipCounter()
+        last = None
         wanted: dict[tuple[int, str], list[list[int]]] = {}
         for shard, key, group in mine:
             wanted.setdefault((shard, key), []).append(group)
@@ -275,13 +266,8 @@ class EvalExamples(IterableDataset):
                     examples = [{**last, "valid": False} for _ in groups]
                 for example in examples:
                     example["skipped"] = counter.take()
-                    example["valid"] = example["valid"] and not padding_only
-                    produced += 1
-                    last = example
-                    yield example
-        while produced < target and last is not None:  # equal counts on every rank
-            produced += 1
-            yield {**last, "valid": False, "skipped": counter.take()}
+                    last = padding(example, example["skipped"]) if padding_only else example
+                    yield last
 
 
 class EpochLoader(DataLoader):
@@ -317,7 +303,7 @@ class EpochLoader(DataLoader):
         return self.batches
 
 
-class MAUSetDataModule(L.LightningDataModule):
+class MAUSetDataModule(PromptDataModule):
     """MAU-Set shards as batches for a LLaVA-style model.
 
     Args:
@@ -390,16 +376,8 @@ class MAUSetDataModule(L.LightningDataModule):
             self.encoder = ExampleEncoder(h.tokenizer, h.vision_encoder, h.image_tokens, h.max_length, h.packing,
                                           h.tasks, h.domains, h.sources, h.references, h.system_prompt,
                                           h.shuffle_turns, h.resize)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Normalise the ``uint8`` images on the device they were moved to."""
-        if isinstance(batch, dict) and batch.get("pixel_values") is not None and batch["pixel_values"].dtype == torch.uint8:
-            batch["pixel_values"] = self.encoder.transform.normalize(batch["pixel_values"])
-        return batch
-
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+            encoder = self.encoder
+            self.chat, self.transform, self.pad_token_id = encoder.chat, encoder.transform, encoder.pad_token_id
 
     def train_dataset(self, rank: int = 0, world_size: int = 1) -> TrainExamples:
         self.setup()
@@ -424,19 +402,26 @@ class MAUSetDataModule(L.LightningDataModule):
             examples = read_index(self.data_dir / "train")["samples"]
         return max(1, examples // (self.hparams.batch_size * world_size))
 
-    def _loader(self, dataset, batch_size: int, prompts: bool = False) -> dict:
+    def loader_kwargs(self, batch_size: int, prompts: bool = False) -> dict:
+        """The DataLoader settings of this module's batches (``prompts``: left-padded generation prompts)."""
         return dict(batch_size=batch_size, num_workers=self.hparams.num_workers,
                     collate_fn=partial(collate_prompts if prompts else collate, pad_token_id=self.encoder.pad_token_id),
                     persistent_workers=False, pin_memory=torch.cuda.is_available())
 
+    def first_prompts(self, split: str, count: int) -> dict:
+        """The first ``count`` generation prompts of ``split`` as one batch, read in this process
+        (rank 0's view of the split: the same on every rank); for callbacks that show answers."""
+        dataset = self.eval_dataset(split, prompts=True)
+        return next(iter(DataLoader(dataset, **{**self.loader_kwargs(count, prompts=True), "num_workers": 0})))
+
     def train_dataloader(self) -> EpochLoader:
-        rank, world = self._rank()
+        rank, world = self.rank()
         dataset = self.train_dataset(rank, world)
         batches = self.hparams.batches_per_epoch or self.default_batches_per_epoch(world)
         trainer = self.trainer
         epoch = (lambda: trainer.current_epoch) if trainer is not None else (lambda: dataset.epoch + 1)
         self._train_loader = EpochLoader(dataset, batches, epoch, drop_last=True,
-                                         **self._loader(dataset, self.hparams.batch_size))
+                                         **self.loader_kwargs(self.hparams.batch_size))
         if self._train_state is not None:
             self._train_loader.load_state_dict(self._train_state)
             self._train_state = None
@@ -455,10 +440,10 @@ class MAUSetDataModule(L.LightningDataModule):
             self._train_state = state.get("train")
 
     def _eval_dataloader(self, split: str, prompts: bool = False) -> DataLoader:
-        rank, world = self._rank()
+        rank, world = self.rank()
         dataset = self.eval_dataset(split, rank, world, prompts)
         batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
-        return DataLoader(dataset, **self._loader(dataset, batch_size, prompts))
+        return DataLoader(dataset, **self.loader_kwargs(batch_size, prompts))
 
     def evaluation(self):
         """What scores generated test answers: Tables 2 and 4 (None when ``test_mode`` is ``loss``)."""

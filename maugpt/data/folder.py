@@ -2,31 +2,35 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
+from collections.abc import Iterator
 from pathlib import Path
 
-import lightning as L
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset
 
-from maugpt.data.encode import ChatEncoder, ImageTransform, collate_prompts
+from maugpt.data.encode import ChatEncoder, ImageTransform
+from maugpt.data.prompts import PromptDataModule, padded, padding, share
 from maugpt.mauset.sources.common import images_in
-from maugpt.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
-class _Prompts(Dataset):
-    def __init__(self, images: list[Path], question: str, chat: ChatEncoder, transform: ImageTransform) -> None:
+class FolderPrompts(IterableDataset):
+    """Each image once across ranks and workers, in equal counts per rank (see :mod:`maugpt.data.prompts`)."""
+
+    def __init__(self, images: list[Path], question: str, chat: ChatEncoder, transform: ImageTransform,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.images, self.question, self.chat, self.transform = images, question, chat, transform
+        self.rank, self.world_size = rank, world_size
         self.ids = chat.prompt(question)
 
-    def __len__(self) -> int:
-        return len(self.images)
+    def __iter__(self) -> Iterator[dict]:
+        start, stop, target = share(len(self.images), self.rank, self.world_size)
+        mine = [self.prompt(path) for path in self.images[start:stop]]
+        yield from padded(mine or [padding(self.prompt(self.images[0]))], target)
 
-    def __getitem__(self, index: int) -> dict:
-        path = self.images[index]
+    def prompt(self, path: Path) -> dict:
         meta = {"image": str(path), "question": self.question}
         try:
             with Image.open(path) as image:
@@ -39,7 +43,7 @@ class _Prompts(Dataset):
                     "meta": {**meta, "error": str(err)}, "valid": False, "skipped": 1}
 
 
-class ImageFolderQuestions(L.LightningDataModule):
+class ImageFolderQuestions(PromptDataModule):
     """Every image of ``folder`` (sorted by name) with the same ``question``, as generation prompts.
 
     Args:
@@ -65,16 +69,9 @@ class ImageFolderQuestions(L.LightningDataModule):
         self.images = images_in(folder)
         if not self.images:
             raise FileNotFoundError(f"predict folder {folder} holds no images (expected .png, .jpg, .bmp or .tif files)")
-        tokenizer = load_tokenizer(self.hparams.tokenizer)
-        self.chat = ChatEncoder(tokenizer, self.hparams.image_tokens)
-        self.transform = ImageTransform(self.hparams.vision_encoder)
-        self.pad_token_id = tokenizer.pad_token_id
+        self.setup_prompts(self.hparams.tokenizer, self.hparams.vision_encoder, self.hparams.image_tokens)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(_Prompts(self.images, self.hparams.question, self.chat, self.transform),
-                          batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
-                          collate_fn=partial(collate_prompts, pad_token_id=self.pad_token_id))
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        batch["pixel_values"] = self.transform.normalize(batch["pixel_values"])
-        return batch
+        rank, world = self.rank()
+        dataset = FolderPrompts(self.images, self.hparams.question, self.chat, self.transform, rank, world)
+        return self.prompt_loader(dataset, self.hparams.batch_size, self.hparams.num_workers)

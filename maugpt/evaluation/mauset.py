@@ -31,7 +31,7 @@ from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import SacreBLEUScore
 
 from maugpt.schema import DOMAINS, TASKS
-from maugpt.evaluation.run import evaluation_folder, write_jsonl
+from maugpt.evaluation.run import evaluation_folder, write_predictions
 from maugpt.evaluation.true_false import parse_true_false
 from maugpt.tensorboard import tensorboard
 
@@ -218,12 +218,11 @@ class MAUSetEvaluation(nn.Module):
 
 def write_evaluation(trainer: L.Trainer, results: dict[str, float], predictions: list[dict],
                      settings: str | None = None) -> Path:
-    """Write the test predictions (JSONL, one file per rank when there are several) and, on rank 0,
+    """Write the test predictions (``predictions.jsonl``, every rank's rows, as MMAD's) and, on rank 0,
     Tables 2 and 4 (Markdown and CSV) into the run's evaluation folder (a new one each time), and
     log the tables to TensorBoard."""
     folder = evaluation_folder(trainer)
-    name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.jsonl"
-    write_jsonl(folder / name, predictions)
+    write_predictions(trainer, folder, predictions)
     if trainer.is_global_zero:
         markdown, csv = tables(results, settings=settings)
         (folder / "tables.md").write_text(markdown)

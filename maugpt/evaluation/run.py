@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch.distributed as dist
 
@@ -50,6 +51,19 @@ def gather_rows(trainer: L.Trainer, rows: list[dict]) -> list[dict]:
     gathered: list[list[dict]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, rows)
     return [row for part in gathered for row in part]
+
+
+def write_predictions(trainer: L.Trainer, folder: Path, rows: list[dict],
+                      order: Callable[[dict], Any] | None = None) -> list[dict]:
+    """Every rank's prediction rows gathered (sorted by ``order`` when given) and written once, by
+    rank 0, to ``folder/predictions.jsonl``: one file per test run, whatever the number of ranks.
+    Returns the gathered rows (on every rank)."""
+    rows = gather_rows(trainer, rows)
+    if order is not None:
+        rows.sort(key=order)
+    if trainer.is_global_zero:
+        write_jsonl(folder / "predictions.jsonl", rows)
+    return rows
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

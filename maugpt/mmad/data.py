@@ -16,16 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset
 
-from maugpt.data.datamodule import evaluation_slot, worker_slot
+from maugpt.data.prompts import PromptDataModule, padded, padding, share
 from maugpt.data.encode import ChatEncoder, ImageTransform, collate_prompts
 from maugpt.mmad.scoring import MMADEvaluation, MMADQuestion, load_questions, present_options, read_mmad
 from maugpt.mmad.prompts import DEFAULT, INSTRUCTION, SCRIPTS, query_script
-from maugpt.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 Item = tuple[MMADQuestion, list[Path], str]  # the question as shown, its images (templates, query), the user turn
@@ -68,23 +66,19 @@ class MMADPrompts(IterableDataset):
                 "skipped": int(error is not None)}  # counted per question, whatever the slots
 
     def __iter__(self) -> Iterator[dict]:
-        worker, workers = worker_slot()
-        start, stop, target = evaluation_slot(len(self.items), self.rank * workers + worker, self.world_size * workers)
-        mine = self.items[start:stop] or self.items[:1]  # an empty slot pads with the first question
+        start, stop, target = share(len(self.items), self.rank, self.world_size)
+        yield from padded(self.examples(self.items[start:stop]), target)
+
+    def examples(self, mine: list[Item]) -> Iterator[dict]:
+        if not mine and self.items:  # an empty slot pads with the first question (counted by its own slot)
+            yield padding(self.example(*self.items[0], {}))
+            return
         cache: dict = {}
-        produced = 0
         for question, paths, text in mine:
-            example = self.example(question, paths, text, cache)
-            if start == stop:  # padding: its question, if unreadable, is counted by its own slot
-                example.update(valid=False, skipped=0)
-            produced += 1
-            yield example
-        while produced < target:
-            produced += 1
-            yield {**example, "valid": False, "skipped": 0}
+            yield self.example(question, paths, text, cache)
 
 
-class MMADDataModule(L.LightningDataModule):
+class MMADDataModule(PromptDataModule):
     """MMAD questions as generation prompts; ``evaluation()`` scores them (Table 5).
 
     Args:
@@ -174,11 +168,8 @@ class MMADDataModule(L.LightningDataModule):
         if missing:
             raise FileNotFoundError(f"{len(missing)} MMAD image(s) missing under {root} (e.g. {', '.join(missing[:3])}): "
                                     "data_root must hold the images the mmad.json keys and templates name")
-        tokenizer = load_tokenizer(h.tokenizer)
-        self.chat = ChatEncoder(tokenizer, h.image_tokens)
+        tokenizer = self.setup_prompts(h.tokenizer, h.vision_encoder, h.image_tokens)
         self.system = instruction if self.script.system_instruction else None
-        self.transform = ImageTransform(h.vision_encoder)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         letters = [chr(ord("A") + i) for i in range(max(len(q.options) for q, _, _ in self.items))]
         ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in letters]
         if any(len(i) != 1 for i in ids):
@@ -205,12 +196,6 @@ class MMADDataModule(L.LightningDataModule):
         return {**collate_prompts(examples, self.pad_token_id), "choice_ids": self.choice_ids}
 
     def test_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        rank, world = self.rank()
         dataset = MMADPrompts(self.items, self.chat, self.transform, self.system, rank, world)
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers,
-                          collate_fn=self._collate, pin_memory=torch.cuda.is_available())
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        batch["pixel_values"] = self.transform.normalize(batch["pixel_values"])
-        return batch
+        return self.prompt_loader(dataset, self.hparams.batch_size, self.hparams.num_workers, self._collate)

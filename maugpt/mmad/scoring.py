@@ -336,16 +336,15 @@ class MMADEvaluation(nn.Module):
                           **({"error": error} if error else {})})
 
     def finish(self, trainer) -> dict[str, float]:
-        from maugpt.evaluation.run import evaluation_folder, gather_rows, write_jsonl
+        from maugpt.evaluation.run import evaluation_folder, write_predictions
         from maugpt.tensorboard import tensorboard
 
-        rows, self.rows = gather_rows(trainer, self.rows), []
         folder = evaluation_folder(trainer)
+        order = {(q.image, q.index): i for i, q in enumerate(self.questions)}
+        rows = write_predictions(trainer, folder, self.rows, lambda r: order.get((r["image"], r["question_index"]), -1))
+        self.rows = []
         results: dict[str, float] = {}
         if trainer.is_global_zero:
-            order = {(q.image, q.index): i for i, q in enumerate(self.questions)}
-            rows.sort(key=lambda r: order.get((r["image"], r["question_index"]), -1))
-            write_jsonl(folder / "predictions.jsonl", rows)
             unreadable = sum("error" in r for r in rows)
             first, _, details = self.setting.partition("\n\n")
             sections = [f"MMAD: {len(rows)} questions; {first}; questions with unreadable images: {unreadable}"

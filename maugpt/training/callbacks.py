@@ -10,7 +10,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities import move_data_to_device
-from torch.utils.data import DataLoader
 
 from maugpt.adapters import adapter_diagnostics
 from maugpt.tensorboard import tensorboard, tensorboard_logger
@@ -114,10 +113,7 @@ class ExampleAnswers(L.Callback):
     def prompts(self, trainer) -> dict:
         """The first ``examples`` validation prompts as one left-padded batch (read once)."""
         if self._batch is None:
-            data = trainer.datamodule
-            dataset = data.eval_dataset("val", prompts=True)  # rank 0's view of the split: the same on every rank
-            loader = DataLoader(dataset, **{**data._loader(dataset, self.examples, prompts=True), "num_workers": 0})
-            self._batch = next(iter(loader))
+            self._batch = trainer.datamodule.first_prompts("val", self.examples)
         return self._batch
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

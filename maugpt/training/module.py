@@ -241,7 +241,8 @@ class MAUGPTModule(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         answers = self.generate_answers(batch)
         return [{**meta, "prediction": answer.strip() if valid else None}
-                for meta, answer, valid in zip(batch["meta"], answers, batch["valid"].tolist())]
+                for meta, answer, valid in zip(batch["meta"], answers, batch["valid"].tolist())
+                if not meta.get("padding")]  # a slot filler of an uneven split across ranks
 
     # -- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self):

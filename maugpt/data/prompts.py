@@ -1,0 +1,95 @@
+"""What the data modules that ask questions share: MAU-Set's evaluation splits, MMAD and a folder
+of images.
+
+* Exactly once: a plan of ``n`` items is cut into one contiguous range per (rank, DataLoader
+  worker) (:func:`share`), and the shorter ranges are padded with copies flagged ``valid=False``
+  and ``meta["padding"]`` (:func:`padded`), so that every rank runs the same number of batches
+  (ranks that generate in lockstep under FSDP stop together) and no item is answered twice.
+* :class:`PromptDataModule`: the tokenizer, chat encoder and image transform of prompt batches,
+  their left-padded loader and the normalisation of the ``uint8`` images on the device.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from maugpt.data.encode import ChatEncoder, ImageTransform, collate_prompts
+from maugpt.tokenizer import load_tokenizer
+
+
+def worker_slot() -> tuple[int, int]:
+    """``(worker id, workers)`` of the DataLoader worker running this code (``(0, 1)`` in the main process)."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def evaluation_slot(n: int, slot: int, slots: int) -> tuple[int, int, int]:
+    """Of ``n`` evaluation examples cut into ``slots`` contiguous ranges (one per rank and worker):
+    ``start`` and ``stop`` of range ``slot``, and how many examples every slot yields, padding included."""
+    return slot * n // slots, (slot + 1) * n // slots, math.ceil(n / slots) if n else 0
+
+
+def share(n: int, rank: int, world_size: int) -> tuple[int, int, int]:
+    """:func:`evaluation_slot` of this (rank, worker): ``(start, stop, target)`` in a plan of ``n``."""
+    worker, workers = worker_slot()
+    return evaluation_slot(n, rank * workers + worker, world_size * workers)
+
+
+def padding(example: dict, skipped: int = 0) -> dict:
+    """A copy of ``example`` that only fills a slot: never scored, answered or written."""
+    return {**example, "valid": False, "skipped": skipped, "meta": {**example["meta"], "padding": True}}
+
+
+def padded(examples: Iterable[dict], target: int, skipped: Callable[[], int] = lambda: 0) -> Iterator[dict]:
+    """``examples``, then :func:`padding` copies of the last one until ``target`` have been yielded
+    (``skipped()`` gives each copy's count of samples skipped since the previous example)."""
+    produced, last = 0, None
+    for last in examples:
+        produced += 1
+        yield last
+    while produced < target and last is not None:
+        produced += 1
+        yield padding(last, skipped())
+
+
+class PromptDataModule(L.LightningDataModule):
+    """A data module whose batches include generation prompts.
+
+    Subclasses call :meth:`setup_prompts` in ``setup`` (or set ``chat``, ``transform`` and
+    ``pad_token_id`` themselves) and batch their prompt datasets with :meth:`prompt_loader`.
+    """
+
+    chat: ChatEncoder
+    transform: ImageTransform
+    pad_token_id: int
+
+    def setup_prompts(self, tokenizer: str, vision_encoder: str, image_tokens: int, resize: str = "torch"):
+        """Load the LLM's tokenizer and the encoder's image transform; returns the tokenizer."""
+        loaded = load_tokenizer(tokenizer)
+        self.chat = ChatEncoder(loaded, image_tokens)
+        self.transform = ImageTransform(vision_encoder, resize=resize)
+        self.pad_token_id = loaded.pad_token_id if loaded.pad_token_id is not None else loaded.eos_token_id
+        return loaded
+
+    def rank(self) -> tuple[int, int]:
+        """``(global rank, world size)`` of the attached trainer (``(0, 1)`` without one)."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def prompt_loader(self, dataset, batch_size: int, num_workers: int, collate: Callable | None = None) -> DataLoader:
+        """Left-padded prompt batches (:func:`~maugpt.data.encode.collate_prompts` unless ``collate``)."""
+        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                          collate_fn=collate or partial(collate_prompts, pad_token_id=self.pad_token_id),
+                          pin_memory=torch.cuda.is_available())
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Normalise the ``uint8`` images on the device they were moved to."""
+        if isinstance(batch, dict) and isinstance(batch.get("pixel_values"), torch.Tensor) \
+                and batch["pixel_values"].dtype == torch.uint8:
+            batch["pixel_values"] = self.transform.normalize(batch["pixel_values"])
+        return batch
