@@ -17,6 +17,7 @@ from typing import Literal
 
 from maugpt.evaluation.judge import SYSTEM, USER_TEMPLATE
 
+
 def build(*, source: Literal["btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile", "mpdd", "mvtec_ad", "all"],
          root: Path, out: Path, seed: int = 0, test: float = 0.2, val: float = 0.05, max_side: int = 512,
          image_format: Literal["jpg", "png"] = "jpg", maxcount: int = 1000, maxsize: float = 1e9,
@@ -385,6 +386,7 @@ def sweep_cell(sweep_dir: Path, index: int) -> None:
     if not 0 <= index < len(names):
         raise SystemExit(f"sweep-cell: index {index} is outside the sweep's {len(names)} cells (0-{len(names) - 1})")
     outcome = run_cell(sweep_dir / "cells" / names[index])
-    print(f"{names[index]}: {outcome}" + (f" (log: {sweep_dir}/cells/{names[index]}/logs/)" if outcome == "failed" else ""))
+    where = f" (log: {sweep_dir}/cells/{names[index]}/logs/)" if outcome == "failed" else ""
+    print(f"{names[index]}: {outcome}{where}")
     if outcome == "failed":
         raise SystemExit(1)

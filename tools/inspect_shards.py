@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Print the statistics table of a shard folder and a few decoded samples. (= ``maugpt inspect``)."""
+"""Print the statistics table of a shard folder and a few decoded samples.
+
+The same as ``maugpt inspect``.
+"""
 from jsonargparse import auto_cli
 
 from maugpt.commands import inspect_shards

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""LLM-judged accuracy of open-ended answers (Table 3) through an OpenAI-compatible endpoint. (= ``maugpt judge``)."""
+"""LLM-judged accuracy of open-ended answers (Table 3) through an OpenAI-compatible endpoint.
+
+The same as ``maugpt judge``.
+"""
 from jsonargparse import auto_cli
 
 from maugpt.commands import judge

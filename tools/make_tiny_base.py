@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Build the offline default's base models (tokenizer + tiny LM, tiny ViT) from synthetic shards. (= ``maugpt tiny-base``)."""
+"""Build the offline default's base models (tokenizer + tiny LM, tiny ViT) from synthetic shards.
+
+The same as ``maugpt tiny-base``.
+"""
 from jsonargparse import auto_cli
 
 from maugpt.commands import tiny_base

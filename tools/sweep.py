@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Expand a sweep spec into one run folder per cell and run them (or write a SLURM array script). (= ``maugpt sweep``)."""
+"""Expand a sweep spec into one run folder per cell and run them (or write a SLURM array script).
+
+The same as ``maugpt sweep``.
+"""
 from jsonargparse import auto_cli
 
 from maugpt.commands import sweep
