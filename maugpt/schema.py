@@ -24,8 +24,11 @@ and the reader checks each decoded record with it.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import types
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
+from typing import get_args, get_origin, get_type_hints
 
 TASKS = ("detection", "classification", "localization", "description", "understanding")
 DOMAINS = ("Industrial Components", "Electronic Components", "Construction Materials",
@@ -92,7 +95,7 @@ class MAUSetRecord:
         where = f"record {self.key!r}"
         for f in fields(self):
             value = getattr(self, f.name)
-            kinds = FIELD_TYPES[f.name]
+            kinds = field_kinds(f.name)
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 names = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
                 raise ValueError(f"{where}: field {f.name!r} should be {names}, got {type(value).__name__}")
@@ -128,7 +131,7 @@ class MAUSetRecord:
             raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
         key = data.get("key", "?")
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names[:12] if n not in data]
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
         if missing:
             raise ValueError(f"{where} {key!r}: missing field {missing[0]!r}")
         unknown = sorted(set(data) - set(names))
@@ -148,11 +151,13 @@ class MAUSetRecord:
         return data
 
 
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "key": (str,), "source": (str,), "product": (str,), "product_name": (str,), "domain": (str,), "split": (str,),
-    "is_anomalous": (bool,), "defect_class": (str, type(None)), "defect_name": (str, type(None)),
-    "location": (dict, type(None)), "qa": (list,), "origin": (str,), "width": (int, type(None)),
-    "height": (int, type(None)), "generic_defect": (bool,), "defects": (list, type(None))}
+@cache
+def field_kinds(name: str) -> tuple[type, ...]:
+    """The types a :class:`MAUSetRecord` field accepts, read from its annotation (``str | None`` →
+    ``(str, NoneType)``, ``list[dict]`` → ``(list,)``)."""
+    hint = get_type_hints(MAUSetRecord)[name]
+    members = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return tuple(get_origin(m) or m for m in members)
 
 
 def validate_record(record: dict, where: str = "record") -> dict:

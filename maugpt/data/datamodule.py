@@ -25,7 +25,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from maugpt.data.encode import ChatEncoder, ImageTransform, collate, collate_prompts
-from maugpt.data.prompts import PromptDataModule, padded, padding, share, worker_slot
+from maugpt.data.prompts import PromptDataModule, exactly_once, worker_slot
 from maugpt.schema import TASKS
 from maugpt.data.reader import SkipCounter, decode_or_skip, decode_sample, read_index, shard_urls
 from maugpt.tokenizer import load_tokenizer
@@ -233,16 +233,12 @@ class EvalExamples(IterableDataset):
                      for group in encoder.groups(record, per_qa=prompts)]
 
     def __iter__(self) -> Iterator[dict]:
-        start, stop, target = share(len(self.plan), self.rank, self.world_size)
         counter = SkipCounter()
-        yield from padded(self.examples(self.plan[start:stop], target, counter), target, counter.take)
+        yield from exactly_once(self.plan, self.rank, self.world_size, lambda mine: self.examples(mine, counter),
+                                counter.take)
 
-    def examples(self, mine: list, target: int, counter: SkipCounter) -> Iterator[dict]:
-        """The examples of this slot's part of the plan, read shard by shard."""
-        # With fewer examples than slots, an empty slot still yields its padding: read the first
-        # example and flag every copy of it as padding.
-        padding_only = not mine and target > 0
-        mine = self.plan[:1] if padding_only else mine
+    def examples(self, mine: list, counter: SkipCounter) -> Iterator[dict]:
+        """The examples of ``mine`` (a part of the plan), read shard by shard."""
         last = None
         wanted: dict[tuple[int, str], list[list[int]]] = {}
         for shard, key, group in mine:
@@ -266,8 +262,8 @@ class EvalExamples(IterableDataset):
                     examples = [{**last, "valid": False} for _ in groups]
                 for example in examples:
                     example["skipped"] = counter.take()
-                    last = padding(example, example["skipped"]) if padding_only else example
-                    yield last
+                    last = example
+                    yield example
 
 
 class EpochLoader(DataLoader):

@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset
 
 from maugpt.data.encode import ChatEncoder, ImageTransform
-from maugpt.data.prompts import PromptDataModule, padded, padding, share
+from maugpt.data.prompts import PromptDataModule, exactly_once
 from maugpt.mauset.sources.common import images_in
 
 log = logging.getLogger(__name__)
@@ -26,9 +26,7 @@ class FolderPrompts(IterableDataset):
         self.ids = chat.prompt(question)
 
     def __iter__(self) -> Iterator[dict]:
-        start, stop, target = share(len(self.images), self.rank, self.world_size)
-        mine = [self.prompt(path) for path in self.images[start:stop]]
-        yield from padded(mine or [padding(self.prompt(self.images[0]))], target)
+        yield from exactly_once(self.images, self.rank, self.world_size, lambda paths: map(self.prompt, paths))
 
     def prompt(self, path: Path) -> dict:
         meta = {"image": str(path), "question": self.question}

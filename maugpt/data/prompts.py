@@ -1,18 +1,20 @@
 """What the data modules that ask questions share: MAU-Set's evaluation splits, MMAD and a folder
 of images.
 
-* Exactly once: a plan of ``n`` items is cut into one contiguous range per (rank, DataLoader
-  worker) (:func:`share`), and the shorter ranges are padded with copies flagged ``valid=False``
-  and ``meta["padding"]`` (:func:`padded`), so that every rank runs the same number of batches
-  (ranks that generate in lockstep under FSDP stop together) and no item is answered twice.
+* Exactly once (:func:`exactly_once`): a plan of ``n`` items is cut into one contiguous range per
+  (rank, DataLoader worker) (:func:`share`), and the shorter ranges are padded with copies flagged
+  ``valid=False`` and ``meta["padding"]`` (:func:`padded`), so that every rank runs the same number
+  of batches (ranks that generate in lockstep under FSDP stop together) and no item is answered twice.
 * :class:`PromptDataModule`: the tokenizer, chat encoder and image transform of prompt batches,
   their left-padded loader and the normalisation of the ``uint8`` images on the device.
 """
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
+from typing import TypeVar
 
 import lightning as L
 import torch
@@ -20,6 +22,8 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from maugpt.data.encode import ChatEncoder, ImageTransform, collate_prompts
 from maugpt.tokenizer import load_tokenizer
+
+T = TypeVar("T")
 
 
 def worker_slot() -> tuple[int, int]:
@@ -43,6 +47,19 @@ def share(n: int, rank: int, world_size: int) -> tuple[int, int, int]:
 def padding(example: dict, skipped: int = 0) -> dict:
     """A copy of ``example`` that only fills a slot: never scored, answered or written."""
     return {**example, "valid": False, "skipped": skipped, "meta": {**example["meta"], "padding": True}}
+
+
+def exactly_once(plan: Sequence[T], rank: int, world_size: int, read: Callable[[Sequence[T]], Iterable[dict]],
+                 skipped: Callable[[], int] = lambda: 0) -> Iterator[dict]:
+    """The examples of this (rank, worker)'s share of ``plan``, made by ``read(items)`` as they are
+    consumed, then padding up to the count every slot yields; an empty share yields padding copies
+    of the plan's first example (that item is counted and answered by its own slot)."""
+    start, stop, target = share(len(plan), rank, world_size)
+    if start == stop:
+        examples = (padding(example) for example in itertools.islice(read(plan[:1]), 1))
+    else:
+        examples = read(plan[start:stop])
+    yield from padded(examples, target, skipped)
 
 
 def padded(examples: Iterable[dict], target: int, skipped: Callable[[], int] = lambda: 0) -> Iterator[dict]:

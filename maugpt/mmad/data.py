@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset
 
-from maugpt.data.prompts import PromptDataModule, padded, padding, share
+from maugpt.data.prompts import PromptDataModule, exactly_once
 from maugpt.data.encode import ChatEncoder, ImageTransform, collate_prompts
 from maugpt.mmad.scoring import MMADEvaluation, MMADQuestion, load_questions, present_options, read_mmad
 from maugpt.mmad.prompts import DEFAULT, INSTRUCTION, SCRIPTS, query_script
@@ -66,13 +66,9 @@ class MMADPrompts(IterableDataset):
                 "skipped": int(error is not None)}  # counted per question, whatever the slots
 
     def __iter__(self) -> Iterator[dict]:
-        start, stop, target = share(len(self.items), self.rank, self.world_size)
-        yield from padded(self.examples(self.items[start:stop]), target)
+        yield from exactly_once(self.items, self.rank, self.world_size, self.examples)
 
     def examples(self, mine: list[Item]) -> Iterator[dict]:
-        if not mine and self.items:  # an empty slot pads with the first question (counted by its own slot)
-            yield padding(self.example(*self.items[0], {}))
-            return
         cache: dict = {}
         for question, paths, text in mine:
             yield self.example(question, paths, text, cache)
