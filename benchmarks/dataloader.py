@@ -59,7 +59,7 @@ def time_pipeline(folder: Path, make_encoder, batch_size: int, warm: bool = Fals
     encoder = make_encoder()
     if warm:
         time_pipeline(folder, lambda: encoder, batch_size)
-        encoder.chat.segments.hits = encoder.chat.segments.misses = 0
+        encoder.format.chat.segments.hits = encoder.format.chat.segments.misses = 0
     start = time.perf_counter()
     samples = examples = 0
     pending = []
@@ -71,7 +71,7 @@ def time_pipeline(folder: Path, make_encoder, batch_size: int, warm: bool = Fals
             examples += batch_size
             pending = pending[batch_size:]
     seconds = time.perf_counter() - start
-    segments = encoder.chat.segments
+    segments = encoder.format.chat.segments
     return samples, examples, seconds, segments.hits / max(segments.hits + segments.misses, 1)
 
 
@@ -103,7 +103,7 @@ def main() -> None:
                 made = ExampleEncoder(str(tmp / "tok"), args.vision_encoder, args.image_tokens, max_length=4096,
                                       packing=args.packing, resize="torch" if shipped else "pil")
                 if not shipped:
-                    made.chat = ChatEncoder(made.tokenizer, args.image_tokens, 4096, cache=False)
+                    made.format.chat = ChatEncoder(made.tokenizer, args.image_tokens, 4096, cache=False)
                 return made
             return make
 

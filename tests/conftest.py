@@ -3,6 +3,8 @@ trained on it and a timm data config (no downloads)."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +78,28 @@ def tiny_base(synthetic_dir, tmp_path_factory):
 
     return make_tiny_base(tmp_path_factory.mktemp("base"), synthetic_dir, vit_steps=2, llm_steps=2,
                           vit_extra_images=14)
+
+
+# -- pretrained vision-language models: shrunk published files (tests/fixtures/vlm), random weights --
+VLM_FIXTURES = Path(__file__).parent / "fixtures" / "vlm"
+VLM_FAMILIES = ("llava-1.5", "qwen2.5-vl", "smolvlm")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """``tiny_vlm(family)``: a folder holding the family's fixture files and random weights built
+    from its config.json (seed 0), saved as ``save_pretrained`` does: what ``from_pretrained`` reads."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    built: dict[str, Path] = {}
+
+    def build(family: str) -> Path:
+        if family not in built:
+            folder = tmp_path_factory.mktemp(family)
+            shutil.copytree(VLM_FIXTURES / family, folder, dirs_exist_ok=True)
+            torch.manual_seed(0)
+            AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(folder)).save_pretrained(folder)
+            built[family] = folder
+        return built[family]
+
+    return build

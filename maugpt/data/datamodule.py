@@ -16,7 +16,6 @@ import logging
 import random
 import tarfile
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -24,11 +23,10 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from maugpt.data.encode import ChatEncoder, ImageTransform, collate, collate_prompts
+from maugpt.data.formats import chat_format
 from maugpt.data.prompts import PromptDataModule, exactly_once, worker_slot
 from maugpt.schema import TASKS
 from maugpt.data.reader import SkipCounter, decode_or_skip, decode_sample, read_index, shard_urls
-from maugpt.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 Packing = Literal["conversation", "qa"]
@@ -37,19 +35,17 @@ Packing = Literal["conversation", "qa"]
 class ExampleEncoder:
     """Turns one decoded sample into model examples: filters, packing, images, tokens."""
 
-    def __init__(self, tokenizer: str, vision_encoder: str, image_tokens: int, max_length: int = 2048,
-                 packing: Packing = "conversation", tasks: list[str] | None = None,
+    def __init__(self, tokenizer: str | None, vision_encoder: str | None, image_tokens: int | None,
+                 max_length: int = 2048, packing: Packing = "conversation", tasks: list[str] | None = None,
                  domains: list[str] | None = None, sources: list[str] | None = None, references: int = 0,
-                 system_prompt: str | None = None, shuffle_turns: bool = True, resize: str = "torch") -> None:
+                 system_prompt: str | None = None, shuffle_turns: bool = True, resize: str = "torch",
+                 processor: str | None = None) -> None:
         if packing not in ("conversation", "qa"):
             raise ValueError(f"packing must be 'conversation' or 'qa', got {packing!r}")
-        self.tokenizer = load_tokenizer(tokenizer)
-        self.chat = ChatEncoder(self.tokenizer, image_tokens, max_length, system_prompt=system_prompt)
-        self.transform = ImageTransform(vision_encoder, resize=resize)
+        self.format = chat_format(tokenizer, vision_encoder, image_tokens, processor, max_length, system_prompt, resize)
+        self.tokenizer, self.pad_token_id = self.format.tokenizer, self.format.pad_token_id
         self.packing, self.references, self.shuffle_turns = packing, references, shuffle_turns
         self.tasks, self.domains, self.sources = (set(x) if x else None for x in (tasks, domains, sources))
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
-            else self.tokenizer.eos_token_id
 
     def groups(self, record: dict, per_qa: bool = False) -> list[list[int]]:
         """Indices of the QA pairs that form each example of ``record`` (empty if it is filtered out);
@@ -66,8 +62,9 @@ class ExampleEncoder:
         """Which image members to decode: the query image and the configured references (no masks)."""
         return "." not in name or (name.startswith("ref") and int(name[3:name.index(".")]) < self.references)
 
-    def images(self, sample: dict) -> torch.Tensor:
-        """``uint8 (1 + references, H, W, 3)``: the query image, then the normal references."""
+    def images(self, sample: dict):
+        """The query image, then the normal references, as the format prepares them (MAU-GPT's:
+        ``uint8 (1 + references, H, W, 3)``)."""
         query = next((sample[k] for k in ("jpg", "png", "jpeg") if k in sample), None)
         if query is None:
             raise ValueError(f"sample {sample.get('__key__')!r} has no image")
@@ -75,11 +72,9 @@ class ExampleEncoder:
         if len(refs) < self.references:
             raise ValueError(f"sample {sample.get('__key__')!r} has {len(refs)} reference image(s); "
                              f"{self.references} are configured")
-        if not refs:
-            return self.transform(query).unsqueeze(0)
-        return torch.stack([self.transform(query)] + [self.transform(sample[k]) for k in refs])
+        return self.format.images([query] + [sample[k] for k in refs])
 
-    def example(self, record: dict, pixels: torch.Tensor, group: list[int], valid: bool = True,
+    def example(self, record: dict, pixels, group: list[int], valid: bool = True,
                 prompt: bool = False) -> dict:
         """A training example of the QA pairs ``group``; with ``prompt``, the generation prompt of
         its one question, the reference answer kept in ``meta``."""
@@ -90,15 +85,12 @@ class ExampleEncoder:
         if prompt:
             qa = record["qa"][group[0]]
             meta.update(task=qa["task"], style=qa["style"], question=qa["question"], reference=qa["answer"])
-            return {"input_ids": self.chat.prompt(qa["question"], images=pixels.shape[0]), "pixel_values": pixels,
-                    "meta": meta, "valid": valid}
+            return {**self.format.prompt(qa["question"], pixels), "meta": meta, "valid": valid}
         if len(group) > 1 and self.shuffle_turns:
             # Every task gets to be the first question, as it is when a single question is asked.
             group = random.Random(record["key"]).sample(group, len(group))
         pairs = [(record["qa"][i]["question"], record["qa"][i]["answer"]) for i in group]
-        encoded = self.chat.encode(pairs, images=pixels.shape[0])
-        return {"input_ids": encoded.input_ids, "labels": encoded.labels, "condition_end": encoded.condition_end,
-                "pixel_values": pixels, "meta": meta, "valid": valid}
+        return {**self.format.conversation(pairs, pixels), "meta": meta, "valid": valid}
 
     def __call__(self, sample: dict) -> list[dict]:
         groups = self.groups(sample["json"])
@@ -300,7 +292,7 @@ class EpochLoader(DataLoader):
 
 
 class MAUSetDataModule(PromptDataModule):
-    """MAU-Set shards as batches for a LLaVA-style model.
+    """MAU-Set shards as batches for MAU-GPT or, through its processor, a pretrained VLM.
 
     Args:
         data_dir: folder with ``train/``, ``val/`` and ``test/`` split folders (written by the builders).
@@ -338,9 +330,13 @@ class MAUSetDataModule(PromptDataModule):
             faster) or ``pil`` (timm's own transform, bit for bit); see
             :class:`~maugpt.data.encode.ImageTransform`. Shards built at the encoder's input size
             (``max_side`` of the builders) need no resize at all.
+        processor: a pretrained VLM's folder or hub id: its own processor makes the batches
+            (:class:`~maugpt.data.processor.ProcessorFormat`) and ``tokenizer``, ``vision_encoder``,
+            ``image_tokens`` and ``resize`` go unused; linked from ``PretrainedVLMModule``'s ``vlm``.
     """
 
-    def __init__(self, data_dir: str, tokenizer: str, vision_encoder: str, image_tokens: int = 576,
+    def __init__(self, data_dir: str, tokenizer: str | None = None, vision_encoder: str | None = None,
+                 image_tokens: int | None = 576,
                  batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 2,
                  max_length: int = 2048, packing: Packing = "conversation", tasks: list[str] | None = None,
                  domains: list[str] | None = None, sources: list[str] | None = None, references: int = 0,
@@ -348,7 +344,8 @@ class MAUSetDataModule(PromptDataModule):
                  system_prompt: str | None = None, allow_pipe_urls: bool = False,
                  test_mode: Literal["generate", "loss"] = "generate", shuffle_turns: bool = True,
                  bleu_tokenize: Literal["none", "13a"] = "none", rouge_stemmer: bool = False,
-                 allow_missing_eval: bool = False, resize: Literal["torch", "pil"] = "torch") -> None:
+                 allow_missing_eval: bool = False, resize: Literal["torch", "pil"] = "torch",
+                 processor: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         unknown = sorted(set(tasks or []) - set(TASKS) - {"caption"})
@@ -371,9 +368,8 @@ class MAUSetDataModule(PromptDataModule):
             h = self.hparams
             self.encoder = ExampleEncoder(h.tokenizer, h.vision_encoder, h.image_tokens, h.max_length, h.packing,
                                           h.tasks, h.domains, h.sources, h.references, h.system_prompt,
-                                          h.shuffle_turns, h.resize)
-            encoder = self.encoder
-            self.chat, self.transform, self.pad_token_id = encoder.chat, encoder.transform, encoder.pad_token_id
+                                          h.shuffle_turns, h.resize, h.processor)
+            self.format, self.pad_token_id = self.encoder.format, self.encoder.pad_token_id
 
     def train_dataset(self, rank: int = 0, world_size: int = 1) -> TrainExamples:
         self.setup()
@@ -401,7 +397,7 @@ class MAUSetDataModule(PromptDataModule):
     def loader_kwargs(self, batch_size: int, prompts: bool = False) -> dict:
         """The DataLoader settings of this module's batches (``prompts``: left-padded generation prompts)."""
         return dict(batch_size=batch_size, num_workers=self.hparams.num_workers,
-                    collate_fn=partial(collate_prompts if prompts else collate, pad_token_id=self.encoder.pad_token_id),
+                    collate_fn=self.format.collate_prompts if prompts else self.format.collate,
                     persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def first_prompts(self, split: str, count: int) -> dict:

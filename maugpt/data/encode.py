@@ -25,6 +25,38 @@ IGNORE_INDEX = -100
 _START, _END = "\ue000", "\ue001"  # private-use characters that mark answers inside the rendered chat
 
 
+MARKED_PROBE = _START + "A" + _END  # an answer as the probes of turn_end() render it
+
+
+def mark(answer: str) -> str:
+    """``answer`` between the markers that :func:`answer_spans` finds after the template has run."""
+    return _START + answer + _END
+
+
+def turn_end(rendered_probe: str) -> str:
+    """What a chat template writes right after an answer (e.g. ``<|im_end|>\\n``), read from a
+    conversation it rendered with one :data:`MARKED_PROBE` answer."""
+    after = rendered_probe[rendered_probe.index(_END) + 1:]
+    return after.split(_START)[0] if _START in after else after
+
+
+def answer_spans(text: str, answers: int, end: str, insert: str = "") -> tuple[str, list[tuple[int, int]]]:
+    """``text`` (a rendered chat whose ``answers`` answers were :func:`mark`-ed) without the markers,
+    and the character span of each answer and the turn ``end`` the template wrote after it; ``insert``
+    goes right after each answer, inside its span (an end-of-sequence token a template leaves out)."""
+    head, *pieces = text.split(_START)
+    if len(pieces) != answers:
+        raise ValueError("the chat template dropped or altered assistant turns; cannot find the answers")
+    parts, spans, length = [head], [], len(head)
+    for piece in pieces:
+        answer, rest = piece.split(_END, 1)
+        answer += insert
+        spans.append((length, length + len(answer) + (len(end) if rest.startswith(end) else 0)))
+        parts += [answer, rest]
+        length += len(answer) + len(rest)
+    return "".join(parts), spans
+
+
 class ImageTransform:
     """A timm encoder's evaluation transform, split where it is cheapest to run.
 
@@ -166,9 +198,7 @@ class ChatEncoder:
 
     def _turn_end(self) -> str:
         """What the template writes right after an answer (e.g. ``<|im_end|>\\n``)."""
-        text = self.tokenizer.apply_chat_template(self._messages([("q", _START + "A" + _END)], 0), tokenize=False)
-        after = text[text.index(_END) + 1:]
-        return after.split(_START)[0] if _START in after else after
+        return turn_end(self.tokenizer.apply_chat_template(self._messages([("q", MARKED_PROBE)], 0), tokenize=False))
 
     def _messages(self, pairs: list[tuple[str, str]], images: int) -> list[dict]:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -178,18 +208,9 @@ class ChatEncoder:
         return messages
 
     def _encode(self, pairs: list[tuple[str, str]], images: int) -> Encoded:
-        marked = [(q, _START + a + _END) for q, a in pairs]
+        marked = [(q, mark(a)) for q, a in pairs]
         text = self.renderer.render(self._messages(marked, images))
-        head, *pieces = text.split(_START)
-        if len(pieces) != len(pairs):
-            raise ValueError("the chat template dropped or altered assistant turns; cannot find the answers")
-        parts, spans, length = [head], [], len(head)
-        for piece in pieces:  # strip the markers, remembering where each answer (+ turn end) lies
-            answer, rest = piece.split(_END, 1)
-            spans.append((length, length + len(answer) + (len(self.turn_end) if rest.startswith(self.turn_end) else 0)))
-            parts += [answer, rest]
-            length += len(answer) + len(rest)
-        clean_text = "".join(parts)
+        clean_text, spans = answer_spans(text, len(pairs), self.turn_end)
         ids, starts = self.segments.encode(clean_text)
         span_starts, span_ends = np.asarray(spans, dtype=np.int64).T
         inside = np.searchsorted(span_starts, starts, side="right") - 1

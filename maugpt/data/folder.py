@@ -5,11 +5,10 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset
 
-from maugpt.data.encode import ChatEncoder, ImageTransform
+from maugpt.data.formats import ChatFormat
 from maugpt.data.prompts import PromptDataModule, exactly_once
 from maugpt.mauset.sources.common import images_in
 
@@ -19,11 +18,10 @@ log = logging.getLogger(__name__)
 class FolderPrompts(IterableDataset):
     """Each image once across ranks and workers, in equal counts per rank (see :mod:`maugpt.data.prompts`)."""
 
-    def __init__(self, images: list[Path], question: str, chat: ChatEncoder, transform: ImageTransform,
-                 rank: int = 0, world_size: int = 1) -> None:
-        self.images, self.question, self.chat, self.transform = images, question, chat, transform
+    def __init__(self, images: list[Path], question: str, format: ChatFormat, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.images, self.question, self.format = images, question, format
         self.rank, self.world_size = rank, world_size
-        self.ids = chat.prompt(question)
 
     def __iter__(self) -> Iterator[dict]:
         yield from exactly_once(self.images, self.rank, self.world_size, lambda paths: map(self.prompt, paths))
@@ -32,13 +30,12 @@ class FolderPrompts(IterableDataset):
         meta = {"image": str(path), "question": self.question}
         try:
             with Image.open(path) as image:
-                pixels = self.transform(image)[None]
-            return {"input_ids": self.ids, "pixel_values": pixels, "meta": meta, "valid": True}
+                pixels = self.format.images([image])
+            return {**self.format.prompt(self.question, pixels), "meta": meta, "valid": True}
         except (OSError, UnidentifiedImageError) as err:  # answered as invalid, never a crash
             log.warning("unreadable image %s: %s", path, err)
-            size = self.transform.size
-            return {"input_ids": self.ids, "pixel_values": torch.zeros(1, *size, 3, dtype=torch.uint8),
-                    "meta": {**meta, "error": str(err)}, "valid": False, "skipped": 1}
+            return {**self.format.prompt(self.question, self.format.blank(1)), "meta": {**meta, "error": str(err)},
+                    "valid": False, "skipped": 1}
 
 
 class ImageFolderQuestions(PromptDataModule):
@@ -52,10 +49,12 @@ class ImageFolderQuestions(PromptDataModule):
         image_tokens: linked from the built encoder by the CLI.
         batch_size: prompts per batch.
         num_workers: data-loading workers.
+        processor: a pretrained VLM's processor (linked from ``PretrainedVLMModule``'s ``vlm``).
     """
 
-    def __init__(self, folder: str, question: str, tokenizer: str, vision_encoder: str, image_tokens: int = 576,
-                 batch_size: int = 8, num_workers: int = 0) -> None:
+    def __init__(self, folder: str, question: str, tokenizer: str | None = None, vision_encoder: str | None = None,
+                 image_tokens: int | None = 576, batch_size: int = 8, num_workers: int = 0,
+                 processor: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.images: list[Path] = []
@@ -67,9 +66,10 @@ class ImageFolderQuestions(PromptDataModule):
         self.images = images_in(folder)
         if not self.images:
             raise FileNotFoundError(f"predict folder {folder} holds no images (expected .png, .jpg, .bmp or .tif files)")
-        self.setup_prompts(self.hparams.tokenizer, self.hparams.vision_encoder, self.hparams.image_tokens)
+        h = self.hparams
+        self.setup_prompts(h.tokenizer, h.vision_encoder, h.image_tokens, processor=h.processor)
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = self.rank()
-        dataset = FolderPrompts(self.images, self.hparams.question, self.chat, self.transform, rank, world)
+        dataset = FolderPrompts(self.images, self.hparams.question, self.format, rank, world)
         return self.prompt_loader(dataset, self.hparams.batch_size, self.hparams.num_workers)

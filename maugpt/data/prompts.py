@@ -5,23 +5,22 @@ of images.
   (rank, DataLoader worker) (:func:`share`), and the shorter ranges are padded with copies flagged
   ``valid=False`` and ``meta["padding"]`` (:func:`padded`), so that every rank runs the same number
   of batches (ranks that generate in lockstep under FSDP stop together) and no item is answered twice.
-* :class:`PromptDataModule`: the tokenizer, chat encoder and image transform of prompt batches,
-  their left-padded loader and the normalisation of the ``uint8`` images on the device.
+* :class:`PromptDataModule`: the :class:`~maugpt.data.formats.ChatFormat` of prompt batches
+  (MAU-GPT's, or a pretrained VLM's processor), their left-padded loader and the last step of
+  their images on the device.
 """
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import partial
 from typing import TypeVar
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from maugpt.data.encode import ChatEncoder, ImageTransform, collate_prompts
-from maugpt.tokenizer import load_tokenizer
+from maugpt.data.formats import ChatFormat, chat_format
 
 T = TypeVar("T")
 
@@ -77,21 +76,19 @@ def padded(examples: Iterable[dict], target: int, skipped: Callable[[], int] = l
 class PromptDataModule(L.LightningDataModule):
     """A data module whose batches include generation prompts.
 
-    Subclasses call :meth:`setup_prompts` in ``setup`` (or set ``chat``, ``transform`` and
-    ``pad_token_id`` themselves) and batch their prompt datasets with :meth:`prompt_loader`.
+    Subclasses call :meth:`setup_prompts` in ``setup`` (or set ``format`` and ``pad_token_id``
+    themselves) and batch their prompt datasets with :meth:`prompt_loader`.
     """
 
-    chat: ChatEncoder
-    transform: ImageTransform
+    format: ChatFormat
     pad_token_id: int
 
-    def setup_prompts(self, tokenizer: str, vision_encoder: str, image_tokens: int, resize: str = "torch"):
-        """Load the LLM's tokenizer and the encoder's image transform; returns the tokenizer."""
-        loaded = load_tokenizer(tokenizer)
-        self.chat = ChatEncoder(loaded, image_tokens)
-        self.transform = ImageTransform(vision_encoder, resize=resize)
-        self.pad_token_id = loaded.pad_token_id if loaded.pad_token_id is not None else loaded.eos_token_id
-        return loaded
+    def setup_prompts(self, tokenizer: str | None, vision_encoder: str | None, image_tokens: int | None,
+                      resize: str = "torch", processor: str | None = None):
+        """Load the model's format (see :func:`~maugpt.data.formats.chat_format`); returns its tokenizer."""
+        self.format = chat_format(tokenizer, vision_encoder, image_tokens, processor, resize=resize)
+        self.pad_token_id = self.format.pad_token_id
+        return self.format.tokenizer
 
     def rank(self) -> tuple[int, int]:
         """``(global rank, world size)`` of the attached trainer (``(0, 1)`` without one)."""
@@ -99,14 +96,11 @@ class PromptDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def prompt_loader(self, dataset, batch_size: int, num_workers: int, collate: Callable | None = None) -> DataLoader:
-        """Left-padded prompt batches (:func:`~maugpt.data.encode.collate_prompts` unless ``collate``)."""
+        """Left-padded prompt batches (the format's ``collate_prompts`` unless ``collate``)."""
         return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                          collate_fn=collate or partial(collate_prompts, pad_token_id=self.pad_token_id),
+                          collate_fn=collate or self.format.collate_prompts,
                           pin_memory=torch.cuda.is_available())
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Normalise the ``uint8`` images on the device they were moved to."""
-        if isinstance(batch, dict) and isinstance(batch.get("pixel_values"), torch.Tensor) \
-                and batch["pixel_values"].dtype == torch.uint8:
-            batch["pixel_values"] = self.transform.normalize(batch["pixel_values"])
-        return batch
+        """Finish the images on the device they were moved to (MAU-GPT's: normalise the ``uint8`` ones)."""
+        return self.format.normalize(batch) if isinstance(batch, dict) else batch

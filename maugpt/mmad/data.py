@@ -10,6 +10,7 @@ script's letter extraction and decoding) and by option likelihood. Format: ``../
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -20,8 +21,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset
 
+from maugpt.data.formats import ChatFormat
 from maugpt.data.prompts import PromptDataModule, exactly_once
-from maugpt.data.encode import ChatEncoder, ImageTransform, collate_prompts
 from maugpt.mmad.scoring import MMADEvaluation, MMADQuestion, load_questions, present_options, read_mmad
 from maugpt.mmad.prompts import DEFAULT, INSTRUCTION, SCRIPTS, query_script
 
@@ -37,22 +38,19 @@ class MMADPrompts(IterableDataset):
     with the error: it is scored as unparsable, never dropped from the plan.
     """
 
-    def __init__(self, items: list[Item], chat: ChatEncoder, transform: ImageTransform, system: str | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
-        self.items, self.chat, self.transform = items, chat, transform
+    def __init__(self, items: list[Item], format: ChatFormat, system: str | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.items, self.format = items, format
         self.system, self.rank, self.world_size = system, rank, world_size
 
-    def pixels(self, paths: list[Path]) -> tuple[torch.Tensor, str | None]:
-        """``uint8 (images, H, W, 3)``: the templates, then the query image (the prompt's order)."""
+    def pixels(self, paths: list[Path]) -> tuple[object, str | None]:
+        """The templates, then the query image (the prompt's order), as the format prepares them."""
         try:
-            images = []
-            for path in paths:
-                with Image.open(path) as image:
-                    images.append(self.transform(image))
-            return torch.stack(images), None
+            with contextlib.ExitStack() as stack:
+                return self.format.images([stack.enter_context(Image.open(path)) for path in paths]), None
         except (OSError, UnidentifiedImageError) as err:
             log.warning("unreadable MMAD image among %s: %s", [str(p) for p in paths], err)
-            return torch.zeros(len(paths), *self.transform.size, 3, dtype=torch.uint8), str(err)
+            return self.format.blank(len(paths)), str(err)
 
     def example(self, question: MMADQuestion, paths: list[Path], text: str, cache: dict) -> dict:
         if cache.get("paths") != paths:  # an image's questions are consecutive: decode it once
@@ -62,7 +60,7 @@ class MMADPrompts(IterableDataset):
                 "question": question.question, "options": question.options, "answer": question.answer}
         if error:
             meta["error"] = error
-        return {"input_ids": self.chat.prompt_text(text, self.system), "pixel_values": pixels, "meta": meta, "valid": True,
+        return {**self.format.prompt_text(text, pixels, self.system), "meta": meta, "valid": True,
                 "skipped": int(error is not None)}  # counted per question, whatever the slots
 
     def __iter__(self) -> Iterator[dict]:
@@ -104,15 +102,19 @@ class MMADDataModule(PromptDataModule):
             script does (``llava`` takes the first).
         batch_size: prompts per batch and rank.
         num_workers: data-loading workers per rank.
+        processor: a pretrained VLM's processor (linked from ``PretrainedVLMModule``'s ``vlm``): its
+            chat template wraps the script's user turn and its processor makes the batches.
     """
 
-    def __init__(self, data_root: str, tokenizer: str, vision_encoder: str, image_tokens: int = 576,
+    def __init__(self, data_root: str, tokenizer: str | None = None, vision_encoder: str | None = None,
+                 image_tokens: int | None = 576,
                  questions: str | None = None, shots: int = 1, templates: Literal["random", "similar"] = "random",
                  prompt: Literal["llava", "qwen", "internvl", "gpt4v"] = DEFAULT,
                  decoding: Literal["official", "greedy"] = "official", shuffle_options: bool | None = None,
                  seed: int = 0, instruction: str | None = None, datasets: list[str] | None = None,
                  limit: int | None = None, unparsable: Literal["wrong", "official"] = "wrong",
-                 last_letter: bool | None = None, batch_size: int = 8, num_workers: int = 2) -> None:
+                 last_letter: bool | None = None, batch_size: int = 8, num_workers: int = 2,
+                 processor: str | None = None) -> None:
         super().__init__()
         if shots < 0:
             raise ValueError(f"shots must be 0 or more, got {shots}")
@@ -164,7 +166,7 @@ class MMADDataModule(PromptDataModule):
         if missing:
             raise FileNotFoundError(f"{len(missing)} MMAD image(s) missing under {root} (e.g. {', '.join(missing[:3])}): "
                                     "data_root must hold the images the mmad.json keys and templates name")
-        tokenizer = self.setup_prompts(h.tokenizer, h.vision_encoder, h.image_tokens)
+        tokenizer = self.setup_prompts(h.tokenizer, h.vision_encoder, h.image_tokens, processor=h.processor)
         self.system = instruction if self.script.system_instruction else None
         letters = [chr(ord("A") + i) for i in range(max(len(q.options) for q, _, _ in self.items))]
         ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in letters]
@@ -189,9 +191,9 @@ class MMADDataModule(PromptDataModule):
                               self.script.closest_option, setting, decoding)
 
     def _collate(self, examples: list[dict]) -> dict:
-        return {**collate_prompts(examples, self.pad_token_id), "choice_ids": self.choice_ids}
+        return {**self.format.collate_prompts(examples), "choice_ids": self.choice_ids}
 
     def test_dataloader(self) -> DataLoader:
         rank, world = self.rank()
-        dataset = MMADPrompts(self.items, self.chat, self.transform, self.system, rank, world)
+        dataset = MMADPrompts(self.items, self.format, self.system, rank, world)
         return self.prompt_loader(dataset, self.hparams.batch_size, self.hparams.num_workers, self._collate)

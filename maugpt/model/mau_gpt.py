@@ -15,8 +15,9 @@ from maugpt.tokenizer import IMAGE_TOKEN, load_tokenizer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-#: Batch entries that describe the examples rather than feed the model (see ``collate``).
-BATCH_ANNOTATIONS = ("valid", "meta", "skipped")
+#: Batch entries that describe the examples rather than feed the model (see ``collate``; MMAD's
+#: ``choice_ids`` are the option letters whose first-token probabilities the test step reads).
+BATCH_ANNOTATIONS = ("valid", "meta", "skipped", "choice_ids")
 
 
 def model_inputs(batch: dict, **overrides: Tensor | None) -> dict:

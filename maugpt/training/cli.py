@@ -40,12 +40,14 @@ def checkpoint_model(args: list[str]) -> list[str]:
 class MAUGPTCLI(LightningCLI):
     """LightningCLI with the model and data in subclass mode and their shared settings linked:
     the data's tokenizer and image transform come from the model's LLM and vision encoder, and
-    its visual-token count from the built encoder. A checkpoint given to validate/test/predict
+    its visual-token count from the built encoder (a pretrained VLM's ``vlm`` gives the data its
+    processor instead). A checkpoint given to validate/test/predict
     supplies the model's settings as defaults (see :func:`checkpoint_model`)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.llm", "data.init_args.tokenizer")
         parser.link_arguments("model.init_args.vision_encoder", "data.init_args.vision_encoder")
+        parser.link_arguments("model.init_args.vlm", "data.init_args.processor")  # PretrainedVLMModule
         parser.link_arguments("model", "data.init_args.image_tokens", compute_fn=lambda model: model.image_tokens,
                               apply_on="instantiate")
 

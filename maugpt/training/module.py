@@ -1,4 +1,5 @@
-"""``MAUGPTModule``: stage-wise training of MAU-GPT (the paper's Sec. 4.3) as one LightningModule.
+"""``MAUGPTModule``: stage-wise training of MAU-GPT (the paper's Sec. 4.3) as one LightningModule,
+on :class:`StagedModule`, the recipe any vision-language network trains and is tested with.
 
 Stage 1 trains the projector alone (captions); stage 2 trains the adapters and the projector
 (MAU-Set), starting from stage 1's projector. Which parameters train follows from the stage and
@@ -18,41 +19,31 @@ from transformers import LogitsProcessorList
 
 from maugpt.adapters import Adapter, auxiliary_loss
 from maugpt.model import MAUGPT
-from maugpt.model.mau_gpt import DTYPES, FirstTokenLogprobs, model_inputs
+from maugpt.model.mau_gpt import FirstTokenLogprobs, model_inputs
 from maugpt.training.schedule import (
     OptimizerCallable, SchedulerCallable, WarmupCosine, component_config, default_optimizer)
 
 log = logging.getLogger(__name__)
 
 
-class MAUGPTModule(L.LightningModule):
-    """MAU-GPT with its training recipe.
+class StagedModule(L.LightningModule):
+    """The training recipe and the test and predict steps, for any vision-language network.
+
+    A subclass builds the network in :meth:`build` from its own arguments (``self.hparams``):
+    :class:`MAUGPTModule` assembles MAU-GPT, :class:`~maugpt.training.pretrained.PretrainedVLMModule`
+    loads a pretrained transformers VLM. The network has ``projector``, ``llm`` (where the adapter
+    goes), ``vision`` and ``tokenizer``, and ``forward``/``generate`` over its data's batches.
 
     Args:
-        llm: the frozen causal LM (folder or hub id); its tokenizer must be the data's.
-        vision_encoder: the frozen timm encoder (name or folder).
         stage: 1 trains the projector only; 2 trains the adapter and the projector.
         adapter: the adapter (``class_path``/``init_args``); required in stage 2, absent in stage 1.
         init_from: a previous stage's checkpoint whose trainable tensors are loaded first
             (stage 2: stage 1's projector).
-        projector: projector kind (``mlp2x_gelu``).
-        feature_layer: encoder block whose patch features are used (−2: penultimate).
-        vision_pretrained: load the encoder's weights (or a checkpoint file path).
-        llm_pretrained: load the LLM's weights (False: build from its config).
-        llm_dtype: dtype of the frozen parts (``float32``, ``bfloat16``).
-        attn_implementation: transformers attention implementation.
-        trust_remote_code: allow the LLM repository's own code.
         lr: peak learning rate of the adapter parameters (and of everything in stage 1).
         projector_lr: peak learning rate of the projector (default: ``lr``).
         weight_decay: weight decay of matrices (biases and norms get none).
         warmup_ratio: share of the steps with linear warm-up before the cosine decay (the default
             ``scheduler``, :class:`~maugpt.training.schedule.WarmupCosine`).
-        optimizer: builds the optimizer from the parameter groups (projector, adapter matrices,
-            adapter biases and norms, each with its learning rate and weight decay); default
-            AdamW with β = (0.9, 0.999). In YAML: ``class_path: torch.optim.SGD`` with ``init_args``.
-        scheduler: builds the per-step learning-rate schedule from the optimizer and the run's
-            total optimizer steps; default ``WarmupCosine(warmup_ratio)``
-            (see :mod:`maugpt.training.schedule`).
         gradient_checkpointing: recompute the LLM's activations in backward to save memory.
         nonfinite: what a non-finite loss does: ``stop`` the run naming the step, or ``skip``
             the batch and count it.
@@ -60,20 +51,19 @@ class MAUGPTModule(L.LightningModule):
         loss_reduction: ``token`` averages the LM loss over all answer tokens of a batch;
             ``example`` averages within each example first, so that a one-word answer (True or
             False) weighs as much as a long description.
-        compile_llm: ``torch.compile`` the LLM's ``decoder_layers`` (one graph each, adapters
-            included) or only its ``adapters``; ``none`` runs eager (see ``maugpt.model.units``).
-        compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` to debug).
+        optimizer: builds the optimizer from the parameter groups (projector, adapter matrices,
+            adapter biases and norms, each with its learning rate and weight decay); default
+            AdamW with β = (0.9, 0.999). In YAML: ``class_path: torch.optim.SGD`` with ``init_args``.
+        scheduler: builds the per-step learning-rate schedule from the optimizer and the run's
+            total optimizer steps; default ``WarmupCosine(warmup_ratio)``
+            (see :mod:`maugpt.training.schedule`).
     """
 
-    def __init__(self, llm: str, vision_encoder: str, stage: Literal[1, 2] = 2, adapter: Adapter | None = None,
-                 init_from: str | None = None, projector: str = "mlp2x_gelu", feature_layer: int = -2,
-                 vision_pretrained: bool | str = True, llm_pretrained: bool = True, llm_dtype: str = "float32",
-                 attn_implementation: str = "sdpa", trust_remote_code: bool = False, lr: float = 2e-4,
-                 projector_lr: float | None = None, weight_decay: float = 0.0, warmup_ratio: float = 0.03,
-                 gradient_checkpointing: bool = False, nonfinite: Literal["stop", "skip"] = "stop",
-                 max_new_tokens: int = 64, loss_reduction: Literal["token", "example"] = "token",
-                 compile_llm: Literal["none", "decoder_layers", "adapters"] = "none",
-                 compile_backend: str = "inductor", optimizer: OptimizerCallable | None = None,
+    def __init__(self, stage: Literal[1, 2] = 2, adapter: Adapter | None = None, init_from: str | None = None,
+                 lr: float = 2e-4, projector_lr: float | None = None, weight_decay: float = 0.0,
+                 warmup_ratio: float = 0.03, gradient_checkpointing: bool = False,
+                 nonfinite: Literal["stop", "skip"] = "stop", max_new_tokens: int = 64,
+                 loss_reduction: Literal["token", "example"] = "token", optimizer: OptimizerCallable | None = None,
                  scheduler: SchedulerCallable | None = None) -> None:
         super().__init__()
         if stage not in (1, 2):
@@ -85,14 +75,13 @@ class MAUGPTModule(L.LightningModule):
         if init_from is not None and not Path(init_from).is_file():
             raise FileNotFoundError(f"init_from checkpoint {init_from} does not exist: run the previous stage first "
                                     "(its checkpoint is written under the run's checkpoints/ folder)")
+        # Collects the subclass's arguments too (Lightning reads every __init__ frame of the call).
         self.save_hyperparameters(ignore=["adapter", "optimizer", "scheduler"])
         self.hparams["adapter"] = adapter.to_config() if adapter is not None else None
         # Plain data in the checkpoint (weights_only loading), as LightningCLI's YAML gave them.
         self.hparams["optimizer"], self.hparams["scheduler"] = component_config(optimizer), component_config(scheduler)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.model = MAUGPT(llm, vision_encoder, projector, adapter, feature_layer, vision_pretrained,
-                            llm_pretrained, llm_dtype, attn_implementation, trust_remote_code, compile_llm,
-                            compile_backend)
+        self.model = self.build(adapter)
         if gradient_checkpointing:
             self.model.llm.activation_checkpointing_enable({"use_reentrant": False})
         if init_from is not None:
@@ -100,6 +89,10 @@ class MAUGPTModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the trainable tensors only
         self.skipped_nonfinite = 0
         self.evaluation = None  # the test data's Evaluation (maugpt.evaluation.run), set when a test starts
+
+    def build(self, adapter: Adapter | None) -> torch.nn.Module:
+        """The network, from ``self.hparams``, with ``adapter`` in its LLM."""
+        raise NotImplementedError
 
     def configure_model(self) -> None:
         """Shard with FSDP2 under ``ModelParallelStrategy`` (configs/strategy/fsdp.yaml); under FSDP1
@@ -115,7 +108,7 @@ class MAUGPTModule(L.LightningModule):
             return
         from maugpt.training.sharding import shard_model
 
-        dtype = DTYPES[self.hparams.llm_dtype]
+        dtype = next(self.model.llm.parameters()).dtype  # the frozen parts' dtype
         shard_model(self.model, self.device_mesh, param_dtype=None if dtype == torch.float32 else dtype)
 
     # -- what trains --------------------------------------------------------------------------
@@ -204,9 +197,8 @@ class MAUGPTModule(L.LightningModule):
     def generate_answers(self, batch: dict, max_new_tokens: int | None = None, **generate_kwargs) -> list[str]:
         """Answers to a batch of left-padded prompts: greedy unless ``generate_kwargs`` ask for sampling
         (``max_new_tokens`` defaults to the model's)."""
-        tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                     batch.get("condition_mask"),
-                                     max_new_tokens=max_new_tokens or self.hparams.max_new_tokens, **generate_kwargs)
+        tokens = self.model.generate(**model_inputs(batch), max_new_tokens=max_new_tokens or self.hparams.max_new_tokens,
+                                     **generate_kwargs)
         return self.model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
     def on_test_start(self) -> None:
@@ -268,4 +260,41 @@ class MAUGPTModule(L.LightningModule):
     def parameter_summary(self) -> dict[str, int]:
         """Trainable counts per part, for logs and tests."""
         parts = {"projector": self.model.projector, "adapter": self.model.llm, "vision": self.model.vision}
-        return {name: sum(p.numel() for p in module.parameters() if p.requires_grad) for name, module in parts.items()}
+        counted: set[int] = set()  # a part inside another (Qwen2.5-VL's projector is in its vision tower) counts once
+        summary = {}
+        for name, module in parts.items():
+            summary[name] = sum(p.numel() for p in module.parameters() if p.requires_grad and id(p) not in counted)
+            counted |= {id(p) for p in module.parameters()}
+        return summary
+
+
+class MAUGPTModule(StagedModule):
+    """MAU-GPT with its training recipe (the recipe's arguments: :class:`StagedModule`).
+
+    Args:
+        llm: the frozen causal LM (folder or hub id); its tokenizer must be the data's.
+        vision_encoder: the frozen timm encoder (name or folder).
+        projector: projector kind (``mlp2x_gelu``).
+        feature_layer: encoder block whose patch features are used (−2: penultimate).
+        vision_pretrained: load the encoder's weights (or a checkpoint file path).
+        llm_pretrained: load the LLM's weights (False: build from its config).
+        llm_dtype: dtype of the frozen parts (``float32``, ``bfloat16``).
+        attn_implementation: transformers attention implementation.
+        trust_remote_code: allow the LLM repository's own code.
+        compile_llm: ``torch.compile`` the LLM's ``decoder_layers`` (one graph each, adapters
+            included) or only its ``adapters``; ``none`` runs eager (see ``maugpt.model.units``).
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` to debug).
+    """
+
+    def __init__(self, llm: str, vision_encoder: str, projector: str = "mlp2x_gelu", feature_layer: int = -2,
+                 vision_pretrained: bool | str = True, llm_pretrained: bool = True, llm_dtype: str = "float32",
+                 attn_implementation: str = "sdpa", trust_remote_code: bool = False,
+                 compile_llm: Literal["none", "decoder_layers", "adapters"] = "none",
+                 compile_backend: str = "inductor", **kwargs) -> None:
+        super().__init__(**kwargs)
+
+    def build(self, adapter: Adapter | None) -> MAUGPT:
+        h = self.hparams
+        return MAUGPT(h.llm, h.vision_encoder, h.projector, adapter, h.feature_layer, h.vision_pretrained,
+                      h.llm_pretrained, h.llm_dtype, h.attn_implementation, h.trust_remote_code, h.compile_llm,
+                      h.compile_backend)

@@ -119,7 +119,7 @@ def test_the_data_module_uses_the_scripts_settings(mmad_root, tokenizer_dir, vis
     question, _, text = gpt4v.items[4]  # broken_large/000.png #2: its questions 1-3 in one list
     assert question.index == 2 and text.count("Question ") == 3 and text.endswith("Question 3: Object Structure? \n"
                                                                                    "A. first\nB. second\nC. third\nD. fourth\n")
-    prompt = gpt4v.chat.tokenizer.decode(MMADPrompts(gpt4v.items, gpt4v.chat, gpt4v.transform, gpt4v.system)
+    prompt = gpt4v.format.tokenizer.decode(MMADPrompts(gpt4v.items, gpt4v.format, gpt4v.system)
                                          .example(question, gpt4v.items[4][1], text, {})["input_ids"])
     assert prompt.startswith("<|im_start|>system\n" + OFFICIAL_INSTRUCTION + "<|im_end|>\n<|im_start|>user\n")
     with pytest.raises(ValueError, match=r"prompt must be one of \['gpt4v', 'qwen', 'internvl', 'llava'\], got 'blip'"):
@@ -148,9 +148,9 @@ def test_the_data_module_asks_every_question_with_its_templates(mmad_root, token
     assert all(valid for _, valid in rows)
     first = batches[0]
     assert first["pixel_values"].shape == (4, 2, 32, 32, 3) and first["pixel_values"].dtype == torch.uint8
-    image_id = data.chat.image_token_id
+    image_id = data.format.chat.image_token_id
     assert ((first["input_ids"] == image_id).sum(1) == 2 * 3).all()  # template + query, 3 slots each
-    assert first["choice_ids"].tolist() == [data.chat.tokenizer.convert_tokens_to_ids(x) for x in "ABCD"]
+    assert first["choice_ids"].tolist() == [data.format.tokenizer.convert_tokens_to_ids(x) for x in "ABCD"]
     # similar_templates is the reversed list here: its first template is the second image
     paths = data.items[0][1]
     assert paths[0].name == "001.png" and paths[1] == mmad_root / MMAD_KEYS[0]
@@ -160,7 +160,7 @@ def test_every_question_once_across_ranks_and_workers_in_equal_counts(mmad_root,
     data = data_module(mmad_root, tokenizer_dir, vision_dir, shots=0)
     seen, counts = [], []
     for rank in range(2):
-        dataset = MMADPrompts(data.items, data.chat, data.transform, rank=rank, world_size=2)
+        dataset = MMADPrompts(data.items, data.format, rank=rank, world_size=2)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)
         examples = list(loader)
         counts.append(len(examples))
@@ -247,7 +247,7 @@ def test_more_slots_than_questions_pad_without_counting_unreadable_questions_twi
                                                                                    vision_dir):
     (mmad_root / MMAD_KEYS[0]).write_bytes(b"not a png")  # the first question's image: also the padding's
     data = data_module(mmad_root, tokenizer_dir, vision_dir, shots=0)
-    slots = [list(MMADPrompts(data.items, data.chat, data.transform, rank=r, world_size=16))
+    slots = [list(MMADPrompts(data.items, data.format, rank=r, world_size=16))
              for r in range(16)]
     assert [len(s) for s in slots] == [1] * 16
     assert sum(e["valid"] for s in slots for e in s) == QUESTIONS

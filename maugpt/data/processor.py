@@ -1,0 +1,175 @@
+"""``ProcessorFormat``: batches for a pretrained vision-language model (LLaVA-1.5, Qwen2.5-VL,
+InternVL, Gemma-3, Idefics3/SmolVLM …), made by its own ``AutoProcessor``.
+
+The examples hold rendered text and RGB images; the processor runs once per batch in the loader
+workers (its image processor, its expansion of each image placeholder to the model's image tokens
+and the padding), so every architecture batches as its authors made it do. The chat text is the
+model's own template over structured messages (``{"type": "image"}`` and ``{"type": "text"}``
+parts in order; where an image goes in the rendered text is the template's choice, e.g.
+LLaVA-1.5's puts every image first).
+
+Supervision follows :class:`~maugpt.data.encode.ChatEncoder`: each answer and the turn end the
+template writes after it are labelled, everything else is −100. The answers' character spans in
+the rendered text are moved past the image expansions the processor reports
+(``return_text_replacement_offsets``) and matched to the tokens' offsets, as transformers' own
+assistant masks are. A template that ends assistant turns without the end-of-sequence token
+(LLaVA-1.5's) gets it after each answer, as the model was trained (Vicuna's ``</s>`` separator),
+so that a fine-tuned model learns to stop.
+"""
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from maugpt.data.encode import IGNORE_INDEX, MARKED_PROBE, answer_spans, mark, turn_end
+from maugpt.tokenizer import IMAGE_TOKEN
+
+BLANK_SIDE = 224  # the stand-in for an unreadable image: black, the processor resizes it as any other
+
+
+class ProcessorFormat:
+    """Examples and batches through a pretrained VLM's processor.
+
+    Args:
+        processor: the model's folder or hub id (``AutoProcessor``; its tokenizer must be a fast one).
+        max_length: longest training sequence in tokens, image tokens included; longer ones are cut
+            at the end (inside the last answers), never inside the prompt.
+        system_prompt: optional system message before the first turn.
+        trust_remote_code: allow the repository's own processor code (off unless a config asks).
+    """
+
+    def __init__(self, processor: str, max_length: int = 2048, system_prompt: str | None = None,
+                 trust_remote_code: bool = False) -> None:
+        from transformers import AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(processor, trust_remote_code=trust_remote_code)
+        self.tokenizer = getattr(self.processor, "tokenizer", None)
+        if self.tokenizer is None or not hasattr(self.processor, "image_processor"):
+            raise ValueError(f"{processor}: AutoProcessor gave {type(self.processor).__name__}, not a vision-language "
+                             "processor with a tokenizer and an image processor")
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"{processor}: the tokenizer is a slow one ({type(self.tokenizer).__name__}); answer "
+                             "labels need token offsets, which only fast tokenizers give")
+        if getattr(self.processor, "chat_template", None) is None:
+            raise ValueError(f"{processor}: the processor has no chat template (chat_template.json or .jinja)")
+        self.max_length, self.system_prompt = max_length, system_prompt
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.turn_end = turn_end(self.render(self.messages([("q", MARKED_PROBE)], 0)))
+        eos = self.tokenizer.eos_token
+        self.after_answer = eos if eos and eos not in self.turn_end else ""
+
+    # -- text ----------------------------------------------------------------------------------
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def messages(self, pairs: list[tuple[str, str]], images: int, system: str | None = None) -> list[dict]:
+        """The conversation of ``pairs`` with ``images`` images before the first question."""
+        system = system or self.system_prompt
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        for i, (question, answer) in enumerate(pairs):
+            user = [{"type": "image"}] * (images if i == 0 else 0) + [{"type": "text", "text": question}]
+            messages += [{"role": "user", "content": user},
+                         {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        return messages
+
+    # -- examples ------------------------------------------------------------------------------
+    def images(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """The images as RGB (decoded now, in the worker); the processor resizes them per batch."""
+        return [image.convert("RGB") for image in images]
+
+    def blank(self, count: int) -> list[Image.Image]:
+        return [Image.new("RGB", (BLANK_SIDE, BLANK_SIDE)) for _ in range(count)]
+
+    def prompt(self, question: str, images: list[Image.Image]) -> dict:
+        """The images, then ``question``, then the assistant header."""
+        messages = self.messages([(question, "")], len(images))[:-1]
+        return {"text": self.render(messages, add_generation_prompt=True), "images": images}
+
+    def prompt_text(self, content: str, images: list[Image.Image], system: str | None = None) -> dict:
+        """A user turn written with ``<image>`` where each image goes (e.g. an MMAD query script's)."""
+        pieces = content.split(IMAGE_TOKEN)
+        if len(pieces) - 1 != len(images):
+            raise ValueError(f"the prompt has {len(pieces) - 1} {IMAGE_TOKEN} placeholder(s) for {len(images)} image(s)")
+        parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
+        for piece in pieces[1:]:
+            parts += [{"type": "image"}] + ([{"type": "text", "text": piece}] if piece else [])
+        system = system or self.system_prompt
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        return {"text": self.render(messages + [{"role": "user", "content": parts}], add_generation_prompt=True),
+                "images": images}
+
+    def conversation(self, pairs: list[tuple[str, str]], images: list[Image.Image]) -> dict:
+        """The supervised chat of ``pairs``: its text and each answer's character span."""
+        if not pairs:
+            raise ValueError("nothing to encode: no QA pairs")
+        marked = self.render(self.messages([(q, mark(a)) for q, a in pairs], len(images)))
+        text, spans = answer_spans(marked, len(pairs), self.turn_end, self.after_answer)
+        return {"text": text, "spans": spans, "images": images}
+
+    # -- batches -------------------------------------------------------------------------------
+    def _process(self, examples: list[dict], side: str, offsets: bool = False):
+        images = [e["images"] for e in examples]
+        extra = {"return_offsets_mapping": True, "return_text_replacement_offsets": True} if offsets else {}
+        return self.processor(text=[e["text"] for e in examples], images=images if any(images) else None,
+                              padding=True, padding_side=side, return_tensors="pt", **extra)
+
+    @staticmethod
+    def _annotations(examples: list[dict]) -> dict:
+        return {"valid": torch.tensor([e.get("valid", True) for e in examples]), "meta": [e["meta"] for e in examples],
+                "skipped": sum(e.get("skipped", 0) for e in examples)}
+
+    def collate_prompts(self, examples: list[dict]) -> dict:
+        """Left-padded prompts: the processor's outputs, ``condition_mask`` (the whole prompt) and the annotations."""
+        batch = dict(self._process(examples, "left"))
+        batch["condition_mask"] = batch["attention_mask"].bool()
+        return {**batch, **self._annotations(examples)}
+
+    def collate(self, examples: list[dict]) -> dict:
+        """Right-padded conversations with ``labels`` on the answers and ``condition_mask`` on the
+        tokens before the first answer (the images and the first question)."""
+        batch = dict(self._process(examples, "right", offsets=True))
+        token_offsets = batch.pop("offset_mapping").numpy()
+        replacements = batch.pop("text_replacement_offsets")
+        ids = batch["input_ids"]
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        condition = torch.zeros_like(ids, dtype=torch.bool)
+        for row, example in enumerate(examples):
+            spans = expanded(example["spans"], replacements[row])
+            starts, ends = token_offsets[row, :, 0], token_offsets[row, :, 1]
+            supervised = np.zeros(len(starts), dtype=bool)
+            for start, end in spans:
+                supervised |= (starts < end) & (ends > start)
+            real = batch["attention_mask"][row].bool().numpy()
+            supervised &= real
+            labels[row] = torch.where(torch.from_numpy(supervised), ids[row], IGNORE_INDEX)
+            condition[row] = torch.from_numpy(real & (ends <= spans[0][0]) & ~supervised)
+        batch.update(labels=labels, condition_mask=condition)
+        return {**self.truncate(batch), **self._annotations(examples)}
+
+    def truncate(self, batch: dict) -> dict:
+        """Cut a right-padded batch to ``max_length`` tokens (every per-token tensor alike)."""
+        length = batch["input_ids"].shape[1]
+        if length <= self.max_length:
+            return batch
+        if (batch["condition_mask"].sum(1) >= self.max_length).any():
+            raise ValueError(f"max_length {self.max_length} leaves no room for an answer: the images and first question "
+                             f"take {int(batch['condition_mask'].sum(1).max())} tokens")
+        shape = batch["input_ids"].shape
+        return {k: v[:, :self.max_length] if isinstance(v, torch.Tensor) and v.shape[:2] == shape else v
+                for k, v in batch.items()}
+
+    def normalize(self, batch: dict) -> dict:
+        return batch  # the processor's image processor normalised the images already
+
+
+def expanded(spans: list[tuple[int, int]], replacements: list[dict]) -> list[tuple[int, int]]:
+    """Character ``spans`` of the rendered text moved past the image placeholders the processor
+    expanded before them (``replacements``: its ``text_replacement_offsets`` of that text)."""
+    ends = [r["span"][1] for r in replacements]
+    gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]  # new_span counts earlier expansions
+    return [tuple(c + gained[bisect.bisect_right(ends, c)] for c in span) for span in spans]

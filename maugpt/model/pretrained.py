@@ -1,0 +1,137 @@
+"""``PretrainedVLM``: an off-the-shelf transformers vision-language model (``AutoModelForImageTextToText``:
+LLaVA-1.5, Qwen2.5-VL, InternVL, Gemma-3, Idefics3/SmolVLM …) behind MAU-GPT's model interface.
+
+It answers what :class:`~maugpt.training.module.MAUGPTModule`'s recipe asks of a network, so the
+same stages, adapters, tests and callbacks run on it: ``llm`` (the language model the adapters go
+into), ``projector`` (the vision-to-text connector, trained in stage 1), ``vision``, ``tokenizer``,
+``forward(**batch)`` and ``generate(**prompts)`` returning only the new tokens. The batches come
+from the model's own processor (:class:`~maugpt.data.processor.ProcessorFormat`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from maugpt.adapters import Adapter, adapter_context, inject
+
+#: Where the families keep their vision-to-text connector: LLaVA, Gemma-3, InternVL, PaliGemma
+#: (``multi_modal_projector``); Idefics3/SmolVLM (``connector``); Qwen2-VL/2.5-VL (``visual.merger``).
+PROJECTORS = ("multi_modal_projector", "connector", "visual.merger")
+#: … and their vision encoder.
+VISION_TOWERS = ("vision_tower", "vision_model", "visual")
+
+
+def find_module(model: nn.Module, suffixes: tuple[str, ...], what: str, given: str | None = None) -> str:
+    """The dotted name of ``model``'s submodule ``given``, or else of the first one whose name ends with one of ``suffixes``."""
+    names = [name for name, _ in model.named_modules()]
+    if given is not None:
+        if given not in names:
+            raise ValueError(f"{type(model).__name__} has no module {given!r} ({what})")
+        return given
+    for suffix in suffixes:
+        found = [n for n in names if n == suffix or n.endswith("." + suffix)]
+        if found:
+            return min(found, key=len)
+    raise ValueError(f"{type(model).__name__}: no {what} among {list(suffixes)}; name it in the config")
+
+
+class PretrainedVLM(nn.Module):
+    """A pretrained vision-language model, frozen, with optional adapters in its language model.
+
+    Args:
+        vlm: the model's folder or hub id (its processor comes from the same place).
+        adapter: the adapter put into the language model's linear layers (None: none).
+        pretrained: load the weights; False builds the model from its config (meta-device checks).
+        dtype: ``float32``, ``bfloat16`` or ``float16`` for the frozen model.
+        attn_implementation: passed to transformers (``sdpa``, ``eager``, ``flash_attention_2``).
+        trust_remote_code: allow the repository's own code (off unless a config asks).
+        projector: the connector's module name when it is none of :data:`PROJECTORS`.
+    """
+
+    def __init__(self, vlm: str, adapter: Adapter | None = None, pretrained: bool = True, dtype: str = "float32",
+                 attn_implementation: str = "sdpa", trust_remote_code: bool = False,
+                 projector: str | None = None) -> None:
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+        from maugpt.model.mau_gpt import DTYPES
+
+        super().__init__()
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.processor = AutoProcessor.from_pretrained(vlm, trust_remote_code=trust_remote_code)
+        self.tokenizer = self.processor.tokenizer
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        kwargs = dict(dtype=DTYPES[dtype], attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+        if pretrained:
+            self.vlm = AutoModelForImageTextToText.from_pretrained(vlm, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(vlm, trust_remote_code=trust_remote_code)
+            self.vlm = AutoModelForImageTextToText.from_config(config, **kwargs)
+        self.vlm.requires_grad_(False)
+        # Names, not attributes: the parts stay registered once, under vlm (checkpoint keys, FSDP).
+        self.projector_name = find_module(self.vlm, PROJECTORS, "vision-to-text projector", projector)
+        self.vision_name = find_module(self.vlm, VISION_TOWERS, "vision encoder")
+        self.projector.requires_grad_(True)  # stage 1 trains it; inject() freezes only the language model
+        self.image_token_ids = sorted({i for i in (getattr(self.processor, "image_token_id", None),
+                                                   getattr(self.vlm.config, "image_token_id", None),
+                                                   getattr(self.vlm.config, "image_token_index", None))
+                                       if isinstance(i, int)})
+        self.adapter = adapter
+        self.record_diagnostics = False
+        self.synced_generation = False
+        if adapter is not None:
+            inject(self.llm, adapter)
+
+    @property
+    def llm(self) -> nn.Module:
+        """The language model (decoder stack) inside the VLM: where the adapters go."""
+        return self.vlm.get_decoder()
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.vlm.get_submodule(self.projector_name)
+
+    @property
+    def vision(self) -> nn.Module:
+        return self.vlm.get_submodule(self.vision_name)
+
+    @property
+    def image_tokens(self) -> None:
+        return None  # the processor expands each image itself (a count per image for some families)
+
+    def _set_context(self, attention_mask: Tensor, condition_mask: Tensor | None, sample_labels: Tensor | None) -> None:
+        if self.adapter is not None:
+            adapter_context(self.llm).set(token_mask=attention_mask.bool(), condition_mask=condition_mask,
+                                          sample_labels=sample_labels, record=self.record_diagnostics)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None,
+                condition_mask: Tensor | None = None, sample_labels: Tensor | None = None, **vision_inputs: Tensor):
+        """Teacher-forced forward over a processor batch (``vision_inputs``: its ``pixel_values``,
+        ``image_grid_thw`` … as the processor named them); ``loss`` when ``labels`` are given."""
+        self._set_context(attention_mask, condition_mask, sample_labels)
+        return self.vlm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False,
+                        **self._cast(vision_inputs))
+
+    def _cast(self, inputs: dict) -> dict:
+        dtype = next(self.vision.parameters()).dtype
+        return {k: v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, condition_mask: Tensor | None = None,
+                 max_new_tokens: int = 64, **kwargs) -> Tensor:
+        """Batched, KV-cached generation from left-padded prompts; greedy unless ``kwargs`` say
+        otherwise. ``kwargs`` hold the processor's image inputs and any ``generate()`` options; the
+        model's ``generation_config`` gives its stop tokens and anything else it sets (e.g.
+        Qwen2.5-VL's repetition penalty). Returns only the new tokens. AMoE-LoRA's condition is fixed
+        at the prefill."""
+        options = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
+                   "suppress_tokens": self.image_token_ids or None, "synced_gpus": self.synced_generation,
+                   **self._cast(kwargs),
+                   "input_ids": input_ids, "attention_mask": attention_mask, "max_new_tokens": max_new_tokens}
+        if self.adapter is None:
+            return self.vlm.generate(**options)[:, input_ids.shape[1]:]
+        condition = condition_mask if condition_mask is not None else attention_mask
+        with adapter_context(self.llm).generation(condition_mask=condition.bool()):
+            return self.vlm.generate(**options)[:, input_ids.shape[1]:]
+

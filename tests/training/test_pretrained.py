@@ -1,0 +1,111 @@
+"""Off-the-shelf VLMs through ``maugpt test`` on MAU-Set and MMAD with the baseline recipes (three
+families' tiny random models in place of the hub ids), the exact prompts they are asked, and one
+AMoE-LoRA fine-tune of Qwen2.5-VL from its recipe."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from maugpt.data.datamodule import MAUSetDataModule
+from maugpt.mmad.data import MMADDataModule, MMADPrompts
+from maugpt.training.cli import run
+from tests.conftest import VLM_FAMILIES
+from tests.mmad.test_data import QUESTIONS, write_tree
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+LOCAL = ["--model.init_args.dtype", "float32", "--trainer.precision", "32-true", "--trainer.accelerator", "cpu",
+         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.init_args.num_workers", "0",
+         "--model.init_args.max_new_tokens", "4"]
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def wrapped(family: str, turn: str) -> str:
+    """``turn`` (a user turn with ``<image>`` placeholders) as the family's published template renders it."""
+    if family == "qwen2.5-vl":
+        return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                + turn.replace("<image>", QWEN_IMAGE) + "<|im_end|>\n<|im_start|>assistant\n")
+    if family == "smolvlm":  # "User:" then a space unless the turn starts with an image
+        return "<|im_start|>User:" + ("" if turn.startswith("<image>") else " ") + turn + "<end_of_utterance>\nAssistant:"
+    # LLaVA-1.5's template writes every image first, then each text part followed by a space
+    return ("USER: " + "<image>\n" * turn.count("<image>")
+            + "".join(piece + " " for piece in turn.split("<image>") if piece) + "ASSISTANT:")
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_a_pretrained_vlm_is_tested_on_mauset_and_mmad_with_the_same_prompts_and_scorers(family, tiny_vlm,
+                                                                                          synthetic_dir, tmp_path):
+    folder, mauset = str(tiny_vlm(family)), str(synthetic_dir / "mauset")
+    recipe = str(CONFIGS / "baselines" / f"{family}.yaml")
+    # The prompts: MAU-Set's question after the image, MMAD's llava-script user turn, in the model's template.
+    data = MAUSetDataModule(mauset, processor=folder, num_workers=0)
+    planned = data.eval_dataset("test", prompts=True)
+    first = next(iter(planned))
+    assert first["text"] == wrapped(family, "<image>" + first["meta"]["question"])
+    cli = run(["test", "--config", recipe, "--model.init_args.vlm", folder, "--data.init_args.data_dir", mauset,
+               "--trainer.default_root_dir", str(tmp_path / "mauset"), *LOCAL])
+    assert cli.datamodule.hparams.processor == folder  # linked from the model
+    rows = [json.loads(line) for line in (tmp_path / "mauset" / "evaluation" / "predictions.jsonl").open()]
+    assert len(rows) == len(planned.plan) and all(isinstance(r["prediction"], str) for r in rows)
+    assert sorted(r["key"] for r in rows) == sorted(key for _, key, _ in planned.plan)  # every question once
+    assert "test/detection_accuracy" in cli.trainer.callback_metrics
+
+    mmad = write_tree(tmp_path / "MMAD")
+    questions = MMADDataModule(str(mmad), processor=folder, num_workers=0)
+    questions.setup("test")
+    example = next(iter(MMADPrompts(questions.items, questions.format, questions.system)))
+    assert example["text"] == wrapped(family, questions.items[0][2])
+    assert len(example["images"]) == 2  # the random template, then the query image
+    cli = run(["test", "--config", recipe, "--config", str(CONFIGS / "eval" / "mmad.yaml"), "--model.init_args.vlm",
+               folder, "--data.init_args.data_root", str(mmad), "--trainer.default_root_dir", str(tmp_path / "mmad"),
+               *LOCAL])
+    answers = [json.loads(line) for line in (tmp_path / "mmad" / "evaluation" / "predictions.jsonl").open()]
+    assert len(answers) == QUESTIONS and all(r["likelihood_answer"] in r["options"] for r in answers)
+    tables = (tmp_path / "mmad" / "evaluation" / "tables.md").read_text()
+    assert tables.startswith(f"MMAD: {QUESTIONS} questions; 1-shot (random templates)")
+
+
+def test_the_amoe_recipe_fine_tunes_qwen2_5_vl_and_tests_from_its_checkpoint(tiny_vlm, synthetic_dir, tmp_path):
+    folder, mauset = str(tiny_vlm("qwen2.5-vl")), str(synthetic_dir / "mauset")
+    recipe = str(CONFIGS / "baselines" / "qwen2.5-vl-amoe.yaml")
+    small = ["--model.init_args.adapter.init_args.experts", "2", "--model.init_args.adapter.init_args.hyper_hidden", "8",
+             "--model.init_args.gradient_checkpointing", "false"]
+    fit = run(["fit", "--config", recipe, "--model.init_args.vlm", folder, "--data.init_args.data_dir", mauset,
+               "--trainer.devices", "1", "--trainer.max_epochs", "1", "--data.init_args.batches_per_epoch", "2",
+               "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "4",
+               "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+               f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}", "--trainer.callbacks.save_last=true",
+               *small, *LOCAL, "--trainer.logger", "true"])
+    assert fit.trainer.global_step == 2
+    last = tmp_path / "ckpt" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    trainable = set(fit.model.trainable_names())
+    assert set(saved["state_dict"]) == trainable  # the adapter and the merger, never the frozen VLM
+    assert any(".visual.merger." in n for n in trainable) and any("language_model" in n for n in trainable)
+    # no model in the command: the checkpoint's own settings rebuild it
+    tested = run(["test", "--ckpt_path", str(last), "--data", "maugpt.data.MAUSetDataModule",
+                  "--data.init_args.data_dir", mauset, "--trainer.devices", "1",
+                  "--trainer.default_root_dir", str(tmp_path / "test"), *LOCAL])
+    assert tested.model.hparams.vlm == folder and tested.model.hparams.adapter == fit.model.hparams.adapter
+    for name, tensor in saved["state_dict"].items():
+        assert torch.equal(dict(tested.model.named_parameters())[name], tensor)
+    assert (tmp_path / "test" / "evaluation" / "predictions.jsonl").is_file()
+
+
+@pytest.mark.parametrize("name", ["llava-1.5", "qwen2.5-vl", "internvl", "gemma-3", "smolvlm", "qwen2.5-vl-amoe"])
+def test_baseline_recipes_parse_and_name_their_hub_models(name, capsys):
+    command = "fit" if name.endswith("amoe") else "test"
+    with pytest.raises(SystemExit):
+        run([command, "--config", str(CONFIGS / "baselines" / f"{name}.yaml"), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    model = printed["model"]["init_args"]
+    source = yaml.safe_load((CONFIGS / "baselines" / f"{name}.yaml").read_text())["model"]["init_args"]
+    assert printed["model"]["class_path"] == "maugpt.training.pretrained.PretrainedVLMModule"
+    assert model["vlm"] == source["vlm"] and "/" in model["vlm"]  # a hub id
+    data = yaml.safe_load((CONFIGS / "baselines" / f"{name}.yaml").read_text())["data"]["init_args"]
+    assert "processor" not in printed["data"]["init_args"] and "processor" not in data  # linked from vlm
+    assert model["stage"] == (2 if command == "fit" else 1)
