@@ -82,7 +82,7 @@ def tiny_base(synthetic_dir, tmp_path_factory):
 
 # -- pretrained vision-language models: shrunk published files (tests/fixtures/vlm), random weights --
 VLM_FIXTURES = Path(__file__).parent / "fixtures" / "vlm"
-VLM_FAMILIES = ("llava-1.5", "qwen2.5-vl", "smolvlm")
+VLM_FAMILIES = ("llava-1.5", "qwen2.5-vl", "internvl", "gemma-3", "smolvlm")
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,16 @@ Supervision follows :class:`~maugpt.data.encode.ChatEncoder`: each answer and th
 template writes after it are labelled, everything else is −100. The answers' character spans in
 the rendered text are moved past the image expansions the processor reports
 (``return_text_replacement_offsets``) and matched to the tokens' offsets, as transformers' own
-assistant masks are. A template that ends assistant turns without the end-of-sequence token
-(LLaVA-1.5's) gets it after each answer, as the model was trained (Vicuna's ``</s>`` separator),
-so that a fine-tuned model learns to stop.
+assistant masks are. A template that ends assistant turns with none of the model's stop tokens
+(LLaVA-1.5's writes a space) gets the end-of-sequence token after each answer, as the model was
+trained (Vicuna's ``</s>`` separator), so that a fine-tuned model learns to stop. A template that
+writes the BOS token (Gemma-3's) gets no second one from the tokenizer, as ``apply_chat_template``
+does.
 """
 from __future__ import annotations
 
 import bisect
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +31,7 @@ from PIL import Image
 from maugpt.data.encode import IGNORE_INDEX, MARKED_PROBE, answer_spans, mark, turn_end
 from maugpt.tokenizer import IMAGE_TOKEN
 
+log = logging.getLogger(__name__)
 BLANK_SIDE = 224  # the stand-in for an unreadable image: black, the processor resizes it as any other
 
 
@@ -37,20 +41,15 @@ class ProcessorFormat:
     Args:
         processor: the model's folder or hub id (``AutoProcessor``; its tokenizer must be a fast one).
         max_length: longest training sequence in tokens, image tokens included; longer ones are cut
-            at the end (inside the last answers), never inside the prompt.
+            at the end (inside the last answers), never inside the prompt (see :meth:`collate`).
         system_prompt: optional system message before the first turn.
         trust_remote_code: allow the repository's own processor code (off unless a config asks).
     """
 
     def __init__(self, processor: str, max_length: int = 2048, system_prompt: str | None = None,
                  trust_remote_code: bool = False) -> None:
-        from transformers import AutoProcessor
-
-        self.processor = AutoProcessor.from_pretrained(processor, trust_remote_code=trust_remote_code)
-        self.tokenizer = getattr(self.processor, "tokenizer", None)
-        if self.tokenizer is None or not hasattr(self.processor, "image_processor"):
-            raise ValueError(f"{processor}: AutoProcessor gave {type(self.processor).__name__}, not a vision-language "
-                             "processor with a tokenizer and an image processor")
+        self.processor = load_processor(processor, trust_remote_code)
+        self.tokenizer = self.processor.tokenizer
         if not self.tokenizer.is_fast:
             raise ValueError(f"{processor}: the tokenizer is a slow one ({type(self.tokenizer).__name__}); answer "
                              "labels need token offsets, which only fast tokenizers give")
@@ -61,7 +60,11 @@ class ProcessorFormat:
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
         self.turn_end = turn_end(self.render(self.messages([("q", MARKED_PROBE)], 0)))
         eos = self.tokenizer.eos_token
-        self.after_answer = eos if eos and eos not in self.turn_end else ""
+        stops = [eos, *stop_tokens(processor, self.tokenizer)]
+        self.after_answer = eos if eos and not any(t and t in self.turn_end for t in stops) else ""
+        # A template that writes the BOS token itself must not get a second one from the tokenizer.
+        bos = self.tokenizer.bos_token
+        self.template_bos = bool(bos) and self.render(self.messages([("q", "a")], 0)).startswith(bos)
 
     # -- text ----------------------------------------------------------------------------------
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -116,7 +119,8 @@ class ProcessorFormat:
         images = [e["images"] for e in examples]
         extra = {"return_offsets_mapping": True, "return_text_replacement_offsets": True} if offsets else {}
         return self.processor(text=[e["text"] for e in examples], images=images if any(images) else None,
-                              padding=True, padding_side=side, return_tensors="pt", **extra)
+                              padding=True, padding_side=side, return_tensors="pt",
+                              add_special_tokens=not self.template_bos, **extra)
 
     @staticmethod
     def _annotations(examples: list[dict]) -> dict:
@@ -131,7 +135,29 @@ class ProcessorFormat:
 
     def collate(self, examples: list[dict]) -> dict:
         """Right-padded conversations with ``labels`` on the answers and ``condition_mask`` on the
-        tokens before the first answer (the images and the first question)."""
+        tokens before the first answer (the images and the first question), cut to ``max_length``.
+        An example whose prompt alone takes ``max_length`` tokens is left out and counted in
+        ``skipped`` (a long run goes on); a batch of nothing but such examples fails."""
+        batch = self._labelled(examples)
+        fits = (batch["condition_mask"].sum(1) < self.max_length).tolist()
+        if not all(fits):
+            too_long = [e["meta"].get("key") for e, fit in zip(examples, fits) if not fit]
+            if not any(fits):
+                raise ValueError(f"max_length {self.max_length} leaves no room for an answer: the images and first "
+                                 f"question take {int(batch['condition_mask'].sum(1).min())} or more tokens "
+                                 f"(samples {too_long})")
+            log.warning("skipping %d sample(s) whose prompt fills max_length %d: %s", len(too_long), self.max_length,
+                        too_long)
+            kept = [e for e, fit in zip(examples, fits) if fit]
+            kept[0] = {**kept[0], "skipped": kept[0].get("skipped", 0) + len(too_long)}
+            return self.collate(kept)
+        shape = batch["input_ids"].shape
+        if shape[1] > self.max_length:  # every per-token tensor alike
+            batch = {k: v[:, :self.max_length] if isinstance(v, torch.Tensor) and v.shape[:2] == shape else v
+                     for k, v in batch.items()}
+        return {**batch, **self._annotations(examples)}
+
+    def _labelled(self, examples: list[dict]) -> dict:
         batch = dict(self._process(examples, "right", offsets=True))
         token_offsets = batch.pop("offset_mapping").numpy()
         replacements = batch.pop("text_replacement_offsets")
@@ -149,22 +175,33 @@ class ProcessorFormat:
             labels[row] = torch.where(torch.from_numpy(supervised), ids[row], IGNORE_INDEX)
             condition[row] = torch.from_numpy(real & (ends <= spans[0][0]) & ~supervised)
         batch.update(labels=labels, condition_mask=condition)
-        return {**self.truncate(batch), **self._annotations(examples)}
-
-    def truncate(self, batch: dict) -> dict:
-        """Cut a right-padded batch to ``max_length`` tokens (every per-token tensor alike)."""
-        length = batch["input_ids"].shape[1]
-        if length <= self.max_length:
-            return batch
-        if (batch["condition_mask"].sum(1) >= self.max_length).any():
-            raise ValueError(f"max_length {self.max_length} leaves no room for an answer: the images and first question "
-                             f"take {int(batch['condition_mask'].sum(1).max())} tokens")
-        shape = batch["input_ids"].shape
-        return {k: v[:, :self.max_length] if isinstance(v, torch.Tensor) and v.shape[:2] == shape else v
-                for k, v in batch.items()}
+        return batch
 
     def normalize(self, batch: dict) -> dict:
         return batch  # the processor's image processor normalised the images already
+
+
+def load_processor(folder: str, trust_remote_code: bool = False):
+    """A VLM's ``AutoProcessor``; anything without a tokenizer and an image processor fails naming what it got."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if getattr(processor, "tokenizer", None) is None or not hasattr(processor, "image_processor"):
+        raise ValueError(f"{folder}: AutoProcessor gave {type(processor).__name__}, not a vision-language processor "
+                         "with a tokenizer and an image processor (is it a vision-language model?)")
+    return processor
+
+
+def stop_tokens(folder: str, tokenizer) -> list[str]:
+    """The tokens the model's ``generation_config.json`` stops on (e.g. Gemma-3's ``<end_of_turn>``)."""
+    from transformers import GenerationConfig
+
+    try:
+        ids = GenerationConfig.from_pretrained(folder).eos_token_id
+    except OSError:  # no generation config: the tokenizer's EOS is the only stop
+        return []
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    return [tokenizer.convert_ids_to_tokens(i) for i in ids]
 
 
 def expanded(spans: list[tuple[int, int]], replacements: list[dict]) -> list[tuple[int, int]]:

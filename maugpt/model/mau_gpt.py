@@ -25,6 +25,18 @@ def model_inputs(batch: dict, **overrides: Tensor | None) -> dict:
     return {**{k: v for k, v in batch.items() if k not in BATCH_ANNOTATIONS}, **overrides}
 
 
+def load_frozen(auto_class, path: str, pretrained: bool, dtype: torch.dtype, attn_implementation: str,
+                trust_remote_code: bool) -> nn.Module:
+    """A transformers model (``auto_class``: ``AutoModelForCausalLM``, ``AutoModelForImageTextToText``)
+    with its weights (or, with ``pretrained`` False, from its config: meta-device checks), frozen."""
+    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    if pretrained:
+        model = auto_class.from_pretrained(path, **kwargs)
+    else:
+        model = auto_class.from_config(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), **kwargs)
+    return model.requires_grad_(False)
+
+
 class MAUGPT(nn.Module):
     """The multimodal model.
 
@@ -58,13 +70,7 @@ class MAUGPT(nn.Module):
         self.tokenizer = load_tokenizer(llm, trust_remote_code=trust_remote_code)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.vision = VisionEncoder(vision_encoder, pretrained=vision_pretrained, feature_layer=feature_layer).to(dtype)
-        kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-        if llm_pretrained:
-            self.llm = AutoModelForCausalLM.from_pretrained(llm, **kwargs)
-        else:
-            config = AutoConfig.from_pretrained(llm, trust_remote_code=trust_remote_code)
-            self.llm = AutoModelForCausalLM.from_config(config, **kwargs)
-        self.llm.requires_grad_(False)
+        self.llm = load_frozen(AutoModelForCausalLM, llm, llm_pretrained, dtype, attn_implementation, trust_remote_code)
         self.projector = build_projector(projector, self.vision.dim, self.llm.config.get_text_config().hidden_size)
         self.adapter = adapter
         self.record_diagnostics = False  # callbacks switch it on for the forwards they inspect

@@ -51,24 +51,20 @@ class PretrainedVLM(nn.Module):
     def __init__(self, vlm: str, adapter: Adapter | None = None, pretrained: bool = True, dtype: str = "float32",
                  attn_implementation: str = "sdpa", trust_remote_code: bool = False,
                  projector: str | None = None) -> None:
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
-        from maugpt.model.mau_gpt import DTYPES
+        from maugpt.data.processor import load_processor
+        from maugpt.model.mau_gpt import DTYPES, load_frozen
 
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.processor = AutoProcessor.from_pretrained(vlm, trust_remote_code=trust_remote_code)
+        self.processor = load_processor(vlm, trust_remote_code)
         self.tokenizer = self.processor.tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        kwargs = dict(dtype=DTYPES[dtype], attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
-        if pretrained:
-            self.vlm = AutoModelForImageTextToText.from_pretrained(vlm, **kwargs)
-        else:
-            config = AutoConfig.from_pretrained(vlm, trust_remote_code=trust_remote_code)
-            self.vlm = AutoModelForImageTextToText.from_config(config, **kwargs)
-        self.vlm.requires_grad_(False)
+        self.vlm = load_frozen(AutoModelForImageTextToText, vlm, pretrained, DTYPES[dtype], attn_implementation,
+                               trust_remote_code)
         # Names, not attributes: the parts stay registered once, under vlm (checkpoint keys, FSDP).
         self.projector_name = find_module(self.vlm, PROJECTORS, "vision-to-text projector", projector)
         self.vision_name = find_module(self.vlm, VISION_TOWERS, "vision encoder")

@@ -1,4 +1,4 @@
-"""ProcessorFormat on the shrunk published files of three VLM families: the exact prompts their
+"""ProcessorFormat on the shrunk published files of five VLM families: the exact prompts their
 templates and processors make, answer labels, the condition mask, and bad input."""
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from tests.conftest import VLM_FAMILIES
 QUESTION = "Is the bottle defective? Answer True or False."
 # What each family's published chat template and processor make of one 40×40 image and QUESTION:
 # LLaVA-1.5 (28 px / 14 px patches, CLS dropped: 4 tokens), Qwen2.5-VL (resized to min_pixels 56×56,
-# 4×4 patches merged 2×2: 4 tokens), SmolVLM (longest edge 64: 2×2 tiles of 32 px + the global
-# image, 4 tokens each, with its row/column markup).
+# 4×4 patches merged 2×2: 4 tokens), InternVL (2×2 tiles of 28 px and the thumbnail, 4 tokens each,
+# between <img> and </img>), Gemma-3 (its template writes <bos>; the processor's image sequence
+# between blank lines), SmolVLM (longest edge 64: 2×2 tiles of 32 px + the global image, 4 tokens
+# each, with its row/column markup).
 PROMPTS = {
     "llava-1.5": ("USER: <image>\n" + QUESTION + " ASSISTANT:",
                   "<s>USER: " + "<image>" * 4 + "\n" + QUESTION + " ASSISTANT:"),
@@ -22,6 +24,12 @@ PROMPTS = {
                    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                    "<|vision_start|>" + "<|image_pad|>" * 4 + "<|vision_end|>" + QUESTION
                    + "<|im_end|>\n<|im_start|>assistant\n"),
+    "internvl": ("<|im_start|>user\n<IMG_CONTEXT>\n" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n",
+                 "<|im_start|>user\n<img>" + "<IMG_CONTEXT>" * 20 + "</img>\n" + QUESTION
+                 + "<|im_end|>\n<|im_start|>assistant\n"),
+    "gemma-3": ("<bos><start_of_turn>user\n<start_of_image>" + QUESTION + "<end_of_turn>\n<start_of_turn>model\n",
+                "<bos><start_of_turn>user\n\n\n<start_of_image>" + "<image_soft_token>" * 4 + "<end_of_image>\n\n"
+                + QUESTION + "<end_of_turn>\n<start_of_turn>model\n"),
     "smolvlm": ("<|im_start|>User:<image>" + QUESTION + "<end_of_utterance>\nAssistant:",
                 "<|im_start|>User:" + "".join(f"<fake_token_around_image><row_{r}_col_{c}>" + "<image>" * 4
                                               + ("\n" if c == 2 else "") for r in (1, 2) for c in (1, 2))
@@ -29,9 +37,12 @@ PROMPTS = {
                 + "<end_of_utterance>\nAssistant:"),
 }
 # The supervised tokens of a two-turn chat: each answer and the turn end after it (LLaVA-1.5's
-# template writes no </s>: it is put after each answer, as Vicuna's separator was).
+# template writes no stop token: </s> is put after each answer, as Vicuna's separator was; Gemma-3
+# stops on <end_of_turn>, its generation_config's second EOS).
 LABELS = {"llava-1.5": " True</s> At the top left.</s> ",
           "qwen2.5-vl": "True<|im_end|>\nAt the top left.<|im_end|>\n",
+          "internvl": "True<|im_end|>\nAt the top left.<|im_end|>\n",
+          "gemma-3": "True<end_of_turn>\nAt the top left.<end_of_turn>\n",
           "smolvlm": " True<end_of_utterance>\nAt the top left.<end_of_utterance>\n"}
 PAIRS = [(QUESTION, "True"), ("Where is the defect?", "At the top left.")]
 
@@ -93,9 +104,14 @@ def test_a_sequence_longer_than_max_length_is_cut_inside_the_answers(tiny_vlm):
     batch = chat.collate([{**long, "meta": {}}])
     assert batch["input_ids"].shape == batch["labels"].shape == batch["mm_token_type_ids"].shape == (1, 64)
     assert chat.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100]).startswith("True<|im_end|>")
-    tight = ProcessorFormat(str(tiny_vlm("qwen2.5-vl")), max_length=20)
-    with pytest.raises(ValueError, match="max_length 20 leaves no room for an answer"):
-        tight.collate([{**long, "meta": {}}])
+    # a prompt that alone fills max_length is left out and counted; a batch of nothing else fails
+    tight = ProcessorFormat(str(tiny_vlm("qwen2.5-vl")), max_length=60)
+    big = tight.conversation(PAIRS, tight.images([image(112, 112)]))  # 16 image tokens: a 64-token prompt
+    small = tight.conversation(PAIRS[:1], tight.images([image()]))
+    batch = tight.collate([{**big, "meta": {"key": "big"}}, {**small, "meta": {"key": "small"}, "skipped": 1}])
+    assert batch["meta"] == [{"key": "small"}] and batch["skipped"] == 2 and batch["input_ids"].shape[0] == 1
+    with pytest.raises(ValueError, match=r"max_length 60 leaves no room for an answer.*\['big'\]"):
+        tight.collate([{**big, "meta": {"key": "big"}}])
 
 
 def test_spans_move_past_the_expanded_placeholders():

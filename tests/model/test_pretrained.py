@@ -1,4 +1,4 @@
-"""PretrainedVLM on three families' tiny random models: adapters go into the language model only, a
+"""PretrainedVLM on five families' tiny random models: adapters go into the language model only, a
 fresh adapter leaves every output as it was, and one fine-tuning step moves exactly the trainable
 tensors."""
 from __future__ import annotations
@@ -16,6 +16,7 @@ from tests.conftest import VLM_FAMILIES
 ADAPTERS = {"lora": lambda: LoRA(rank=4, alpha=8), "loramoe": lambda: LoRAMoE(experts=2, rank=2, dropout=0.0),
             "amoe_lora": lambda: AMoELoRA(experts=2, rank=2, hyper_hidden=8)}
 PROJECTOR = {"llava-1.5": "model.multi_modal_projector", "qwen2.5-vl": "model.visual.merger",
+             "internvl": "model.multi_modal_projector", "gemma-3": "model.multi_modal_projector",
              "smolvlm": "model.connector"}
 
 
@@ -95,3 +96,29 @@ def test_one_fine_tuning_step_moves_the_adapter_and_projector_only(tiny_vlm):
 def test_an_unknown_projector_is_named(tiny_vlm):
     with pytest.raises(ValueError, match="has no module 'mm_proj'"):
         PretrainedVLMModule(str(tiny_vlm("llava-1.5")), stage=1, projector="mm_proj")
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_vlm, family):
+    folder = str(tiny_vlm(family))
+    modules = []
+    for checkpointing in (True, False):
+        torch.manual_seed(0)
+        modules.append(PretrainedVLMModule(folder, stage=2, adapter=AMoELoRA(experts=2, rank=2, hyper_hidden=8),
+                                           gradient_checkpointing=checkpointing).train())
+    recomputed, plain = modules
+    assert recomputed.model.llm.is_activation_checkpointing and not plain.model.llm.is_activation_checkpointing
+    plain.load_state_dict(recomputed.state_dict(), strict=False)
+    batch = batches(folder)
+    losses = [m.lm_loss(batch) for m in modules]
+    for loss in losses:
+        loss.backward()
+    assert torch.equal(losses[0], losses[1])
+    grads = [{n: p.grad for n, p in m.named_parameters() if p.requires_grad} for m in modules]
+    assert grads[0].keys() == grads[1].keys() and all(g is not None for g in grads[0].values())
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_a_language_model_alone_is_refused_naming_what_it_is(tiny_base):
+    with pytest.raises(ValueError, match="not a vision-language processor with a tokenizer and an image processor"):
+        PretrainedVLMModule(str(tiny_base["llm"]), stage=1)

@@ -1,9 +1,11 @@
-"""Off-the-shelf VLMs through ``maugpt test`` on MAU-Set and MMAD with the baseline recipes (three
+"""Off-the-shelf VLMs through ``maugpt test`` on MAU-Set and MMAD with the baseline recipes (five
 families' tiny random models in place of the hub ids), the exact prompts they are asked, and one
 AMoE-LoRA fine-tune of Qwen2.5-VL from its recipe."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import yaml
 
 from maugpt.data.datamodule import MAUSetDataModule
 from maugpt.mmad.data import MMADDataModule, MMADPrompts
+from maugpt.mmad.scoring import load_questions
 from maugpt.training.cli import run
 from tests.conftest import VLM_FAMILIES
 from tests.mmad.test_data import QUESTIONS, write_tree
@@ -20,6 +23,8 @@ CONFIGS = Path(__file__).parents[2] / "configs"
 LOCAL = ["--model.init_args.dtype", "float32", "--trainer.precision", "32-true", "--trainer.accelerator", "cpu",
          "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.init_args.num_workers", "0",
          "--model.init_args.max_new_tokens", "4"]
+SMALL = ["--model.init_args.adapter.init_args.experts", "2", "--model.init_args.adapter.init_args.hyper_hidden", "8",
+         "--model.init_args.gradient_checkpointing", "false"]  # a small AMoE-LoRA in the fine-tuning recipe
 QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
@@ -28,6 +33,12 @@ def wrapped(family: str, turn: str) -> str:
     if family == "qwen2.5-vl":
         return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                 + turn.replace("<image>", QWEN_IMAGE) + "<|im_end|>\n<|im_start|>assistant\n")
+    if family == "internvl":
+        return "<|im_start|>user\n" + turn.replace("<image>", "<IMG_CONTEXT>\n") + "<|im_end|>\n<|im_start|>assistant\n"
+    if family == "gemma-3":  # every text part trimmed, each image its <start_of_image>
+        pieces = turn.split("<image>")
+        body = pieces[0].strip() + "".join("<start_of_image>" + piece.strip() for piece in pieces[1:])
+        return "<bos><start_of_turn>user\n" + body + "<end_of_turn>\n<start_of_turn>model\n"
     if family == "smolvlm":  # "User:" then a space unless the turn starts with an image
         return "<|im_start|>User:" + ("" if turn.startswith("<image>") else " ") + turn + "<end_of_utterance>\nAssistant:"
     # LLaVA-1.5's template writes every image first, then each text part followed by a space
@@ -68,18 +79,48 @@ def test_a_pretrained_vlm_is_tested_on_mauset_and_mmad_with_the_same_prompts_and
     assert tables.startswith(f"MMAD: {QUESTIONS} questions; 1-shot (random templates)")
 
 
+def test_two_ranks_answer_every_mmad_question_once(tiny_vlm, tmp_path):
+    folder, mmad = str(tiny_vlm("qwen2.5-vl")), write_tree(tmp_path / "MMAD")
+    done = subprocess.run([sys.executable, "-m", "maugpt.cli", "test", "--config",
+                           str(CONFIGS / "baselines" / "qwen2.5-vl.yaml"), "--config", str(CONFIGS / "eval" / "mmad.yaml"),
+                           "--model.init_args.vlm", folder, "--data.init_args.data_root", str(mmad),
+                           "--data.init_args.prompt", "qwen", "--data.init_args.batch_size", "3",
+                           "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                           "--trainer.default_root_dir", str(tmp_path / "run"), *LOCAL],
+                          capture_output=True, text=True, timeout=300, cwd=CONFIGS.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "evaluation" / "predictions.jsonl").open()]
+    assert sorted((r["image"], r["question_index"]) for r in rows) == \
+        sorted((q.image, q.index) for q in load_questions(mmad / "mmad.json"))
+    assert (tmp_path / "run" / "evaluation" / "tables.md").read_text().startswith(f"MMAD: {QUESTIONS} questions;")
+
+
+def test_fsdp_fine_tunes_a_pretrained_vlm_on_two_processes(tiny_vlm, synthetic_dir, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "maugpt.cli", "fit", "--config",
+                           str(CONFIGS / "baselines" / "qwen2.5-vl-amoe.yaml"), "--config",
+                           str(CONFIGS / "strategy" / "fsdp.yaml"), "--model.init_args.vlm", str(tiny_vlm("qwen2.5-vl")),
+                           "--data.init_args.data_dir", str(synthetic_dir / "mauset"), "--trainer.devices", "2",
+                           "--trainer.max_epochs", "1", "--data.init_args.batches_per_epoch", "2",
+                           "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "4",
+                           "--trainer.limit_val_batches", "1", *SMALL, *LOCAL, "--trainer.logger", "true"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # the recipe's relative runs/
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = torch.load(tmp_path / "runs" / "baselines" / "qwen2.5-vl-amoe" / "checkpoints" / "last.ckpt",
+                       map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2 and set(saved["state_dict"]) == set(saved["maugpt"]["trainable"])
+    assert any(".visual.merger." in k for k in saved["state_dict"]) and not any(".base." in k for k in saved["state_dict"])
+
+
 def test_the_amoe_recipe_fine_tunes_qwen2_5_vl_and_tests_from_its_checkpoint(tiny_vlm, synthetic_dir, tmp_path):
     folder, mauset = str(tiny_vlm("qwen2.5-vl")), str(synthetic_dir / "mauset")
     recipe = str(CONFIGS / "baselines" / "qwen2.5-vl-amoe.yaml")
-    small = ["--model.init_args.adapter.init_args.experts", "2", "--model.init_args.adapter.init_args.hyper_hidden", "8",
-             "--model.init_args.gradient_checkpointing", "false"]
     fit = run(["fit", "--config", recipe, "--model.init_args.vlm", folder, "--data.init_args.data_dir", mauset,
                "--trainer.devices", "1", "--trainer.max_epochs", "1", "--data.init_args.batches_per_epoch", "2",
                "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "4",
                "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path),
                "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}", "--trainer.callbacks.save_last=true",
-               *small, *LOCAL, "--trainer.logger", "true"])
+               *SMALL, *LOCAL, "--trainer.logger", "true"])
     assert fit.trainer.global_step == 2
     last = tmp_path / "ckpt" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)
@@ -109,3 +150,19 @@ def test_baseline_recipes_parse_and_name_their_hub_models(name, capsys):
     data = yaml.safe_load((CONFIGS / "baselines" / f"{name}.yaml").read_text())["data"]["init_args"]
     assert "processor" not in printed["data"]["init_args"] and "processor" not in data  # linked from vlm
     assert model["stage"] == (2 if command == "fit" else 1)
+
+
+def test_predict_asks_a_pretrained_vlm_about_a_folder(tiny_vlm, tmp_path):
+    from tests.mauset.releases import image
+
+    for name in ("b.png", "a.jpg"):
+        image(tmp_path / "images" / name, size=(50, 70))
+    (tmp_path / "images" / "c.png").write_bytes(b"not an image")
+    out = tmp_path / "answers.jsonl"
+    run(["predict", "--config", str(CONFIGS / "baselines" / "smolvlm.yaml"), "--config",
+         str(CONFIGS / "tiny" / "predict.yaml"), "--model.init_args.vlm", str(tiny_vlm("smolvlm")),
+         "--data.init_args.folder", str(tmp_path / "images"), "--trainer.callbacks.init_args.path", str(out),
+         *LOCAL])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(r["image"]).name for r in rows] == ["a.jpg", "b.png", "c.png"]
+    assert isinstance(rows[0]["prediction"], str) and rows[2]["prediction"] is None and "error" in rows[2]
