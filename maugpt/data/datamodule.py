@@ -39,10 +39,11 @@ class ExampleEncoder:
                  max_length: int = 2048, packing: Packing = "conversation", tasks: list[str] | None = None,
                  domains: list[str] | None = None, sources: list[str] | None = None, references: int = 0,
                  system_prompt: str | None = None, shuffle_turns: bool = True, resize: str = "torch",
-                 processor: str | None = None) -> None:
+                 processor: str | None = None, processor_kwargs: dict | None = None) -> None:
         if packing not in ("conversation", "qa"):
             raise ValueError(f"packing must be 'conversation' or 'qa', got {packing!r}")
-        self.format = chat_format(tokenizer, vision_encoder, image_tokens, processor, max_length, system_prompt, resize)
+        self.format = chat_format(tokenizer, vision_encoder, image_tokens, processor, max_length, system_prompt, resize,
+                                  processor_kwargs)
         self.tokenizer, self.pad_token_id = self.format.tokenizer, self.format.pad_token_id
         self.packing, self.references, self.shuffle_turns = packing, references, shuffle_turns
         self.tasks, self.domains, self.sources = (set(x) if x else None for x in (tasks, domains, sources))
@@ -333,6 +334,7 @@ class MAUSetDataModule(PromptDataModule):
         processor: a pretrained VLM's folder or hub id: its own processor makes the batches
             (:class:`~maugpt.data.processor.ProcessorFormat`) and ``tokenizer``, ``vision_encoder``,
             ``image_tokens`` and ``resize`` go unused; linked from ``PretrainedVLMModule``'s ``vlm``.
+        processor_kwargs: the processor's settings (linked from ``PretrainedVLMModule``).
     """
 
     def __init__(self, data_dir: str, tokenizer: str | None = None, vision_encoder: str | None = None,
@@ -345,7 +347,7 @@ class MAUSetDataModule(PromptDataModule):
                  test_mode: Literal["generate", "loss"] = "generate", shuffle_turns: bool = True,
                  bleu_tokenize: Literal["none", "13a"] = "none", rouge_stemmer: bool = False,
                  allow_missing_eval: bool = False, resize: Literal["torch", "pil"] = "torch",
-                 processor: str | None = None) -> None:
+                 processor: str | None = None, processor_kwargs: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         unknown = sorted(set(tasks or []) - set(TASKS) - {"caption"})
@@ -368,7 +370,7 @@ class MAUSetDataModule(PromptDataModule):
             h = self.hparams
             self.encoder = ExampleEncoder(h.tokenizer, h.vision_encoder, h.image_tokens, h.max_length, h.packing,
                                           h.tasks, h.domains, h.sources, h.references, h.system_prompt,
-                                          h.shuffle_turns, h.resize, h.processor)
+                                          h.shuffle_turns, h.resize, h.processor, h.processor_kwargs)
             self.format, self.pad_token_id = self.encoder.format, self.encoder.pad_token_id
 
     def train_dataset(self, rank: int = 0, world_size: int = 1) -> TrainExamples:

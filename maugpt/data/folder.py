@@ -50,11 +50,12 @@ class ImageFolderQuestions(PromptDataModule):
         batch_size: prompts per batch.
         num_workers: data-loading workers.
         processor: a pretrained VLM's processor (linked from ``PretrainedVLMModule``'s ``vlm``).
+        processor_kwargs: the processor's settings (linked from ``PretrainedVLMModule``).
     """
 
     def __init__(self, folder: str, question: str, tokenizer: str | None = None, vision_encoder: str | None = None,
                  image_tokens: int | None = 576, batch_size: int = 8, num_workers: int = 0,
-                 processor: str | None = None) -> None:
+                 processor: str | None = None, processor_kwargs: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.images: list[Path] = []
@@ -67,7 +68,8 @@ class ImageFolderQuestions(PromptDataModule):
         if not self.images:
             raise FileNotFoundError(f"predict folder {folder} holds no images (expected .png, .jpg, .bmp or .tif files)")
         h = self.hparams
-        self.setup_prompts(h.tokenizer, h.vision_encoder, h.image_tokens, processor=h.processor)
+        self.setup_prompts(h.tokenizer, h.vision_encoder, h.image_tokens, processor=h.processor,
+                           processor_kwargs=h.processor_kwargs)
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = self.rank()

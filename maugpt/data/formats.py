@@ -95,14 +95,14 @@ class EncoderFormat:
 
 def chat_format(tokenizer: str | None, vision_encoder: str | None, image_tokens: int | None,
                 processor: str | None = None, max_length: int = 2048, system_prompt: str | None = None,
-                resize: str = "torch") -> ChatFormat:
+                resize: str = "torch", processor_kwargs: dict | None = None) -> ChatFormat:
     """The format of the data's model: ``processor`` (a pretrained VLM's folder or hub id) gives
     :class:`~maugpt.data.processor.ProcessorFormat`; otherwise ``tokenizer``, ``vision_encoder`` and
-    ``image_tokens`` give :class:`EncoderFormat`."""
+    ``image_tokens`` give :class:`EncoderFormat`. ``processor_kwargs`` go to ``AutoProcessor``."""
     if processor is not None:
         from maugpt.data.processor import ProcessorFormat
 
-        return ProcessorFormat(processor, max_length, system_prompt)
+        return ProcessorFormat(processor, max_length, system_prompt, processor_kwargs=processor_kwargs)
     missing = [name for name, value in (("tokenizer", tokenizer), ("vision_encoder", vision_encoder),
                                         ("image_tokens", image_tokens)) if value is None]
     if missing:

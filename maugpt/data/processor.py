@@ -44,11 +44,13 @@ class ProcessorFormat:
             at the end (inside the last answers), never inside the prompt (see :meth:`collate`).
         system_prompt: optional system message before the first turn.
         trust_remote_code: allow the repository's own processor code (off unless a config asks).
+        processor_kwargs: passed to ``AutoProcessor.from_pretrained`` (e.g. Qwen2.5-VL's
+            ``max_pixels``, SmolVLM's ``do_image_splitting``).
     """
 
     def __init__(self, processor: str, max_length: int = 2048, system_prompt: str | None = None,
-                 trust_remote_code: bool = False) -> None:
-        self.processor = load_processor(processor, trust_remote_code)
+                 trust_remote_code: bool = False, processor_kwargs: dict | None = None) -> None:
+        self.processor = load_processor(processor, trust_remote_code, processor_kwargs)
         self.tokenizer = self.processor.tokenizer
         if not self.tokenizer.is_fast:
             raise ValueError(f"{processor}: the tokenizer is a slow one ({type(self.tokenizer).__name__}); answer "
@@ -181,11 +183,12 @@ class ProcessorFormat:
         return batch  # the processor's image processor normalised the images already
 
 
-def load_processor(folder: str, trust_remote_code: bool = False):
-    """A VLM's ``AutoProcessor``; anything without a tokenizer and an image processor fails naming what it got."""
+def load_processor(folder: str, trust_remote_code: bool = False, kwargs: dict | None = None):
+    """A VLM's ``AutoProcessor`` (``kwargs`` override its settings); anything without a tokenizer and
+    an image processor fails naming what it got."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code, **(kwargs or {}))
     if getattr(processor, "tokenizer", None) is None or not hasattr(processor, "image_processor"):
         raise ValueError(f"{folder}: AutoProcessor gave {type(processor).__name__}, not a vision-language processor "
                          "with a tokenizer and an image processor (is it a vision-language model?)")

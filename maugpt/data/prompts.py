@@ -84,9 +84,10 @@ class PromptDataModule(L.LightningDataModule):
     pad_token_id: int
 
     def setup_prompts(self, tokenizer: str | None, vision_encoder: str | None, image_tokens: int | None,
-                      resize: str = "torch", processor: str | None = None):
+                      resize: str = "torch", processor: str | None = None, processor_kwargs: dict | None = None):
         """Load the model's format (see :func:`~maugpt.data.formats.chat_format`); returns its tokenizer."""
-        self.format = chat_format(tokenizer, vision_encoder, image_tokens, processor, resize=resize)
+        self.format = chat_format(tokenizer, vision_encoder, image_tokens, processor, resize=resize,
+                                  processor_kwargs=processor_kwargs)
         self.pad_token_id = self.format.pad_token_id
         return self.format.tokenizer
 

@@ -104,6 +104,7 @@ class MMADDataModule(PromptDataModule):
         num_workers: data-loading workers per rank.
         processor: a pretrained VLM's processor (linked from ``PretrainedVLMModule``'s ``vlm``): its
             chat template wraps the script's user turn and its processor makes the batches.
+        processor_kwargs: the processor's settings (linked from ``PretrainedVLMModule``).
     """
 
     def __init__(self, data_root: str, tokenizer: str | None = None, vision_encoder: str | None = None,
@@ -114,7 +115,7 @@ class MMADDataModule(PromptDataModule):
                  seed: int = 0, instruction: str | None = None, datasets: list[str] | None = None,
                  limit: int | None = None, unparsable: Literal["wrong", "official"] = "wrong",
                  last_letter: bool | None = None, batch_size: int = 8, num_workers: int = 2,
-                 processor: str | None = None) -> None:
+                 processor: str | None = None, processor_kwargs: dict | None = None) -> None:
         super().__init__()
         if shots < 0:
             raise ValueError(f"shots must be 0 or more, got {shots}")
@@ -166,7 +167,8 @@ class MMADDataModule(PromptDataModule):
         if missing:
             raise FileNotFoundError(f"{len(missing)} MMAD image(s) missing under {root} (e.g. {', '.join(missing[:3])}): "
                                     "data_root must hold the images the mmad.json keys and templates name")
-        tokenizer = self.setup_prompts(h.tokenizer, h.vision_encoder, h.image_tokens, processor=h.processor)
+        tokenizer = self.setup_prompts(h.tokenizer, h.vision_encoder, h.image_tokens, processor=h.processor,
+                                       processor_kwargs=h.processor_kwargs)
         self.system = instruction if self.script.system_instruction else None
         letters = [chr(ord("A") + i) for i in range(max(len(q.options) for q, _, _ in self.items))]
         ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in letters]

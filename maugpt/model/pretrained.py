@@ -46,11 +46,12 @@ class PretrainedVLM(nn.Module):
         attn_implementation: passed to transformers (``sdpa``, ``eager``, ``flash_attention_2``).
         trust_remote_code: allow the repository's own code (off unless a config asks).
         projector: the connector's module name when it is none of :data:`PROJECTORS`.
+        processor_kwargs: passed to ``AutoProcessor.from_pretrained``.
     """
 
     def __init__(self, vlm: str, adapter: Adapter | None = None, pretrained: bool = True, dtype: str = "float32",
                  attn_implementation: str = "sdpa", trust_remote_code: bool = False,
-                 projector: str | None = None) -> None:
+                 projector: str | None = None, processor_kwargs: dict | None = None) -> None:
         from transformers import AutoModelForImageTextToText
 
         from maugpt.data.processor import load_processor
@@ -59,7 +60,7 @@ class PretrainedVLM(nn.Module):
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.processor = load_processor(vlm, trust_remote_code)
+        self.processor = load_processor(vlm, trust_remote_code, processor_kwargs)
         self.tokenizer = self.processor.tokenizer
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -48,6 +48,7 @@ class MAUGPTCLI(LightningCLI):
         parser.link_arguments("model.init_args.llm", "data.init_args.tokenizer")
         parser.link_arguments("model.init_args.vision_encoder", "data.init_args.vision_encoder")
         parser.link_arguments("model.init_args.vlm", "data.init_args.processor")  # PretrainedVLMModule
+        parser.link_arguments("model.init_args.processor_kwargs", "data.init_args.processor_kwargs")
         parser.link_arguments("model", "data.init_args.image_tokens", compute_fn=lambda model: model.image_tokens,
                               apply_on="instantiate")
 

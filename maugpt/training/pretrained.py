@@ -26,13 +26,16 @@ class PretrainedVLMModule(StagedModule):
         trust_remote_code: allow the repository's own code (off unless a config asks).
         projector: the vision-to-text connector's module name, when it is not one transformers
             usually gives (``multi_modal_projector``, ``connector``, ``visual.merger``).
+        processor_kwargs: settings of the model's processor, for its data too (linked): e.g.
+            ``{max_pixels: 1003520}`` caps Qwen2.5-VL's image tokens at 1280 per image.
     """
 
     def __init__(self, vlm: str, pretrained: bool = True, dtype: str = "float32", attn_implementation: str = "sdpa",
-                 trust_remote_code: bool = False, projector: str | None = None, **kwargs) -> None:
+                 trust_remote_code: bool = False, projector: str | None = None,
+                 processor_kwargs: dict | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
 
     def build(self, adapter: Adapter | None) -> PretrainedVLM:
         h = self.hparams
         return PretrainedVLM(h.vlm, adapter, h.pretrained, h.dtype, h.attn_implementation, h.trust_remote_code,
-                             h.projector)
+                             h.projector, h.processor_kwargs)

@@ -118,3 +118,13 @@ def test_spans_move_past_the_expanded_placeholders():
     # two placeholders of 5 characters grown to 20 and 11: spans after them shift by 15, then by 21
     replacements = [{"span": (3, 8), "new_span": (3, 23)}, {"span": (10, 15), "new_span": (25, 36)}]
     assert expanded([(0, 2), (8, 10), (16, 20)], replacements) == [(0, 2), (23, 25), (37, 41)]
+
+
+def test_processor_settings_change_the_image_tokens(tiny_vlm):
+    folder = str(tiny_vlm("qwen2.5-vl"))
+    counts = []
+    for settings in (None, {"max_pixels": 3136}):  # the fixture's 12544 → 56 × 56 at most
+        chat = ProcessorFormat(folder, processor_kwargs=settings)
+        batch = chat.collate_prompts([{**chat.prompt(QUESTION, chat.images([image(112, 112)])), "meta": {}}])
+        counts.append(int((batch["input_ids"] == chat.processor.image_token_id).sum()))
+    assert counts == [16, 4]

@@ -48,7 +48,9 @@ def wrapped(family: str, turn: str) -> str:
 
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_a_pretrained_vlm_is_tested_on_mauset_and_mmad_with_the_same_prompts_and_scorers(family, tiny_vlm,
-                                                                                          synthetic_dir, tmp_path):
+                                                                                          synthetic_dir, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipe's relative runs/ folders land here
     folder, mauset = str(tiny_vlm(family)), str(synthetic_dir / "mauset")
     recipe = str(CONFIGS / "baselines" / f"{family}.yaml")
     # The prompts: MAU-Set's question after the image, MMAD's llava-script user turn, in the model's template.
@@ -111,18 +113,25 @@ def test_fsdp_fine_tunes_a_pretrained_vlm_on_two_processes(tiny_vlm, synthetic_d
     assert any(".visual.merger." in k for k in saved["state_dict"]) and not any(".base." in k for k in saved["state_dict"])
 
 
-def test_the_amoe_recipe_fine_tunes_qwen2_5_vl_and_tests_from_its_checkpoint(tiny_vlm, synthetic_dir, tmp_path):
+def test_the_stage_recipes_fine_tune_qwen2_5_vl_and_test_from_the_checkpoint(tiny_vlm, synthetic_dir, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipes' relative runs/ folders land here
     folder, mauset = str(tiny_vlm("qwen2.5-vl")), str(synthetic_dir / "mauset")
+    short = ["--model.init_args.vlm", folder, "--trainer.devices", "1", "--trainer.max_epochs", "1",
+             "--data.init_args.batches_per_epoch", "2", "--data.init_args.batch_size", "2",
+             "--trainer.limit_val_batches", "1", *LOCAL, "--trainer.logger", "true"]
+    run(["fit", "--config", str(CONFIGS / "baselines" / "qwen2.5-vl-stage1.yaml"), "--data.init_args.data_dir",
+         str(synthetic_dir / "captions"), *short])
+    first = tmp_path / "runs" / "baselines" / "qwen2.5-vl-stage1" / "checkpoints" / "last.ckpt"
+    merger = torch.load(first, map_location="cpu", weights_only=True)["state_dict"]
+    assert merger and all(".visual.merger." in n for n in merger)  # stage 1: the connector alone
     recipe = str(CONFIGS / "baselines" / "qwen2.5-vl-amoe.yaml")
-    fit = run(["fit", "--config", recipe, "--model.init_args.vlm", folder, "--data.init_args.data_dir", mauset,
-               "--trainer.devices", "1", "--trainer.max_epochs", "1", "--data.init_args.batches_per_epoch", "2",
-               "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "4",
-               "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path),
-               "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-               f"--trainer.callbacks.dirpath={tmp_path / 'ckpt'}", "--trainer.callbacks.save_last=true",
-               *SMALL, *LOCAL, "--trainer.logger", "true"])
+    fit = run(["--config", recipe, "--data.init_args.data_dir", mauset, "--model.init_args.init_from",
+               str(first), "--data.init_args.eval_batch_size", "4", *SMALL, *short], subcommand=False)
+    assert all(torch.equal(dict(fit.model.named_parameters())[n], t) for n, t in merger.items())  # stage 1's
+    fit.trainer.fit(fit.model, datamodule=fit.datamodule)
     assert fit.trainer.global_step == 2
-    last = tmp_path / "ckpt" / "last.ckpt"
+    last = tmp_path / "runs" / "baselines" / "qwen2.5-vl-amoe" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)
     trainable = set(fit.model.trainable_names())
     assert set(saved["state_dict"]) == trainable  # the adapter and the merger, never the frozen VLM
@@ -137,9 +146,10 @@ def test_the_amoe_recipe_fine_tunes_qwen2_5_vl_and_tests_from_its_checkpoint(tin
     assert (tmp_path / "test" / "evaluation" / "predictions.jsonl").is_file()
 
 
-@pytest.mark.parametrize("name", ["llava-1.5", "qwen2.5-vl", "internvl", "gemma-3", "smolvlm", "qwen2.5-vl-amoe"])
+@pytest.mark.parametrize("name", ["llava-1.5", "qwen2.5-vl", "internvl", "gemma-3", "smolvlm", "qwen2.5-vl-stage1",
+                                  "qwen2.5-vl-amoe"])
 def test_baseline_recipes_parse_and_name_their_hub_models(name, capsys):
-    command = "fit" if name.endswith("amoe") else "test"
+    command = "fit" if name.endswith(("amoe", "stage1")) else "test"
     with pytest.raises(SystemExit):
         run([command, "--config", str(CONFIGS / "baselines" / f"{name}.yaml"), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -149,12 +159,13 @@ def test_baseline_recipes_parse_and_name_their_hub_models(name, capsys):
     assert model["vlm"] == source["vlm"] and "/" in model["vlm"]  # a hub id
     data = yaml.safe_load((CONFIGS / "baselines" / f"{name}.yaml").read_text())["data"]["init_args"]
     assert "processor" not in printed["data"]["init_args"] and "processor" not in data  # linked from vlm
-    assert model["stage"] == (2 if command == "fit" else 1)
+    assert model["stage"] == (2 if name.endswith("amoe") else 1)
 
 
-def test_predict_asks_a_pretrained_vlm_about_a_folder(tiny_vlm, tmp_path):
+def test_predict_asks_a_pretrained_vlm_about_a_folder(tiny_vlm, tmp_path, monkeypatch):
     from tests.mauset.releases import image
 
+    monkeypatch.chdir(tmp_path)
     for name in ("b.png", "a.jpg"):
         image(tmp_path / "images" / name, size=(50, 70))
     (tmp_path / "images" / "c.png").write_bytes(b"not an image")
@@ -166,3 +177,13 @@ def test_predict_asks_a_pretrained_vlm_about_a_folder(tiny_vlm, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [Path(r["image"]).name for r in rows] == ["a.jpg", "b.png", "c.png"]
     assert isinstance(rows[0]["prediction"], str) and rows[2]["prediction"] is None and "error" in rows[2]
+
+
+def test_the_models_processor_settings_reach_its_data(tiny_vlm, synthetic_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run(["--config", str(CONFIGS / "baselines" / "qwen2.5-vl.yaml"), "--model.init_args.vlm",
+               str(tiny_vlm("qwen2.5-vl")), "--model.init_args.processor_kwargs", "{max_pixels: 3136}",
+               "--data.init_args.data_dir", str(synthetic_dir / "mauset"), *LOCAL], subcommand=False)
+    assert cli.datamodule.hparams.processor_kwargs == {"max_pixels": 3136}
+    cli.datamodule.setup("test")
+    assert cli.datamodule.format.processor.image_processor.size["longest_edge"] == 3136  # max_pixels, as v5 keeps it
