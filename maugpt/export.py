@@ -37,6 +37,9 @@ def read_checkpoint(path: str | Path) -> tuple[Adapter, dict[str, Tensor], list[
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     hparams = checkpoint.get("hyper_parameters") or {}
+    if "vlm" in hparams:
+        raise ValueError(f"{path} fine-tuned the pretrained VLM {hparams['vlm']} (PretrainedVLMModule): export "
+                         "writes MAU-GPT checkpoints only; test or predict with the checkpoint itself (--ckpt_path)")
     if "state_dict" not in checkpoint or "llm" not in hparams:
         raise ValueError(f"{path} is not a MAU-GPT training checkpoint (expected state_dict and the model's "
                          "hyper_parameters, as `maugpt fit` writes them)")

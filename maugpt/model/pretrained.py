@@ -1,7 +1,7 @@
 """``PretrainedVLM``: an off-the-shelf transformers vision-language model (``AutoModelForImageTextToText``:
 LLaVA-1.5, Qwen2.5-VL, InternVL, Gemma-3, Idefics3/SmolVLM …) behind MAU-GPT's model interface.
 
-It answers what :class:`~maugpt.training.module.MAUGPTModule`'s recipe asks of a network, so the
+It answers what :class:`~maugpt.training.module.StagedModule`'s recipe asks of a network, so the
 same stages, adapters, tests and callbacks run on it: ``llm`` (the language model the adapters go
 into), ``projector`` (the vision-to-text connector, trained in stage 1), ``vision``, ``tokenizer``,
 ``forward(**batch)`` and ``generate(**prompts)`` returning only the new tokens. The batches come

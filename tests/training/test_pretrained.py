@@ -144,6 +144,10 @@ def test_the_stage_recipes_fine_tune_qwen2_5_vl_and_test_from_the_checkpoint(tin
     for name, tensor in saved["state_dict"].items():
         assert torch.equal(dict(tested.model.named_parameters())[name], tensor)
     assert (tmp_path / "test" / "evaluation" / "predictions.jsonl").is_file()
+    from maugpt.export import export
+
+    with pytest.raises(ValueError, match="fine-tuned the pretrained VLM .* export writes MAU-GPT checkpoints only"):
+        export(str(last), str(tmp_path / "adapter.safetensors"))
 
 
 @pytest.mark.parametrize("name", ["llava-1.5", "qwen2.5-vl", "internvl", "gemma-3", "smolvlm", "qwen2.5-vl-stage1",
