@@ -67,7 +67,7 @@ def time_pipeline(folder: Path, make_encoder, batch_size: int, warm: bool = Fals
         pending += encoder(decode_sample(raw, encoder.wants_image))
         samples += 1
         while len(pending) >= batch_size:
-            collate(pending[:batch_size], encoder.pad_token_id)  # uint8 images: normalised later, on the device
+            collate(pending[:batch_size], encoder.format.pad_token_id)  # uint8 images: normalised later, on the device
             examples += batch_size
             pending = pending[batch_size:]
     seconds = time.perf_counter() - start
@@ -103,7 +103,7 @@ def main() -> None:
                 made = ExampleEncoder(str(tmp / "tok"), args.vision_encoder, args.image_tokens, max_length=4096,
                                       packing=args.packing, resize="torch" if shipped else "pil")
                 if not shipped:
-                    made.format.chat = ChatEncoder(made.tokenizer, args.image_tokens, 4096, cache=False)
+                    made.format.chat = ChatEncoder(made.format.tokenizer, args.image_tokens, 4096, cache=False)
                 return made
             return make
 

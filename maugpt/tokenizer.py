@@ -53,6 +53,11 @@ def load_tokenizer(path: str, image_token: str = IMAGE_TOKEN, trust_remote_code:
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if image_token not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    return with_pad_token(tokenizer)
+
+
+def with_pad_token(tokenizer):
+    """``tokenizer``, its padding token set to EOS where it has none (batched prompts need one)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

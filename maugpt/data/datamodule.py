@@ -44,7 +44,6 @@ class ExampleEncoder:
             raise ValueError(f"packing must be 'conversation' or 'qa', got {packing!r}")
         self.format = chat_format(tokenizer, vision_encoder, image_tokens, processor, max_length, system_prompt, resize,
                                   processor_kwargs)
-        self.tokenizer, self.pad_token_id = self.format.tokenizer, self.format.pad_token_id
         self.packing, self.references, self.shuffle_turns = packing, references, shuffle_turns
         self.tasks, self.domains, self.sources = (set(x) if x else None for x in (tasks, domains, sources))
 
@@ -371,7 +370,7 @@ class MAUSetDataModule(PromptDataModule):
             self.encoder = ExampleEncoder(h.tokenizer, h.vision_encoder, h.image_tokens, h.max_length, h.packing,
                                           h.tasks, h.domains, h.sources, h.references, h.system_prompt,
                                           h.shuffle_turns, h.resize, h.processor, h.processor_kwargs)
-            self.format, self.pad_token_id = self.encoder.format, self.encoder.pad_token_id
+            self.format = self.encoder.format
 
     def train_dataset(self, rank: int = 0, world_size: int = 1) -> TrainExamples:
         self.setup()

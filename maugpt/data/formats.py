@@ -55,13 +55,12 @@ class EncoderFormat:
     """MAU-GPT's format: ``uint8`` images from the encoder's transform, token ids from the LLM
     tokenizer's template (see :class:`~maugpt.data.encode.ChatEncoder` for the arguments)."""
 
-    def __init__(self, tokenizer, vision_encoder: str, image_tokens: int, max_length: int = 2048,
+    def __init__(self, tokenizer: str, vision_encoder: str, image_tokens: int, max_length: int = 2048,
                  system_prompt: str | None = None, resize: str = "torch") -> None:
-        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        self.tokenizer = load_tokenizer(tokenizer)  # with a padding token
         self.chat = ChatEncoder(self.tokenizer, image_tokens, max_length, system_prompt=system_prompt)
         self.transform = ImageTransform(vision_encoder, resize=resize)
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.pad_token_id = self.tokenizer.pad_token_id
 
     def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """``uint8 (images, H, W, 3)``."""

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from maugpt.data.encode import IGNORE_INDEX, MARKED_PROBE, answer_spans, mark, turn_end
-from maugpt.tokenizer import IMAGE_TOKEN
+from maugpt.tokenizer import IMAGE_TOKEN, with_pad_token
 
 log = logging.getLogger(__name__)
 BLANK_SIDE = 224  # the stand-in for an unreadable image: black, the processor resizes it as any other
@@ -58,8 +58,7 @@ class ProcessorFormat:
         if getattr(self.processor, "chat_template", None) is None:
             raise ValueError(f"{processor}: the processor has no chat template (chat_template.json or .jinja)")
         self.max_length, self.system_prompt = max_length, system_prompt
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.pad_token_id = self.tokenizer.pad_token_id
         self.turn_end = turn_end(self.render(self.messages([("q", MARKED_PROBE)], 0)))
         eos = self.tokenizer.eos_token
         stops = [eos, *stop_tokens(processor, self.tokenizer)]
@@ -72,10 +71,14 @@ class ProcessorFormat:
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def messages(self, pairs: list[tuple[str, str]], images: int, system: str | None = None) -> list[dict]:
-        """The conversation of ``pairs`` with ``images`` images before the first question."""
+    def system(self, system: str | None = None) -> list[dict]:
+        """The system message (``system``, else the configured one), if any."""
         system = system or self.system_prompt
-        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        return [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+
+    def messages(self, pairs: list[tuple[str, str]], images: int) -> list[dict]:
+        """The conversation of ``pairs`` with ``images`` images before the first question."""
+        messages = self.system()
         for i, (question, answer) in enumerate(pairs):
             user = [{"type": "image"}] * (images if i == 0 else 0) + [{"type": "text", "text": question}]
             messages += [{"role": "user", "content": user},
@@ -103,10 +106,8 @@ class ProcessorFormat:
         parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
         for piece in pieces[1:]:
             parts += [{"type": "image"}] + ([{"type": "text", "text": piece}] if piece else [])
-        system = system or self.system_prompt
-        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
-        return {"text": self.render(messages + [{"role": "user", "content": parts}], add_generation_prompt=True),
-                "images": images}
+        return {"text": self.render(self.system(system) + [{"role": "user", "content": parts}],
+                                    add_generation_prompt=True), "images": images}
 
     def conversation(self, pairs: list[tuple[str, str]], images: list[Image.Image]) -> dict:
         """The supervised chat of ``pairs``: its text and each answer's character span."""
@@ -175,7 +176,7 @@ class ProcessorFormat:
             real = batch["attention_mask"][row].bool().numpy()
             supervised &= real
             labels[row] = torch.where(torch.from_numpy(supervised), ids[row], IGNORE_INDEX)
-            condition[row] = torch.from_numpy(real & (ends <= spans[0][0]) & ~supervised)
+            condition[row] = torch.from_numpy(real & (ends <= spans[0][0]))  # wholly before the first answer
         batch.update(labels=labels, condition_mask=condition)
         return batch
 
@@ -192,6 +193,7 @@ def load_processor(folder: str, trust_remote_code: bool = False, kwargs: dict | 
     if getattr(processor, "tokenizer", None) is None or not hasattr(processor, "image_processor"):
         raise ValueError(f"{folder}: AutoProcessor gave {type(processor).__name__}, not a vision-language processor "
                          "with a tokenizer and an image processor (is it a vision-language model?)")
+    with_pad_token(processor.tokenizer)
     return processor
 
 

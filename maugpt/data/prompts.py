@@ -76,19 +76,17 @@ def padded(examples: Iterable[dict], target: int, skipped: Callable[[], int] = l
 class PromptDataModule(L.LightningDataModule):
     """A data module whose batches include generation prompts.
 
-    Subclasses call :meth:`setup_prompts` in ``setup`` (or set ``format`` and ``pad_token_id``
-    themselves) and batch their prompt datasets with :meth:`prompt_loader`.
+    Subclasses call :meth:`setup_prompts` in ``setup`` (or set ``format`` themselves) and batch
+    their prompt datasets with :meth:`prompt_loader`.
     """
 
     format: ChatFormat
-    pad_token_id: int
 
     def setup_prompts(self, tokenizer: str | None, vision_encoder: str | None, image_tokens: int | None,
                       resize: str = "torch", processor: str | None = None, processor_kwargs: dict | None = None):
         """Load the model's format (see :func:`~maugpt.data.formats.chat_format`); returns its tokenizer."""
         self.format = chat_format(tokenizer, vision_encoder, image_tokens, processor, resize=resize,
                                   processor_kwargs=processor_kwargs)
-        self.pad_token_id = self.format.pad_token_id
         return self.format.tokenizer
 
     def rank(self) -> tuple[int, int]:

@@ -1,6 +1,8 @@
 """MAU-GPT: frozen vision encoder → trainable projector → frozen causal LLM with adapters (LLaVA style)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor
@@ -23,6 +25,23 @@ BATCH_ANNOTATIONS = ("valid", "meta", "skipped", "choice_ids")
 def model_inputs(batch: dict, **overrides: Tensor | None) -> dict:
     """``batch`` without its :data:`BATCH_ANNOTATIONS`, with ``overrides`` applied (e.g. ``labels``)."""
     return {**{k: v for k, v in batch.items() if k not in BATCH_ANNOTATIONS}, **overrides}
+
+
+def set_forward_context(net: nn.Module, attention_mask: Tensor, condition_mask: Tensor | None,
+                        sample_labels: Tensor | None) -> None:
+    """Give ``net``'s adapters (if it has any) the masks of the next forward (see ``AdapterContext``)."""
+    if net.adapter is not None:
+        adapter_context(net.llm).set(token_mask=attention_mask.bool(), condition_mask=condition_mask,
+                                     sample_labels=sample_labels, record=net.record_diagnostics)
+
+
+def generation_context(net: nn.Module, attention_mask: Tensor, condition_mask: Tensor | None):
+    """The context of one ``generate()`` of ``net``: AMoE-LoRA's condition (the prompt unless
+    ``condition_mask`` says otherwise) is fixed at the prefill; nothing without adapters."""
+    if net.adapter is None:
+        return contextlib.nullcontext()
+    condition = condition_mask if condition_mask is not None else attention_mask
+    return adapter_context(net.llm).generation(condition_mask=condition.bool())
 
 
 def load_frozen(auto_class, path: str, pretrained: bool, dtype: torch.dtype, attn_implementation: str,
@@ -112,9 +131,7 @@ class MAUGPT(nn.Module):
         Takes a batch's model inputs only (:func:`model_inputs` drops its annotations): an
         unknown key is a ``TypeError``, never silently ignored.
         """
-        if self.adapter is not None:
-            adapter_context(self.llm).set(token_mask=attention_mask.bool(), condition_mask=condition_mask,
-                                          sample_labels=sample_labels, record=self.record_diagnostics)
+        set_forward_context(self, attention_mask, condition_mask, sample_labels)
         embeddings = self.embed(input_ids, pixel_values)
         return self.llm(inputs_embeds=embeddings, attention_mask=attention_mask, labels=labels, use_cache=False)
 
@@ -132,10 +149,7 @@ class MAUGPT(nn.Module):
                    "eos_token_id": self.tokenizer.eos_token_id, "suppress_tokens": [self.image_token_id],
                    "synced_gpus": self.synced_generation, **kwargs,
                    "inputs_embeds": embeddings, "attention_mask": attention_mask, "max_new_tokens": max_new_tokens}
-        if self.adapter is None:
-            return self.llm.generate(**options)
-        condition = condition_mask if condition_mask is not None else attention_mask
-        with adapter_context(self.llm).generation(condition_mask=condition.bool()):
+        with generation_context(self, attention_mask, condition_mask):
             return self.llm.generate(**options)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from maugpt.adapters import Adapter, adapter_context, inject
+from maugpt.adapters import Adapter, inject
+from maugpt.model.mau_gpt import DTYPES, generation_context, load_frozen, set_forward_context
 
 #: Where the families keep their vision-to-text connector: LLaVA, Gemma-3, InternVL, PaliGemma
 #: (``multi_modal_projector``); Idefics3/SmolVLM (``connector``); Qwen2-VL/2.5-VL (``visual.merger``).
@@ -55,15 +56,12 @@ class PretrainedVLM(nn.Module):
         from transformers import AutoModelForImageTextToText
 
         from maugpt.data.processor import load_processor
-        from maugpt.model.mau_gpt import DTYPES, load_frozen
 
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.processor = load_processor(vlm, trust_remote_code, processor_kwargs)
         self.tokenizer = self.processor.tokenizer
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.vlm = load_frozen(AutoModelForImageTextToText, vlm, pretrained, DTYPES[dtype], attn_implementation,
                                trust_remote_code)
         # Names, not attributes: the parts stay registered once, under vlm (checkpoint keys, FSDP).
@@ -97,16 +95,11 @@ class PretrainedVLM(nn.Module):
     def image_tokens(self) -> None:
         return None  # the processor expands each image itself (a count per image for some families)
 
-    def _set_context(self, attention_mask: Tensor, condition_mask: Tensor | None, sample_labels: Tensor | None) -> None:
-        if self.adapter is not None:
-            adapter_context(self.llm).set(token_mask=attention_mask.bool(), condition_mask=condition_mask,
-                                          sample_labels=sample_labels, record=self.record_diagnostics)
-
     def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None,
                 condition_mask: Tensor | None = None, sample_labels: Tensor | None = None, **vision_inputs: Tensor):
         """Teacher-forced forward over a processor batch (``vision_inputs``: its ``pixel_values``,
         ``image_grid_thw`` … as the processor named them); ``loss`` when ``labels`` are given."""
-        self._set_context(attention_mask, condition_mask, sample_labels)
+        set_forward_context(self, attention_mask, condition_mask, sample_labels)
         return self.vlm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False,
                         **self._cast(vision_inputs))
 
@@ -126,9 +119,6 @@ class PretrainedVLM(nn.Module):
                    "suppress_tokens": self.image_token_ids or None, "synced_gpus": self.synced_generation,
                    **self._cast(kwargs),
                    "input_ids": input_ids, "attention_mask": attention_mask, "max_new_tokens": max_new_tokens}
-        if self.adapter is None:
-            return self.vlm.generate(**options)[:, input_ids.shape[1]:]
-        condition = condition_mask if condition_mask is not None else attention_mask
-        with adapter_context(self.llm).generation(condition_mask=condition.bool()):
+        with generation_context(self, attention_mask, condition_mask):
             return self.vlm.generate(**options)[:, input_ids.shape[1]:]
 

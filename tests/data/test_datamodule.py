@@ -23,7 +23,7 @@ def datamodule(synthetic_dir, tokenizer_dir, vision_dir, **kwargs):
 
 def loader(dm, dataset, batch_size):
     return DataLoader(dataset, batch_size=batch_size, num_workers=2,
-                      collate_fn=lambda b: collate(b, dm.encoder.pad_token_id))
+                      collate_fn=lambda b: collate(b, dm.format.pad_token_id))
 
 
 @pytest.mark.parametrize("packing", ["conversation", "qa"])
@@ -52,7 +52,7 @@ def test_training_gives_every_rank_the_same_number_of_full_batches(synthetic_dir
             from maugpt.data.datamodule import EpochLoader
             dataset = dm.train_dataset(rank, 2)
             batches.append(list(EpochLoader(dataset, 5, lambda: 0, batch_size=3, num_workers=2, drop_last=True,
-                                            collate_fn=lambda b: collate(b, dm.encoder.pad_token_id))))
+                                            collate_fn=lambda b: collate(b, dm.format.pad_token_id))))
         assert [len(b) for b in batches] == [5, 5]
         for batch in batches[0]:
             assert batch["input_ids"].shape[0] == 3 and batch["pixel_values"].shape[1:] == (1, 32, 32, 3)
