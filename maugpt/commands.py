@@ -44,15 +44,27 @@ def build(*, source: Literal["btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile"
         knowledge: a folder of your own products.yaml / questions.yaml / defects.yaml, merged over
             the packaged ones (new products or defect classes of a release, edited texts). Defect
             classes found in neither get a generic description, marked and listed in the stats.
+
+    A mistake in the input (a folder without the release's layout, a missing root or class folder,
+    too few images, an unknown product, a non-empty ``out``) exits with one ``build: …`` message.
     """
-    from maugpt.mauset.build import build_mauset
+    import yaml
+
+    from maugpt.mauset.build import BuildError, build_mauset
     from maugpt.mauset.knowledge import Knowledge
     from maugpt.schema import SOURCES
 
     sources = list(SOURCES) if source == "all" else [source]
-    build_mauset(sources, root, out, knowledge=Knowledge(overlay=knowledge), seed=seed, test=test, val=val,
-                 max_side=max_side, image_format=image_format,
-                 maxcount=maxcount, maxsize=maxsize, overwrite=overwrite, partial=partial, paper_subset=paper_subset)
+    try:
+        merged = Knowledge(overlay=knowledge)
+    except (FileNotFoundError, ValueError, yaml.YAMLError) as err:  # the overlay folder or its files
+        raise SystemExit(f"build: {err}") from None
+    try:
+        build_mauset(sources, root, out, knowledge=merged, seed=seed, test=test, val=val, max_side=max_side,
+                     image_format=image_format, maxcount=maxcount, maxsize=maxsize, overwrite=overwrite,
+                     partial=partial, paper_subset=paper_subset)
+    except BuildError as err:  # the user's to fix; anything else is a bug and keeps its traceback
+        raise SystemExit(f"build: {err}") from None
 
 
 def build_llava(*, annotations: Path, images: Path, out: Path, max_side: int = 512, image_format: Literal["jpg", "png"] = "jpg",
@@ -68,11 +80,17 @@ def build_llava(*, annotations: Path, images: Path, out: Path, max_side: int = 5
         maxcount: samples per shard at most.
         limit: convert only the first N records.
         overwrite: replace the shards of a non-empty ``out``.
+
+    A missing annotation file or image folder, an annotation file that is not a JSON list, or a
+    non-empty ``out`` exits with one ``build_llava: …`` message.
     """
     from maugpt.mauset.llava import convert_llava_pretrain
     from maugpt.mauset.stats import format_statistics
 
-    stats = convert_llava_pretrain(annotations, images, out, max_side, image_format, maxcount, limit, overwrite)
+    try:
+        stats = convert_llava_pretrain(annotations, images, out, max_side, image_format, maxcount, limit, overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:  # what the converter raises for its inputs
+        raise SystemExit(f"build_llava: {err}") from None
     print(format_statistics(stats, "llava_pretrain train"))
 
 
@@ -92,13 +110,21 @@ def synth(*, out: Path, images: int = 700, seed: int = 0, image_size: int = 224,
         val: fraction that goes to validation.
         references: normal reference images of the same product stored with each sample.
         overwrite: replace the shards of a non-empty ``out``.
+
+    Fractions out of range or a non-empty ``out`` exit with one ``synth: …`` message.
     """
     from maugpt.mauset.stats import format_statistics
     from maugpt.mauset.synthetic import build_synthetic
 
-    stats = build_synthetic(out, images=images, seed=seed, image_size=image_size, captions=captions,
-                            anomaly_fraction=anomaly_fraction, test=test, val=val, references=references,
-                            overwrite=overwrite)
+    # checked here, before build_synthetic clears anything (it splits after preparing the folders)
+    if not (0 <= test < 1 and 0 <= val < 1 and test + val < 1):
+        raise SystemExit(f"synth: --test and --val must be fractions in [0, 1) with test + val < 1, got {test}, {val}")
+    try:
+        stats = build_synthetic(out, images=images, seed=seed, image_size=image_size, captions=captions,
+                                anomaly_fraction=anomaly_fraction, test=test, val=val, references=references,
+                                overwrite=overwrite)
+    except FileExistsError as err:  # a non-empty out without --overwrite
+        raise SystemExit(f"synth: {err}") from None
     for name, split_stats in stats.items():
         print(format_statistics(split_stats, name))
 
@@ -109,6 +135,10 @@ def inspect_shards(folder: Path, samples: int = 2) -> None:
     Args:
         folder: a split folder (with index.json) or a folder of split folders.
         samples: how many decoded samples to print per split.
+
+    A sample counts only if training and evaluation can use it (the reader's one rule: a valid
+    record and a decodable image); the others are reported as skipped, by reason, as the data
+    modules skip them.
     """
     from maugpt.data.reader import SkipCounter, iter_samples
     from maugpt.mauset.stats import format_statistics, split_statistics
@@ -118,9 +148,17 @@ def inspect_shards(folder: Path, samples: int = 2) -> None:
         raise SystemExit(f"inspect_shards: no index.json under {folder}: not a folder of maugpt shards")
     for split in splits:
         counter = SkipCounter()
-        decoded = list(iter_samples(split, counter))
+        try:
+            stream = iter_samples(split, counter)  # reads index.json now
+        except ValueError as err:
+            raise SystemExit(f"inspect_shards: {err}") from None
+        decoded = list(stream)
         stats = {**split_statistics(s["json"] for s in decoded), "skipped_unreadable": counter.count}
         print(format_statistics(stats, str(split)))
+        if counter.count:
+            print(f"-- skipped {counter.count} sample(s) that cannot be used ("
+                  + ", ".join(f"{n} {reason}" for reason, n in counter.reasons.items()) + "); first: "
+                  + "; ".join(counter.notes))
         for sample in islice(decoded, samples):
             members = {k: (f"image {v.size[0]}x{v.size[1]}" if hasattr(v, "size") else "record")
                        for k, v in sample.items() if not k.startswith("__")}
@@ -140,9 +178,18 @@ def tiny_base(*, shards: Path, out: Path, seed: int = 0, vit_steps: int = 900, l
         llm_steps: pretraining steps of the LM (the synthetic questions and answers).
         vit_extra_images: procedural images of another seed added to the ViT's pretraining data.
         overwrite: replace llm/ and vision/ in a non-empty ``out``.
+
+    Shards without ``mauset/train`` and ``captions/train`` or a non-empty ``out`` exit with one
+    ``make_tiny_base: …`` message.
     """
+    from maugpt.data.reader import read_index
     from maugpt.tiny_base import make_tiny_base
 
+    for split in (shards / "mauset" / "train", shards / "captions" / "train"):
+        try:
+            read_index(split)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"make_tiny_base: {err}; --shards is the folder maugpt synth wrote") from None
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise SystemExit(f"make_tiny_base: {out} is not empty; pass --overwrite true to replace llm/ and vision/")
@@ -255,8 +302,12 @@ def score_mmad(*, questions: Path, predictions: Path, unparsable: Literal["wrong
 
 def judge(predictions: Path, *, base_url: str | None = None, model: str = "gpt-4o",
          api_key_env: str = "OPENAI_API_KEY", cache: Path | None = None, concurrency: int = 4,
-         retries: int = 4, system: str = SYSTEM, template: str = USER_TEMPLATE, max_unjudged: float = 0.01) -> None:
+         retries: int = 4, system: str = SYSTEM, template: str = USER_TEMPLATE, max_unjudged: float = 0.01,
+         timeout: float = 60.0, deadline: float = 0.0, max_reply_bytes: int = 1 << 20) -> None:
     """Judge the open-ended answers of a predictions file (``maugpt test`` writes one).
+
+    After the table it prints why answers stayed unjudged, counted by reason (``HTTP 503``,
+    ``timeout``, ``reply too large``, ``not JSON``, ``overall deadline`` …).
 
     Args:
         predictions: JSON lines with ``question``, ``reference``, ``prediction`` (and ``style``,
@@ -273,8 +324,16 @@ def judge(predictions: Path, *, base_url: str | None = None, model: str = "gpt-4
         template: the user message, with ``{question}``, ``{reference}`` and ``{prediction}``.
         max_unjudged: the largest share of answers that may stay unjudged (unjudged answers leave
             the denominator); above it the tool exits with status 1 after printing the table.
+        timeout: seconds one request may take in all (connecting, waiting, reading the whole
+            reply); a server that stalls or trickles is cut off then (and retried).
+        deadline: seconds the whole run may take; 0: no limit (the default: a run's length grows
+            with the answers and the endpoint's rate limit; each answer is bounded anyway by
+            ``timeout`` and ``retries``, and a cut run resumes from the cache). When it passes,
+            answers not yet judged stay unjudged (``overall deadline``) and nothing waits longer.
+        max_reply_bytes: the longest reply read (default 1 MiB; a verdict is about 1 KB); a longer
+            one is abandoned unread and its answer stays unjudged (``reply too large``).
     """
-    from maugpt.evaluation.judge import MACRO, POOLED, Judge, judged_accuracy
+    from maugpt.evaluation.judge import MACRO, POOLED, Judge, failure_counts, judged_accuracy
     from maugpt.evaluation.run import read_jsonl
 
     base_url = base_url or os.environ.get("MAUGPT_JUDGE_BASE_URL")
@@ -297,14 +356,18 @@ def judge(predictions: Path, *, base_url: str | None = None, model: str = "gpt-4
     cache = cache or predictions.parent / f"judge-{model.replace('/', '_')}.jsonl"
     try:
         judge = Judge(base_url, model, cache, api_key_env=api_key_env, concurrency=concurrency, retries=retries,
-                      system=system, template=template)
+                      system=system, template=template, timeout=timeout, deadline=deadline,
+                      max_reply_bytes=max_reply_bytes)
     except ValueError as err:
         raise SystemExit(f"judge: {err}") from None
-    table = judged_accuracy(rows, judge.judge(rows))
+    verdicts = judge.judge(rows)
+    table = judged_accuracy(rows, verdicts)
     print(f"| answers | LLM-judged accuracy % ({model}) | judged | unjudged |\n|---|---:|---:|---:|")
     for group in [g for g in table if g not in (MACRO, POOLED)] + [MACRO, POOLED]:
         row = table[group]
         print(f"| {group} | {row['accuracy']:.2f} | {row['judged']} | {row['unjudged']} |")
+    if reasons := failure_counts(verdicts):
+        print("unjudged by reason: " + ", ".join(f"{count} {reason}" for reason, count in reasons.items()))
     print(f"requests sent: {judge.requests}; verdict cache: {cache}")
     unjudged = table[POOLED]["unjudged"]
     if unjudged > max_unjudged * len(rows):

@@ -9,6 +9,27 @@ retried on rate limits, server errors, timeouts, dropped connections and truncat
 the server's ``Retry-After`` when it sends one, else with exponential backoff. A reply that cannot
 be read is counted as unjudged, never as correct; unjudged answers leave the denominator, so the
 tool reports their share and fails above a threshold.
+
+Nothing waits without bound:
+
+- **Per request**, ``timeout`` is a total deadline for one attempt: connecting, sending, waiting and
+  reading the whole reply. A socket timeout alone restarts with every byte, so a server trickling
+  a byte every few seconds would never be cut off; here a timer shuts the attempt's socket when its
+  deadline passes, whatever it is blocked in (headers included; connecting and the TLS handshake
+  are bounded by a socket timeout of the time left), and the body is read in chunks against the
+  same monotonic deadline.
+- **Per run**, ``deadline`` (off by default: a run's length grows with the answers and the
+  endpoint's rate limit, so no fixed bound fits) bounds :meth:`Judge.judge`: an attempt in flight
+  is cut at it, a retry whose wait (``Retry-After`` or backoff) would end after it is not waited
+  for, and answers not yet asked are not sent; all of those stay unjudged as ``overall deadline``.
+- **Reply size**: a reply longer than ``max_reply_bytes`` (by its ``Content-Length``, or counted
+  while reading when there is none; a body longer than its ``Content-Length`` is never read past
+  it) is abandoned without reading it whole, and not retried (the same prompt would bring the same
+  reply). Error statuses are judged by their status line; their bodies are never read.
+
+Each unjudged verdict carries a short ``failure`` (``HTTP 503``, ``timeout``, ``reply too large``,
+``not JSON``, ``unreadable verdict``, ``malformed reply``, ``truncated reply``, ``connection error``,
+``overall deadline``); :func:`failure_counts` counts them for the summary.
 """
 from __future__ import annotations
 
@@ -17,16 +38,19 @@ import http.client
 import json
 import logging
 import os
+import socket
 import string
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from time import monotonic  # bound apart from ``time``, which tests replace to record the waits
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +62,19 @@ SYSTEM = ("You grade answers of an industrial visual-inspection assistant. Compa
 USER_TEMPLATE = "Question: {question}\nReference answer: {reference}\nAssistant's answer: {prediction}"
 TEMPLATE_FIELDS = {"question", "reference", "prediction"}
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+MAX_REPLY_BYTES = 1 << 20  # a verdict's chat completion is about 1 KB; 1 MiB leaves room for chatty judges
+CHUNK = 1 << 16
+
+TIMEOUT = "timeout"
+TOO_LARGE = "reply too large"
+OVERALL_DEADLINE = "overall deadline"
 
 
 @dataclass(frozen=True)
 class Verdict:
     correct: bool | None  # None: unjudged (unreadable reply or failed request)
     reason: str
+    failure: str | None = None  # why it stayed unjudged, in a word or two (the summary counts these)
 
 
 def parse_verdict(content: str) -> Verdict:
@@ -59,7 +90,7 @@ def parse_verdict(content: str) -> Verdict:
             found = reply
         start = content.find("{", start + 1)
     if found is None:
-        return Verdict(None, f"unreadable judge reply: {content[:200]!r}")
+        return Verdict(None, f"unreadable judge reply: {content[:200]!r}", "unreadable verdict")
     return Verdict(found["correct"], str(found.get("reason", "")))
 
 
@@ -85,6 +116,118 @@ def retry_after(error: urllib.error.HTTPError) -> float | None:
             return None
 
 
+def failure_counts(verdicts: list[Verdict]) -> dict[str, int]:
+    """How many answers stayed unjudged for each reason, the most frequent first."""
+    counts = Counter(v.failure or "unknown" for v in verdicts if v.correct is None)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+class Failed(Exception):
+    """One attempt failed: ``failure`` for the summary, ``detail`` for the verdict's reason,
+    whether another attempt may help, and the server's ``Retry-After`` if it sent one."""
+
+    def __init__(self, failure: str, detail: str, *, retry: bool = True, wait: float | None = None) -> None:
+        super().__init__(detail)
+        self.failure, self.detail, self.retry, self.wait = failure, detail, retry, wait
+
+
+class Watchdog:
+    """Shuts the sockets of one attempt when its deadline passes, so that whatever the attempt is
+    blocked in once connected (sending, reading headers or body) returns at the deadline. Connecting
+    (and a TLS handshake, which happens inside it) is bounded by the socket timeout instead, set to
+    the time left when the attempt starts: the socket is registered once ``connect`` returns."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline, self.expired = deadline, False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - monotonic()), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def remaining(self) -> float:
+        return self.deadline - monotonic()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:  # connected just as the deadline passed
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown wakes a blocked read with end-of-file; for TLS it bypasses
+    # SSLSocket.shutdown, which would also drop the TLS state under the reading thread.
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: nothing left to cut
+
+
+class _Watched:
+    """urllib's HTTP(S) handler whose connections register their socket with a watchdog (urllib
+    keeps the proxy settings from the environment, TLS and redirects)."""
+
+    def __init__(self, watchdog: Watchdog) -> None:
+        super().__init__()
+        self.watchdog = watchdog
+
+    def do_open(self, http_class: type, req: urllib.request.Request, **kwargs: object) -> http.client.HTTPResponse:
+        watchdog = self.watchdog
+
+        class Connection(http_class):
+            def connect(self) -> None:
+                super().connect()
+                watchdog.watch(self.sock)
+
+        return super().do_open(Connection, req, **kwargs)
+
+
+class _WatchedHTTP(_Watched, urllib.request.HTTPHandler):
+    pass
+
+
+class _WatchedHTTPS(_Watched, urllib.request.HTTPSHandler):
+    pass
+
+
+def read_capped(response: http.client.HTTPResponse, watchdog: Watchdog, cap: int) -> bytes:
+    """The reply's body, read in chunks until its end, the watchdog's deadline or ``cap`` bytes."""
+    length = response.getheader("Content-Length", "")
+    if length.isdigit() and int(length) > cap:
+        raise Failed(TOO_LARGE, f"reply too large: Content-Length {length} bytes, more than max_reply_bytes {cap}",
+                     retry=False)
+    chunks, size = [], 0
+    while True:
+        if watchdog.remaining() <= 0:
+            raise TimeoutError("the reply did not end before the deadline")
+        chunk = response.read1(min(CHUNK, cap + 1 - size))  # one read at most: the deadline is checked between
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            raise Failed(TOO_LARGE, f"reply too large: more than max_reply_bytes {cap} "
+                                    f"(stopped reading after {size} bytes)", retry=False)
+    if response.length:  # read1 returns b"" at a premature end instead of raising
+        raise http.client.IncompleteRead(b"".join(chunks), response.length)
+    return b"".join(chunks)
+
+
 class Judge:
     """A chat-completions judge with an on-disk cache.
 
@@ -96,19 +239,27 @@ class Judge:
         concurrency: requests in flight at most.
         retries: further attempts after a failed request.
         backoff: seconds before the first retry; doubled each time (a ``Retry-After`` wins).
-        timeout: seconds per request.
+        timeout: seconds per attempt in all: connecting, waiting and reading the whole reply.
         system: the judge's system message.
         template: the user message, with the fields ``{question}``, ``{reference}``, ``{prediction}``.
         max_wait: the longest ``Retry-After`` honoured, in seconds (longer ones wait this long).
+        deadline: seconds for a whole :meth:`judge` run; ``None`` or 0: no limit (the default, since
+            a run's length grows with the number of answers and the endpoint's rate limit, so no
+            fixed bound fits; each answer is bounded anyway by ``timeout``, ``retries`` and
+            ``max_wait``, and a cut run resumes from the cache).
+        max_reply_bytes: the longest reply read; a longer one is abandoned (unjudged, not retried).
     """
 
-    def __init__(self, base_url: str, model: str, cache: str | Path, api_key_env: str = "OPENAI_API_KEY",
+    def __init__(self, base_url: str, model: str, cache: str | Path, *, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 4, retries: int = 4, backoff: float = 1.0, timeout: float = 60.0,
-                 system: str = SYSTEM, template: str = USER_TEMPLATE, max_wait: float = 120.0) -> None:
+                 system: str = SYSTEM, template: str = USER_TEMPLATE, max_wait: float = 120.0,
+                 deadline: float | None = None, max_reply_bytes: int = MAX_REPLY_BYTES) -> None:
         check_template(template)
+        check_limits(base_url=base_url, timeout=timeout, deadline=deadline, max_reply_bytes=max_reply_bytes)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.concurrency, self.retries = model, concurrency, retries
         self.backoff, self.timeout, self.max_wait = backoff, timeout, max_wait
+        self.deadline, self.max_reply_bytes = deadline or None, max_reply_bytes
         self.system, self.template = system, template
         self.api_key = os.environ.get(api_key_env)
         self.cache_path = Path(cache)
@@ -132,51 +283,94 @@ class Judge:
         text = json.dumps([self.url, self.model, self.system, self.template, question, reference, prediction])
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def _request(self, question: str, reference: str, prediction: str) -> Verdict:
+    def _body(self, question: str, reference: str, prediction: str) -> bytes:
         user = self.template.format(question=question, reference=reference, prediction=prediction)
-        body = json.dumps({"model": self.model, "temperature": 0, "messages": [
+        return json.dumps({"model": self.model, "temperature": 0, "messages": [
             {"role": "system", "content": self.system}, {"role": "user", "content": user}]}).encode()
+
+    def _post(self, body: bytes, until: float | None) -> bytes:
+        """One attempt: the reply's body, or :class:`Failed`. ``until``: the run's deadline."""
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        error, wait = "", 0.0
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(wait)
-            wait = self.backoff * 2 ** attempt  # before the next attempt, unless the server says otherwise
-            with self._lock:
-                self.requests += 1
+        with self._lock:
+            self.requests += 1
+        with Watchdog(min(monotonic() + self.timeout, until or float("inf"))) as watchdog:
+            opener = urllib.request.build_opener(_WatchedHTTP(watchdog), _WatchedHTTPS(watchdog))
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as err:
-                error = f"HTTP {err.code}"
-                if err.code not in RETRY_STATUS:
-                    break
-                asked = retry_after(err)
-                wait = wait if asked is None else min(asked, self.max_wait)
-                continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as err:
-                # HTTPException covers a 200 whose body was cut short (IncompleteRead)
-                error = f"request failed: {type(err).__name__}: {err}"
-                continue
-            try:
-                reply = json.loads(raw)
-            except ValueError:
-                error = f"reply is not JSON ({len(raw)} bytes)"  # cut short without a length: ask again
-                continue
-            try:
-                return parse_verdict(reply["choices"][0]["message"]["content"])
-            except (KeyError, IndexError, TypeError) as err:  # JSON, but not a chat-completions reply
-                return Verdict(None, f"malformed response: {type(err).__name__}: {err}")
-        return Verdict(None, f"judge request failed after {attempt + 1} attempt(s): {error}")
+                with opener.open(request, timeout=max(watchdog.remaining(), 1e-3)) as response:
+                    return read_capped(response, watchdog, self.max_reply_bytes)
+            except urllib.error.HTTPError as err:  # a status: its body is never read
+                err.close()
+                raise Failed(f"HTTP {err.code}", f"HTTP {err.code}", retry=err.code in RETRY_STATUS,
+                             wait=retry_after(err)) from None
+            except (OSError, http.client.HTTPException, ValueError) as err:  # URLError is an OSError
+                if isinstance(err, ValueError) and not watchdog.expired:
+                    raise  # not the cut socket's doing: a bug to see
+                raise self._network_failure(err, watchdog, until) from None
 
-    def verdict(self, question: str, reference: str, prediction: str) -> Verdict:
+    def _network_failure(self, err: Exception, watchdog: Watchdog, until: float | None) -> Failed:
+        timed_out = isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError)
+        if watchdog.expired or timed_out or watchdog.remaining() <= 0:
+            # whatever the cut socket raised (end of file, a reset, a TLS error) is the deadline's doing
+            if until is not None and watchdog.deadline >= until:  # the run's deadline came first
+                return Failed(OVERALL_DEADLINE, "cut at the overall deadline", retry=False)
+            return Failed(TIMEOUT, f"timeout: no complete reply within {self.timeout:g} s")
+        failure = "truncated reply" if isinstance(err, http.client.IncompleteRead) else "connection error"
+        return Failed(failure, f"request failed: {type(err).__name__}: {err}")
+
+    def _wait(self, failed: Failed, attempt: int) -> float:
+        """Seconds before ``attempt`` (1 for the first retry): the server's ``Retry-After`` up to
+        ``max_wait``, else exponential backoff."""
+        return self.backoff * 2 ** (attempt - 1) if failed.wait is None else min(failed.wait, self.max_wait)
+
+    def _request(self, question: str, reference: str, prediction: str, until: float | None) -> Verdict:
+        body = self._body(question, reference, prediction)
+        last: Failed | None = None
+        for attempt in range(self.retries + 1):
+            wait = 0.0 if last is None else self._wait(last, attempt)
+            if until is not None and monotonic() + wait >= until:  # nothing waits past the run's deadline
+                return self._out_of_time(attempt, last, wait)
+            if last is not None:
+                time.sleep(wait)
+            try:
+                return self._read_verdict(self._post(body, until))
+            except Failed as failed:
+                last = failed
+                if failed.failure == OVERALL_DEADLINE:
+                    return Verdict(None, f"{self._overall()} passed during attempt {attempt + 1}", OVERALL_DEADLINE)
+                if not failed.retry:
+                    break
+        return Verdict(None, f"judge request failed after {attempt + 1} attempt(s): {last.detail}", last.failure)
+
+    @staticmethod
+    def _read_verdict(raw: bytes) -> Verdict:
+        try:
+            reply = json.loads(raw)
+        except ValueError:  # e.g. cut short without a length: ask again
+            raise Failed("not JSON", f"reply is not JSON ({len(raw)} bytes)") from None
+        try:
+            return parse_verdict(reply["choices"][0]["message"]["content"])
+        except (KeyError, IndexError, TypeError) as err:  # JSON, but not a chat-completions reply
+            return Verdict(None, f"malformed response: {type(err).__name__}: {err}", "malformed reply")
+
+    def _overall(self) -> str:
+        return f"overall deadline ({self.deadline:g} s)" if self.deadline else "overall deadline"
+
+    def _out_of_time(self, attempts: int, last: Failed | None, wait: float) -> Verdict:
+        if last is None:
+            return Verdict(None, f"{self._overall()} passed before the request was sent", OVERALL_DEADLINE)
+        return Verdict(None, f"{self._overall()} leaves no time for attempt {attempts + 1} (a {wait:g} s wait "
+                             f"after {last.detail})", OVERALL_DEADLINE)
+
+    def verdict(self, question: str, reference: str, prediction: str, *, until: float | None = None) -> Verdict:
+        """The cached verdict, else the judge's; ``until``: a ``time.monotonic()`` after which no
+        request is sent and none waited for (see ``deadline``)."""
         key = self.key(question, reference, prediction)
         if key in self.cache:
             return self.cache[key]
-        verdict = self._request(question, reference, prediction)
+        verdict = self._request(question, reference, prediction, until)
         if verdict.correct is not None:  # unjudged ones are asked again next time
             with self._lock:
                 self.cache[key] = verdict
@@ -186,9 +380,25 @@ class Judge:
         return verdict
 
     def judge(self, rows: list[dict]) -> list[Verdict]:
-        """Verdicts for prediction rows (``question``, ``reference``, ``prediction``), in order."""
+        """Verdicts for prediction rows (``question``, ``reference``, ``prediction``), in order,
+        within ``deadline`` seconds when one is set."""
+        until = monotonic() + self.deadline if self.deadline else None
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda r: self.verdict(r["question"], r["reference"], r["prediction"]), rows))
+            return list(pool.map(lambda r: self.verdict(r["question"], r["reference"], r["prediction"],
+                                                        until=until), rows))
+
+
+def check_limits(*, base_url: str, timeout: float, deadline: float | None, max_reply_bytes: int) -> None:
+    """The endpoint is an http(s) URL and the limits are positive (``deadline``: ``None`` or 0 for none)."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"the judge's base_url must be an http:// or https:// URL; got {base_url!r}")
+    if not timeout > 0:
+        raise ValueError(f"the judge's timeout is the seconds one request may take, more than 0; got {timeout}")
+    if deadline is not None and not deadline >= 0:
+        raise ValueError(f"the judge's deadline is the seconds a whole run may take, 0 for no limit; got {deadline}")
+    if not (isinstance(max_reply_bytes, int) and max_reply_bytes > 0):
+        raise ValueError(f"the judge's max_reply_bytes is a number of bytes, more than 0; got {max_reply_bytes!r}")
 
 
 MACRO = "mean of domains (macro)"

@@ -5,9 +5,9 @@ import json
 import logging
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
+from maugpt.images import DEFAULT_MAX_PIXELS, open_rgb
 from maugpt.mauset.build import UNREADABLE, skip_unreadable
 from maugpt.mauset.writer import make_sample, prepare_output, write_split
 from maugpt.schema import GENERAL_DOMAIN, MAUSetRecord
@@ -26,11 +26,11 @@ def caption_pair(entry: dict) -> tuple[str, str]:
     return question, turns[1]["value"].strip()
 
 
-def llava_sample(entry: dict, images: Path, max_side: int, image_format: str) -> dict:
+def llava_sample(entry: dict, images: Path, max_side: int, image_format: str, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """One caption sample; an image :func:`~maugpt.images.open_rgb` rejects raises its ``ImageRejected``."""
     question, caption = caption_pair(entry)
-    path = images / entry["image"]
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
+    image = open_rgb(images / entry["image"], max_pixels=max_pixels)
     record = MAUSetRecord(
         key=f"llava_pretrain/{entry['id']}", source="llava_pretrain", product="", product_name="",
         domain=GENERAL_DOMAIN, split="train", is_anomalous=False, defect_class=None, defect_name=None, location=None,
@@ -40,8 +40,10 @@ def llava_sample(entry: dict, images: Path, max_side: int, image_format: str) ->
 
 def convert_llava_pretrain(annotations: str | Path, images: str | Path, out: str | Path, max_side: int = 512,
                            image_format: str = "jpg", maxcount: int = 5000, limit: int | None = None,
-                           overwrite: bool = False, progress: bool = True) -> dict:
-    """Write ``out/train`` caption shards; records without an image or with bad turns are skipped and counted."""
+                           overwrite: bool = False, progress: bool = True,
+                           max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Write ``out/train`` caption shards; records without a usable image (missing, damaged, or
+    larger than ``max_pixels`` by its header) or with bad turns are skipped and counted."""
     annotations, images, out = Path(annotations), Path(images), Path(out)
     if not annotations.is_file():
         raise FileNotFoundError(f"LLaVA-Pretrain annotation file {annotations} does not exist "
@@ -55,8 +57,9 @@ def convert_llava_pretrain(annotations: str | Path, images: str | Path, out: str
     skipped: list[str] = []
 
     bar = tqdm(entries[:limit], desc="llava", unit="img", disable=not progress)
-    samples = skip_unreadable(bar, lambda entry: llava_sample(entry, images, max_side, image_format), skipped,
-                              errors=UNREADABLE + MALFORMED)
+    samples = skip_unreadable(
+        bar, lambda entry: llava_sample(entry, images, max_side, image_format, max_pixels=max_pixels), skipped,
+        errors=UNREADABLE + MALFORMED)
     stats = write_split(samples, out / "train", maxcount, skipped=skipped)
     if skipped:
         print(f"skipped {len(skipped)} record(s) without a readable image or with malformed turns; first: {skipped[:3]}")

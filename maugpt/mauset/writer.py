@@ -17,6 +17,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from maugpt.images import DEFAULT_MAX_PIXELS, ORIENTATION, open_mask, open_rgb, orient_box
 from maugpt.mauset.knowledge import Knowledge
 from maugpt.mauset.location import location_from_boxes, location_from_mask
 from maugpt.mauset.qa import build_qa, image_rng
@@ -80,14 +81,22 @@ def defect_list(knowledge: Knowledge, src: SourceImage, width: int, height: int)
 
 def source_sample(src: SourceImage, split: str, knowledge: Knowledge, seed: int, max_side: int,
                   image_format: str) -> dict:
-    """Read one source image (and its mask), build its record and QA, and encode it."""
+    """Read one source image (and its mask), build its record and QA, and encode it.
+
+    Images are read by :func:`maugpt.images.open_rgb` (at most ``DEFAULT_MAX_PIXELS``, 8-bit RGB,
+    upright); an image it rejects raises its ``ImageRejected`` (an ``OSError``: skipped and counted).
+    A mask and pixel boxes are drawn on the file's stored grid: they turn with the image's EXIF
+    orientation, so locations name the corner a person sees.
+    """
     product = knowledge.product(src.source, src.product)
-    with Image.open(src.image) as opened:
-        image = opened.convert("RGB")
+    image = open_rgb(src.image, max_pixels=DEFAULT_MAX_PIXELS)
+    turn = image.info[ORIENTATION]
+    if turn != 1:  # pixel boxes turned here, the mask by open_mask
+        src = replace(src, boxes=src.boxes and [orient_box(b, turn, image.size) for b in src.boxes],
+                      defects=src.defects and [(c, orient_box(b, turn, image.size)) for c, b in src.defects])
     mask = location = None
     if src.mask is not None:
-        with Image.open(src.mask) as m:
-            mask = np.asarray(m.convert("L")) > src.mask_threshold
+        mask = np.asarray(open_mask(src.mask, max_pixels=DEFAULT_MAX_PIXELS, orientation=turn)) > src.mask_threshold
         location = location_from_mask(mask)
     elif src.boxes:
         location = location_from_boxes(src.boxes, image.width, image.height)
@@ -100,10 +109,7 @@ def source_sample(src: SourceImage, split: str, knowledge: Knowledge, seed: int,
         qa=build_qa(knowledge, product, defect, location, image_rng(seed, src.key), defects=defects),
         origin=str(src.image.relative_to(src.root)) if src.root else src.image.name,
         generic_defect=defect is not None and defect.generic, defects=defects or None)
-    references = []
-    for path in src.references:
-        with Image.open(path) as ref:
-            references.append(ref.convert("RGB"))
+    references = [open_rgb(path, max_pixels=DEFAULT_MAX_PIXELS) for path in src.references]
     return make_sample(record, image, image_format, max_side, mask, references)
 
 
@@ -120,11 +126,14 @@ def prepare_output(out: Path, overwrite: bool) -> None:
 
 
 def write_split(samples: Iterable[dict], folder: Path, maxcount: int = 1000, maxsize: float = 1e9,
-                skipped: list[str] | None = None) -> dict:
+                skipped: list[dict] | None = None, extra: dict | None = None) -> dict:
     """Write ``samples`` as shards under ``folder``; return the split's statistics.
 
-    ``skipped`` is the list that the ``samples`` generator appends unreadable inputs to; its
-    length goes into the statistics as ``skipped_unreadable``.
+    ``skipped`` is the list that the ``samples`` generator appends this split's unreadable inputs
+    to (``{"path", "reason"}`` each, see :func:`maugpt.mauset.build.skip_unreadable`); it is read
+    only after the generator is exhausted, and goes into the statistics as ``skipped_unreadable``
+    (the count) and ``skipped_unreadable_files`` (the entries), so that ``stats.json`` names them.
+    ``extra`` entries (the build's ``missing`` folders) are added to the statistics as they are.
     """
     folder.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
@@ -135,7 +144,9 @@ def write_split(samples: Iterable[dict], folder: Path, maxcount: int = 1000, max
             name = Path(writer.fname).name
             counts[name] = counts.get(name, 0) + 1
             records.append(json.loads(sample["json"]))
-    stats = {**split_statistics(records), "skipped_unreadable": len(skipped or [])}
+    skipped = list(skipped or [])
+    stats = {**split_statistics(records), "skipped_unreadable": len(skipped), "skipped_unreadable_files": skipped,
+             **(extra or {})}
     index = {"samples": sum(counts.values()), "shards": [{"name": n, "count": c} for n, c in counts.items()]}
     (folder / "index.json").write_text(json.dumps(index, indent=1))
     (folder / "stats.json").write_text(json.dumps(stats, indent=1))

@@ -10,7 +10,6 @@ script's letter extraction and decoding) and by option likelihood. Format: ``../
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
@@ -18,11 +17,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset
 
 from maugpt.data.formats import ChatFormat
 from maugpt.data.prompts import PromptDataModule, exactly_once
+from maugpt.images import DEFAULT_MAX_PIXELS, open_rgb
 from maugpt.mmad.scoring import MMADEvaluation, MMADQuestion, load_questions, present_options, read_mmad
 from maugpt.mmad.prompts import DEFAULT, INSTRUCTION, SCRIPTS, query_script
 
@@ -39,16 +38,16 @@ class MMADPrompts(IterableDataset):
     """
 
     def __init__(self, items: list[Item], format: ChatFormat, system: str | None = None, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.items, self.format = items, format
-        self.system, self.rank, self.world_size = system, rank, world_size
+        self.system, self.rank, self.world_size, self.max_pixels = system, rank, world_size, max_pixels
 
     def pixels(self, paths: list[Path]) -> tuple[object, str | None]:
-        """The templates, then the query image (the prompt's order), as the format prepares them."""
+        """The templates, then the query image (the prompt's order), as the format prepares them
+        (read by :func:`~maugpt.images.open_rgb`: 8-bit RGB, upright, at most ``max_pixels``)."""
         try:
-            with contextlib.ExitStack() as stack:
-                return self.format.images([stack.enter_context(Image.open(path)) for path in paths]), None
-        except (OSError, UnidentifiedImageError) as err:
+            return self.format.images([open_rgb(path, max_pixels=self.max_pixels) for path in paths]), None
+        except OSError as err:  # ImageRejected, or the format's own failure to read
             log.warning("unreadable MMAD image among %s: %s", [str(p) for p in paths], err)
             return self.format.blank(len(paths)), str(err)
 
@@ -105,6 +104,9 @@ class MMADDataModule(PromptDataModule):
         processor: a pretrained VLM's processor (linked from ``PretrainedVLMModule``'s ``vlm``): its
             chat template wraps the script's user turn and its processor makes the batches.
         processor_kwargs: the processor's settings (linked from ``PretrainedVLMModule``).
+        max_pixels: the largest image read (width x height, from its header, before decoding); a
+            question with a larger image is counted as skipped and scored as unparsable (see
+            :mod:`maugpt.images`; MMAD's images are far smaller than the 50 M default).
     """
 
     def __init__(self, data_root: str, tokenizer: str | None = None, vision_encoder: str | None = None,
@@ -115,7 +117,8 @@ class MMADDataModule(PromptDataModule):
                  seed: int = 0, instruction: str | None = None, datasets: list[str] | None = None,
                  limit: int | None = None, unparsable: Literal["wrong", "official"] = "wrong",
                  last_letter: bool | None = None, batch_size: int = 8, num_workers: int = 2,
-                 processor: str | None = None, processor_kwargs: dict | None = None) -> None:
+                 processor: str | None = None, processor_kwargs: dict | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__()
         if shots < 0:
             raise ValueError(f"shots must be 0 or more, got {shots}")
@@ -197,5 +200,5 @@ class MMADDataModule(PromptDataModule):
 
     def test_dataloader(self) -> DataLoader:
         rank, world = self.rank()
-        dataset = MMADPrompts(self.items, self.format, self.system, rank, world)
+        dataset = MMADPrompts(self.items, self.format, self.system, rank, world, max_pixels=self.hparams.max_pixels)
         return self.prompt_loader(dataset, self.hparams.batch_size, self.hparams.num_workers, self._collate)

@@ -180,7 +180,10 @@ class HParamsSummary(L.Callback):
 
 
 class JsonlPredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
-    """Writes ``maugpt predict`` answers as JSON lines (one file per rank when there are several).
+    """Writes ``maugpt predict`` answers as JSON lines (one file per rank when there are several),
+    one row per image, and prints one summary line when the run ends, counted over every rank's rows:
+    ``predict: 11 images, 10 answered, 1 skipped: 1 too large (a.png)``. A skipped image's row has
+    ``"prediction": null``, its reason in ``skip_reason`` and the message naming the file in ``error``.
 
     Args:
         path: the output file; an existing file is refused unless ``overwrite``.
@@ -190,6 +193,7 @@ class JsonlPredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
     def __init__(self, path: str, overwrite: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.path, self.overwrite = path, overwrite
+        self._answered, self._skipped = 0, []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         path = Path(self.path)
@@ -200,11 +204,40 @@ class JsonlPredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")
         self._path = path
+        self._answered, self._skipped = 0, []
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         with open(self._path, "a") as f:
             for row in prediction:
                 f.write(json.dumps(row) + "\n")
+                if row.get("prediction") is None:
+                    name = Path(str(row.get("image", "?"))).name
+                    self._skipped.append((name, row.get("skip_reason", "unreadable")))
+                else:
+                    self._answered += 1
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        from maugpt.evaluation.run import gather_rows
+
+        counts = gather_rows(trainer, [{"answered": self._answered, "skipped": self._skipped}])  # every rank calls
+        if trainer.is_global_zero:
+            print(self.summary(sum(c["answered"] for c in counts), [s for c in counts for s in c["skipped"]]))
+
+    @staticmethod
+    def summary(answered: int, skipped: list[tuple[str, str]], shown: int = 3) -> str:
+        """``predict: N images, A answered, S skipped: k <reason> (<names>), …`` from the answered
+        count and the ``(image name, reason)`` of each skipped image: reasons in alphabetical order,
+        each with its first ``shown`` names (sorted) and how many more."""
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in skipped:
+            by_reason.setdefault(reason, []).append(name)
+        parts = []
+        for reason, names in sorted(by_reason.items()):
+            names = sorted(names)
+            more = f", +{len(names) - shown} more" if len(names) > shown else ""
+            parts.append(f"{len(names)} {reason} ({', '.join(names[:shown])}{more})")
+        line = f"predict: {answered + len(skipped)} images, {answered} answered, {len(skipped)} skipped"
+        return line + (": " + ", ".join(parts) if parts else "")
 
 
 class MetricsJson(L.Callback):

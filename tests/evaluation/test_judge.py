@@ -3,24 +3,29 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 import maugpt.evaluation.judge as judge_module
-from maugpt.evaluation.judge import MACRO, POOLED, SYSTEM, Judge, judged_accuracy, parse_verdict, retry_after
+from maugpt import commands
+from maugpt.evaluation.judge import (MACRO, POOLED, SYSTEM, Judge, failure_counts, judged_accuracy, parse_verdict,
+                                     retry_after)
 
 
 class ChatServer:
     """Answers chat completions: "correct" when the prediction equals the reference; a script of
     failures first (status codes, ``(status, Retry-After)``, "garbage" for an unreadable reply,
     "truncated" for a 200 whose body stops short of its Content-Length, "chatter" for a verdict
-    after text with braces)."""
+    after text with braces, "html" for a 200 whose body is not JSON, "huge" for a verdict after 5,000
+    characters, "stall" for no reply for 1.5 s, then a closed connection; None answers normally)."""
 
     def __init__(self, failures: list = ()) -> None:
         self.failures, self.calls, self.in_flight, self.most_in_flight = list(failures), 0, 0, 0
@@ -44,6 +49,9 @@ class ChatServer:
                 time.sleep(0.05)
                 with server.lock:
                     server.in_flight -= 1
+                if failure == "stall":
+                    time.sleep(1.5)
+                    return
                 if isinstance(failure, (int, tuple)):
                     status, wait = (failure, None) if isinstance(failure, int) else failure
                     self.send_response(status)
@@ -55,9 +63,11 @@ class ChatServer:
                 reference = user.split("Reference answer: ")[1].split("\n")[0]
                 prediction = user.split("Assistant's answer: ")[1]
                 verdict = json.dumps({"correct": prediction == reference, "reason": "compared"})
-                content = {"garbage": "garbage", "chatter": "Scores {1} and {'x': 2} set {} aside: " + verdict
-                           }.get(failure, "```json\n" + verdict + "\n```")
+                content = {"garbage": "garbage", "chatter": "Scores {1} and {'x': 2} set {} aside: " + verdict,
+                           "huge": "x" * 5000 + verdict}.get(failure, "```json\n" + verdict + "\n```")
                 reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                if failure == "html":
+                    reply = b"<html>busy</html>"
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
@@ -250,3 +260,213 @@ def test_judge_tool_fails_when_too_many_answers_stay_unjudged(tmp_path):
         assert lenient.returncode == 0 and "WARNING" not in lenient.stderr
     finally:
         server.close()
+
+
+# Deadlines and size caps, against raw servers that misbehave on the wire.
+
+class RawServer:
+    """A TCP server on 127.0.0.1: reads each HTTP request whole, then hands the connection to
+    ``reply``; records the connections, the reply bytes sent and whether the client hung up first."""
+
+    def __init__(self, reply: Callable[[RawServer, socket.socket], None]) -> None:
+        self.reply, self.connections, self.sent = reply, 0, 0
+        self.stop, self.hung_up = threading.Event(), threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)  # so that the accept loop sees ``stop``
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        self.serving = threading.Thread(target=self._serve, daemon=True)
+        self.serving.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+    def _handle(self, connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += connection.recv(65536)
+            try:
+                self.reply(self, connection)
+            except OSError:  # broken pipe or reset: the client hung up
+                self.hung_up.set()
+
+    def send(self, connection: socket.socket, data: bytes) -> None:
+        connection.sendall(data)
+        self.sent += len(data)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.serving.join()  # within the accept timeout; closing under a blocked accept would fail it
+        self.listener.close()
+
+
+def never_answer(server: RawServer, connection: socket.socket) -> None:
+    server.stop.wait(30)
+
+
+def trickle(where: str) -> Callable[[RawServer, socket.socket], None]:
+    """A reply that sends one byte every 0.2 s, in its headers or in its body: each byte comes well
+    within the socket timeout, so only a total deadline ends it."""
+    def reply(server: RawServer, connection: socket.socket) -> None:
+        server.send(connection, b"HTTP/1.1 200 OK\r\n" if where == "headers" else
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(1000):
+            if server.stop.wait(0.2):
+                return
+            server.send(connection, b"x")
+    return reply
+
+
+HUGE = 16 << 20  # more than loopback's socket buffers hold, so the server notices a client that hangs up
+
+
+def huge(with_length: bool) -> Callable[[RawServer, socket.socket], None]:
+    def reply(server: RawServer, connection: socket.socket) -> None:
+        length = f"Content-Length: {HUGE}\r\n" if with_length else ""  # without: the body ends at the close
+        server.send(connection, f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n{length}\r\n".encode())
+        for _ in range(HUGE >> 16):
+            server.send(connection, b" " * (1 << 16))
+    return reply
+
+
+@pytest.fixture
+def raw_server():
+    servers = []
+
+    def start(reply: Callable[[RawServer, socket.socket], None]) -> RawServer:
+        servers.append(RawServer(reply))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def timed_verdict(judge: Judge, question: str = "q") -> tuple[judge_module.Verdict, float]:
+    start = time.monotonic()
+    verdict = judge.judge([{"question": question, "reference": "a", "prediction": "a"}])[0]
+    return verdict, time.monotonic() - start
+
+
+def test_a_server_that_never_answers_is_cut_at_the_timeout(raw_server, tmp_path):
+    server = raw_server(never_answer)
+    judge = Judge(server.url, "m", tmp_path / "c.jsonl", timeout=0.5, retries=0)
+    verdict, seconds = timed_verdict(judge)
+    assert verdict == judge_module.Verdict(
+        None, "judge request failed after 1 attempt(s): timeout: no complete reply within 0.5 s", "timeout")
+    assert seconds < 10 and server.connections == 1  # returns at the deadline, not after 5 × 60 s
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_a_server_trickling_a_byte_every_fifth_of_a_second_is_cut_at_the_timeout(raw_server, tmp_path, where):
+    server = raw_server(trickle(where))
+    judge = Judge(server.url, "m", tmp_path / "c.jsonl", timeout=0.5, retries=0)
+    verdict, seconds = timed_verdict(judge)
+    assert verdict == judge_module.Verdict(
+        None, "judge request failed after 1 attempt(s): timeout: no complete reply within 0.5 s", "timeout")
+    assert seconds < 10  # a socket timeout of 0.5 s alone would wait for all 1,000 bytes (200 s)
+    assert server.hung_up.wait(5)  # the client closed the connection mid-reply
+
+
+@pytest.mark.parametrize("with_length, detail", [
+    (True, f"reply too large: Content-Length {HUGE} bytes, more than max_reply_bytes 4096"),
+    (False, "reply too large: more than max_reply_bytes 4096 (stopped reading after 4097 bytes)")])
+def test_a_reply_over_the_cap_is_abandoned_unread(raw_server, tmp_path, with_length, detail):
+    server = raw_server(huge(with_length))
+    judge = Judge(server.url, "m", tmp_path / "c.jsonl", max_reply_bytes=4096, retries=3)
+    verdict, seconds = timed_verdict(judge)
+    # not retried: the same prompt would bring the same reply
+    assert verdict == judge_module.Verdict(None, f"judge request failed after 1 attempt(s): {detail}",
+                                           "reply too large")
+    assert server.hung_up.wait(5) and server.sent < HUGE  # the client hung up long before the end
+    assert server.connections == 1 and seconds < 10
+
+
+def test_http_errors_and_non_json_replies_are_counted_by_reason(tmp_path):
+    server = ChatServer(failures=[503, 503, "html", "html", "garbage"])
+    try:
+        judge = Judge(server.url, "m", tmp_path / "c.jsonl", retries=1, backoff=0.01, concurrency=1)
+        verdicts = judge.judge(ROWS[:4])
+        assert [(v.reason, v.failure) for v in verdicts[:2]] == [
+            ("judge request failed after 2 attempt(s): HTTP 503", "HTTP 503"),
+            ("judge request failed after 2 attempt(s): reply is not JSON (17 bytes)", "not JSON")]
+        assert verdicts[2].failure == "unreadable verdict" and verdicts[3] == judge_module.Verdict(True, "compared")
+        assert failure_counts(verdicts) == {"HTTP 503": 1, "not JSON": 1, "unreadable verdict": 1}
+        assert server.calls == 6
+    finally:
+        server.close()
+
+
+def test_the_overall_deadline_leaves_the_pending_answers_unjudged(raw_server, tmp_path):
+    server = raw_server(never_answer)
+    judge = Judge(server.url, "m", tmp_path / "c.jsonl", timeout=30, retries=3, concurrency=2, deadline=0.5)
+    start = time.monotonic()
+    verdicts = judge.judge(ROWS[:6])
+    assert time.monotonic() - start < 10  # cut at the run's 0.5 s, long before the request's 30 s
+    during, before = ("overall deadline (0.5 s) passed during attempt 1",
+                      "overall deadline (0.5 s) passed before the request was sent")
+    assert [v.reason for v in verdicts] == [during] * 2 + [before] * 4  # two in flight, four never sent
+    assert failure_counts(verdicts) == {"overall deadline": 6}
+    assert server.connections == 2 and judge.requests == 2
+
+
+@pytest.mark.parametrize("failures, waits, detail", [
+    ([(503, "0.01"), (503, "30")], [0.01], "leaves no time for attempt 3 (a 30 s wait after HTTP 503)"),
+    ([503], [], "leaves no time for attempt 2 (a 10 s wait after HTTP 503)")])  # the backoff's 10 s
+def test_a_retry_is_not_waited_for_past_the_overall_deadline(tmp_path, monkeypatch, failures, waits, detail):
+    clock = Clock()
+    monkeypatch.setattr(judge_module, "time", clock)
+    server = ChatServer(failures=failures)
+    try:
+        judge = Judge(server.url, "m", tmp_path / "c.jsonl", retries=3, backoff=10, deadline=5)
+        verdict, _ = timed_verdict(judge)
+        assert verdict == judge_module.Verdict(None, f"overall deadline (5 s) {detail}", "overall deadline")
+        assert clock.waits == waits and server.calls == len(failures)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("limits, message", [
+    ({"timeout": 0}, "the judge's timeout is the seconds one request may take, more than 0; got 0"),
+    ({"deadline": -1}, "the judge's deadline is the seconds a whole run may take, 0 for no limit; got -1"),
+    ({"max_reply_bytes": 0}, "the judge's max_reply_bytes is a number of bytes, more than 0; got 0"),
+    ({"base_url": "api.example.com/v1"},
+     "the judge's base_url must be an http:// or https:// URL; got 'api.example.com/v1'")])
+def test_limits_and_the_endpoint_are_checked(tmp_path, limits, message):
+    with pytest.raises(ValueError) as raised:
+        Judge(**{"base_url": "http://127.0.0.1:9/v1", "model": "m", "cache": tmp_path / "c.jsonl", **limits})
+    assert str(raised.value) == message
+
+
+def test_the_judge_command_prints_why_answers_stayed_unjudged(tmp_path, capsys):
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    # q0, q1: 503; q2 judged (wrong); q3: not JSON; q4: 5 KB; q5 judged (right); q6: no reply in time
+    server = ChatServer(failures=[503, 503, None, "html", "huge", None, "stall"])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            commands.judge(predictions, base_url=server.url, model="m", concurrency=1, retries=0, timeout=0.5,
+                           max_reply_bytes=4096)
+    finally:
+        server.close()
+    assert exited.value.code == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "| answers | LLM-judged accuracy % (m) | judged | unjudged |", "|---|---:|---:|---:|",
+        "| Consumer Products | 100.00 | 1 | 2 |", "| Mechanical Parts | 0.00 | 1 | 3 |",
+        "| mean of domains (macro) | 50.00 | 2 | 5 |", "| all answers (pooled) | 50.00 | 2 | 5 |",
+        "unjudged by reason: 2 HTTP 503, 1 not JSON, 1 reply too large, 1 timeout",
+        f"requests sent: 7; verdict cache: {tmp_path / 'judge-m.jsonl'}"]
+    assert ("WARNING: 5 of 7 answers (71.4 %) stayed unjudged, more than --max_unjudged 0.01; they are left out of "
+            "the accuracies above. Run again to ask for them (verdicts already given are cached).") in err.splitlines()

@@ -124,7 +124,12 @@ def test_a_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path):
     good = {"key": "k1", "source": "mpdd", "product": "p", "product_name": "p", "domain": "Mechanical Parts",
             "split": "test", "is_anomalous": False, "defect_class": None, "defect_name": None, "location": None,
             "qa": [], "origin": "p/good/1.png"}
-    members = {"k1.json": json.dumps(good).encode(), "k2.json": b"{broken", "k3.json": json.dumps({**good, "key": "k3"}).encode(),
+    from PIL import Image
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")
+    # k1 is whole (a sample is usable only with its record and its image); the others are not
+    members = {"k1.json": json.dumps(good).encode(), "k1.jpg": jpeg.getvalue(),
+               "k2.json": b"{broken", "k3.json": json.dumps({**good, "key": "k3"}).encode(),
                "k3.jpg": b"\xff\xd8 not really a jpeg", "k4.pyd": b"cos\nsystem\n(S'echo pwned'\ntR."}
     with tarfile.open(shard, "w") as tar:
         for name, data in members.items():
@@ -283,3 +288,68 @@ def test_a_board_and_its_template_are_always_in_the_same_split(tmp_path, seed):
     assert len(split_of) == len(images)
     for board in (im for im in images if im.is_anomalous):
         assert split_of[f"deeppcb/pcb/temp/{board.group}_temp"] == split_of[board.key]
+
+
+def test_an_unreadable_image_is_named_in_the_stats_of_the_split_it_was_assigned_to(tmp_path):
+    from maugpt.mauset.sources import SCANNERS
+
+    root = tmp_path / "release"
+    RELEASES["mvtec_ad"](root)
+    # the image of the release's test folder that the paper's split (seed 0) also puts in test
+    assigned = split_images(SCANNERS["mvtec_ad"](root), test=0.25, val=0.0, seed=0)
+    broken = next(im.image for im in assigned["test"] if "/test/" in str(im.image))
+    broken.write_bytes(b"not a png")
+    stats = build_mauset(["mvtec_ad"], root, tmp_path / "out", progress=False, test=0.25, val=0.0, max_side=32,
+                         partial=True)
+    on_disk = {split: json.loads((tmp_path / "out" / split / "stats.json").read_text()) for split in ("train", "test")}
+    assert on_disk == stats
+    assert on_disk["test"]["skipped_unreadable"] == 1 and on_disk["test"]["images"] == len(assigned["test"]) - 1
+    [entry] = on_disk["test"]["skipped_unreadable_files"]
+    assert entry["path"] == str(broken) and entry["reason"].startswith("not an image: Pillow recognises no image format")
+    assert on_disk["train"]["skipped_unreadable"] == 0 and on_disk["train"]["skipped_unreadable_files"] == []
+    assert on_disk["train"]["images"] == len(assigned["train"])
+
+
+def test_a_partial_build_leaves_out_a_missing_class_folder_and_lists_it(tmp_path, capsys):
+    import shutil
+
+    from maugpt.mauset.sources import BuildError, LayoutError
+
+    expected = RELEASES["magnetic_tile"](tmp_path / "release")
+    shutil.rmtree(tmp_path / "release" / "Magnetic-Tile-Defect" / "MT_Break")  # its one image
+    with pytest.raises(LayoutError, match=r"found: MT_Break/Imgs is missing \(a deliberate subset builds with "
+                                          r"partial=True, --partial true\)") as err:
+        build_mauset(["magnetic_tile"], tmp_path / "release", tmp_path / "refused", progress=False)
+    assert isinstance(err.value, BuildError) and not (tmp_path / "refused").exists()
+    stats = build_mauset(["magnetic_tile"], tmp_path / "release", tmp_path / "out", progress=False, test=0.0,
+                         val=0.0, max_side=32, partial=True)["train"]
+    assert "partial build: 1 folder(s) of the release(s) are missing and left out: magnetic_tile: MT_Break/Imgs" \
+        in capsys.readouterr().out
+    assert stats["missing"] == ["magnetic_tile: MT_Break/Imgs"]
+    assert json.loads((tmp_path / "out" / "train" / "stats.json").read_text())["missing"] == stats["missing"]
+    assert stats["images"] == expected["images"] - 1 and "magnetic_tile/magnetic_tile/Break" not in stats["defect_class"]
+
+
+def test_the_mistakes_a_user_can_fix_are_build_errors(tmp_path):
+    import shutil
+
+    from maugpt.mauset.build import BuildError, OutputExistsError, UnknownProductError
+
+    root = tmp_path / "release"
+    RELEASES["mpdd"](root)
+    with pytest.raises(BuildError, match=r"unknown source\(s\) \['nope'\]"):
+        build_mauset(["nope"], root, tmp_path / "out", progress=False)
+    with pytest.raises(BuildError, match=r"test and val fractions must be in \[0, 1\)"):
+        build_mauset(["mpdd"], root, tmp_path / "out", progress=False, partial=True, test=0.9, val=0.2)
+    assert not (tmp_path / "out").exists()  # checked before the output folder is made
+    (root / "gear" / "train" / "good").mkdir(parents=True)
+    (root / "gear" / "test").mkdir()
+    shutil.copy(root / "tubes/train/good/000.png", root / "gear/train/good/000.png")  # a product no yaml has
+    with pytest.raises(UnknownProductError, match=r"^mpdd product folder 'gear' is not in .*--knowledge overlay\)$"):
+        build_mauset(["mpdd"], root, tmp_path / "out", progress=False, partial=True)
+    (root / "gear" / "train" / "good" / "000.png").unlink()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("x")
+    with pytest.raises(OutputExistsError, match="is not empty; pass --overwrite") as err:
+        build_mauset(["mpdd"], root, tmp_path / "out", progress=False, partial=True)
+    assert isinstance(err.value, FileExistsError)

@@ -66,3 +66,42 @@ def test_a_folder_without_the_layout_names_what_was_expected_and_found(tmp_path,
     message = str(err.value)
     assert f"{source}: {tmp_path} does not have the expected layout" in message
     assert "expected: " in message and "found: notes.txt, random_folder/" in message
+
+
+def test_a_partial_scan_lists_the_required_folders_it_lacks_instead_of_failing(tmp_path):
+    import shutil
+
+    RELEASES["ksdd2"](tmp_path / "ksdd2")
+    shutil.rmtree(tmp_path / "ksdd2" / "KSDD2" / "test")
+    with pytest.raises(LayoutError, match=r"(?s)ksdd2: .* does not have the expected layout.*found: test/ is missing "
+                                          r"beside train/ \(a deliberate subset builds with partial=True"):
+        SCANNERS["ksdd2"](tmp_path / "ksdd2")
+    missing: list[str] = []
+    assert len(SCANNERS["ksdd2"](tmp_path / "ksdd2", missing=missing)) == 3 and missing == ["test/"]
+
+    RELEASES["deeppcb"](tmp_path / "deeppcb")
+    shutil.rmtree(tmp_path / "deeppcb" / "PCBData" / "group12000")  # the one board of test.txt, and its template
+    with pytest.raises(LayoutError, match=r"test.txt:1 names group12000/12000/12000000.jpg, but "
+                                          r"group12000/12000/12000000_test.jpg does not exist"):
+        SCANNERS["deeppcb"](tmp_path / "deeppcb")
+    missing = []
+    images = SCANNERS["deeppcb"](tmp_path / "deeppcb", missing=missing)
+    assert len(images) == 5 and missing == ["group12000/12000/ (1 board(s) of test.txt)"]
+
+    RELEASES["magnetic_tile"](tmp_path / "mt")
+    for cls in ("Break", "Free"):  # MT_Free no longer has to be there to find the release folder
+        shutil.rmtree(tmp_path / "mt" / "Magnetic-Tile-Defect" / f"MT_{cls}")
+    with pytest.raises(LayoutError, match="found: MT_Break/Imgs, MT_Free/Imgs are missing"):
+        SCANNERS["magnetic_tile"](tmp_path / "mt")
+    missing = []
+    assert len(SCANNERS["magnetic_tile"](tmp_path / "mt", missing=missing)) == 3
+    assert missing == ["MT_Break/Imgs", "MT_Free/Imgs"]
+
+
+def test_a_board_without_its_annotation_file_is_named(tmp_path):
+    RELEASES["deeppcb"](tmp_path)
+    (tmp_path / "PCBData/group00041/00041_not/00041001.txt").unlink()
+    for missing in (None, []):  # a partial build does not excuse it: the board cannot be labelled
+        with pytest.raises(LayoutError, match=r"trainval.txt:2 names the annotation group00041/00041_not/00041001.txt "
+                                              r"of group00041/00041/00041001_test.jpg, but it does not exist"):
+            SCANNERS["deeppcb"](tmp_path, missing=missing)

@@ -1,14 +1,23 @@
 """Builders for the seven public sources: each reads its official release layout into SourceImages."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from maugpt.schema import SourceImage
 from maugpt.mauset.sources import btad, dagm, deeppcb, ksdd2, magnetic_tile, mvtec
-from maugpt.mauset.sources.common import LayoutError
+from maugpt.mauset.sources.common import BuildError, LayoutError
 
-SCANNERS: dict[str, Callable[[Path], list[SourceImage]]] = {
+
+class Scanner(Protocol):
+    """Reads one source's release folder. A class folder the release has but ``root`` lacks fails
+    with a :class:`LayoutError`; given a ``missing`` list (a partial build), a scanner that requires
+    such folders appends each absent one to it instead and reads what is there."""
+
+    def __call__(self, root: Path, missing: list[str] | None = None) -> list[SourceImage]: ...
+
+
+SCANNERS: dict[str, Scanner] = {
     "btad": btad.scan_btad, "dagm": dagm.scan_dagm, "deeppcb": deeppcb.scan_deeppcb, "ksdd2": ksdd2.scan_ksdd2,
     "magnetic_tile": magnetic_tile.scan_magnetic_tile, "mpdd": mvtec.scan_mpdd, "mvtec_ad": mvtec.scan_mvtec_ad,
 }
@@ -28,4 +37,4 @@ RELEASE_IMAGES: dict[str, int] = {
     "mvtec_ad": 5354,  # 3,629 train + 1,725 test
 }
 
-__all__ = ["LAYOUTS", "RELEASE_IMAGES", "SCANNERS", "LayoutError"]
+__all__ = ["LAYOUTS", "RELEASE_IMAGES", "SCANNERS", "BuildError", "LayoutError", "Scanner"]

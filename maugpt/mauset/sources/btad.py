@@ -9,7 +9,9 @@ from maugpt.mauset.sources.common import LayoutError, descend, find_by_stem, ima
 LAYOUT = "[BTech_Dataset_transformed/]{01,02,03}/{train/ok,test/ok,test/ko}/*, {01,02,03}/ground_truth/ko/*"
 
 
-def scan_btad(root: Path) -> list[SourceImage]:
+def scan_btad(root: Path, missing: list[str] | None = None) -> list[SourceImage]:
+    """Every image of the product folders that have ``test/ko``; no class folder is required
+    (``missing`` is accepted as every scanner's, and stays as it is)."""
     base = descend(root, "BTech_Dataset_transformed")
     products = sorted(p for p in base.iterdir() if (p / "test" / "ko").is_dir()) if base.is_dir() else []
     if not products:

@@ -6,7 +6,20 @@ from pathlib import Path
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
-class LayoutError(FileNotFoundError):
+class BuildError(ValueError):
+    """A mistake in a build's input or options that the user can fix (a folder's layout, a count, an
+    unknown product, a non-empty output folder): the commands print its message without a traceback.
+
+    It is a ``ValueError``, and its subclasses are also the built-in error that callers caught
+    before (``FileNotFoundError``, ``FileExistsError``, ``KeyError``), so that code catching those
+    keeps working.
+    """
+
+    def __str__(self) -> str:  # the message as written, also for the KeyError subclass (which quotes it)
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class LayoutError(BuildError, FileNotFoundError):
     """A source root does not have the release layout its builder reads."""
 
     def __init__(self, source: str, root: Path, expected: str, found: str) -> None:

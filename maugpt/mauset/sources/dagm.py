@@ -10,7 +10,9 @@ from maugpt.mauset.sources.common import LayoutError, descend, find_by_stem, ima
 LAYOUT = "[DAGM/]Class<k>/{Train,Test}/NNNN.PNG with Class<k>/{Train,Test}/Label/NNNN_label.PNG for defects"
 
 
-def scan_dagm(root: Path) -> list[SourceImage]:
+def scan_dagm(root: Path, missing: list[str] | None = None) -> list[SourceImage]:
+    """Every image of the ``Class<k>`` folders there are; no class folder is required (``missing``
+    is accepted as every scanner's, and stays as it is)."""
     base = descend(root, "DAGM")
     classes = sorted((p for p in base.iterdir() if re.fullmatch(r"Class\d+", p.name) and p.is_dir()),
                      key=lambda p: int(p.name[5:])) if base.is_dir() else []

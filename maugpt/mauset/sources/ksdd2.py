@@ -12,12 +12,24 @@ from maugpt.mauset.sources.common import LayoutError, descend, listing
 LAYOUT = "[KSDD2/]{train,test}/<id>.png with <id>_GT.png"
 
 
-def scan_ksdd2(root: Path) -> list[SourceImage]:
+def scan_ksdd2(root: Path, missing: list[str] | None = None) -> list[SourceImage]:
+    """Every image of ``train/`` and ``test/``, labelled by its mask.
+
+    Both folders are required; with a ``missing`` list (a partial build) one of them may be
+    absent, and is appended to it instead of failing.
+    """
     base = descend(root, "KSDD2")
-    if not all((base / split).is_dir() for split in ("train", "test")):
+    present = [split for split in ("train", "test") if (base / split).is_dir()]
+    absent = [f"{split}/" for split in ("train", "test") if split not in present]
+    if not present:
         raise LayoutError("ksdd2", root, LAYOUT, listing(base))
+    if absent and missing is None:
+        raise LayoutError("ksdd2", root, LAYOUT, f"{absent[0]} is missing beside {present[0]}/ (a deliberate "
+                          "subset builds with partial=True, --partial true)")
+    if missing is not None:
+        missing += absent
     found = []
-    for split in ("train", "test"):
+    for split in present:
         for image in sorted((base / split).glob("*.png")):
             if image.stem.endswith("_GT"):
                 continue

@@ -14,19 +14,41 @@ LAYOUT = "MT_{Blowhole,Break,Crack,Fray,Uneven,Free}/Imgs/<stem>.jpg with <stem>
 CLASSES = ("Blowhole", "Break", "Crack", "Fray", "Uneven", "Free")
 
 
-def scan_magnetic_tile(root: Path) -> list[SourceImage]:
-    base = root
-    if not (base / "MT_Free").is_dir():  # the release's wrapper folder name varies; look one level down
-        inner = [p for p in root.iterdir() if (p / "MT_Free").is_dir()] if root.is_dir() else []
-        if not inner:
-            raise LayoutError("magnetic_tile", root, LAYOUT, listing(root))
-        base = inner[0]
+def holds_classes(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one of the release's ``MT_<Class>`` folders."""
+    return any((folder / f"MT_{cls}").is_dir() for cls in CLASSES)
+
+
+def release_folder(root: Path) -> Path | None:
+    """``root``, or the folder one level down, that holds the ``MT_<Class>`` folders (the release's
+    wrapper folder name varies); ``None`` if neither does."""
+    if holds_classes(root):
+        return root
+    inner = sorted(p for p in root.iterdir() if p.is_dir() and holds_classes(p)) if root.is_dir() else []
+    return inner[0] if inner else None
+
+
+def scan_magnetic_tile(root: Path, missing: list[str] | None = None) -> list[SourceImage]:
+    """Every image of the six class folders.
+
+    A missing class folder fails, naming every one missing; with a ``missing`` list (a partial
+    build: a deliberate subset may lack whole classes) they are appended to it instead and the
+    classes that are there are read.
+    """
+    base = release_folder(root)
+    if base is None:
+        raise LayoutError("magnetic_tile", root, LAYOUT, listing(root))
+    absent = [f"MT_{cls}/Imgs" for cls in CLASSES if not (base / f"MT_{cls}" / "Imgs").is_dir()]
+    if absent and missing is None:
+        raise LayoutError("magnetic_tile", root, LAYOUT,
+                          f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} missing (a deliberate subset "
+                          "builds with partial=True, --partial true)")
+    if missing is not None:
+        missing += absent
     found = []
     for cls in CLASSES:
         folder = base / f"MT_{cls}" / "Imgs"
-        if not folder.is_dir():
-            raise LayoutError("magnetic_tile", root, LAYOUT, f"{folder.relative_to(base)} is missing")
-        for image in sorted(folder.glob("*.jpg")):
+        for image in sorted(folder.glob("*.jpg")):  # nothing if the folder is missing
             anomalous = cls != "Free"
             mask = image.with_suffix(".png")
             found.append(SourceImage(

@@ -10,6 +10,8 @@ LAYOUT = "<category>/train/good/*.png, <category>/test/{good,<defect>}/*.png, <c
 
 
 def scan_mvtec_layout(root: Path, source: str) -> list[SourceImage]:
+    """Every image of the categories with ``train/`` and ``test/``; their defect folders are read as
+    found, so no class folder is required."""
     categories = sorted(p for p in root.iterdir() if (p / "train").is_dir() and (p / "test").is_dir()) \
         if root.is_dir() else []
     if not categories:
@@ -31,11 +33,11 @@ def scan_mvtec_layout(root: Path, source: str) -> list[SourceImage]:
     return found
 
 
-def scan_mvtec_ad(root: Path) -> list[SourceImage]:
-    """MVTec AD: 15 categories, 73 defect types."""
+def scan_mvtec_ad(root: Path, missing: list[str] | None = None) -> list[SourceImage]:
+    """MVTec AD: 15 categories, 73 defect types (``missing`` stays as it is: nothing is required)."""
     return scan_mvtec_layout(root, "mvtec_ad")
 
 
-def scan_mpdd(root: Path) -> list[SourceImage]:
-    """MPDD: the MVTec AD layout with 6 metal-part categories."""
+def scan_mpdd(root: Path, missing: list[str] | None = None) -> list[SourceImage]:
+    """MPDD: the MVTec AD layout with 6 metal-part categories (``missing`` stays as it is)."""
     return scan_mvtec_layout(root, "mpdd")
