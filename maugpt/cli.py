@@ -107,9 +107,13 @@ def main(args: list[str] | None = None) -> None:
     """
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in LIGHTNING_COMMANDS:
+        from maugpt.training.checkpoint import CheckpointNotSaved
         from maugpt.training.cli import run  # Lightning and the model load only when needed
 
-        run(args)  # None: LightningCLI reads sys.argv itself
+        try:
+            run(args)  # None: LightningCLI reads sys.argv itself
+        except CheckpointNotSaved as err:  # a full disk is the user's to fix, not a bug: no traceback
+            raise SystemExit(f"maugpt {argv[0]}: {err.strerror}") from None
         return
     from maugpt import commands
 

@@ -408,9 +408,10 @@ def sweep(spec: Path, *, variant: str = "tiny", out: Path | None = None, paralle
     start = time.perf_counter()
     outcomes = run_cells(folder, parallel)
     for name, outcome in outcomes.items():
-        print(f"  {name}: {outcome}" + (f" (log: {folder}/cells/{name}/logs/)" if outcome == "failed" else ""))
+        print(f"  {name}: {outcome}" + (f" (log: {folder}/cells/{name}/logs/)" if outcome in ("failed", "stopped")
+                                         else ""))
     print(f"{time.perf_counter() - start:.0f} s; report: maugpt report {folder}")
-    if "failed" in outcomes.values():
+    if {"failed", "stopped", "busy"} & set(outcomes.values()):  # stopped cells resume when run again
         raise SystemExit(1)
 
 
@@ -432,15 +433,21 @@ def report(sweep_dir: Path, *, scale: float = 100.0, tensorboard: bool = True) -
     print("written: " + ", ".join(str(p) for p in written.values()))
 
 
-def sweep_cell(sweep_dir: Path, index: int) -> None:
+def sweep_cell(sweep_dir: Path, index: int, *, wait: bool = False) -> None:
     """Run one cell of a prepared sweep, as each task of ``maugpt sweep --slurm``'s array does:
     skipped when finished, resumed from its last checkpoint, logged under ``cells/<name>/logs/``.
+    One runner at a time: another runner's cell is refused naming its host and PID (exit status
+    1), or waited for. SIGTERM, SIGINT and SIGUSR1 reach the fit, which saves at its next step;
+    the cell is not tested and the exit status is 128 + the signal.
 
     Args:
         sweep_dir: a folder made by ``maugpt sweep`` (with ``sweep.json``).
         index: the cell's position in the spec (``$SLURM_ARRAY_TASK_ID``).
+        wait: wait for a cell another runner holds instead of exiting.
     """
-    from maugpt.sweep import prepared_cells, run_cell
+    import signal
+
+    from maugpt.sweep import Runner, prepared_cells, run_cell
 
     try:
         names = prepared_cells(sweep_dir)
@@ -448,8 +455,13 @@ def sweep_cell(sweep_dir: Path, index: int) -> None:
         raise SystemExit(f"sweep-cell: {sweep_dir} has no sweep.json: run maugpt sweep --slurm true first") from None
     if not 0 <= index < len(names):
         raise SystemExit(f"sweep-cell: index {index} is outside the sweep's {len(names)} cells (0-{len(names) - 1})")
-    outcome = run_cell(sweep_dir / "cells" / names[index])
-    where = f" (log: {sweep_dir}/cells/{names[index]}/logs/)" if outcome == "failed" else ""
-    print(f"{names[index]}: {outcome}{where}")
-    if outcome == "failed":
+    with Runner().handling_signals() as runner:
+        outcome = run_cell(sweep_dir / "cells" / names[index], runner, wait=wait)
+    where = f" (log: {sweep_dir}/cells/{names[index]}/logs/)" if outcome in ("failed", "stopped") else ""
+    print(f"{names[index]}: {outcome}{where}", flush=True)
+    if outcome == "stopped":
+        print(f"sweep-cell: stopped by {signal.Signals(runner.stopped).name}; running the cell again resumes it "
+              "from its last checkpoint", file=sys.stderr)
+        raise SystemExit(128 + runner.stopped)
+    if outcome in ("failed", "busy"):
         raise SystemExit(1)

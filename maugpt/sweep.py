@@ -33,19 +33,30 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
+import fcntl
 import io
 import itertools
 import json
 import operator
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# The signals a runner passes on to its commands: those that make a fit save and stop
+# (maugpt.training.preemption, not imported here: it loads Lightning).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class SweepError(ValueError):
@@ -267,29 +278,131 @@ def prepare(spec: SweepSpec, sweep_dir: str | Path) -> Path:
 
 
 # -- running --------------------------------------------------------------------------------------------
-def cell_commands(cell_dir: Path, python: str = sys.executable) -> list[list[str]]:
-    """``maugpt fit`` (resuming from the cell's last checkpoint when there is one) then ``maugpt test``."""
+class CellBusy(RuntimeError):
+    """Another runner holds the cell (its host and PID are in the message)."""
+
+
+@contextlib.contextmanager
+def hold_cell(cell_dir: Path, *, wait: bool = False) -> Iterator[int]:
+    """Hold the cell for this runner: an exclusive ``flock`` on ``<cell>/runner.lock``, which
+    records the holder's host and PID. The kernel releases the lock when the holder and the
+    commands it passed the lock to have all exited, however they ended (``kill -9`` too), so a
+    lock file left by a dead runner never blocks. A held cell raises :class:`CellBusy` naming
+    its holder, or with ``wait`` is waited for. Yields the lock's file descriptor, which the
+    cell's commands inherit: a fit orphaned by a killed runner still holds the cell.
+    """
+    path = cell_dir / "runner.lock"
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a runner that is starting"
+                message = f"cell {cell_dir.name} is being run by {holder} (lock: {path})"
+                if not wait:
+                    raise CellBusy(message) from None
+                if not told:
+                    print(f"{message}; waiting for it to finish", file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(1.0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                  .encode(), 0)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock unless a command still holds it
+
+
+class Runner:
+    """Runs a sweep's commands as child processes, each in its own session, so that a signal to
+    the runner (SLURM's SIGTERM or SIGUSR1, a Ctrl+C) reaches each command exactly once: the
+    runner passes it on, the fit saves at its next step boundary and ends (see
+    ``maugpt.training.preemption``), and the runner starts no further command."""
+
+    def __init__(self) -> None:
+        self.stopped: int | None = None
+        self.children: set[subprocess.Popen] = set()
+
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[Runner]:
+        """Pass SIGTERM, SIGINT and SIGUSR1 on to the running commands (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {signum: signal.signal(signum, self.on_signal) for signum in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def on_signal(self, signum: int, frame) -> None:
+        self.stopped = self.stopped or signum
+        for child in list(self.children):
+            child.send_signal(signum)
+
+    def run(self, command: list[str], log, lock: int) -> int | None:
+        """The command's exit status, or None when a signal came before it could start."""
+        if self.stopped:
+            return None
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 pass_fds=(lock,))
+        self.children.add(child)
+        try:
+            return child.wait()
+        finally:
+            self.children.discard(child)
+
+
+def cell_commands(cell_dir: Path, python: str = sys.executable) -> list[tuple[str, list[str]]]:
+    """``("fit", maugpt fit …)`` (resuming from the cell's last checkpoint when there is one;
+    ``fit.json`` marks a fit that ended normally) then ``("test", maugpt test …)``."""
     config, last = str(cell_dir / "config.yaml"), cell_dir / "checkpoints" / "last.ckpt"
-    fit = [python, "-m", "maugpt.cli", "fit", "--config", config]
+    finished = {"class_path": "maugpt.training.callbacks.FitFinished", "init_args": {"path": str(cell_dir / "fit.json")}}
+    fit = [python, "-m", "maugpt.cli", "fit", "--config", config, f"--trainer.callbacks+={json.dumps(finished)}"]
     if last.is_file():
         fit += ["--ckpt_path", str(last)]
     test = [python, "-m", "maugpt.cli", "test", "--config", config, "--ckpt_path", str(last),
             "--trainer.logger.init_args.version", "test"]
-    return [fit, test]
+    return [("fit", fit), ("test", test)]
 
 
-def run_cell(cell_dir: Path) -> str:
-    """Run one cell unless it is finished: ``done``, ``skipped`` (finished before) or ``failed``."""
+def run_cell(cell_dir: Path, runner: Runner | None = None, *, wait: bool = False) -> str:
+    """Run one cell unless it is finished: ``done``, ``skipped`` (finished before), ``failed``,
+    ``stopped`` (a signal; it resumes when run again) or ``busy`` (another runner holds it, see
+    :func:`hold_cell`). The test runs only after a fit that ended normally (``fit.json``)."""
+    runner = runner or Runner()
+    try:
+        with hold_cell(cell_dir, wait=wait) as lock:
+            return run_held_cell(cell_dir, runner, lock)
+    except CellBusy as busy:
+        print(f"{cell_dir.name}: {busy}", file=sys.stderr, flush=True)
+        return "busy"
+
+
+def run_held_cell(cell_dir: Path, runner: Runner, lock: int) -> str:
     if (cell_dir / "metrics.json").is_file():
         return "skipped"
     logs = cell_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     attempt = 1 + sum(1 for _ in logs.glob("attempt-*.log"))
+    (cell_dir / "fit.json").unlink(missing_ok=True)  # this attempt's fit must end normally itself
     with open(logs / f"attempt-{attempt}.log", "w") as log:
-        for command in cell_commands(cell_dir):
+        for name, command in cell_commands(cell_dir):
             log.write("$ " + " ".join(command) + "\n")
             log.flush()
-            if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+            status = runner.run(command, log, lock)
+            if runner.stopped:
+                log.write(f"stopped by {signal.Signals(runner.stopped).name}: the cell resumes when run again\n")
+                return "stopped"
+            if status != 0:
+                return "failed"
+            if name == "fit" and not (cell_dir / "fit.json").is_file():
+                log.write("the fit exited 0 without finishing its steps (no fit.json): not tested\n")
                 return "failed"
     return "done" if (cell_dir / "metrics.json").is_file() else "failed"
 
@@ -300,11 +413,12 @@ def prepared_cells(sweep_dir: Path) -> list[str]:
 
 
 def run_cells(sweep_dir: str | Path, parallel: int = 1) -> dict[str, str]:
-    """Run every prepared cell (``parallel`` at once); returns each cell's outcome."""
+    """Run every prepared cell (``parallel`` at once); returns each cell's outcome (see
+    :func:`run_cell`). A signal stops the running cells at their next step and starts no other."""
     sweep_dir = Path(sweep_dir)
     names = prepared_cells(sweep_dir)
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        outcomes = list(pool.map(lambda name: run_cell(sweep_dir / "cells" / name), names))
+    with Runner().handling_signals() as runner, ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        outcomes = list(pool.map(lambda name: run_cell(sweep_dir / "cells" / name, runner), names))
     return dict(zip(names, outcomes))
 
 
@@ -312,7 +426,8 @@ def write_slurm(sweep_dir: str | Path, partition: str | None = None, gpus: int =
                 python: str = "python") -> Path:
     """``<sweep>/slurm.sh``: a SLURM array with one task per cell, each running ``maugpt sweep-cell``
     (the cell's fit and test, as a local run does: skipped when finished, resumed from its last
-    checkpoint) from the current folder (``sbatch`` it; submitting again resumes)."""
+    checkpoint, never run by two tasks at once) from the current folder (``sbatch`` it; submitting
+    again resumes). A task near its time limit saves, requeues itself and resumes."""
     sweep_dir = Path(sweep_dir).resolve()
     names = prepared_cells(sweep_dir)
     lines = ["#!/bin/bash", f"#SBATCH --job-name={sweep_dir.name}", f"#SBATCH --array=0-{len(names) - 1}",
@@ -320,9 +435,13 @@ def write_slurm(sweep_dir: str | Path, partition: str | None = None, gpus: int =
              f"#SBATCH --output={sweep_dir}/cells/%a.slurm.log"]
     if partition:
         lines.append(f"#SBATCH --partition={partition}")
-    lines += ["set -euo pipefail", f'cd "{Path.cwd()}"  # the configs\' relative paths start here',
+    # SIGUSR1 90 s before the time limit, to the batch shell (B:), which exec makes the runner:
+    # the fit saves at its next step and requeues the task (Lightning's auto_requeue, on by
+    # default under SLURM); the requeued task resumes from last.ckpt and appends to its log.
+    lines += ["#SBATCH --signal=B:USR1@90", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+              "set -euo pipefail", f'cd "{Path.cwd()}"  # the configs\' relative paths start here',
               "CELLS=(" + " ".join(names) + ")", 'echo "cell ${CELLS[$SLURM_ARRAY_TASK_ID]}"',
-              f'{python} -m maugpt.cli sweep-cell "{sweep_dir}" "$SLURM_ARRAY_TASK_ID"']
+              f'exec {python} -m maugpt.cli sweep-cell "{sweep_dir}" "$SLURM_ARRAY_TASK_ID"']
     path = sweep_dir / "slurm.sh"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -55,7 +55,7 @@ def test_sweep_cell_runs_one_prepared_cell_by_its_array_index(tmp_path, monkeypa
         (folder / "cells" / name).mkdir(parents=True)
     (folder / "sweep.json").write_text(json.dumps({"cells": ["a", "b"]}))
     script = "import pathlib, sys; pathlib.Path(sys.argv[1], 'metrics.json').write_text('{}')"
-    monkeypatch.setattr(sweep, "cell_commands", lambda cell: [[sys.executable, "-c", script, str(cell)]])
+    monkeypatch.setattr(sweep, "cell_commands", lambda cell: [("test", [sys.executable, "-c", script, str(cell)])])
     main(["sweep-cell", str(folder), "1"])
     assert capsys.readouterr().out == "b: done\n"
     assert (folder / "cells" / "b" / "metrics.json").is_file() and not (folder / "cells" / "a" / "metrics.json").exists()

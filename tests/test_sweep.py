@@ -3,8 +3,13 @@ a 2-cell sweep of the tiny model end to end."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -76,7 +81,10 @@ def test_the_slurm_script_has_one_array_task_per_cell_with_its_overrides(tmp_pat
     assert "#SBATCH --array=0-6\n" in script and "#SBATCH --gpus-per-task=8\n" in script
     assert "CELLS=(1x64 2x32 4x16 8x8 16x4 32x2 64x1)\n" in script
     # the array calls the sub-command that runs a cell locally (fit, test, skip when done, resume)
-    assert f'python -m maugpt.cli sweep-cell "{folder.resolve()}" "$SLURM_ARRAY_TASK_ID"\n' in script
+    assert f'\nexec python -m maugpt.cli sweep-cell "{folder.resolve()}" "$SLURM_ARRAY_TASK_ID"\n' in script
+    # SIGUSR1 90 s before the limit reaches the runner (exec'd by the batch shell); the task requeues
+    for line in ("#SBATCH --signal=B:USR1@90", "#SBATCH --requeue", "#SBATCH --open-mode=append"):
+        assert f"{line}\n" in script
     for cell in spec.cells:
         config = yaml.safe_load((folder / "cells" / cell.name / "config.yaml").read_text())
         adapter = config["model"]["init_args"]["adapter"]["init_args"]
@@ -99,7 +107,7 @@ def test_finished_cells_are_skipped_and_failed_ones_retried_keeping_their_logs(t
               "if cell.name == 'broken' or (cell.name == 'flaky' and not marker.exists()):\n"
               "    marker.touch(); print('crash in', cell.name); sys.exit(1)\n"
               "(cell / 'metrics.json').write_text('{\"test/rougeL\": 0.5}')")
-    monkeypatch.setattr(sweep, "cell_commands", lambda cell_dir: [[sys.executable, "-c", script, str(cell_dir)]])
+    monkeypatch.setattr(sweep, "cell_commands", lambda cell_dir: [("test", [sys.executable, "-c", script, str(cell_dir)])])
     assert run_cells(folder, parallel=2) == {"good": "done", "flaky": "failed", "broken": "failed"}
     assert "crash in flaky" in (folder / "cells" / "flaky" / "logs" / "attempt-1.log").read_text()
     assert run_cells(folder) == {"good": "skipped", "flaky": "done", "broken": "failed"}
@@ -125,6 +133,7 @@ def test_a_tiny_two_cell_sweep_runs_end_to_end_and_reports(tiny_base, synthetic_
     assert done.returncode == 0, done.stdout + done.stderr
     assert "  2x4: done" in done.stdout and "  4x2: done" in done.stdout
     for name in ("2x4", "4x2"):
+        assert json.loads((folder / "cells" / name / "fit.json").read_text()) == {"global_step": 1, "epoch": 1}
         metrics = json.loads((folder / "cells" / name / "metrics.json").read_text())
         assert 0.0 <= metrics["test/rougeL"] <= 1.0
         assert {p.name for p in (folder / "tensorboard" / name).iterdir()} == {"fit", "test"}
@@ -143,3 +152,99 @@ def test_a_label_naming_no_grid_key_is_named():
     with pytest.raises(SweepError, match=r"label '\{experts\}x\{rnk\}' names 'rnk', which is not the last part of a "
                                          r"grid key \(\['experts', 'rank'\]\)"):
         expand_grid({"zip": {EXPERTS: [16], RANK: [4]}}, label="{experts}x{rnk}")
+
+
+def one_cell_sweep(tmp_path: Path) -> Path:
+    folder = tmp_path / "sweep"
+    (folder / "cells" / "a").mkdir(parents=True)
+    (folder / "sweep.json").write_text(json.dumps({"cells": ["a"]}))
+    return folder
+
+
+def test_a_second_runner_finds_the_cell_held_by_another_and_a_dead_holder_never_blocks(tmp_path):
+    folder = one_cell_sweep(tmp_path)
+    cell = folder / "cells" / "a"
+    holder = subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time\nfrom maugpt.sweep import hold_cell\n"
+                               "with hold_cell(pathlib.Path(sys.argv[1])):\n    print('held', flush=True)\n"
+                               "    time.sleep(600)", str(cell)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        second = subprocess.run([sys.executable, "-m", "maugpt.cli", "sweep-cell", str(folder), "0"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and second.stdout == "a: busy\n"
+        assert f"a: cell a is being run by PID {holder.pid} on {socket.gethostname()} since " in second.stderr
+        assert f"(lock: {cell / 'runner.lock'})" in second.stderr
+        assert not (cell / "logs").exists()  # nothing ran
+        waiter = subprocess.Popen([sys.executable, "-m", "maugpt.cli", "sweep-cell", str(folder), "0", "--wait", "true"],
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert waiter.stderr.readline().endswith("; waiting for it to finish\n")
+        (cell / "metrics.json").write_text("{}")  # the holder finished the cell …
+    finally:
+        holder.kill()  # … and dies without releasing anything itself (SIGKILL)
+    assert holder.wait() == -signal.SIGKILL
+    assert waiter.wait(timeout=120) == 0 and waiter.stdout.read() == "a: skipped\n"
+    assert "PID" in (cell / "runner.lock").read_text()  # the dead holder's file stays and blocks nothing
+    again = subprocess.run([sys.executable, "-m", "maugpt.cli", "sweep-cell", str(folder), "0"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout == "a: skipped\n"
+
+
+# A stand-in for maugpt fit: says it is ready, then waits; a SIGTERM makes it exit 143 as a fit
+# that saved would, after recording how many SIGTERMs reached it and from which session.
+FIT = """import os, pathlib, signal, sys, time
+cell = pathlib.Path(sys.argv[1])
+def stop(signum, frame):
+    with open(cell / "signals", "a") as f:
+        f.write(f"{signum} {os.getsid(0)}\\n")
+    time.sleep(0.5)  # a second forwarded signal would arrive meanwhile
+    sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+(cell / "ready").touch()
+time.sleep(600)
+"""
+
+
+def test_a_signal_to_the_runner_reaches_the_fit_once_and_the_cell_is_not_tested(tmp_path, monkeypatch, capsys):
+    from maugpt.cli import main
+
+    folder = one_cell_sweep(tmp_path)
+    cell = folder / "cells" / "a"
+    test = "import pathlib, sys; pathlib.Path(sys.argv[1], 'metrics.json').write_text('{}')"
+    monkeypatch.setattr(sweep, "cell_commands", lambda cell_dir: [
+        ("fit", [sys.executable, "-c", FIT, str(cell_dir)]), ("test", [sys.executable, "-c", test, str(cell_dir)])])
+
+    def terminate_when_ready() -> None:
+        deadline = time.monotonic() + 60
+        while not (cell / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # to the runner, as SLURM or kill would send it
+
+    threading.Thread(target=terminate_when_ready, daemon=True).start()
+    with pytest.raises(SystemExit) as stopped:
+        main(["sweep-cell", str(folder), "0"])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    out, err = capsys.readouterr()
+    assert out == f"a: stopped (log: {folder}/cells/a/logs/)\n"
+    assert "sweep-cell: stopped by SIGTERM; running the cell again resumes it from its last checkpoint" in err
+    [line] = (cell / "signals").read_text().splitlines()  # once, though the runner's handler ran
+    assert line.split()[0] == str(int(signal.SIGTERM)) and int(line.split()[1]) != os.getsid(0)  # own session
+    assert not (cell / "metrics.json").exists()  # not tested
+    assert (cell / "logs" / "attempt-1.log").read_text().endswith(
+        "stopped by SIGTERM: the cell resumes when run again\n")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the runner's handlers are gone
+
+
+def test_a_fit_that_exits_0_without_finishing_is_not_tested(tmp_path, monkeypatch):
+    folder = one_cell_sweep(tmp_path)
+    test = "import pathlib, sys; pathlib.Path(sys.argv[1], 'metrics.json').write_text('{}')"
+    finished = "import pathlib, sys; pathlib.Path(sys.argv[1], 'fit.json').write_text('{}')"
+    commands = {"cut": [("fit", [sys.executable, "-c", "pass"]), ("test", [sys.executable, "-c", test, "{cell}"])],
+                "whole": [("fit", [sys.executable, "-c", finished, "{cell}"]),
+                          ("test", [sys.executable, "-c", test, "{cell}"])]}
+    for kind, outcome in (("cut", "failed"), ("whole", "done")):
+        monkeypatch.setattr(sweep, "cell_commands", lambda cell_dir: [
+            (name, [arg.replace("{cell}", str(cell_dir)) for arg in command]) for name, command in commands[kind]])
+        assert run_cells(folder) == {"a": outcome}
+    log = (folder / "cells" / "a" / "logs" / "attempt-1.log").read_text()
+    assert log.endswith("the fit exited 0 without finishing its steps (no fit.json): not tested\n")
+    assert "metrics.json" not in log and (folder / "cells" / "a" / "metrics.json").is_file()  # tested the 2nd time

@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import random
+import signal
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,7 +147,9 @@ class TrainExamples(IterableDataset):
                  shuffle_buffer: int = 1000, seed: int = 0) -> None:
         self.urls, self.encoder, self.rank, self.world_size = urls, encoder, rank, world_size
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
-        self.resumed_after = 0  # batches of this epoch served before a resume: part of the seed
+        # Set by EpochLoader before the workers copy the dataset: batches of this epoch trained on
+        # before a resume, which the resumed stream replays and drops, and the batch geometry.
+        self.resumed_after, self.batch_size = 0, 1
         self.max_barren = 10_000  # consecutive samples without an example before giving up
 
     def rank_urls(self) -> list[str]:
@@ -156,12 +159,18 @@ class TrainExamples(IterableDataset):
         return self.urls
 
     def __iter__(self) -> Iterator[dict]:
-        worker, _ = worker_slot()
-        key = f"{self.seed}:{self.rank}:{worker}:{self.epoch}" + (f":{self.resumed_after}" if self.resumed_after else "")
-        seed = random.Random(key).randrange(2**31)
+        worker, workers = worker_slot()
+        # The DataLoader takes batch i from worker i % workers, and a resumed loader starts again at
+        # worker 0: so worker w takes the part of the worker that served batch resumed_after + w,
+        # replays that worker's stream and drops the examples of the batches it served before.
+        role = (worker + self.resumed_after) % workers
+        drop = len(range(role, self.resumed_after, workers)) * self.batch_size
+        seed = random.Random(f"{self.seed}:{self.rank}:{role}:{self.epoch}").randrange(2**31)
         guard = StreamGuard(self.rank_urls(), self.max_barren + self.shuffle_buffer, self.rank)  # + the buffer's fill
         stream = wds.DataPipeline(
-            wds.ResampledShards(self.rank_urls(), seed=seed, deterministic=True),
+            # webdataset's own per-worker seed (rank * 1000 + worker id) with the role's id instead
+            wds.ResampledShards(self.rank_urls(), seed=seed, deterministic=True,
+                                worker_seed=lambda: self.rank * 1000 + role),
             wds.tarfile_to_samples(handler=guard.handler),
             guard.samples,
             wds.shuffle(self.shuffle_buffer, rng=random.Random(seed)),
@@ -176,6 +185,9 @@ class TrainExamples(IterableDataset):
                 continue
             for example in examples:
                 guard.example()
+                if drop:  # trained on before the resume; its skipped samples were counted then
+                    drop, _ = drop - 1, counter.take()
+                    continue
                 example["skipped"] = counter.take()
                 yield example
 
@@ -258,12 +270,22 @@ class EvalExamples(IterableDataset):
                     yield example
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A training worker ignores SIGTERM and SIGUSR1 (SLURM signals every process of a job): the
+    main process decides when to stop, after saving (see ``maugpt.training.preemption``), and a
+    worker ended by a signal would abort the step it is saving after."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 class EpochLoader(DataLoader):
     """A DataLoader over an endless dataset that yields exactly ``batches`` batches per epoch.
 
-    It is resumable: a checkpoint records how many batches of the epoch were served, and a run
-    resumed in the middle of that epoch draws a fresh stream (another seed) instead of replaying
-    the epoch's first batches; Lightning ends the epoch at its batch count.
+    It resumes exactly: a checkpoint records how many batches of the epoch were trained on, and a
+    run resumed in the middle of that epoch replays the epoch's stream without those batches, so it
+    sees the batches an uninterrupted run would have seen (the dropped examples are read and
+    encoded again, at the loader's speed, but never trained on); Lightning ends the epoch at its
+    batch count.
     """
 
     def __init__(self, dataset: TrainExamples, batches: int, epoch: Callable[[], int], **kwargs) -> None:
@@ -276,6 +298,7 @@ class EpochLoader(DataLoader):
         resume, self._resume = self._resume, None
         self.dataset.epoch = epoch  # set before the workers copy the dataset
         self.dataset.resumed_after = resume["served"] if resume and resume["epoch"] == epoch else 0
+        self.dataset.batch_size = self.batch_size
         self.served = self.dataset.resumed_after
         for batch in itertools.islice(super().__iter__(), self.batches):
             self.served += 1
@@ -413,7 +436,9 @@ class MAUSetDataModule(PromptDataModule):
         batches = self.hparams.batches_per_epoch or self.default_batches_per_epoch(world)
         trainer = self.trainer
         epoch = (lambda: trainer.current_epoch) if trainer is not None else (lambda: dataset.epoch + 1)
-        self._train_loader = EpochLoader(dataset, batches, epoch, drop_last=True,
+        # Its own generator: the loader's seed draw leaves the global one (dropout's) as a resumed run finds it.
+        self._train_loader = EpochLoader(dataset, batches, epoch, drop_last=True, worker_init_fn=ignore_stop_signals,
+                                         generator=torch.Generator().manual_seed(self.hparams.seed),
                                          **self.loader_kwargs(self.hparams.batch_size))
         if self._train_state is not None:
             self._train_loader.load_state_dict(self._train_state)
@@ -422,7 +447,13 @@ class MAUSetDataModule(PromptDataModule):
 
     def state_dict(self) -> dict:
         """The training stream's position, saved in checkpoints (see :class:`EpochLoader`)."""
-        return {"train": self._train_loader.state_dict()} if self._train_loader is not None else {}
+        if self._train_loader is None:
+            return {}
+        state = self._train_loader.state_dict()
+        if self.trainer is not None and self.trainer.state.fn == "fit":
+            # The loop fetches one batch ahead of the step it runs: count the batches trained on.
+            state["served"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train": state}
 
     def load_state_dict(self, state: dict) -> None:
         # Lightning restores the data module before or after it builds the train loader (it

@@ -1,6 +1,7 @@
 """TensorBoard callbacks: throughput, the MoE routers' load and entropy, the hypernetwork cores, example
 answers as text, and the hyper-parameters with their final metrics for the HParams view; plus the
-prediction writer of ``maugpt predict`` and the test-metrics file of a sweep cell."""
+prediction writer of ``maugpt predict`` and a sweep cell's files: its test metrics and the mark of
+a fit that ended normally."""
 from __future__ import annotations
 
 import json
@@ -254,9 +255,29 @@ class MetricsJson(L.Callback):
     def on_test_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        temporary.replace(path)
+        write_json_atomically(Path(self.path), {name: float(v) for name, v in trainer.callback_metrics.items()})
+
+
+class FitFinished(L.Callback):
+    """Writes ``{"global_step": …, "epoch": …}`` to a JSON file when a fit ends normally (its last
+    step, or a callback's stop), on rank 0, atomically. A fit stopped by a signal or an error never
+    writes it: a sweep cell tests only a fit that has it (see :func:`maugpt.sweep.run_cell`).
+
+    Args:
+        path: the output file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            write_json_atomically(Path(self.path), {"global_step": trainer.global_step, "epoch": trainer.current_epoch})
+
+
+def write_json_atomically(path: Path, value: dict) -> None:
+    """``value`` as JSON in ``path``, through a temporary file renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=1, sort_keys=True))
+    temporary.replace(path)

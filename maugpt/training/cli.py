@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from maugpt.training.preemption import Preemption
+
 EVALUATING = ("validate", "test", "predict")
 
 
@@ -68,8 +70,10 @@ def run(args: list[str] | None = None, subcommand: bool = True) -> MAUGPTCLI:
     """Parse ``args`` (default: ``sys.argv``), build everything and run the sub-command.
 
     ``subcommand=False`` parses arguments without a sub-command and only builds the trainer, model
-    and data (the recipe tests build the 4B model on the meta device this way).
+    and data (the recipe tests build the 4B model on the meta device this way). Every run has a
+    :class:`~maugpt.training.preemption.Preemption` callback (a fit stopped by a signal saves first).
     """
+    # Preemption is in every run, whatever the config's callbacks: SIGTERM/SIGINT/SIGUSR1 save and say so.
     return MAUGPTCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                      save_config_kwargs={"overwrite": True}, args=args, auto_configure_optimizers=False,
-                     run=subcommand)
+                     run=subcommand, trainer_defaults={"callbacks": [Preemption()]})

@@ -78,8 +78,8 @@ def test_kill_9_during_fit_then_ckpt_path_last_continues_from_the_saved_step(tin
     assert 6 <= saved["global_step"] < 40 and saved["global_step"] % 3 == 0
     resumed = run(["fit", "--config", path, "--ckpt_path", "last"])
     assert resumed.trainer.global_step == 40  # the remaining steps only, not another 40
-    # the resumed epoch drew a fresh stream, starting after the batches served before the kill
-    assert resumed.datamodule._train_loader.dataset.resumed_after >= saved["global_step"]
+    # the resumed epoch replayed its stream without the batches trained on before the kill
+    assert resumed.datamodule._train_loader.dataset.resumed_after == saved["global_step"]
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
 
 
@@ -108,3 +108,34 @@ def amoe_adapter():
     from maugpt.adapters import AMoELoRA
 
     return AMoELoRA(**AMOE["init_args"])
+
+
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(tiny_base, synthetic_dir, tmp_path):
+    from maugpt.cli import main
+
+    path = stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=2, adapter=AMOE)
+    main(["fit", "--config", path])
+    last = tmp_path / "stage2" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    # The next save's temporary file is /dev/full, where every write fails with ENOSPC, as on a full disk.
+    (last.parent / f".last.ckpt.tmp-{os.getpid()}").symlink_to("/dev/full")
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--config", path, "--trainer.max_epochs", "2", "--ckpt_path", str(last)])
+    assert str(stopped.value.code).startswith(f"maugpt fit: could not save checkpoint {last}: no space left on "
+                                              f"device (")
+    assert str(stopped.value.code).endswith(f" MiB free in {last.parent}); the previous last.ckpt, if any, is kept")
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # the temporary link is gone
+
+
+def test_any_refused_write_is_named_but_other_errors_pass_through(tmp_path, monkeypatch):
+    from maugpt.training.checkpoint import CheckpointNotSaved
+
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    (tmp_path / f".last.ckpt.tmp-{os.getpid()}").symlink_to("/dev/full")
+    with pytest.raises(CheckpointNotSaved, match=rf"could not save checkpoint {path}: no space left on device") as err:
+        io.save_checkpoint({"w": torch.ones(4)}, path)
+    assert err.value.errno == 28 and not path.exists()
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        io.save_checkpoint({"w": torch.ones(4)}, path)

@@ -1,0 +1,115 @@
+"""A fit stopped by SIGTERM, SIGINT or SIGUSR1 saves at the step boundary, says so, exits 128 + the
+signal and resumes to the weights of an uninterrupted run (bit-equal on CPU)."""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from maugpt.training.preemption import Preemption, resume_command
+from tests.training.conftest import stage_config
+
+ROOT = Path(__file__).parents[2]
+# LoRAMoE with dropout: a resume that did not restore the generators would draw other masks.
+LORAMOE = {"class_path": "maugpt.adapters.LoRAMoE", "init_args": {"experts": 4, "rank": 2, "dropout": 0.1}}
+
+
+def config(tmp_path: Path, tiny_base, synthetic_dir, *, steps: int, signal_at: tuple[int, str] | None = None,
+           workers: int = 2) -> str:
+    """A stage-2 fit of ``steps`` batches with 2 loader workers; ``signal_at``: (step, signal name)
+    sends the fit process that signal when that step starts."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=steps, adapter=LORAMOE)
+    raw = yaml.safe_load(open(path))
+    raw["data"]["init_args"]["num_workers"] = workers
+    if signal_at is not None:
+        raw["trainer"]["callbacks"].append({"class_path": "tests.training.signals.SignalAtStep",
+                                            "init_args": {"step": signal_at[0], "signal": signal_at[1]}})
+    Path(path).write_text(yaml.safe_dump(raw))
+    return path
+
+
+def fit(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "maugpt.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def trainable(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, weights_only=True)["state_dict"]
+
+
+def test_sigterm_saves_after_the_step_exits_143_and_the_printed_command_resumes_to_equal_weights(
+        tiny_base, synthetic_dir, tmp_path):
+    whole = config(tmp_path / "whole", tiny_base, synthetic_dir, steps=8)
+    assert fit(["fit", "--config", whole]).returncode == 0
+    reference = trainable(tmp_path / "whole" / "stage2" / "checkpoints" / "last.ckpt")
+
+    # SIGTERM arrives during step 2 (counting from 0): steps 0-2 are done when it stops, an odd
+    # count, so the resumed loader's first batch comes from the other of the two workers.
+    cut = config(tmp_path / "cut", tiny_base, synthetic_dir, steps=8, signal_at=(2, "SIGTERM"))
+    last = tmp_path / "cut" / "stage2" / "checkpoints" / "last.ckpt"
+    stopped = fit(["fit", "--config", cut])
+    assert stopped.returncode == 128 + signal.SIGTERM
+    assert f"maugpt fit: stopped by SIGTERM after step 3 of 8; saved {last}" in stopped.stderr
+    command = f"maugpt fit --config {cut} --ckpt_path {last}"
+    assert f"resume with: {command}" in stopped.stderr
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    assert any(not torch.equal(tensor, reference[name]) for name, tensor in trainable(last).items())  # half-trained
+
+    resumed = fit(shlex.split(command)[1:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # overwritten, no last-v1.ckpt
+    finished = torch.load(last, weights_only=True)
+    assert finished["global_step"] == 8
+    assert finished["state_dict"].keys() == reference.keys()
+    unequal = [name for name, tensor in finished["state_dict"].items() if not torch.equal(tensor, reference[name])]
+    assert unequal == []
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGUSR1"])
+def test_sigint_and_sigusr1_save_too_and_sigusr1_requeues_a_slurm_job(name, tiny_base, synthetic_dir, tmp_path):
+    path = config(tmp_path, tiny_base, synthetic_dir, steps=4, signal_at=(1, name), workers=0)
+    last = tmp_path / "stage2" / "checkpoints" / "last.ckpt"
+    calls = tmp_path / "scontrol.calls"
+    scontrol = tmp_path / "bin" / "scontrol"  # SLURM's scontrol, recording how it was called
+    scontrol.parent.mkdir()
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "cell", "SLURM_JOB_ID": "900", "SLURM_ARRAY_JOB_ID": "77",
+             "SLURM_ARRAY_TASK_ID": "3", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+             "PATH": f"{scontrol.parent}:{os.environ['PATH']}"}
+    stopped = fit(["fit", "--config", path], env=slurm)
+    signum = getattr(signal, name)
+    assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
+    assert f"stopped by {name} after step 2 of 4; saved {last}" in stopped.stderr
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    if name == "SIGUSR1":  # the requeue signal: the job goes back to the queue after the save
+        assert calls.read_text() == "requeue 77_3\n"
+        assert "SLURM job 77_3 requeued: it resumes from last.ckpt when it starts again" in stopped.stderr
+    else:
+        assert not calls.exists()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_resume_command_replaces_ckpt_path():
+    callback = Preemption()
+    callback._on_signal(signal.SIGINT, None)
+    assert callback.received == signal.SIGINT
+    callback._on_signal(signal.SIGTERM, None)  # another signal while saving: still the first one
+    assert callback.received == signal.SIGINT
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            callback._on_signal(signal.SIGINT, None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    argv = ["fit", "--config", "a b.yaml", "--ckpt_path", "old.ckpt", "--trainer.max_steps=9", "--ckpt_path=x"]
+    assert resume_command(Path("runs/last.ckpt"), argv) == \
+        "maugpt fit --config 'a b.yaml' --trainer.max_steps=9 --ckpt_path runs/last.ckpt"
