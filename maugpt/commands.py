@@ -438,7 +438,8 @@ def sweep_cell(sweep_dir: Path, index: int, *, wait: bool = False) -> None:
     skipped when finished, resumed from its last checkpoint, logged under ``cells/<name>/logs/``.
     One runner at a time: another runner's cell is refused naming its host and PID (exit status
     1), or waited for. SIGTERM, SIGINT and SIGUSR1 reach the fit, which saves at its next step;
-    the cell is not tested and the exit status is 128 + the signal.
+    the cell is not tested and the exit status is 128 + the signal. In a SLURM job, SIGUSR1 (the
+    array script's warning before the time limit) also requeues the task, which then resumes.
 
     Args:
         sweep_dir: a folder made by ``maugpt sweep`` (with ``sweep.json``).
@@ -447,6 +448,7 @@ def sweep_cell(sweep_dir: Path, index: int, *, wait: bool = False) -> None:
     """
     import signal
 
+    from maugpt import slurm
     from maugpt.sweep import Runner, prepared_cells, run_cell
 
     try:
@@ -455,13 +457,16 @@ def sweep_cell(sweep_dir: Path, index: int, *, wait: bool = False) -> None:
         raise SystemExit(f"sweep-cell: {sweep_dir} has no sweep.json: run maugpt sweep --slurm true first") from None
     if not 0 <= index < len(names):
         raise SystemExit(f"sweep-cell: index {index} is outside the sweep's {len(names)} cells (0-{len(names) - 1})")
-    with Runner().handling_signals() as runner:
+    job = slurm.job_id()
+    with Runner(requeues=job is not None).handling_signals() as runner:
         outcome = run_cell(sweep_dir / "cells" / names[index], runner, wait=wait)
     where = f" (log: {sweep_dir}/cells/{names[index]}/logs/)" if outcome in ("failed", "stopped") else ""
     print(f"{names[index]}: {outcome}{where}", flush=True)
     if outcome == "stopped":
         print(f"sweep-cell: stopped by {signal.Signals(runner.stopped).name}; running the cell again resumes it "
-              "from its last checkpoint", file=sys.stderr)
+              "from its last checkpoint", file=sys.stderr, flush=True)
+        if job is not None and runner.stopped == signal.SIGUSR1:  # the array's warning before the time limit
+            slurm.requeue(job, "sweep-cell")
         raise SystemExit(128 + runner.stopped)
     if outcome in ("failed", "busy"):
         raise SystemExit(1)

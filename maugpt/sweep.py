@@ -54,6 +54,8 @@ from typing import Any
 
 import yaml
 
+from maugpt.slurm import RUNNER_REQUEUES
+
 # The signals a runner passes on to its commands: those that make a fit save and stop
 # (maugpt.training.preemption, not imported here: it loads Lightning).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -321,11 +323,13 @@ class Runner:
     """Runs a sweep's commands as child processes, each in its own session, so that a signal to
     the runner (SLURM's SIGTERM or SIGUSR1, a Ctrl+C) reaches each command exactly once: the
     runner passes it on, the fit saves at its next step boundary and ends (see
-    ``maugpt.training.preemption``), and the runner starts no further command."""
+    ``maugpt.training.preemption``), and the runner starts no further command. A runner that
+    ``requeues`` (a SLURM array task's) tells its fits so, and they leave the requeue to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, requeues: bool = False) -> None:
         self.stopped: int | None = None
         self.children: set[subprocess.Popen] = set()
+        self.env = {**os.environ, RUNNER_REQUEUES: "1"} if requeues else None
 
     @contextlib.contextmanager
     def handling_signals(self) -> Iterator[Runner]:
@@ -350,7 +354,7 @@ class Runner:
         if self.stopped:
             return None
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 pass_fds=(lock,))
+                                 pass_fds=(lock,), env=self.env)
         self.children.add(child)
         try:
             return child.wait()
@@ -436,8 +440,8 @@ def write_slurm(sweep_dir: str | Path, partition: str | None = None, gpus: int =
     if partition:
         lines.append(f"#SBATCH --partition={partition}")
     # SIGUSR1 90 s before the time limit, to the batch shell (B:), which exec makes the runner:
-    # the fit saves at its next step and requeues the task (Lightning's auto_requeue, on by
-    # default under SLURM); the requeued task resumes from last.ckpt and appends to its log.
+    # the fit saves at its next step, the runner requeues the task, and the requeued task
+    # resumes from last.ckpt and appends to its log.
     lines += ["#SBATCH --signal=B:USR1@90", "#SBATCH --requeue", "#SBATCH --open-mode=append",
               "set -euo pipefail", f'cd "{Path.cwd()}"  # the configs\' relative paths start here',
               "CELLS=(" + " ".join(names) + ")", 'echo "cell ${CELLS[$SLURM_ARRAY_TASK_ID]}"',

@@ -189,26 +189,37 @@ def test_a_second_runner_finds_the_cell_held_by_another_and_a_dead_holder_never_
     assert again.returncode == 0 and again.stdout == "a: skipped\n"
 
 
-# A stand-in for maugpt fit: says it is ready, then waits; a SIGTERM makes it exit 143 as a fit
-# that saved would, after recording how many SIGTERMs reached it and from which session.
+# A stand-in for maugpt fit: says it is ready, then waits; SIGTERM or SIGUSR1 makes it exit
+# 128 + the signal as a fit that saved would, after recording the signals that reached it, its
+# session and whether the runner said it requeues the job itself.
 FIT = """import os, pathlib, signal, sys, time
 cell = pathlib.Path(sys.argv[1])
 def stop(signum, frame):
     with open(cell / "signals", "a") as f:
-        f.write(f"{signum} {os.getsid(0)}\\n")
+        f.write(f"{signum} {os.getsid(0)} {os.environ.get('MAUGPT_RUNNER_REQUEUES')}\\n")
     time.sleep(0.5)  # a second forwarded signal would arrive meanwhile
     sys.exit(128 + signum)
 signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGUSR1, stop)
 (cell / "ready").touch()
 time.sleep(600)
 """
 
 
-def test_a_signal_to_the_runner_reaches_the_fit_once_and_the_cell_is_not_tested(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_signal_to_the_runner_reaches_the_fit_once_and_the_cell_is_not_tested(name, tmp_path, monkeypatch, capsys):
     from maugpt.cli import main
 
     folder = one_cell_sweep(tmp_path)
     cell = folder / "cells" / "a"
+    calls = tmp_path / "scontrol.calls"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")  # SLURM's, recording
+    (tmp_path / "bin" / "scontrol").chmod(0o755)
+    for key, value in {"SLURM_JOB_ID": "78", "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "0",
+                       "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}.items():
+        monkeypatch.setenv(key, value)
+    signum = getattr(signal, name)
     test = "import pathlib, sys; pathlib.Path(sys.argv[1], 'metrics.json').write_text('{}')"
     monkeypatch.setattr(sweep, "cell_commands", lambda cell_dir: [
         ("fit", [sys.executable, "-c", FIT, str(cell_dir)]), ("test", [sys.executable, "-c", test, str(cell_dir)])])
@@ -217,21 +228,27 @@ def test_a_signal_to_the_runner_reaches_the_fit_once_and_the_cell_is_not_tested(
         deadline = time.monotonic() + 60
         while not (cell / "ready").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)  # to the runner, as SLURM or kill would send it
+        os.kill(os.getpid(), signum)  # to the runner, as SLURM (SIGUSR1 with --signal=B:…) or kill sends it
 
     threading.Thread(target=terminate_when_ready, daemon=True).start()
     with pytest.raises(SystemExit) as stopped:
         main(["sweep-cell", str(folder), "0"])
-    assert stopped.value.code == 128 + signal.SIGTERM
+    assert stopped.value.code == 128 + signum
     out, err = capsys.readouterr()
     assert out == f"a: stopped (log: {folder}/cells/a/logs/)\n"
-    assert "sweep-cell: stopped by SIGTERM; running the cell again resumes it from its last checkpoint" in err
-    [line] = (cell / "signals").read_text().splitlines()  # once, though the runner's handler ran
-    assert line.split()[0] == str(int(signal.SIGTERM)) and int(line.split()[1]) != os.getsid(0)  # own session
+    assert f"sweep-cell: stopped by {name}; running the cell again resumes it from its last checkpoint" in err
+    # once, though the runner's handler ran; in its own session; told that the runner requeues
+    [line] = (cell / "signals").read_text().splitlines()
+    assert line.split()[0] == str(int(signum)) and int(line.split()[1]) != os.getsid(0) and line.split()[2] == "1"
     assert not (cell / "metrics.json").exists()  # not tested
     assert (cell / "logs" / "attempt-1.log").read_text().endswith(
-        "stopped by SIGTERM: the cell resumes when run again\n")
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the runner's handlers are gone
+        f"stopped by {name}: the cell resumes when run again\n")
+    assert signal.getsignal(signum) is signal.SIG_DFL  # the runner's handlers are gone
+    if name == "SIGUSR1":  # the array's warning before the time limit: the task goes back to the queue
+        assert calls.read_text() == "requeue 77_0\n"
+        assert "sweep-cell: SLURM job 77_0 requeued: it resumes from last.ckpt when it starts again" in err
+    else:
+        assert not calls.exists()
 
 
 def test_a_fit_that_exits_0_without_finishing_is_not_tested(tmp_path, monkeypatch):

@@ -19,12 +19,10 @@ resumed fit ends with the weights of an uninterrupted one.
 """
 from __future__ import annotations
 
-import logging
 import os
 import random
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -35,7 +33,8 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-log = logging.getLogger(__name__)
+from maugpt.slurm import RUNNER_REQUEUES, job_id, requeue
+
 
 #: The signals that stop a fit at the next step boundary.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -74,12 +73,12 @@ def set_rng_states(states: dict) -> None:
 
 
 def requeue_job_id(trainer: L.Trainer) -> str | None:
-    """The SLURM job to requeue, when the run is a SLURM job with Lightning's ``auto_requeue`` on."""
+    """The SLURM job to requeue: a SLURM job with Lightning's ``auto_requeue`` on, unless a sweep
+    runner started this fit and requeues the job itself (see :mod:`maugpt.slurm`)."""
     environment = trainer._accelerator_connector.cluster_environment  # what Lightning's own handler reads
-    if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue):
+    if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue) or os.environ.get(RUNNER_REQUEUES):
         return None
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ.get("SLURM_JOB_ID")
+    return job_id()
 
 
 def resume_command(checkpoint: Path, argv: list[str] | None = None) -> str:
@@ -168,7 +167,7 @@ class Preemption(L.Callback):
             job = requeue_job_id(trainer)
             environment = trainer._accelerator_connector.cluster_environment
             if job is not None and signum == getattr(environment, "requeue_signal", None):
-                requeue(job)
+                requeue(job, "maugpt fit")
         raise Preempted(signum, path)
 
     # -- generator states in every checkpoint --------------------------------------------------------
@@ -186,13 +185,3 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
         return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
-
-def requeue(job: str) -> None:
-    """``scontrol requeue JOB`` (what Lightning's SLURM handler runs), with a deadline."""
-    try:
-        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-        ok, why = done.returncode == 0, done.stderr.strip() or f"exit status {done.returncode}"
-    except (OSError, subprocess.TimeoutExpired) as err:
-        ok, why = False, str(err)
-    print(f"maugpt fit: SLURM job {job} " + ("requeued: it resumes from last.ckpt when it starts again"
-                                              if ok else f"could not be requeued ({why})"), file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from maugpt.slurm import RUNNER_REQUEUES
 from maugpt.training.preemption import Preemption, resume_command
 from tests.training.conftest import stage_config
 
@@ -74,8 +75,9 @@ def test_sigterm_saves_after_the_step_exits_143_and_the_printed_command_resumes_
     assert unequal == []
 
 
-@pytest.mark.parametrize("name", ["SIGINT", "SIGUSR1"])
-def test_sigint_and_sigusr1_save_too_and_sigusr1_requeues_a_slurm_job(name, tiny_base, synthetic_dir, tmp_path):
+@pytest.mark.parametrize("name, runner", [("SIGINT", False), ("SIGUSR1", False), ("SIGUSR1", True)])
+def test_sigint_and_sigusr1_save_too_and_sigusr1_requeues_a_slurm_job(name, runner, tiny_base, synthetic_dir,
+                                                                      tmp_path):
     path = config(tmp_path, tiny_base, synthetic_dir, steps=4, signal_at=(1, name), workers=0)
     last = tmp_path / "stage2" / "checkpoints" / "last.ckpt"
     calls = tmp_path / "scontrol.calls"
@@ -85,16 +87,16 @@ def test_sigint_and_sigusr1_save_too_and_sigusr1_requeues_a_slurm_job(name, tiny
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
     slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "cell", "SLURM_JOB_ID": "900", "SLURM_ARRAY_JOB_ID": "77",
              "SLURM_ARRAY_TASK_ID": "3", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-             "PATH": f"{scontrol.parent}:{os.environ['PATH']}"}
+             "PATH": f"{scontrol.parent}:{os.environ['PATH']}", **({RUNNER_REQUEUES: "1"} if runner else {})}
     stopped = fit(["fit", "--config", path], env=slurm)
     signum = getattr(signal, name)
     assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
     assert f"stopped by {name} after step 2 of 4; saved {last}" in stopped.stderr
     assert torch.load(last, weights_only=True)["global_step"] == 2
-    if name == "SIGUSR1":  # the requeue signal: the job goes back to the queue after the save
+    if name == "SIGUSR1" and not runner:  # the requeue signal: the job goes back to the queue after the save
         assert calls.read_text() == "requeue 77_3\n"
         assert "SLURM job 77_3 requeued: it resumes from last.ckpt when it starts again" in stopped.stderr
-    else:
+    else:  # SIGINT is no requeue signal; a sweep runner that started the fit requeues itself
         assert not calls.exists()
 
 
