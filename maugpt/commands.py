@@ -449,7 +449,8 @@ def sweep_cell(sweep_dir: Path, index: int, *, wait: bool = False) -> None:
     import signal
 
     from maugpt import slurm
-    from maugpt.sweep import Runner, prepared_cells, run_cell
+    from maugpt.runner import Runner
+    from maugpt.sweep import prepared_cells, run_cell
 
     try:
         names = prepared_cells(sweep_dir)
@@ -460,7 +461,8 @@ def sweep_cell(sweep_dir: Path, index: int, *, wait: bool = False) -> None:
     job = slurm.job_id()
     with Runner(requeues=job is not None).handling_signals() as runner:
         outcome = run_cell(sweep_dir / "cells" / names[index], runner, wait=wait)
-    where = f" (log: {sweep_dir}/cells/{names[index]}/logs/)" if outcome in ("failed", "stopped") else ""
+    logs = sweep_dir / "cells" / names[index] / "logs"
+    where = f" (log: {logs}/)" if outcome in ("failed", "stopped") and logs.is_dir() else ""
     print(f"{names[index]}: {outcome}{where}", flush=True)
     if outcome == "stopped":
         print(f"sweep-cell: stopped by {signal.Signals(runner.stopped).name}; running the cell again resumes it "

@@ -7,10 +7,12 @@
   with ``reduce_jpeg`` — a larger JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
   ``Image.draft``) when that fits. Pillow's own decompression-bomb check (``Image.MAX_IMAGE_PIXELS``)
   never decides instead of ``max_pixels``: when it refuses an image, the call is repeated once with
-  the check lifted for that call only, under a lock, and Pillow's value is restored at once;
+  the check lifted for that call only, under a lock, and Pillow's value is restored at once (the
+  lifting is process-wide while it lasts: see :func:`_bomb_check_lifted`);
 * **one error type**, :class:`ImageRejected` (an ``OSError``, so every existing handler of unreadable
   images catches it), whose ``reason`` is one of :data:`REASONS` and whose message names the file;
-* **8-bit RGB whatever the file's mode** (:func:`to_rgb`);
+* **8-bit RGB whatever the file's mode** (:func:`to_rgb`); a mask's values kept as labels, clipped
+  to 0–255, not scaled (:func:`open_mask`);
 * **the image upright**: its EXIF orientation applied (``ImageOps.exif_transpose``), as a viewer
   shows it, so that "top left" is the corner a person sees. The orientation applied stays in
   ``image.info[ORIENTATION]``: :func:`open_mask` and :func:`orient_box` turn the image's mask and
@@ -45,7 +47,7 @@ ORIENTATION = "applied_exif_orientation"
 REASONS = ("unreadable", "empty file", "not an image", "too large", "truncated", "corrupt", "unsupported mode")
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
-_SCALED = (*_SIXTEEN_BIT, "I", "F")  # modes whose values are scaled to 8 bits here, not by convert()
+_SCALED = (*_SIXTEEN_BIT, "I", "F")  # modes whose values are brought to 8 bits here, not by convert()
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error)
 _ORIENTATION_TAG = 0x0112
@@ -69,8 +71,17 @@ class ImageRejected(OSError):
 
 @contextlib.contextmanager
 def _bomb_check_lifted() -> Iterator[None]:
-    # Pillow reads the module global at each check; the lock keeps two threads from restoring each
-    # other's value, and the finally restores it whatever happens.
+    """Pillow's decompression-bomb check (``Image.MAX_IMAGE_PIXELS``) off for the ``with`` block.
+
+    Pillow reads that module global at each check, so the lifting is process-wide while it lasts:
+    the lock keeps two calls of this module from restoring each other's value (and the ``finally``
+    restores it whatever happens), but another thread that calls ``Image.open`` directly, not through
+    this module, during that time runs without Pillow's check. That happens only for an image above
+    Pillow's own limit (about 179 M pixels: ``2 * MAX_IMAGE_PIXELS``, above which Pillow raises
+    ``DecompressionBombError``), and for longer than the reading of its header only when a caller's
+    ``max_pixels``, raised above that, allows the image to be decoded: under the default
+    :data:`DEFAULT_MAX_PIXELS` such an image is rejected from its header.
+    """
     with _BOMB_CHECK:
         saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
@@ -149,7 +160,7 @@ def _upright(image: Image.Image, path: Path) -> int:
 
 
 def _grey8(image: Image.Image) -> Image.Image:
-    """A 16-bit, ``I`` or ``F`` image as 8-bit ``L`` (the rules of :func:`to_rgb`)."""
+    """A 16-bit, ``I`` or ``F`` image as 8-bit ``L``, scaled for display (the rules of :func:`to_rgb`)."""
     values = np.asarray(image)
     if image.mode == "F":
         finite = np.isfinite(values)
@@ -165,13 +176,24 @@ def _grey8(image: Image.Image) -> Image.Image:
     return Image.fromarray(eight)
 
 
+def _labels8(image: Image.Image) -> Image.Image:
+    """A 16-bit, ``I`` or ``F`` mask as 8-bit ``L``, its values kept (the rules of :func:`open_mask`)."""
+    values = np.asarray(image)
+    if image.mode == "F":  # +inf to 255, -inf and NaN to 0; then truncated like Pillow's convert("L")
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """A new 8-bit RGB image of ``image`` (decoded), by mode:
 
-    * 16-bit grey (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``) and ``I`` (taken as 16-bit values,
-      clipped to 0–65535): the high byte, ``v >> 8`` — the rule Pillow itself applies to 16-bit
-      RGB(A) PNG and TIFF files, which it decodes to 8 bits; one rule for every 16-bit image
-      (within 1 of ``round(v / 257)``). Data of fewer significant bits (12-bit in 16) comes out dark.
+    * 16-bit grey (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``): the high byte, ``v >> 8`` — the rule
+      Pillow itself applies to 16-bit RGB(A) PNG and TIFF files, which it decodes to 8 bits; one rule
+      for every 16-bit image (within 1 of ``round(v / 257)``). Data of fewer significant bits (12-bit
+      in 16) comes out dark.
+    * 32-bit integer (``I``): taken as 16-bit values — clipped to 0–65535, then the high byte as
+      above. Real 32-bit data is not rescaled: negative values become 0 and every value of 65535
+      or more becomes 255 (it saturates).
     * ``F``: values within [0, 1] (the float-image convention) times 255; otherwise the finite
       minimum–maximum stretched to 0–255 (the values have no agreed range); rounded; NaN, ±inf → 0.
     * alpha (``RGBA``, ``LA``, ``PA``, ``RGBa``) or a transparent colour (``P``, ``L``, ``RGB`` with
@@ -216,13 +238,20 @@ def open_rgb(path: str | Path, *, max_pixels: int, reduce_jpeg: bool = False) ->
 def open_mask(path: str | Path, *, max_pixels: int, orientation: int = 1) -> Image.Image:
     """The mask at ``path`` as 8-bit grey (``L``), turned by ``orientation``: the EXIF orientation of
     its image (``info[ORIENTATION]`` of what :func:`open_rgb` returned). A mask is drawn on its image's
-    stored pixel grid, so it turns with the image, and its own EXIF is ignored. 16-bit, ``I`` and ``F``
-    masks are scaled as :func:`to_rgb` scales them, other modes by ``convert("L")`` (alpha ignored: a
-    mask's values, not its transparency, mark the defects). Raises :class:`ImageRejected` as :func:`open_rgb`.
+    stored pixel grid, so it turns with the image, and its own EXIF is ignored.
+
+    A mask is thresholded (``mask > mask_threshold``), not displayed, so its values are kept as the
+    labels they are, never scaled as :func:`to_rgb` scales an image: 16-bit (``I;16``, ``I;16L``,
+    ``I;16B``, ``I;16N``) and 32-bit integer (``I``) values are clipped to 0–255 (a label mask of 0/1
+    stays 0/1; 256 and more become 255); ``F`` values are clipped to 0–255 and truncated toward zero,
+    NaN and -inf → 0, +inf → 255. That is what ``Image.open(mask).convert("L")`` gives (for NaN,
+    Pillow's C cast is undefined; 0 is chosen here) — how the MAU-Set builders read masks before this
+    module — so every source's ``mask_threshold`` keeps its meaning. Other modes: ``convert("L")`` (alpha ignored: a mask's values, not its transparency, mark
+    the defects). Raises :class:`ImageRejected` as :func:`open_rgb`.
     """
     with _decoded(path, max_pixels, False) as image:
         try:
-            grey = _grey8(image) if image.mode in _SCALED else image.convert("L")
+            grey = _labels8(image) if image.mode in _SCALED else image.convert("L")
         except ValueError as err:
             raise ImageRejected(path, "unsupported mode",
                                 f"mode {image.mode} cannot be converted to grey ({err})") from err

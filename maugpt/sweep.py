@@ -22,9 +22,10 @@ keys → values), constraints every cell must satisfy, and the metrics to collec
 :func:`prepare` checks everything before any cell runs (constraints; every override key exists:
 each cell's config is resolved by the CLI parser, which names an unknown key) and writes
 ``<sweep>/sweep.json`` and ``<sweep>/cells/<cell>/config.yaml``. :func:`run_cells` runs ``maugpt
-fit`` then ``maugpt test`` per cell; a cell with ``metrics.json`` is finished and skipped, a
-crashed one keeps its log (``logs/attempt-N.log``) and is retried (resuming from its last
-checkpoint) on the next run, and one crash never stops the others. :func:`write_slurm` writes a
+fit`` then ``maugpt test`` per cell (through :mod:`maugpt.runner`: one runner per cell, signals
+passed on); a cell with ``metrics.json`` is finished and skipped, a crashed or stopped one keeps
+its log (``logs/attempt-N.log``) and is retried (resuming from its last checkpoint) on the next
+run, a cell is tested only after its fit ended normally, and one crash never stops the others. :func:`write_slurm` writes a
 SLURM array script doing the same per array task. All cells log under ``<sweep>/tensorboard``,
 one folder per cell, with their hyper-parameters for the HParams view.
 """
@@ -33,20 +34,14 @@ from __future__ import annotations
 import ast
 import contextlib
 import difflib
-import fcntl
 import io
 import itertools
 import json
 import operator
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,11 +49,7 @@ from typing import Any
 
 import yaml
 
-from maugpt.slurm import RUNNER_REQUEUES
-
-# The signals a runner passes on to its commands: those that make a fit save and stop
-# (maugpt.training.preemption, not imported here: it loads Lightning).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+from maugpt.runner import CellBusy, Runner, hold_cell
 
 
 class SweepError(ValueError):
@@ -280,88 +271,6 @@ def prepare(spec: SweepSpec, sweep_dir: str | Path) -> Path:
 
 
 # -- running --------------------------------------------------------------------------------------------
-class CellBusy(RuntimeError):
-    """Another runner holds the cell (its host and PID are in the message)."""
-
-
-@contextlib.contextmanager
-def hold_cell(cell_dir: Path, *, wait: bool = False) -> Iterator[int]:
-    """Hold the cell for this runner: an exclusive ``flock`` on ``<cell>/runner.lock``, which
-    records the holder's host and PID. The kernel releases the lock when the holder and the
-    commands it passed the lock to have all exited, however they ended (``kill -9`` too), so a
-    lock file left by a dead runner never blocks. A held cell raises :class:`CellBusy` naming
-    its holder, or with ``wait`` is waited for. Yields the lock's file descriptor, which the
-    cell's commands inherit: a fit orphaned by a killed runner still holds the cell.
-    """
-    path = cell_dir / "runner.lock"
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "a runner that is starting"
-                message = f"cell {cell_dir.name} is being run by {holder} (lock: {path})"
-                if not wait:
-                    raise CellBusy(message) from None
-                if not told:
-                    print(f"{message}; waiting for it to finish", file=sys.stderr, flush=True)
-                    told = True
-                time.sleep(1.0)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                  .encode(), 0)
-        yield fd
-    finally:
-        os.close(fd)  # releases the lock unless a command still holds it
-
-
-class Runner:
-    """Runs a sweep's commands as child processes, each in its own session, so that a signal to
-    the runner (SLURM's SIGTERM or SIGUSR1, a Ctrl+C) reaches each command exactly once: the
-    runner passes it on, the fit saves at its next step boundary and ends (see
-    ``maugpt.training.preemption``), and the runner starts no further command. A runner that
-    ``requeues`` (a SLURM array task's) tells its fits so, and they leave the requeue to it."""
-
-    def __init__(self, *, requeues: bool = False) -> None:
-        self.stopped: int | None = None
-        self.children: set[subprocess.Popen] = set()
-        self.env = {**os.environ, RUNNER_REQUEUES: "1"} if requeues else None
-
-    @contextlib.contextmanager
-    def handling_signals(self) -> Iterator[Runner]:
-        """Pass SIGTERM, SIGINT and SIGUSR1 on to the running commands (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {signum: signal.signal(signum, self.on_signal) for signum in STOP_SIGNALS}
-        try:
-            yield self
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-    def on_signal(self, signum: int, frame) -> None:
-        self.stopped = self.stopped or signum
-        for child in list(self.children):
-            child.send_signal(signum)
-
-    def run(self, command: list[str], log, lock: int) -> int | None:
-        """The command's exit status, or None when a signal came before it could start."""
-        if self.stopped:
-            return None
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 pass_fds=(lock,), env=self.env)
-        self.children.add(child)
-        try:
-            return child.wait()
-        finally:
-            self.children.discard(child)
-
-
 def cell_commands(cell_dir: Path, python: str = sys.executable) -> list[tuple[str, list[str]]]:
     """``("fit", maugpt fit …)`` (resuming from the cell's last checkpoint when there is one;
     ``fit.json`` marks a fit that ended normally) then ``("test", maugpt test …)``."""
@@ -381,8 +290,8 @@ def run_cell(cell_dir: Path, runner: Runner | None = None, *, wait: bool = False
     :func:`hold_cell`). The test runs only after a fit that ended normally (``fit.json``)."""
     runner = runner or Runner()
     try:
-        with hold_cell(cell_dir, wait=wait) as lock:
-            return run_held_cell(cell_dir, runner, lock)
+        with hold_cell(cell_dir, wait=wait, stopped=lambda: runner.stopped is not None) as lock:
+            return run_held_cell(cell_dir, runner, lock) if lock is not None else "stopped"
     except CellBusy as busy:
         print(f"{cell_dir.name}: {busy}", file=sys.stderr, flush=True)
         return "busy"

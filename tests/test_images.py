@@ -1,9 +1,12 @@
 """Opening a user's image safely (``maugpt.images``): every image is generated here, none downloaded."""
 from __future__ import annotations
 
+import json
+import os
 import pickle
-import resource
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -28,23 +31,56 @@ def png(path: Path, width: int, height: int, depth: int, colour: int, rows) -> P
     return path
 
 
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 # -- size: the header decides, before decoding ----------------------------------------------------
+#: Run in a fresh interpreter: after importing, its address space is capped at what it holds plus
+#: HEADROOM, so decoding the bomb (400 MB as 1-bit/L, 1.2 GB as RGB) must fail with MemoryError while
+#: reading its header must not. The child first opens the bomb under the default max_pixels, then —
+#: the control that shows the cap bites — under a max_pixels that lets it be decoded.
+BOMB_CHILD = r"""
+import json, os, resource, sys
+import maugpt.images as images
+from PIL import Image
+
+HEADROOM = 200 * 2**20
+held = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (held + HEADROOM, resource.getrlimit(resource.RLIMIT_AS)[1]))
+report = {"torch": "torch" in sys.modules, "limit": Image.MAX_IMAGE_PIXELS}
+
+def outcome(max_pixels):
+    try:
+        images.open_rgb(sys.argv[1], max_pixels=max_pixels)
+    except images.ImageRejected as err:
+        return ["ImageRejected", err.reason, str(err)]
+    except MemoryError as err:
+        return ["MemoryError", "", str(err)]
+    return ["opened", "", ""]
+
+report["default"] = outcome(images.DEFAULT_MAX_PIXELS)
+report["limit_after"] = Image.MAX_IMAGE_PIXELS
+report["decoded"] = outcome(400_000_000)
+report["limit_last"] = Image.MAX_IMAGE_PIXELS
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/statm are Linux's")
 def test_a_bomb_is_rejected_from_its_header_without_decoding(tmp_path):
     row = bytes(20000 // 8)  # 1-bit black rows: 20000 x 20000 pixels in a 49 KB file
     bomb = png(tmp_path / "bomb.png", 20000, 20000, 1, 0, (row for _ in range(20000)))
     assert bomb.stat().st_size < 100_000
-    limit, before = Image.MAX_IMAGE_PIXELS, rss_mb()
-    with pytest.raises(ImageRejected) as caught:
-        open_rgb(bomb, max_pixels=DEFAULT_MAX_PIXELS)
-    assert caught.value.reason == "too large"
-    assert str(caught.value) == (f"{bomb}: too large: 20000x20000 = 400,000,000 pixels, more than max_pixels "
-                                 "50,000,000 (read from the header, nothing decoded); raise max_pixels to accept it")
-    assert rss_mb() - before < 100  # decoding it would take 400 MB at least
-    assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's own check, which refused to open it, is as it was
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(bomb)], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["torch"] is False  # maugpt.images brings no torch (whose import would dwarf the cap)
+    kind, reason, message = report["default"]
+    assert (kind, reason) == ("ImageRejected", "too large")  # under the cap: nothing was decoded
+    assert message == (f"{bomb}: too large: 20000x20000 = 400,000,000 pixels, more than max_pixels "
+                       "50,000,000 (read from the header, nothing decoded); raise max_pixels to accept it")
+    assert report["decoded"][0] == "MemoryError"  # the control: decoding it cannot fit under the cap
+    # Pillow's own check, which refused to open it, is as it was after each call, in the child and here
+    assert report["limit"] == report["limit_after"] == report["limit_last"] == Image.MAX_IMAGE_PIXELS
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])  # Pillow checks PNG at open, TIFF at open and again at load
@@ -229,10 +265,28 @@ def test_a_camera_jpeg_marked_rotated_is_seen_upright(tmp_path):
     assert image.getpixel((4, 5))[0] < 60  # and not at the top left
 
 
-def test_a_16_bit_mask_is_scaled_and_thresholded_like_an_8_bit_one(tmp_path):
-    Image.fromarray(SIXTEEN).save(tmp_path / "mask16.png")
-    mask = open_mask(tmp_path / "mask16.png", max_pixels=100)
-    assert mask.mode == "L" and np.asarray(mask).tolist() == [[0, 0, 1, 127], [128, 156, 255, 255]]
+def test_a_16_bit_label_mask_keeps_its_values_clipped_to_255(tmp_path):
+    path = tmp_path / "mask16.png"
+    Image.fromarray(np.array([[0, 1, 2, 255], [256, 1000, 32768, 65535]], np.uint16)).save(path)
+    assert Image.open(path).mode == "I;16"
+    mask = np.asarray(open_mask(path, max_pixels=100))
+    assert mask.dtype == np.uint8 and mask.tolist() == [[0, 1, 2, 255], [255, 255, 255, 255]]
+    assert np.array_equal(mask, np.asarray(Image.open(path).convert("L")))  # the builders' old reading
+    assert (mask > 0).tolist() == [[False, True, True, True], [True] * 4]  # a 0/1 label mask's defect stays
+
+
+def test_32_bit_integer_and_float_masks_keep_their_values_clipped_to_255(tmp_path):
+    Image.fromarray(np.array([[-5, 0, 1, 255, 256, 70000, 2**31 - 1]], np.int32)).save(tmp_path / "i.tif")
+    Image.fromarray(np.array([[-1.0, 0.0, 0.6, 1.0, 254.7, 300.0, np.inf, -np.inf]], np.float32)).save(
+        tmp_path / "f.tif")
+    Image.fromarray(np.array([[np.nan, 1.0]], np.float32)).save(tmp_path / "nan.tif")
+    masks = {name: np.asarray(open_mask(tmp_path / name, max_pixels=100)) for name in ("i.tif", "f.tif", "nan.tif")}
+    assert {name: mask.tolist() for name, mask in masks.items()} == {
+        "i.tif": [[0, 0, 1, 255, 255, 255, 255]],  # clipped, not scaled
+        "f.tif": [[0, 0, 0, 1, 254, 255, 255, 0]],  # clipped and truncated, +inf 255, -inf 0
+        "nan.tif": [[0, 1]]}  # NaN 0
+    for name in ("i.tif", "f.tif"):  # the builders' old reading (its NaN is C's undefined cast: not compared)
+        assert np.array_equal(masks[name], np.asarray(Image.open(tmp_path / name).convert("L"))), name
 
 
 def test_a_builder_turns_the_mask_and_the_boxes_with_the_image(tmp_path):

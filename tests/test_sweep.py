@@ -164,7 +164,7 @@ def one_cell_sweep(tmp_path: Path) -> Path:
 def test_a_second_runner_finds_the_cell_held_by_another_and_a_dead_holder_never_blocks(tmp_path):
     folder = one_cell_sweep(tmp_path)
     cell = folder / "cells" / "a"
-    holder = subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time\nfrom maugpt.sweep import hold_cell\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time\nfrom maugpt.runner import hold_cell\n"
                                "with hold_cell(pathlib.Path(sys.argv[1])):\n    print('held', flush=True)\n"
                                "    time.sleep(600)", str(cell)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -175,8 +175,12 @@ def test_a_second_runner_finds_the_cell_held_by_another_and_a_dead_holder_never_
         assert f"a: cell a is being run by PID {holder.pid} on {socket.gethostname()} since " in second.stderr
         assert f"(lock: {cell / 'runner.lock'})" in second.stderr
         assert not (cell / "logs").exists()  # nothing ran
-        waiter = subprocess.Popen([sys.executable, "-m", "maugpt.cli", "sweep-cell", str(folder), "0", "--wait", "true"],
-                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait = [sys.executable, "-m", "maugpt.cli", "sweep-cell", str(folder), "0", "--wait", "true"]
+        stopped = subprocess.Popen(wait, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert stopped.stderr.readline().endswith("; waiting for it to finish\n")
+        stopped.terminate()  # a waiting runner still stops on SIGTERM
+        assert stopped.wait(timeout=60) == 128 + signal.SIGTERM and stopped.stdout.read() == "a: stopped\n"
+        waiter = subprocess.Popen(wait, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert waiter.stderr.readline().endswith("; waiting for it to finish\n")
         (cell / "metrics.json").write_text("{}")  # the holder finished the cell …
     finally:

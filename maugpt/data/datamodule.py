@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import random
 import signal
 import tarfile
@@ -22,6 +23,7 @@ from typing import Literal
 
 import torch
 import webdataset as wds
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, IterableDataset
 
 from maugpt.data.formats import chat_format
@@ -271,11 +273,15 @@ class EvalExamples(IterableDataset):
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """A training worker ignores SIGTERM and SIGUSR1 (SLURM signals every process of a job): the
-    main process decides when to stop, after saving (see ``maugpt.training.preemption``), and a
-    worker ended by a signal would abort the step it is saving after."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    """A loader worker ignores SIGTERM, SIGINT and SIGUSR1 (SLURM signals every process of a job, a
+    terminal's Ctrl+C the whole process group): the main process decides when to stop, after
+    saving (see ``maugpt.training.preemption``); a worker ended by a signal would abort the step it
+    saves after. The main process ends its workers through the loader when it is done. Lightning's
+    worker seeding (``seed_everything(workers=True)``) still runs."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        pl_worker_init_function(worker_id)
 
 
 class EpochLoader(DataLoader):
@@ -299,13 +305,21 @@ class EpochLoader(DataLoader):
         self.dataset.epoch = epoch  # set before the workers copy the dataset
         self.dataset.resumed_after = resume["served"] if resume and resume["epoch"] == epoch else 0
         self.dataset.batch_size = self.batch_size
+        saved = (resume.get("batch_size", self.batch_size), resume.get("workers", max(1, self.num_workers))) \
+            if self.dataset.resumed_after else None
+        if saved is not None and saved != (self.batch_size, max(1, self.num_workers)):
+            log.warning("resuming an epoch saved with batch_size %d and %d loader worker(s) with batch_size %d and "
+                        "%d: the epoch's remaining batches are not the ones an uninterrupted run would have seen",
+                        *saved, self.batch_size, max(1, self.num_workers))
         self.served = self.dataset.resumed_after
         for batch in itertools.islice(super().__iter__(), self.batches):
             self.served += 1
             yield batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.dataset.epoch, "served": self.served}
+        # Lightning fetches no batch ahead from a loader with a length: served = trained on.
+        return {"epoch": self.dataset.epoch, "served": self.served, "batch_size": self.batch_size,
+                "workers": max(1, self.num_workers)}
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state)
@@ -420,9 +434,12 @@ class MAUSetDataModule(PromptDataModule):
 
     def loader_kwargs(self, batch_size: int, prompts: bool = False) -> dict:
         """The DataLoader settings of this module's batches (``prompts``: left-padded generation prompts)."""
+        # Each loader has its own generator: its seed draw at every epoch and validation leaves the
+        # global one (dropout's) alone, so a resumed fit finds it as an uninterrupted one would.
         return dict(batch_size=batch_size, num_workers=self.hparams.num_workers,
                     collate_fn=self.format.collate_prompts if prompts else self.format.collate,
-                    persistent_workers=False, pin_memory=torch.cuda.is_available())
+                    persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                    worker_init_fn=ignore_stop_signals, generator=torch.Generator().manual_seed(self.hparams.seed))
 
     def first_prompts(self, split: str, count: int) -> dict:
         """The first ``count`` generation prompts of ``split`` as one batch, read in this process
@@ -436,9 +453,7 @@ class MAUSetDataModule(PromptDataModule):
         batches = self.hparams.batches_per_epoch or self.default_batches_per_epoch(world)
         trainer = self.trainer
         epoch = (lambda: trainer.current_epoch) if trainer is not None else (lambda: dataset.epoch + 1)
-        # Its own generator: the loader's seed draw leaves the global one (dropout's) as a resumed run finds it.
-        self._train_loader = EpochLoader(dataset, batches, epoch, drop_last=True, worker_init_fn=ignore_stop_signals,
-                                         generator=torch.Generator().manual_seed(self.hparams.seed),
+        self._train_loader = EpochLoader(dataset, batches, epoch, drop_last=True,
                                          **self.loader_kwargs(self.hparams.batch_size))
         if self._train_state is not None:
             self._train_loader.load_state_dict(self._train_state)
@@ -447,13 +462,7 @@ class MAUSetDataModule(PromptDataModule):
 
     def state_dict(self) -> dict:
         """The training stream's position, saved in checkpoints (see :class:`EpochLoader`)."""
-        if self._train_loader is None:
-            return {}
-        state = self._train_loader.state_dict()
-        if self.trainer is not None and self.trainer.state.fn == "fit":
-            # The loop fetches one batch ahead of the step it runs: count the batches trained on.
-            state["served"] = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"train": state}
+        return {"train": self._train_loader.state_dict()} if self._train_loader is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
         # Lightning restores the data module before or after it builds the train loader (it

@@ -10,14 +10,11 @@ the server's ``Retry-After`` when it sends one, else with exponential backoff. A
 be read is counted as unjudged, never as correct; unjudged answers leave the denominator, so the
 tool reports their share and fails above a threshold.
 
-Nothing waits without bound:
+Nothing waits without bound (each attempt is one :func:`maugpt.evaluation.http.bounded_post`,
+whose docstring says how it keeps its bounds and where it cannot):
 
 - **Per request**, ``timeout`` is a total deadline for one attempt: connecting, sending, waiting and
-  reading the whole reply. A socket timeout alone restarts with every byte, so a server trickling
-  a byte every few seconds would never be cut off; here a timer shuts the attempt's socket when its
-  deadline passes, whatever it is blocked in (headers included; connecting and the TLS handshake
-  are bounded by a socket timeout of the time left), and the body is read in chunks against the
-  same monotonic deadline.
+  reading the whole reply, so a server trickling a byte every few seconds is cut off at it too.
 - **Per run**, ``deadline`` (off by default: a run's length grows with the answers and the
   endpoint's rate limit, so no fixed bound fits) bounds :meth:`Judge.judge`: an attempt in flight
   is cut at it, a retry whose wait (``Retry-After`` or backoff) would end after it is not waited
@@ -34,23 +31,20 @@ Each unjudged verdict carries a short ``failure`` (``HTTP 503``, ``timeout``, ``
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import logging
 import os
-import socket
 import string
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from time import monotonic  # bound apart from ``time``, which tests replace to record the waits
+
+from maugpt.evaluation.http import OVERALL_DEADLINE, Failed, bounded_post
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +55,7 @@ SYSTEM = ("You grade answers of an industrial visual-inspection assistant. Compa
           'JSON only: {"correct": true or false, "reason": "<one sentence>"}.')
 USER_TEMPLATE = "Question: {question}\nReference answer: {reference}\nAssistant's answer: {prediction}"
 TEMPLATE_FIELDS = {"question", "reference", "prediction"}
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 MAX_REPLY_BYTES = 1 << 20  # a verdict's chat completion is about 1 KB; 1 MiB leaves room for chatty judges
-CHUNK = 1 << 16
-
-TIMEOUT = "timeout"
-TOO_LARGE = "reply too large"
-OVERALL_DEADLINE = "overall deadline"
 
 
 @dataclass(frozen=True)
@@ -102,130 +90,10 @@ def check_template(template: str) -> None:
                          f"{{name}}); it uses {sorted(fields)}")
 
 
-def retry_after(error: urllib.error.HTTPError) -> float | None:
-    """Seconds the server asks to wait (``Retry-After``: seconds or an HTTP date), if it says."""
-    value = error.headers.get("Retry-After") if error.headers else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
 def failure_counts(verdicts: list[Verdict]) -> dict[str, int]:
     """How many answers stayed unjudged for each reason, the most frequent first."""
     counts = Counter(v.failure or "unknown" for v in verdicts if v.correct is None)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-
-class Failed(Exception):
-    """One attempt failed: ``failure`` for the summary, ``detail`` for the verdict's reason,
-    whether another attempt may help, and the server's ``Retry-After`` if it sent one."""
-
-    def __init__(self, failure: str, detail: str, *, retry: bool = True, wait: float | None = None) -> None:
-        super().__init__(detail)
-        self.failure, self.detail, self.retry, self.wait = failure, detail, retry, wait
-
-
-class Watchdog:
-    """Shuts the sockets of one attempt when its deadline passes, so that whatever the attempt is
-    blocked in once connected (sending, reading headers or body) returns at the deadline. Connecting
-    (and a TLS handshake, which happens inside it) is bounded by the socket timeout instead, set to
-    the time left when the attempt starts: the socket is registered once ``connect`` returns."""
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline, self.expired = deadline, False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(max(0.0, deadline - monotonic()), self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-    def remaining(self) -> float:
-        return self.deadline - monotonic()
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            expired = self.expired
-        if expired:  # connected just as the deadline passed
-            _shut(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    # The plain socket's shutdown wakes a blocked read with end-of-file; for TLS it bypasses
-    # SSLSocket.shutdown, which would also drop the TLS state under the reading thread.
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed: nothing left to cut
-
-
-class _Watched:
-    """urllib's HTTP(S) handler whose connections register their socket with a watchdog (urllib
-    keeps the proxy settings from the environment, TLS and redirects)."""
-
-    def __init__(self, watchdog: Watchdog) -> None:
-        super().__init__()
-        self.watchdog = watchdog
-
-    def do_open(self, http_class: type, req: urllib.request.Request, **kwargs: object) -> http.client.HTTPResponse:
-        watchdog = self.watchdog
-
-        class Connection(http_class):
-            def connect(self) -> None:
-                super().connect()
-                watchdog.watch(self.sock)
-
-        return super().do_open(Connection, req, **kwargs)
-
-
-class _WatchedHTTP(_Watched, urllib.request.HTTPHandler):
-    pass
-
-
-class _WatchedHTTPS(_Watched, urllib.request.HTTPSHandler):
-    pass
-
-
-def read_capped(response: http.client.HTTPResponse, watchdog: Watchdog, cap: int) -> bytes:
-    """The reply's body, read in chunks until its end, the watchdog's deadline or ``cap`` bytes."""
-    length = response.getheader("Content-Length", "")
-    if length.isdigit() and int(length) > cap:
-        raise Failed(TOO_LARGE, f"reply too large: Content-Length {length} bytes, more than max_reply_bytes {cap}",
-                     retry=False)
-    chunks, size = [], 0
-    while True:
-        if watchdog.remaining() <= 0:
-            raise TimeoutError("the reply did not end before the deadline")
-        chunk = response.read1(min(CHUNK, cap + 1 - size))  # one read at most: the deadline is checked between
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > cap:
-            raise Failed(TOO_LARGE, f"reply too large: more than max_reply_bytes {cap} "
-                                    f"(stopped reading after {size} bytes)", retry=False)
-    if response.length:  # read1 returns b"" at a premature end instead of raising
-        raise http.client.IncompleteRead(b"".join(chunks), response.length)
-    return b"".join(chunks)
 
 
 class Judge:
@@ -295,30 +163,8 @@ class Judge:
             headers["Authorization"] = f"Bearer {self.api_key}"
         with self._lock:
             self.requests += 1
-        with Watchdog(min(monotonic() + self.timeout, until or float("inf"))) as watchdog:
-            opener = urllib.request.build_opener(_WatchedHTTP(watchdog), _WatchedHTTPS(watchdog))
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with opener.open(request, timeout=max(watchdog.remaining(), 1e-3)) as response:
-                    return read_capped(response, watchdog, self.max_reply_bytes)
-            except urllib.error.HTTPError as err:  # a status: its body is never read
-                err.close()
-                raise Failed(f"HTTP {err.code}", f"HTTP {err.code}", retry=err.code in RETRY_STATUS,
-                             wait=retry_after(err)) from None
-            except (OSError, http.client.HTTPException, ValueError) as err:  # URLError is an OSError
-                if isinstance(err, ValueError) and not watchdog.expired:
-                    raise  # not the cut socket's doing: a bug to see
-                raise self._network_failure(err, watchdog, until) from None
-
-    def _network_failure(self, err: Exception, watchdog: Watchdog, until: float | None) -> Failed:
-        timed_out = isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError)
-        if watchdog.expired or timed_out or watchdog.remaining() <= 0:
-            # whatever the cut socket raised (end of file, a reset, a TLS error) is the deadline's doing
-            if until is not None and watchdog.deadline >= until:  # the run's deadline came first
-                return Failed(OVERALL_DEADLINE, "cut at the overall deadline", retry=False)
-            return Failed(TIMEOUT, f"timeout: no complete reply within {self.timeout:g} s")
-        failure = "truncated reply" if isinstance(err, http.client.IncompleteRead) else "connection error"
-        return Failed(failure, f"request failed: {type(err).__name__}: {err}")
+        return bounded_post(self.url, body, headers, timeout=self.timeout, until=until,
+                            max_bytes=self.max_reply_bytes)
 
     def _wait(self, failed: Failed, attempt: int) -> float:
         """Seconds before ``attempt`` (1 for the first retry): the server's ``Retry-After`` up to

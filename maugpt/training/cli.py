@@ -59,6 +59,12 @@ class MAUGPTCLI(LightningCLI):
             return super().parse_arguments(parser, args)
         self.config = parser.parse_args(checkpoint_model(sys.argv[1:] if args is None else list(args)))
 
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        # One Preemption per run: the one the config lists, else a default (two would share a state key).
+        given = config.get("callbacks") or []
+        listed = any(isinstance(c, Preemption) for c in (given if isinstance(given, list) else [given]))
+        return super()._instantiate_trainer(config, callbacks if listed else [*callbacks, Preemption()])
+
     def _parse_ckpt_path(self) -> None:
         # Lightning would apply the checkpoint's hyper-parameters *over* the parsed config, silently
         # undoing options such as --model.init_args.max_new_tokens; parse_arguments put them first
@@ -73,7 +79,6 @@ def run(args: list[str] | None = None, subcommand: bool = True) -> MAUGPTCLI:
     and data (the recipe tests build the 4B model on the meta device this way). Every run has a
     :class:`~maugpt.training.preemption.Preemption` callback (a fit stopped by a signal saves first).
     """
-    # Preemption is in every run, whatever the config's callbacks: SIGTERM/SIGINT/SIGUSR1 save and say so.
     return MAUGPTCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                      save_config_kwargs={"overwrite": True}, args=args, auto_configure_optimizers=False,
-                     run=subcommand, trainer_defaults={"callbacks": [Preemption()]})
+                     run=subcommand)

@@ -69,7 +69,8 @@ def set_rng_states(states: dict) -> None:
     np.random.set_state({**numpy_state, "state": {"key": numpy_state["state"]["key"].numpy().astype(np.uint32),
                                                   "pos": numpy_state["state"]["pos"]}})
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        for device, state in enumerate(states["cuda"][:torch.cuda.device_count()]):  # fewer devices now: theirs
+            torch.cuda.set_rng_state(state, device)
 
 
 def requeue_job_id(trainer: L.Trainer) -> str | None:
@@ -101,8 +102,13 @@ class Preemption(L.Callback):
     """Saves ``last.ckpt`` at the next step boundary after SIGTERM, SIGINT or SIGUSR1 and ends the
     process with status 128 + the signal (see the module docstring). A second Ctrl+C stops at once.
 
-    The checkpoint goes where the run's ``ModelCheckpoint`` writes ``last.ckpt`` (its ``dirpath``),
-    else to ``<default_root_dir>/checkpoints/last.ckpt``.
+    A step boundary is the end of an optimizer step, never inside a gradient-accumulation window,
+    whose gradients a checkpoint does not hold. A signal during a validation is acted on after it:
+    a fit saved in the middle of a validation (Lightning 2.6) did not resume correctly when tried
+    (the resumed fit ended at once, its remaining epochs untrained), so keep validations shorter
+    than the cluster's warning (``--signal``) or grace period. The checkpoint goes where the run's
+    ``ModelCheckpoint`` writes ``last.ckpt`` (its ``dirpath``), else to
+    ``<default_root_dir>/checkpoints/last.ckpt``.
     """
 
     def __init__(self) -> None:
@@ -115,7 +121,10 @@ class Preemption(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Installed here, after Lightning installed its own handlers (just before training starts),
         # so these replace them for the training loop; Lightning restores the originals at teardown.
+        # A SIGTERM its handler caught meanwhile becomes ours, and its flag is cleared: with several
+        # ranks Lightning would otherwise end the fit at the next step with status 0, unsaved.
         self._trainer, self.received = trainer, signal.SIGTERM if trainer.received_sigterm else None
+        trainer._signal_connector.received_sigterm = False
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
@@ -124,13 +133,18 @@ class Preemption(L.Callback):
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt  # a second Ctrl+C: the user will not wait for the step
-        if self.received is None:
-            self.received = signum
-            print(f"maugpt fit: received {signal.Signals(signum).name}: saving last.ckpt after this step "
-                  "(Ctrl+C again stops at once)", file=sys.stderr, flush=True)
-            launcher = self._trainer.strategy.launcher if self._trainer is not None else None
-            if hasattr(launcher, "kill"):  # ranks this process started: they stop at the same boundary
-                launcher.kill(signum)
+        if self.received is not None:
+            return
+        self.received = signum
+        # os.write, not print: a handler that interrupts a write to stderr must not write through
+        # the same buffered stream (Python raises "reentrant call" there).
+        os.write(2, f"maugpt fit: received {signal.Signals(signum).name}: saving last.ckpt after this step "
+                    "(Ctrl+C again stops at once)\n".encode())
+        launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+        if signum != signal.SIGINT and hasattr(launcher, "kill"):
+            # The ranks this process started stop at the same step. Not SIGINT: a terminal's Ctrl+C
+            # reaches them already, and a second one would stop them at once.
+            launcher.kill(signum)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for signum, handler in self._previous.items():
@@ -141,7 +155,7 @@ class Preemption(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.on_train_end(trainer, pl_module)
 
-    # -- the step boundary ------------------------------------------------------------------------
+    # -- the step boundary --------------------------------------------------------------------------
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if self._pending_rng is not None:
             set_rng_states(self._pending_rng)
@@ -149,6 +163,11 @@ class Preemption(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
+        if not trainer.fit_loop.epoch_loop._should_accumulate():  # Lightning's own test of an optimizer step
+            self.stop_if_asked(trainer)
+
+    def stop_if_asked(self, trainer: L.Trainer) -> None:
+        """Save and raise :class:`Preempted` when a rank received a stop signal."""
         # Every rank must stop at the same step (a checkpoint of a sharded model is written by all).
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return

@@ -222,3 +222,32 @@ def test_an_evaluation_shortfall_against_index_json_is_named(synthetic_dir, toke
     lenient = datamodule(synthetic_dir, tokenizer_dir, vision_dir, data_dir=str(data), allow_missing_eval=True)
     planned = lenient.eval_dataset("test").plan
     assert 0 < len(planned) < len(full.plan)  # evaluated without them, and said so in the log
+
+
+def worker_pids() -> list[int]:
+    """The children this process's main thread started (the loader's workers, by fork)."""
+    import os
+    from pathlib import Path
+
+    return [int(pid) for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()]
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_loader_workers_outlive_the_signals_slurm_sends_every_process(synthetic_dir, tokenizer_dir, vision_dir, split):
+    import os
+    import signal
+    import time
+
+    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, batches_per_epoch=6, batch_size=1)
+    dm.setup()
+    loader = dm.train_dataloader() if split == "train" else dm.val_dataloader()
+    batches = iter(loader)
+    next(batches)
+    workers = worker_pids()
+    assert len(workers) == 2
+    for pid in workers:  # as SLURM signals every process of a job, and a terminal's Ctrl+C its group
+        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            os.kill(pid, signum)
+    time.sleep(0.5)
+    assert sum(1 for _ in batches) > 0  # the workers go on: the main process decides when to stop
+    assert worker_pids() == []  # and the loader ended them when it was done

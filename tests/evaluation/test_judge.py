@@ -16,8 +16,8 @@ import pytest
 
 import maugpt.evaluation.judge as judge_module
 from maugpt import commands
-from maugpt.evaluation.judge import (MACRO, POOLED, SYSTEM, Judge, failure_counts, judged_accuracy, parse_verdict,
-                                     retry_after)
+from maugpt.evaluation.http import retry_after
+from maugpt.evaluation.judge import MACRO, POOLED, SYSTEM, Judge, failure_counts, judged_accuracy, parse_verdict
 
 
 class ChatServer:
@@ -25,12 +25,16 @@ class ChatServer:
     failures first (status codes, ``(status, Retry-After)``, "garbage" for an unreadable reply,
     "truncated" for a 200 whose body stops short of its Content-Length, "chatter" for a verdict
     after text with braces, "html" for a 200 whose body is not JSON, "huge" for a verdict after 5,000
-    characters, "stall" for no reply for 1.5 s, then a closed connection; None answers normally)."""
+    characters, "stall" for no reply until the server closes; None answers normally).
 
-    def __init__(self, failures: list = ()) -> None:
+    ``gather``: the first requests wait (up to 10 s) until that many are in flight at once, so that
+    a test of concurrency sees them overlap however slowly the machine runs the client's threads."""
+
+    def __init__(self, failures: list = (), *, gather: int = 1) -> None:
         self.failures, self.calls, self.in_flight, self.most_in_flight = list(failures), 0, 0, 0
         self.systems: list[str] = []
         self.lock = threading.Lock()
+        self.gathered, self.closing = threading.Event(), threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,14 +47,16 @@ class ChatServer:
                     server.calls += 1
                     server.in_flight += 1
                     server.most_in_flight = max(server.most_in_flight, server.in_flight)
+                    if server.in_flight >= gather:
+                        server.gathered.set()
                     failure = server.failures.pop(0) if server.failures else None
                     server.auth = self.headers.get("Authorization")
                     server.systems.append(body["messages"][0]["content"])
-                time.sleep(0.05)
+                server.gathered.wait(10)
                 with server.lock:
                     server.in_flight -= 1
-                if failure == "stall":
-                    time.sleep(1.5)
+                if failure == "stall":  # until the test is done with it: longer than any timeout a test sets
+                    server.closing.wait(30)
                     return
                 if isinstance(failure, (int, tuple)):
                     status, wait = (failure, None) if isinstance(failure, int) else failure
@@ -79,6 +85,7 @@ class ChatServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.closing.set()
         self.httpd.shutdown()
 
 
@@ -94,19 +101,23 @@ def server():
     s.close()
 
 
-def test_verdicts_accuracy_concurrency_and_cache(server, tmp_path, monkeypatch):
+def test_verdicts_accuracy_concurrency_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "sk-test")
-    judge = Judge(server.url, "judge-model", tmp_path / "cache.jsonl", api_key_env="JUDGE_KEY", concurrency=2)
-    verdicts = judge.judge(ROWS)
-    assert [v.correct for v in verdicts] == [False, True, False, True, False, True, True]
-    assert server.calls == 7 and server.most_in_flight == 2 and server.auth == "Bearer sk-test"
-    table = judged_accuracy(ROWS, verdicts)
-    assert table[POOLED] == {"accuracy": pytest.approx(400 / 7), "judged": 7, "unjudged": 0}
-    assert table["Mechanical Parts"]["accuracy"] == 50.0 and table["Consumer Products"]["judged"] == 3
-    assert table[MACRO]["accuracy"] == pytest.approx((50 + 200 / 3) / 2)  # the mean of the two domains
-    again = Judge(server.url, "judge-model", tmp_path / "cache.jsonl", concurrency=2)
-    assert [v.correct for v in again.judge(ROWS)] == [v.correct for v in verdicts]
-    assert server.calls == 7 and again.requests == 0  # all from the cache
+    server = ChatServer(gather=2)  # the first request waits for a second: two overlap however loaded the machine
+    try:
+        judge = Judge(server.url, "judge-model", tmp_path / "cache.jsonl", api_key_env="JUDGE_KEY", concurrency=2)
+        verdicts = judge.judge(ROWS)
+        assert [v.correct for v in verdicts] == [False, True, False, True, False, True, True]
+        assert server.calls == 7 and server.most_in_flight == 2 and server.auth == "Bearer sk-test"
+        table = judged_accuracy(ROWS, verdicts)
+        assert table[POOLED] == {"accuracy": pytest.approx(400 / 7), "judged": 7, "unjudged": 0}
+        assert table["Mechanical Parts"]["accuracy"] == 50.0 and table["Consumer Products"]["judged"] == 3
+        assert table[MACRO]["accuracy"] == pytest.approx((50 + 200 / 3) / 2)  # the mean of the two domains
+        again = Judge(server.url, "judge-model", tmp_path / "cache.jsonl", concurrency=2)
+        assert [v.correct for v in again.judge(ROWS)] == [v.correct for v in verdicts]
+        assert server.calls == 7 and again.requests == 0  # all from the cache
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("change", [
@@ -139,8 +150,6 @@ class Clock:
 
     def sleep(self, seconds: float) -> None:
         self.waits.append(seconds)
-
-    time = staticmethod(time.time)
 
 
 def test_retries_with_backoff_then_succeeds(tmp_path, monkeypatch):
@@ -266,11 +275,14 @@ def test_judge_tool_fails_when_too_many_answers_stay_unjudged(tmp_path):
 
 class RawServer:
     """A TCP server on 127.0.0.1: reads each HTTP request whole, then hands the connection to
-    ``reply``; records the connections, the reply bytes sent and whether the client hung up first."""
+    ``reply``; records the connections, the requests read whole, the reply bytes sent and whether
+    the client hung up first. The counts are kept under a condition that :meth:`wait_for` waits on:
+    the client can return before the server's threads have counted what it sent."""
 
     def __init__(self, reply: Callable[[RawServer, socket.socket], None]) -> None:
-        self.reply, self.connections, self.sent = reply, 0, 0
+        self.reply, self.connections, self.requests, self.sent = reply, 0, 0, 0
         self.stop, self.hung_up = threading.Event(), threading.Event()
+        self.counted = threading.Condition()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.1)  # so that the accept loop sees ``stop``
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
@@ -283,23 +295,48 @@ class RawServer:
                 connection, _ = self.listener.accept()
             except TimeoutError:
                 continue
-            self.connections += 1
+            self._count("connections")
             threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+    def _count(self, name: str) -> None:
+        with self.counted:
+            setattr(self, name, getattr(self, name) + 1)
+            self.counted.notify_all()
+
+    def wait_for(self, *, connections: int, requests: int, timeout: float = 10) -> bool:
+        """Whether the server has counted that many connections and whole requests within ``timeout``
+        seconds (generous: only a loaded machine makes it wait at all)."""
+        with self.counted:
+            return self.counted.wait_for(lambda: self.connections >= connections and self.requests >= requests,
+                                         timeout)
 
     def _handle(self, connection: socket.socket) -> None:
         with connection:
             connection.settimeout(10)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += connection.recv(65536)
-            head, body = data.split(b"\r\n\r\n", 1)
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            while len(body) < length:
-                body += connection.recv(65536)
-            try:
-                self.reply(self, connection)
-            except OSError:  # broken pipe or reset: the client hung up
-                self.hung_up.set()
+            if self._read_request(connection):
+                self._count("requests")
+                try:
+                    self.reply(self, connection)
+                except OSError:  # broken pipe or reset: the client hung up
+                    self.hung_up.set()
+
+    @staticmethod
+    def _read_request(connection: socket.socket) -> bool:
+        """Reads one request whole; False if the client hung up first (recv returns b"" from then on)."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return False
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return False
+            body += chunk
+        return True
 
     def send(self, connection: socket.socket, data: bytes) -> None:
         connection.sendall(data)
@@ -315,12 +352,17 @@ def never_answer(server: RawServer, connection: socket.socket) -> None:
     server.stop.wait(30)
 
 
+TRICKLED_HEAD = {"headers": b"HTTP/1.1 200 OK\r\n",
+                 "body": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+                 # no length: the body ends at the close, so a cut must not pass for its end
+                 "unsized body": b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"}
+
+
 def trickle(where: str) -> Callable[[RawServer, socket.socket], None]:
-    """A reply that sends one byte every 0.2 s, in its headers or in its body: each byte comes well
-    within the socket timeout, so only a total deadline ends it."""
+    """A reply that sends one byte every 0.2 s, in its headers or in its body (sized, or ending at
+    the close): each byte comes well within the socket timeout, so only a total deadline ends it."""
     def reply(server: RawServer, connection: socket.socket) -> None:
-        server.send(connection, b"HTTP/1.1 200 OK\r\n" if where == "headers" else
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        server.send(connection, TRICKLED_HEAD[where])
         for _ in range(1000):
             if server.stop.wait(0.2):
                 return
@@ -365,10 +407,11 @@ def test_a_server_that_never_answers_is_cut_at_the_timeout(raw_server, tmp_path)
     verdict, seconds = timed_verdict(judge)
     assert verdict == judge_module.Verdict(
         None, "judge request failed after 1 attempt(s): timeout: no complete reply within 0.5 s", "timeout")
-    assert seconds < 10 and server.connections == 1  # returns at the deadline, not after 5 × 60 s
+    assert seconds < 10  # returns at the deadline, not after 5 × 60 s
+    assert server.wait_for(connections=1, requests=1) and server.connections == 1 and server.requests == 1
 
 
-@pytest.mark.parametrize("where", ["headers", "body"])
+@pytest.mark.parametrize("where", ["headers", "body", "unsized body"])
 def test_a_server_trickling_a_byte_every_fifth_of_a_second_is_cut_at_the_timeout(raw_server, tmp_path, where):
     server = raw_server(trickle(where))
     judge = Judge(server.url, "m", tmp_path / "c.jsonl", timeout=0.5, retries=0)
@@ -418,7 +461,9 @@ def test_the_overall_deadline_leaves_the_pending_answers_unjudged(raw_server, tm
                       "overall deadline (0.5 s) passed before the request was sent")
     assert [v.reason for v in verdicts] == [during] * 2 + [before] * 4  # two in flight, four never sent
     assert failure_counts(verdicts) == {"overall deadline": 6}
-    assert server.connections == 2 and judge.requests == 2
+    # both cut requests reached the server whole; the four never sent opened no connection
+    assert judge.requests == 2 and server.wait_for(connections=2, requests=2)
+    assert server.connections == 2 and server.requests == 2
 
 
 @pytest.mark.parametrize("failures, waits, detail", [
@@ -456,7 +501,8 @@ def test_the_judge_command_prints_why_answers_stayed_unjudged(tmp_path, capsys):
     server = ChatServer(failures=[503, 503, None, "html", "huge", None, "stall"])
     try:
         with pytest.raises(SystemExit) as exited:
-            commands.judge(predictions, base_url=server.url, model="m", concurrency=1, retries=0, timeout=0.5,
+            # 2 s: ample for a local reply on a loaded machine; the stalled request waits for it in full
+            commands.judge(predictions, base_url=server.url, model="m", concurrency=1, retries=0, timeout=2,
                            max_reply_bytes=4096)
     finally:
         server.close()

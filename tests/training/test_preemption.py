@@ -23,14 +23,16 @@ ROOT = Path(__file__).parents[2]
 LORAMOE = {"class_path": "maugpt.adapters.LoRAMoE", "init_args": {"experts": 4, "rank": 2, "dropout": 0.1}}
 
 
-def config(tmp_path: Path, tiny_base, synthetic_dir, *, steps: int, signal_at: tuple[int, str] | None = None,
-           workers: int = 2) -> str:
-    """A stage-2 fit of ``steps`` batches with 2 loader workers; ``signal_at``: (step, signal name)
-    sends the fit process that signal when that step starts."""
+def config(tmp_path: Path, tiny_base, synthetic_dir, *, steps: int, signal_at: tuple | None = None,
+           workers: int = 2, **trainer) -> str:
+    """A stage-2 fit of ``steps`` batches per epoch with 2 loader workers; ``signal_at``: (step,
+    signal name) sends the fit process that signal when a training batch starts at that global
+    step; ``trainer``: more trainer settings."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=steps, adapter=LORAMOE)
     raw = yaml.safe_load(open(path))
     raw["data"]["init_args"]["num_workers"] = workers
+    raw["trainer"].update(trainer)
     if signal_at is not None:
         raw["trainer"]["callbacks"].append({"class_path": "tests.training.signals.SignalAtStep",
                                             "init_args": {"step": signal_at[0], "signal": signal_at[1]}})
@@ -47,29 +49,40 @@ def trainable(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, weights_only=True)["state_dict"]
 
 
-def test_sigterm_saves_after_the_step_exits_143_and_the_printed_command_resumes_to_equal_weights(
-        tiny_base, synthetic_dir, tmp_path):
-    whole = config(tmp_path / "whole", tiny_base, synthetic_dir, steps=8)
+# accumulating: 9 batches, 3 per optimizer step; SIGTERM during the first batch stops after the
+# third (never inside an accumulation window), an odd count of batches, so the resumed loader's
+# first batch comes from the other of the two workers.
+# epoch end: 2 epochs of 3 batches; SIGTERM during the last batch of epoch 0 stops after it; the
+# resume crosses into epoch 1, whose loader must leave the dropout generator as it finds it.
+CASES = {"accumulating": dict(steps=9, signal_at=(0, "SIGTERM"), accumulate_grad_batches=3),
+         "epoch end": dict(steps=3, signal_at=(2, "SIGTERM"), max_epochs=2)}
+STOPPED_AFTER = {"accumulating": (1, 3), "epoch end": (3, 6)}  # optimizer steps: done, planned
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sigterm_saves_at_a_step_boundary_exits_143_and_the_printed_command_resumes_to_equal_weights(
+        case, tiny_base, synthetic_dir, tmp_path):
+    settings = {k: v for k, v in CASES[case].items() if k != "signal_at"}
+    whole = config(tmp_path / "whole", tiny_base, synthetic_dir, **settings)
     assert fit(["fit", "--config", whole]).returncode == 0
     reference = trainable(tmp_path / "whole" / "stage2" / "checkpoints" / "last.ckpt")
 
-    # SIGTERM arrives during step 2 (counting from 0): steps 0-2 are done when it stops, an odd
-    # count, so the resumed loader's first batch comes from the other of the two workers.
-    cut = config(tmp_path / "cut", tiny_base, synthetic_dir, steps=8, signal_at=(2, "SIGTERM"))
+    cut = config(tmp_path / "cut", tiny_base, synthetic_dir, **CASES[case])
     last = tmp_path / "cut" / "stage2" / "checkpoints" / "last.ckpt"
     stopped = fit(["fit", "--config", cut])
-    assert stopped.returncode == 128 + signal.SIGTERM
-    assert f"maugpt fit: stopped by SIGTERM after step 3 of 8; saved {last}" in stopped.stderr
+    done, planned = STOPPED_AFTER[case]
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert f"maugpt fit: stopped by SIGTERM after step {done} of {planned}; saved {last}" in stopped.stderr
     command = f"maugpt fit --config {cut} --ckpt_path {last}"
     assert f"resume with: {command}" in stopped.stderr
-    assert torch.load(last, weights_only=True)["global_step"] == 3
+    assert torch.load(last, weights_only=True)["global_step"] == done
     assert any(not torch.equal(tensor, reference[name]) for name, tensor in trainable(last).items())  # half-trained
 
     resumed = fit(shlex.split(command)[1:])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # overwritten, no last-v1.ckpt
     finished = torch.load(last, weights_only=True)
-    assert finished["global_step"] == 8
+    assert finished["global_step"] == planned
     assert finished["state_dict"].keys() == reference.keys()
     unequal = [name for name, tensor in finished["state_dict"].items() if not torch.equal(tensor, reference[name])]
     assert unequal == []
