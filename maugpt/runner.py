@@ -22,9 +22,9 @@ from pathlib import Path
 
 from maugpt.slurm import RUNNER_REQUEUES
 
-# The signals that make a fit save and stop (maugpt.training.preemption, which loads Lightning),
-# and the hang-up of a closed terminal, which the runner passes on as SIGTERM: its commands run
-# in their own sessions and would not get it.
+# The signals that make a fit save and stop (maugpt.training.preemption, which loads Lightning,
+# takes them from here), and the hang-up of a closed terminal, which the runner passes on as
+# SIGTERM: its commands run in their own sessions and would not get it.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 PASSED_ON = {signal.SIGHUP: signal.SIGTERM}
 

@@ -7,10 +7,11 @@ with status 1 and no checkpoint either. :class:`Preemption`, which ``maugpt fit`
 run, instead lets the running step finish, saves ``last.ckpt`` (through the trainer, so with the
 run's atomic checkpoint IO), prints which checkpoint holds the run and the command that resumes
 it, and exits with status 128 + the signal's number, as a shell reports a process the signal
-ended. Under SLURM with Lightning's ``auto_requeue`` (its default there), the environment's
-requeue signal (SIGUSR1) also requeues the job, as Lightning's own handler does, but only after
-the step-boundary save: Lightning's handler saves from inside the signal handler, in the middle
-of whatever the step was doing.
+ended. When Lightning runs the fit as a SLURM job (``SLURM_NTASKS`` set, e.g. under ``srun``)
+with its ``auto_requeue`` (the default there), the environment's requeue signal (SIGUSR1) also
+requeues the job, as Lightning's own handler does, but only after the step-boundary save:
+Lightning's handler saves from inside the signal handler, in the middle of whatever the step was
+doing. (A sweep's array task is requeued by its runner instead, see :mod:`maugpt.runner`.)
 
 The checkpoints (every save, not only this one) also carry the random number generators' states,
 restored just before the first resumed step, so that dropout draws what an uninterrupted run
@@ -33,11 +34,8 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from maugpt.runner import STOP_SIGNALS  # the signals that stop a fit at the next step boundary
 from maugpt.slurm import RUNNER_REQUEUES, job_id, requeue
-
-
-#: The signals that stop a fit at the next step boundary.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class Preempted(SystemExit):
