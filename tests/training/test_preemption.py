@@ -88,9 +88,8 @@ def test_sigterm_saves_at_a_step_boundary_exits_143_and_the_printed_command_resu
     assert unequal == []
 
 
-@pytest.mark.parametrize("name, runner", [("SIGINT", False), ("SIGUSR1", False), ("SIGUSR1", True)])
-def test_sigint_and_sigusr1_save_too_and_sigusr1_requeues_a_slurm_job(name, runner, tiny_base, synthetic_dir,
-                                                                      tmp_path):
+@pytest.mark.parametrize("name", ["SIGINT", "SIGUSR1"])
+def test_sigint_and_sigusr1_save_too_and_sigusr1_requeues_a_slurm_job(name, tiny_base, synthetic_dir, tmp_path):
     path = config(tmp_path, tiny_base, synthetic_dir, steps=4, signal_at=(1, name), workers=0)
     last = tmp_path / "stage2" / "checkpoints" / "last.ckpt"
     calls = tmp_path / "scontrol.calls"
@@ -100,17 +99,39 @@ def test_sigint_and_sigusr1_save_too_and_sigusr1_requeues_a_slurm_job(name, runn
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
     slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "cell", "SLURM_JOB_ID": "900", "SLURM_ARRAY_JOB_ID": "77",
              "SLURM_ARRAY_TASK_ID": "3", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-             "PATH": f"{scontrol.parent}:{os.environ['PATH']}", **({RUNNER_REQUEUES: "1"} if runner else {})}
+             "PATH": f"{scontrol.parent}:{os.environ['PATH']}"}
     stopped = fit(["fit", "--config", path], env=slurm)
     signum = getattr(signal, name)
     assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
     assert f"stopped by {name} after step 2 of 4; saved {last}" in stopped.stderr
     assert torch.load(last, weights_only=True)["global_step"] == 2
-    if name == "SIGUSR1" and not runner:  # the requeue signal: the job goes back to the queue after the save
+    if name == "SIGUSR1":  # the requeue signal: the job goes back to the queue after the save
         assert calls.read_text() == "requeue 77_3\n"
         assert "SLURM job 77_3 requeued: it resumes from last.ckpt when it starts again" in stopped.stderr
-    else:  # SIGINT is no requeue signal; a sweep runner that started the fit requeues itself
+    else:  # SIGINT is no requeue signal
         assert not calls.exists()
+
+
+def test_a_fit_leaves_the_requeue_to_the_sweep_runner_that_started_it_and_names_array_tasks(monkeypatch):
+    from types import SimpleNamespace
+
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from maugpt.training.preemption import requeue_job_id
+
+    def trainer(environment):  # what requeue_job_id reads, as Lightning's signal connector does
+        return SimpleNamespace(_accelerator_connector=SimpleNamespace(cluster_environment=environment))
+
+    for key, value in {"SLURM_JOB_ID": "900", "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3"}.items():
+        monkeypatch.setenv(key, value)
+    assert requeue_job_id(trainer(SLURMEnvironment(auto_requeue=True))) == "77_3"
+    assert requeue_job_id(trainer(SLURMEnvironment(auto_requeue=False))) is None
+    assert requeue_job_id(trainer(LightningEnvironment())) is None
+    monkeypatch.setenv(RUNNER_REQUEUES, "1")
+    assert requeue_job_id(trainer(SLURMEnvironment(auto_requeue=True))) is None
+    monkeypatch.delenv(RUNNER_REQUEUES)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
+    assert requeue_job_id(trainer(SLURMEnvironment(auto_requeue=True))) == "900"
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_resume_command_replaces_ckpt_path():
