@@ -6,7 +6,8 @@ instruction, ``k`` normal templates (0-shot: none; the official default is 1 fro
 ``random_templates``), the query image and the question with its options lettered A, B, C… (in the
 file's order or shuffled, the answer remapped). The answers are scored by
 :class:`~maugpt.mmad.scoring.MMADEvaluation` with the official protocol, by generation (the
-script's letter extraction and decoding) and by option likelihood. Format: ``../shared/notes/mmad.md``.
+script's letter extraction and decoding) and by option likelihood. Format: the release's ``mmad.json``
+(Jiang et al. 2024, "MMAD"), read by :func:`maugpt.mmad.scoring.load_questions`.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MMAD scoring with the official protocol (the paper's Table 5; ../shared/notes/mmad.md).
+"""MMAD scoring with the official protocol (the paper's Table 5; MMAD, Jiang et al. 2024, and its evaluation code).
 
 ``mmad.json`` maps each query image (its path under the data root; the first component is the
 source dataset) to a conversation of multiple-choice questions. Answers are scored per (source

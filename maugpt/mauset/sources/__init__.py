@@ -25,8 +25,8 @@ LAYOUTS: dict[str, str] = {
     "btad": btad.LAYOUT, "dagm": dagm.LAYOUT, "deeppcb": deeppcb.LAYOUT, "ksdd2": ksdd2.LAYOUT,
     "magnetic_tile": magnetic_tile.LAYOUT, "mpdd": mvtec.LAYOUT, "mvtec_ad": mvtec.LAYOUT,
 }
-#: Images in each full public release (../shared/notes/datasets.md): a scan far below it means a
-#: folder is missing or the packaging differs from the layout the builder reads.
+#: Images in each full public release (its own folder counts, as its public metadata gives them):
+#: a scan far below it means a folder is missing or the packaging differs from the layout read.
 RELEASE_IMAGES: dict[str, int] = {
     "btad": 2540,  # 01: 400 + 21 + 49, 02: 399 + 30 + 200, 03: 1,000 + 400 + 41
     "dagm": 16100,  # classes 1-6: 575 Train + 575 Test each; 7-10: 1,150 + 1,150
