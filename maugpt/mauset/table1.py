@@ -1,6 +1,6 @@
 """The paper's Table 1 (images per source) and a deterministic draw of those counts from the releases.
 
-Built from the full public releases MAU-Set is about 15 % larger than the paper's Table 1 (README,
+Built from the full public releases MAU-Set is about 15 % larger than the paper's Table 1 (docs/data.md,
 "MAU-Set data"): DAGM's 2007 competition release holds 16,100 images where the paper counts the
 older packaging's 1,000 normal + 150 defective per class, and the paper's BTAD and Magnetic Tile
 abnormal counts differ from the releases'. :func:`paper_subset` draws the paper's per-source
