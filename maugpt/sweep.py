@@ -25,8 +25,8 @@ each cell's config is resolved by the CLI parser, which names an unknown key) an
 fit`` then ``maugpt test`` per cell (through :mod:`maugpt.runner`: one runner per cell, signals
 passed on); a cell with ``metrics.json`` is finished and skipped, a crashed or stopped one keeps
 its log (``logs/attempt-N.log``) and is retried (resuming from its last checkpoint) on the next
-run, a cell is tested only after its fit ended normally, and one crash never stops the others. :func:`write_slurm` writes a
-SLURM array script doing the same per array task. All cells log under ``<sweep>/tensorboard``,
+run, a cell is tested only after its fit ended normally, and one crash never stops the others.
+:func:`write_slurm` writes a SLURM array script doing the same per array task. All cells log under ``<sweep>/tensorboard``,
 one folder per cell, with their hyper-parameters for the HParams view.
 """
 from __future__ import annotations

@@ -305,12 +305,12 @@ class EpochLoader(DataLoader):
         self.dataset.epoch = epoch  # set before the workers copy the dataset
         self.dataset.resumed_after = resume["served"] if resume and resume["epoch"] == epoch else 0
         self.dataset.batch_size = self.batch_size
-        saved = (resume.get("batch_size", self.batch_size), resume.get("workers", max(1, self.num_workers))) \
-            if self.dataset.resumed_after else None
-        if saved is not None and saved != (self.batch_size, max(1, self.num_workers)):
-            log.warning("resuming an epoch saved with batch_size %d and %d loader worker(s) with batch_size %d and "
-                        "%d: the epoch's remaining batches are not the ones an uninterrupted run would have seen",
-                        *saved, self.batch_size, max(1, self.num_workers))
+        if self.dataset.resumed_after:
+            saved = (resume.get("batch_size", self.batch_size), resume.get("workers", self.workers))
+            if saved != (self.batch_size, self.workers):
+                log.warning("resuming an epoch saved with batch_size %d and %d loader worker(s) with batch_size %d "
+                            "and %d: the epoch's remaining batches are not the ones an uninterrupted run would have "
+                            "seen", *saved, self.batch_size, self.workers)
         self.served = self.dataset.resumed_after
         for batch in itertools.islice(super().__iter__(), self.batches):
             self.served += 1
@@ -319,7 +319,12 @@ class EpochLoader(DataLoader):
     def state_dict(self) -> dict:
         # Lightning fetches no batch ahead from a loader with a length: served = trained on.
         return {"epoch": self.dataset.epoch, "served": self.served, "batch_size": self.batch_size,
-                "workers": max(1, self.num_workers)}
+                "workers": self.workers}
+
+    @property
+    def workers(self) -> int:
+        """The streams batches come from in turn: the workers, or the main process alone."""
+        return max(1, self.num_workers)
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state)

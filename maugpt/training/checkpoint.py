@@ -45,15 +45,14 @@ class RecordedWrites:
         self.file, self.error = file, None
 
     def write(self, data) -> int:
-        try:
-            return self.file.write(data)
-        except OSError as err:
-            self.error = err
-            raise
+        return self._recorded(self.file.write, data)
 
     def flush(self) -> None:
+        self._recorded(self.file.flush)
+
+    def _recorded(self, call, *args):
         try:
-            self.file.flush()
+            return call(*args)
         except OSError as err:
             self.error = err
             raise

@@ -71,13 +71,14 @@ def set_rng_states(states: dict) -> None:
             torch.cuda.set_rng_state(state, device)
 
 
-def requeue_job_id(trainer: L.Trainer) -> str | None:
-    """The SLURM job to requeue: a SLURM job with Lightning's ``auto_requeue`` on, unless a sweep
-    runner started this fit and requeues the job itself (see :mod:`maugpt.slurm`)."""
+def requeue_job_id(trainer: L.Trainer, signum: int = signal.SIGUSR1) -> str | None:
+    """The SLURM job to requeue after ``signum``: a SLURM job with Lightning's ``auto_requeue`` on
+    and ``signum`` its requeue signal, unless a sweep runner started this fit and requeues the job
+    itself (see :mod:`maugpt.slurm`)."""
     environment = trainer._accelerator_connector.cluster_environment  # what Lightning's own handler reads
     if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue) or os.environ.get(RUNNER_REQUEUES):
         return None
-    return job_id()
+    return job_id() if signum == environment.requeue_signal else None
 
 
 def resume_command(checkpoint: Path, argv: list[str] | None = None) -> str:
@@ -181,9 +182,7 @@ class Preemption(L.Callback):
         if trainer.is_global_zero:
             print(f"maugpt fit: stopped by {name} after step {trainer.global_step} of {planned}; saved {path}\n"
                   f"resume with: {resume_command(path)}", file=sys.stderr, flush=True)
-            job = requeue_job_id(trainer)
-            environment = trainer._accelerator_connector.cluster_environment
-            if job is not None and signum == getattr(environment, "requeue_signal", None):
+            if (job := requeue_job_id(trainer, signum)) is not None:
                 requeue(job, "maugpt fit")
         raise Preempted(signum, path)
 
