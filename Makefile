@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench gpu-wheels install clean
 
 install: $(STAMP)
 
@@ -31,6 +31,17 @@ bench: $(STAMP)
 	$(PY) benchmarks/dataloader.py
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/generate.py --shape cpu-3b-width
+
+## Wheels (Python 3.12, pinned to this .venv's versions) of what the lent GPU machines' image lacks,
+## for benchmarks/gpu_run.sh there: the device call carries .whl (see docs/adapters.md).
+GPU_WHEELS := webdataset braceexpand jsonargparse docstring_parser typeshed_client omegaconf nltk defusedxml
+gpu-wheels: $(STAMP)
+	rm -rf .whl
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+		$$($(PY) -c "from importlib.metadata import version; print(*(f'{n}=={version(n)}' for n in '$(GPU_WHEELS)'.split()))") \
+		2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	ls .whl
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -23,7 +23,7 @@ projections`` shows what shared inputs save.
 
     python benchmarks/adapters.py                 # CPU shapes, or CUDA when present
     python benchmarks/adapters.py --shape 3b      # the Qwen2.5-3B shape of the GPU notes (CUDA)
-    python benchmarks/adapters.py --shape 3b --compile inductor --warmup 2 --only model
+    python benchmarks/adapters.py --shape 3b --compile inductor --warmup 2 --only model --profile 15
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ import argparse
 import json
 import statistics
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,8 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 from maugpt.adapters import ALL_PROJECTIONS, AMoELoRA, Adapter, LoRA, LoRAMoE, inject, unwrap
 from maugpt.adapters.reference import reference_forward
 from maugpt.model.units import compile_llm
+
+from top_kernels import kernel_table, top_kernels
 
 
 class LoopedAMoELoRA(AMoELoRA):
@@ -81,10 +85,14 @@ class ComposedAMoELoRA(AMoELoRA):
 
 
 # Each variant is built for a list of target patterns; None is the floor (no adapter).
+FLOOR = "floor (frozen base)"
 VARIANTS: dict[str, Callable[[Sequence[str]], Adapter] | None] = {
-    "floor (frozen base)": None,
+    FLOOR: None,
     "LoRA r=64": lambda targets: LoRA(rank=64, alpha=128, targets=targets),
+    "LoRA r=64, shared inputs": lambda targets: LoRA(rank=64, alpha=128, targets=targets, share_input=True),
     "LoRAMoE 16x4": lambda targets: LoRAMoE(experts=16, rank=4, alpha=8, dropout=0.0, targets=targets),
+    "LoRAMoE 16x4, shared inputs": lambda targets: LoRAMoE(experts=16, rank=4, alpha=8, dropout=0.0, targets=targets,
+                                                           share_input=True),
     "AMoE-LoRA 16x4 + hypernetwork": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
     "AMoE-LoRA 16x4, shared inputs": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets,
                                                               share_input=True),
@@ -96,6 +104,8 @@ VARIANTS: dict[str, Callable[[Sequence[str]], Adapter] | None] = {
 }
 
 SHAPES = {  # batch, tokens, and the model config; the projection is hidden → intermediate
+    "tiny": dict(batch=2, tokens=16, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128),  # a dry run's
     "cpu": dict(batch=2, tokens=256, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
                 num_attention_heads=8, num_key_value_heads=2, vocab_size=8192),
     "3b": dict(batch=4, tokens=1024, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
@@ -114,6 +124,9 @@ class Result:
     aten_ops: int | None = None  # forward + backward
     kernels: int | None = None
     autograd_nodes: int | None = None
+    graphs: int | None = None  # compiled variants: graphs dynamo made over all rounds (36 layers, one code: 1)
+    graph_breaks: int | None = None
+    top_kernels: list[dict] | None = None  # with --profile: the costliest kernels of one step
 
 
 class OpCounter(TorchDispatchMode):
@@ -175,16 +188,36 @@ class SavedActivations:
         return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
 
 
+def dynamo_counts() -> tuple[int, int]:
+    """(graphs compiled, graph breaks) so far in this process, from dynamo's own counters."""
+    counters = torch._dynamo.utils.counters
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
 # A variant's setup adapts the module and returns (module, loss function, teardown).
 Setup = Callable[[], tuple[nn.Module, Callable[[], torch.Tensor], Callable[[], None]]]
 
 
+def train_step(make_loss: Callable[[], torch.Tensor], opt: torch.optim.Optimizer | None, device: torch.device,
+               hooks=None) -> None:
+    """One training step: forward (bf16 autocast on CUDA) under ``hooks`` if given, backward, AdamW."""
+    torch.compiler.cudagraph_mark_step_begin()  # a new step for CUDA-graph replays (no-op otherwise)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), (hooks or nullcontext()):
+        loss = make_loss()
+    loss.backward()
+    if opt:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
 def run_rounds(setting: str, setups: dict[str, Setup], device: torch.device, rounds: int, steps: int,
-               warmup: int) -> list[Result]:
+               warmup: int, compiled: Sequence[str] = ()) -> list[Result]:
     """Time every variant in turn, round after round, so that drift on a noisy machine hits all alike.
 
     Each round sets a variant up, runs ``warmup`` untimed and ``steps`` timed training steps
-    (forward, backward, AdamW on the trainable parameters), and tears it down again.
+    (forward, backward, AdamW on the trainable parameters), and tears it down again. A variant
+    that raises is reported with its error and skipped from then on. For the ``compiled``
+    variants the graphs dynamo made in the last round and its graph breaks are counted too.
     """
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -195,6 +228,7 @@ def run_rounds(setting: str, setups: dict[str, Setup], device: torch.device, rou
             result = results[name]
             if result.error:
                 continue
+            graphs, breaks = dynamo_counts()
             module, make_loss, teardown = setup()
             params = [p for p in module.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=1e-4) if params else None
@@ -206,16 +240,7 @@ def run_rounds(setting: str, setups: dict[str, Setup], device: torch.device, rou
                 for i in range(warmup + steps):
                     sync()
                     t0 = time.perf_counter()
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                        if round_index == 0 and i == 0 and not cuda:
-                            with saved.hooks():
-                                loss = make_loss()
-                        else:
-                            loss = make_loss()
-                    loss.backward()
-                    if opt:
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
+                    train_step(make_loss, opt, device, saved.hooks() if round_index == i == 0 and not cuda else None)
                     sync()
                     if i >= warmup:
                         times[name].append(time.perf_counter() - t0)
@@ -223,18 +248,39 @@ def run_rounds(setting: str, setups: dict[str, Setup], device: torch.device, rou
                 result.memory_bytes = max(result.memory_bytes, memory)
             except torch.OutOfMemoryError:
                 result.error = "out of memory"
+            except Exception as error:  # one variant that fails to run is a finding, not the end of the run
+                traceback.print_exc()
+                result.error = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]}"
             finally:
                 del opt, params
                 teardown()
                 if cuda:
                     torch.cuda.empty_cache()
+            if name in compiled:
+                now_graphs, now_breaks = dynamo_counts()
+                result.graphs, result.graph_breaks = now_graphs - graphs, now_breaks - breaks
     for name, result in results.items():
         if times[name] and not result.error:
             result.step_s = statistics.median(times[name])
     return list(results.values())
 
 
-def bench_projection(shape: dict, device: torch.device, **timing) -> list[Result]:
+def profile_variant(setup: Setup, device: torch.device, rows: int, warmup: int = 2) -> list[dict]:
+    """The ``rows`` costliest kernels of one training step of a variant, after ``warmup`` steps."""
+    module, make_loss, teardown = setup()
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4) if params else None
+    try:
+        for _ in range(warmup):
+            train_step(make_loss, opt, device)
+        return top_kernels(lambda: train_step(make_loss, opt, device), device, rows)
+    finally:
+        teardown()
+
+
+def bench_projection(shape: dict, device: torch.device, variants: Sequence[str] | None = None,
+                     **timing) -> list[Result]:
+    """The projection setting for the eager ``variants`` (default: all), the floor first."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     base = nn.Linear(shape["hidden_size"], shape["intermediate_size"], bias=False, device=device, dtype=dtype)
@@ -250,40 +296,51 @@ def bench_projection(shape: dict, device: torch.device, **timing) -> list[Result
             return holder, lambda: holder(x).float().square().mean(), lambda: unwrap(holder)
         return setup
 
-    setups = {name: setup_for(make) for name, make in VARIANTS.items()}
+    names = dict.fromkeys([FLOOR, *(name for name in (variants or VARIANTS) if name in VARIANTS)])
+    setups = {name: setup_for(VARIANTS[name]) for name in names}
     results = run_rounds("projection", setups, device, **timing)
     for result in results:
         result.aten_ops, result.kernels, result.autograd_nodes = count_ops(setups[result.variant])
     return results
 
 
-# With --compile: the model setting also runs these, (variant, compile_llm target) each.
-COMPILED = {"AMoE-LoRA 16x4, compiled decoder layers": ("AMoE-LoRA 16x4 + hypernetwork", "decoder_layers"),
-            "LoRA r=64, compiled decoder layers": ("LoRA r=64", "decoder_layers")}
+# With --compile: the model setting also runs these, (variant, torch.compile mode) each, with
+# compile_llm's decoder layers compiled: by the backend alone, and with inductor's CUDA graphs.
+COMPILED = {f"{variant}, compiled{suffix}": (variant, mode)
+            for variant in (FLOOR, "LoRA r=64", "LoRAMoE 16x4", "AMoE-LoRA 16x4 + hypernetwork")
+            for suffix, mode in (("", None), (" + CUDA graphs", "reduce-overhead"))}
+# With --profile N: the top N kernels of one step of these.
+PROFILED = ("AMoE-LoRA 16x4 + hypernetwork", "AMoE-LoRA 16x4 + hypernetwork, compiled")
 
 
-def bench_model(shape: dict, device: torch.device, compile_backend: str | None = None, **timing) -> list[Result]:
+def bench_model(shape: dict, device: torch.device, compile_backend: str | None = None, profile: int = 0,
+                variants: Sequence[str] | None = None, **timing) -> list[Result]:
+    """The model setting for ``variants`` (default: every eager one, and with ``compile_backend``
+    every compiled one), the floor first."""
     cuda = device.type == "cuda"
     config = Qwen2Config(**{k: v for k, v in shape.items() if k not in ("batch", "tokens")},
                          max_position_embeddings=max(4096, shape["tokens"]), tie_word_embeddings=True)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
-                                             dtype=torch.bfloat16 if cuda else torch.float32).to(device)
+    with torch.device(device):  # initialised where it runs: a 3B model's init on the host takes a minute
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
+                                                 dtype=torch.bfloat16 if cuda else torch.float32)
     model.requires_grad_(False)
     ids = torch.randint(0, config.vocab_size, (shape["batch"], shape["tokens"]), device=device)
     embed = model.get_input_embeddings()
 
-    def setup_for(make, compile_target: str | None = None) -> Setup:
+    def setup_for(make, compile_mode: str | None | bool = False) -> Setup:
         compiled: list[nn.Module] = []
 
         def loss() -> torch.Tensor:
             inputs = embed(ids).detach().requires_grad_(make is None)  # the floor: backward to the input
-            return model(inputs_embeds=inputs, labels=ids).loss
+            return model(inputs_embeds=inputs, labels=ids, use_cache=False).loss  # training: no KV cache
 
         def teardown() -> None:
-            for unit in compiled:  # back to eager for the next variant
-                unit._compiled_call_impl = None
-            compiled.clear()
+            if compiled:  # back to eager; a fresh dynamo for the next variant (and CUDA-graph pools freed)
+                for unit in compiled:
+                    unit._compiled_call_impl = None
+                compiled.clear()
+                torch._dynamo.reset()
             unwrap(model)
             model.requires_grad_(False)
 
@@ -291,33 +348,38 @@ def bench_model(shape: dict, device: torch.device, compile_backend: str | None =
             if make is not None:
                 inject(model, make(ALL_PROJECTIONS))
                 model.to(device)
-            if compile_target is not None:  # compiles at the first (untimed warm-up) step of each round
-                compiled.extend(compile_llm(model, compile_target, backend=compile_backend))
+            if compile_mode is not False:  # compiles at the first (untimed warm-up) step of each round
+                compiled.extend(compile_llm(model, "decoder_layers", backend=compile_backend, mode=compile_mode))
             return model, loss, teardown
         return setup
 
-    setups = {name: setup_for(make) for name, make in VARIANTS.items()}
-    if compile_backend is not None:
-        for name, (variant, target) in COMPILED.items():
-            if variant in VARIANTS:
-                setups[name] = setup_for(VARIANTS[variant], target)
-    results = run_rounds("model", setups, device, **timing)
+    if variants is None:
+        variants = [*VARIANTS, *(COMPILED if compile_backend else ())]
+    elif compile_backend is None and any(name in COMPILED for name in variants):
+        raise ValueError("compiled variants need a compile backend")
+    setups = {name: setup_for(VARIANTS[COMPILED[name][0]], COMPILED[name][1]) if name in COMPILED
+              else setup_for(VARIANTS[name]) for name in dict.fromkeys([FLOOR, *variants])}
+    results = run_rounds("model", setups, device, compiled=list(COMPILED), **timing)
     if device.type == "cpu":  # on a GPU one counting pass of the 3B model would take minutes
         for result in (r for r in results if r.variant not in COMPILED):  # compiled code bypasses the counter
             result.aten_ops, result.kernels, result.autograd_nodes = count_ops(setups[result.variant])
+    if profile:
+        for result in (r for r in results if r.variant in PROFILED and not r.error):
+            result.top_kernels = profile_variant(setups[result.variant], device, profile)
     return results
 
 
 def table(results: list[Result], device_name: str, memory_label: str) -> str:
     lines = [f"device: {device_name}", "",
              f"| setting | variant | trainable params | step ms | × floor | {memory_label} MiB | × floor "
-             "| aten ops fwd+bwd | kernels | autograd nodes |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| aten ops fwd+bwd | kernels | autograd nodes | dynamo graphs (breaks) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for setting in dict.fromkeys(r.setting for r in results):
         rows = [r for r in results if r.setting == setting]
         floor = rows[0]
         for r in rows:
             ops = f"{r.aten_ops} | {r.kernels} | {r.autograd_nodes}" if r.aten_ops is not None else "— | — | —"
+            ops += f" | {r.graphs} ({r.graph_breaks})" if r.graphs is not None else " | —"
             if r.error:
                 lines.append(f"| {setting} | {r.variant} | {r.trainable:,} | {r.error} | | | | {ops} |")
                 continue
@@ -337,30 +399,32 @@ def main() -> None:
     parser.add_argument("--only", choices=["projection", "model"], help="run one setting")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--compile", metavar="BACKEND", help="also run the model setting with compile_llm's decoder "
-                        "layers compiled by this torch.compile backend (inductor); use --warmup 2 or more: each "
-                        "round compiles again")
-    parser.add_argument("--variants", nargs="+", help="run only the variants whose names start with these "
-                        "(the floor always runs)")
+                        "layers compiled by this torch.compile backend (inductor), alone and with CUDA graphs "
+                        "(mode reduce-overhead); use --warmup 2 or more: each round compiles again")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also list the N costliest kernels of "
+                        "one step of: " + ", ".join(PROFILED))
+    parser.add_argument("--variants", nargs="+", help="run only the variants, eager or compiled, whose names "
+                        "start with these (the eager floor always runs)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.shape == "3b" and device.type != "cuda":
         parser.error("--shape 3b needs a CUDA device (a 3B model's steps take minutes on a CPU)")
     shape = SHAPES[args.shape]
-    if args.variants:
-        for name in [n for n in VARIANTS if VARIANTS[n] is not None]:
-            if not name.startswith(tuple(args.variants)):
-                del VARIANTS[name]
+    names = [*VARIANTS, *(COMPILED if args.compile else ())]
+    variants = [name for name in names if name.startswith(tuple(args.variants or [""]))]
     timing = dict(rounds=args.rounds, steps=args.steps, warmup=args.warmup)
     results = []
     if args.only in (None, "projection"):
-        results += bench_projection(shape, device, **timing)
+        results += bench_projection(shape, device, variants, **timing)
     if args.only in (None, "model"):
-        results += bench_model(shape, device, args.compile, **timing)
+        results += bench_model(shape, device, args.compile, args.profile, variants, **timing)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     label = "peak allocated" if device.type == "cuda" else "saved activations"
     print(f"shape {args.shape}: batch {shape['batch']} × {shape['tokens']} tokens, hidden {shape['hidden_size']}, "
           f"MLP {shape['intermediate_size']}, {shape['num_hidden_layers']} layers; torch {torch.__version__}")
     print(table(results, name, label))
+    for result in (r for r in results if r.top_kernels):
+        print("\n" + kernel_table(f"one step of {result.variant}, by own time", result.top_kernels))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "shape": args.shape, "results": [vars(r) for r in results]}, f, indent=1)

@@ -14,6 +14,7 @@ every variant must generate the adapter-free tokens: the script checks that too.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ VARIANTS: dict[str, Callable[[], Adapter] | None] = {
     "AMoE-LoRA 16x4 + hypernetwork": lambda: AMoELoRA(experts=16, rank=4, alpha=8, targets=ALL_PROJECTIONS),
 }
 SHAPES = {
+    "tiny": dict(batch=3, prompt=6, new_tokens=4, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128),  # a dry run's
     "cpu": dict(batch=8, prompt=96, new_tokens=32, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
                 num_attention_heads=8, num_key_value_heads=2, vocab_size=8192),
     # The Qwen2.5-3B layer widths (2 layers, small vocabulary) so that a CPU can run it: an adapter's
@@ -46,7 +49,8 @@ def build(shape: dict, device: torch.device):
                          max_position_embeddings=4096, tie_word_embeddings=True)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(device).eval()
+    with torch.device(device):  # initialised where it runs: a 3B model's init on the host takes a minute
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).eval()
     model.requires_grad_(False)
     ids = torch.randint(3, config.vocab_size, (shape["batch"], shape["prompt"]), device=device)
     mask = torch.ones_like(ids)
@@ -65,15 +69,18 @@ def generate(model, ids, mask, new_tokens: int, adapter: bool) -> torch.Tensor:
             return model.generate(ids, **options)
 
 
-def run(shape: dict, device: torch.device, rounds: int = 3) -> tuple[dict[str, float], dict[str, bool]]:
-    """Median new tokens per second of each variant, and whether its tokens equal the adapter-free ones."""
+def run(shape: dict, device: torch.device, rounds: int = 3,
+        variants: list[str] | None = None) -> tuple[dict[str, float], dict[str, bool]]:
+    """Median new tokens per second of each variant (default: all; the adapter-free model always
+    runs), and whether its tokens equal the adapter-free ones."""
     model, ids, mask = build(shape, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    chosen = {name: make for name, make in VARIANTS.items() if make is None or variants is None or name in variants}
+    times: dict[str, list[float]] = {name: [] for name in chosen}
     same: dict[str, bool] = {}
     reference = generate(model, ids, mask, shape["new_tokens"], adapter=False)  # also the warm-up
     for _ in range(rounds):
-        for name, make in VARIANTS.items():
+        for name, make in chosen.items():
             if make is not None:
                 inject(model, make())
                 model.to(device)
@@ -95,16 +102,21 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="cpu")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS)[1:], help="run only these adapters")
     args = parser.parse_args()
     device = torch.device(args.device)
     shape = SHAPES[args.shape]
-    speed, same = run(shape, device, args.rounds)
+    speed, same = run(shape, device, args.rounds, args.variants)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}; shape {args.shape}: batch {shape['batch']} × {shape['prompt']}-token prompts (left-padded), "
           f"{shape['new_tokens']} new tokens, hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers")
     print("| variant | new tokens/s | × no adapter | same tokens as no adapter |\n|---|---:|---:|---|")
     for variant, tokens_per_s in speed.items():
         print(f"| {variant} | {tokens_per_s:,.0f} | {tokens_per_s / speed['no adapter']:.2f} | {same[variant]} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "shape": args.shape, "tokens_per_s": speed, "same_tokens": same}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage-2 training at the MAU-GPT-4B shape on one GPU: single device against FSDP2, in one process.
+"""Stage-2 training at the MAU-GPT-4B shape on one GPU: single device, FSDP2 or compiled, in one process.
 
 The recipe is configs/mau-gpt-4b/stage2.yaml (AMoE-LoRA 16 × 4 on all 7 projections, bf16-mixed,
 frozen parts in bf16, gradient checkpointing, batch 16 per GPU) with random weights, since nothing
@@ -13,11 +13,13 @@ during training; ratios are against the single-device run measured first in the 
 
     python tools/synth_mauset.py --out /tmp/synth --images 400 --image_size 96
     python benchmarks/stage2_gpu.py --tokenizer runs/demo/base/llm --data /tmp/synth/mauset
+    python benchmarks/stage2_gpu.py ... --runs "single device" "single device, compiled decoder layers"
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import shutil
 import statistics
 import tempfile
@@ -31,7 +33,11 @@ from maugpt.training.cli import run
 
 ROOT = Path(__file__).parents[1]
 RECIPE = ROOT / "configs" / "mau-gpt-4b" / "stage2.yaml"
-STRATEGIES = {"single device": [], "FSDP2": ["--config", str(ROOT / "configs" / "strategy" / "fsdp.yaml")]}
+# Each run: the recipe plus these arguments ({backend}: --compile-backend).
+RUNS = {"single device": [],
+        "FSDP2": ["--config", str(ROOT / "configs" / "strategy" / "fsdp.yaml")],
+        "single device, compiled decoder layers": ["--model.init_args.compile_llm", "decoder_layers",
+                                                   "--model.init_args.compile_backend", "{backend}"]}
 
 
 class StepTimer(Callback):
@@ -88,18 +94,22 @@ def measure(name: str, args: argparse.Namespace, llm: Path) -> dict:
                  "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", args.root]
     if args.vision:
         overrides += ["--model.init_args.vision_encoder", args.vision]
-    cli = run(["--config", str(RECIPE), *STRATEGIES[name], *overrides], subcommand=False)
+    if args.num_workers is not None:
+        overrides += ["--data.init_args.num_workers", str(args.num_workers)]
+    extra = [arg.format(backend=args.compile_backend) for arg in RUNS[name]]
+    cli = run(["--config", str(RECIPE), *extra, *overrides], subcommand=False)
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
     times, tokens = timer.times[args.warmup:], timer.tokens[args.warmup:]
     allocated, reserved = timer.memory()
     trainable = sum(p.numel() for p in cli.model.parameters() if p.requires_grad)
     del cli
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     step = statistics.median(times)
-    return {"strategy": name, "step_s": step, "tokens_per_s": statistics.median(tokens) / step,
+    return {"run": name, "step_s": step, "tokens_per_s": statistics.median(tokens) / step,
             "allocated_gib": allocated, "reserved_gib": reserved, "trainable": trainable}
 
 
@@ -110,25 +120,33 @@ def main() -> None:
     parser.add_argument("--llm-config", default=str(ROOT / "tests/fixtures/hub/Qwen2.5-3B-Instruct/config.json"))
     parser.add_argument("--vision", help="vision encoder instead of the recipe's (a CPU dry run uses the tiny one)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-workers", type=int, help="loader workers instead of the recipe's 4")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--gradient-checkpointing", type=lambda s: s.lower() == "true", default=True)
     parser.add_argument("--accelerator", default="gpu")
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--root", default=tempfile.mkdtemp(prefix="stage2_gpu_"))
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS)[:2],
+                        help="what to run; ratios are against the first")
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     llm = llm_folder(Path(args.llm_config), Path(args.tokenizer), Path(args.root) / "llm")
-    results = [measure(name, args, llm) for name in STRATEGIES]
+    results = [measure(name, args, llm) for name in args.runs]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"\ndevice: {device}; torch {torch.__version__}; batch {args.batch_size}, gradient checkpointing "
           f"{args.gradient_checkpointing}; median of {args.steps} steps after {args.warmup}")
-    print("| strategy | trainable params | step s | × single | tokens/s | peak allocated GiB | × single | reserved GiB |")
+    print("| run | trainable params | step s | × single | tokens/s | peak allocated GiB | × single | reserved GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = results[0]
     for r in results:
-        print(f"| {r['strategy']} | {r['trainable']:,} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f} | "
+        print(f"| {r['run']} | {r['trainable']:,} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f} | "
               f"{r['tokens_per_s']:,.0f} | {r['allocated_gib']:.1f} | "
               f"{r['allocated_gib'] / base['allocated_gib']:.2f} | {r['reserved_gib']:.1f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device, "batch_size": args.batch_size, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,11 @@ def decoder_layers(llm: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def compile_llm(llm: nn.Module, target: str, backend: str = "inductor") -> list[nn.Module]:
+def compile_llm(llm: nn.Module, target: str, backend: str = "inductor", mode: str | None = None) -> list[nn.Module]:
     """``torch.compile`` the ``target`` units of ``llm`` in place and return them.
+
+    ``mode`` is ``torch.compile``'s (inductor's ``"reduce-overhead"`` replays each unit as a CUDA
+    graph); ``None`` is its default.
 
     ``nn.Module.compile`` keeps every parameter name, so checkpoints and adapter files are the
     same as eager ones. The adapters' Functions trace without graph breaks (tested), so a
@@ -41,5 +44,5 @@ def compile_llm(llm: nn.Module, target: str, backend: str = "inductor") -> list[
     if not units:
         raise ValueError("compile_llm: 'adapters' but the LLM has no adapter layers (stage 1 has none)")
     for unit in units:
-        unit.compile(backend=backend)
+        unit.compile(backend=backend, mode=mode)
     return units
