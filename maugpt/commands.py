@@ -206,7 +206,8 @@ FIELDS = ("style", "task", "domain", "question", "reference", "prediction")
 
 def score_mauset(predictions: Path, *, bleu_tokenize: Literal["none", "13a"] = "none", rouge_stemmer: bool = False,
          model: str = "model", out: Path | None = None) -> None:
-    """Print the discriminative accuracy (per domain, macro and pooled) and ROUGE/BLEU tables.
+    """Print the discriminative accuracy (per domain, macro and pooled) and ROUGE/BLEU tables; with
+    ``out``, also write them and the predictions with each answer's own scores.
 
     Args:
         predictions: a ``predictions.jsonl`` as ``maugpt test`` writes it, or the evaluation folder
@@ -217,41 +218,45 @@ def score_mauset(predictions: Path, *, bleu_tokenize: Literal["none", "13a"] = "
             by default) or ``13a``.
         rouge_stemmer: stem tokens (Porter) before ROUGE.
         model: the model's name in Table 2's row.
-        out: also write ``tables.md`` and ``scores.csv`` into this folder (never over existing ones).
+        out: also write ``tables.md`` (with the breakdowns per source, product, defect class and
+            task × domain), ``scores.csv``, ``breakdown.csv`` and ``predictions.jsonl`` (the rows with
+            each answer's scores, as ``maugpt test`` writes them) into this folder (never over
+            existing ones).
     """
-    from maugpt.evaluation.mauset import MAUSetScores, tables
-    from maugpt.evaluation.run import read_jsonl
+    from maugpt.evaluation.mauset import MAUSetScores, tables, write_tables
+    from maugpt.evaluation.run import read_jsonl, write_jsonl
 
-    if out is not None and any((out / name).exists() for name in ("tables.md", "scores.csv")):
-        raise SystemExit(f"score_mauset: {out} already holds tables.md or scores.csv; choose another --out")
+    written = ("tables.md", "scores.csv", "breakdown.csv", "predictions.jsonl")
+    if out is not None and any((out / name).exists() for name in written):
+        raise SystemExit(f"score_mauset: {out} already holds one of {', '.join(written)}; choose another --out")
     files = sorted(predictions.glob("predictions*.jsonl")) if predictions.is_dir() else [predictions]
     scores = MAUSetScores(bleu_tokenize, rouge_stemmer)
-    rows = 0
+    rows = []
     try:
         for path in files:
             for line, row in enumerate(read_jsonl(path), 1):
                 missing = [f for f in FIELDS if not isinstance(row.get(f), str)]
                 if missing:
                     raise ValueError(f"{path}, line {line}: needs text fields {missing}")
-                scores.add(row, row["prediction"])
-                rows += 1
+                rows.append({**row, **scores.add(row, row["prediction"])})
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"score_mauset: {err}") from None
     if not rows:
         raise SystemExit(f"score_mauset: no predictions in {predictions}")
-    markdown, csv = tables(scores.compute(), model=model, settings=scores.settings)
-    print(f"{rows} predictions\n\n{markdown}", end="")
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "tables.md").write_text(markdown)
-        (out / "scores.csv").write_text(csv)
-        print(f"tables written to {out}")
+    results = scores.compute()
+    if out is None:
+        print(f"{len(rows)} predictions\n\n{tables(results, model=model, settings=scores.settings)[0]}", end="")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = write_tables(out, results, rows, model=model, settings=scores.settings)
+    write_jsonl(out / "predictions.jsonl", rows)
+    print(f"{len(rows)} predictions\n\n{markdown}\ntables, breakdowns and scored predictions written to {out}")
 
 
 def score_mmad(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "official"] = "wrong",
          script: Literal["llava", "qwen", "internvl", "gpt4v"] | None = None, first_letter: bool | None = None,
          closest_option: bool | None = None, field: str = "answer", csv: Path | None = None,
-         overwrite: bool = False) -> None:
+         scored: Path | None = None, overwrite: bool = False) -> None:
     """Score MMAD predictions: accuracy per source dataset and subtask, row and overall means.
 
     Args:
@@ -270,14 +275,17 @@ def score_mmad(*, questions: Path, predictions: Path, unparsable: Literal["wrong
         field: the predictions' field holding the answer (``likelihood_answer``: the option-likelihood
             answers of ``maugpt test`` on MMAD).
         csv: also write the table as CSV here.
-        overwrite: replace an existing CSV file.
+        scored: also write the predictions here with each answer's extracted ``letter`` and whether
+            it is ``correct`` (``likelihood_letter``/``likelihood_correct`` for that field).
+        overwrite: replace an existing CSV or scored file.
     """
-    from maugpt.mmad.scoring import load_questions, match_predictions, score
+    from maugpt.mmad.scoring import load_questions, match_predictions, score, score_rows
     from maugpt.mmad.prompts import query_script
-    from maugpt.evaluation.run import read_jsonl
+    from maugpt.evaluation.run import read_jsonl, write_jsonl
 
-    if csv is not None and csv.exists() and not overwrite:
-        raise SystemExit(f"score_mmad: {csv} exists; pass --overwrite true to replace it")
+    for path in (csv, scored):
+        if path is not None and path.exists() and not overwrite:
+            raise SystemExit(f"score_mmad: {path} exists; pass --overwrite true to replace it")
     chosen = query_script(script) if script is not None else None
     last, closest = (chosen.last_letter, chosen.closest_option) if chosen else (True, True)
     last = last if first_letter is None else not first_letter
@@ -298,6 +306,11 @@ def score_mmad(*, questions: Path, predictions: Path, unparsable: Literal["wrong
         csv.parent.mkdir(parents=True, exist_ok=True)
         csv.write_text(scores.csv())
         print(f"CSV written to {csv}")
+    if scored is not None:
+        score_rows(rows, pairs, scores, "likelihood_" if field == "likelihood_answer" else "")
+        scored.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(scored, rows)
+        print(f"scored predictions written to {scored}")
 
 
 def judge(predictions: Path, *, base_url: str | None = None, model: str = "gpt-4o",
@@ -399,7 +412,9 @@ def sweep(spec: Path, *, variant: str = "tiny", out: Path | None = None, paralle
         folder = prepare(sweep, out or Path("experiments/results") / f"{sweep.name}-{variant}")
     except (SweepError, FileNotFoundError) as err:
         raise SystemExit(f"sweep: {err}") from None
-    print(f"{sweep.name} ({variant}): {len(sweep.cells)} cells in {folder}: {', '.join(c.label for c in sweep.cells)}")
+    labels = ", ".join(dict.fromkeys(c.label for c in sweep.cells))
+    seeds = f" × seeds {sweep.seeds}" if sweep.seeds else ""
+    print(f"{sweep.name} ({variant}): {len(sweep.cells)} cells in {folder}: {labels}{seeds}")
     if slurm:
         print(f"SLURM array script: {write_slurm(folder, partition, gpus, hours)}  (sbatch it)")
         return
@@ -415,19 +430,21 @@ def sweep(spec: Path, *, variant: str = "tiny", out: Path | None = None, paralle
         raise SystemExit(1)
 
 
-def report(sweep_dir: Path, *, scale: float = 100.0, tensorboard: bool = True) -> None:
-    """Write report.md, report.csv and report.png into the sweep folder and print the table.
+def report(sweep_dir: Path, *, scale: float = 100.0, tensorboard: bool = True, resamples: int = 2000) -> None:
+    """Write report.md, report.csv and report.png into the sweep folder and print the table; with
+    seeds in the spec also the cells over seeds and the paired comparisons with the reference cell.
 
     Args:
         sweep_dir: a folder made by tools/sweep.py.
         scale: multiply metrics by this in the Markdown table (100: fractions as %).
         tensorboard: also log the table and plot under <sweep_dir>/tensorboard/report.
+        resamples: bootstrap resamples and random permutations of the intervals and tests.
     """
     from maugpt.report import write_report
 
     try:
-        written = write_report(sweep_dir, scale, tensorboard)
-    except FileNotFoundError as err:
+        written = write_report(sweep_dir, scale, tensorboard, resamples)
+    except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"report: {err}") from None
     print(written["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))

@@ -18,6 +18,8 @@ keys → values), constraints every cell must satisfy, and the metrics to collec
     constraints: ["model.init_args.adapter.init_args.experts * model.init_args.adapter.init_args.rank == 64"]
     metrics: [test/rougeL, test/bleu4]
     plot: {y: [test/rougeL, test/bleu4], xlabel: experts × rank}
+    seeds: [0, 1, 2]               # optional: every cell once per seed (cells <cell>-seed<s>)
+    reference: "16×4"              # optional: the cell the others are compared with (paired tests)
 
 :func:`prepare` checks everything before any cell runs (constraints; every override key exists:
 each cell's config is resolved by the CLI parser, which names an unknown key) and writes
@@ -61,6 +63,8 @@ class Cell:
     name: str  # folder name
     label: str  # shown in tables and plots
     overrides: dict[str, Any]  # dotted config key → value
+    group: str = ""  # with seeds: the cell all seeds belong to (its name without the seed)
+    seed: int | None = None  # with seeds: this run's seed_everything
 
 
 @dataclass
@@ -74,6 +78,8 @@ class SweepSpec:
     metrics: list[str] = field(default_factory=list)
     plot: dict[str, Any] | None = None
     description: str = ""
+    seeds: list[int] = field(default_factory=list)  # each cell runs once per seed
+    reference: str | None = None  # the cell the others are compared with, question by question
 
 
 # -- the spec ---------------------------------------------------------------------------------------
@@ -83,7 +89,8 @@ def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
     if not path.is_file():
         raise FileNotFoundError(f"sweep spec {path} does not exist")
     raw = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(raw) - {"name", "description", "variants", "grid", "label", "constraints", "metrics", "plot"})
+    unknown = sorted(set(raw) - {"name", "description", "variants", "grid", "label", "constraints", "metrics", "plot",
+                                 "seeds", "reference"})
     if unknown:
         raise SweepError(f"{path}: unknown field(s) {unknown}")
     variants = raw.get("variants") or {}
@@ -96,11 +103,27 @@ def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
     if not metrics:
         raise SweepError(f"{path}: 'metrics' must list the metrics to collect (e.g. test/rougeL)")
     cells = expand_grid(raw.get("grid") or {}, raw.get("label"), path)
-    spec = SweepSpec(name=raw.get("name", path.stem), variant=variant, base=list(chosen["base"]), cells=cells,
-                     overrides=dict(chosen.get("overrides") or {}), constraints=list(raw.get("constraints") or []),
-                     metrics=list(metrics), plot=raw.get("plot"), description=raw.get("description", ""))
+    reference = raw.get("reference")
+    if reference is not None and not any(reference in (cell.name, cell.label) for cell in cells):
+        raise SweepError(f"{path}: reference {reference!r} is none of the cells {[cell.label for cell in cells]}")
+    seeds = raw.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise SweepError(f"{path}: seeds must be a list of distinct integers, got {seeds!r}")
+    spec = SweepSpec(name=raw.get("name", path.stem), variant=variant, base=list(chosen["base"]),
+                     cells=with_seeds(cells, seeds), overrides=dict(chosen.get("overrides") or {}),
+                     constraints=list(raw.get("constraints") or []), metrics=list(metrics), plot=raw.get("plot"),
+                     description=raw.get("description", ""), seeds=list(seeds), reference=reference)
     check_constraints(spec)
     return spec
+
+
+def with_seeds(cells: list[Cell], seeds: list[int]) -> list[Cell]:
+    """Each cell once per seed (``<cell>-seed<s>``, ``seed_everything: s``), seed by seed, so that a
+    sweep cut short has every cell at its first seeds; without seeds, the cells as they are."""
+    for cell in cells:
+        cell.group = cell.name
+    return [Cell(f"{cell.name}-seed{seed}", cell.label, {**cell.overrides, "seed_everything": seed}, cell.name, seed)
+            for seed in seeds for cell in cells] if seeds else cells
 
 
 def expand_grid(grid: dict, label: str | None = None, where: Path | str = "spec") -> list[Cell]:
@@ -243,7 +266,7 @@ def place_cell(config: dict, cell: Cell, sweep_dir: Path) -> dict:
         if callback["class_path"].endswith("ModelCheckpoint"):
             callback.setdefault("init_args", {})["dirpath"] = str(cell_dir / "checkpoints")
     callbacks.append({"class_path": "maugpt.training.callbacks.MetricsJson",
-                      "init_args": {"path": str(cell_dir / "metrics.json")}})
+                      "init_args": {"path": str(cell_dir / "metrics.json"), "evaluation": str(cell_dir / "evaluation")}})
     trainer["callbacks"] = callbacks
     return config
 

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -32,7 +33,25 @@ def test_the_experts_rank_spec_expands_to_seven_cells_with_product_64():
     assert load_spec(ROOT / "experiments" / "ablation_experts_rank.yaml", "full").base == \
         ["configs/mau-gpt-4b/stage2.yaml"]
     architecture = load_spec(ROOT / "experiments" / "ablation_architecture.yaml", "full")
-    assert [c.name for c in architecture.cells] == ["lora_r64", "loramoe_16x4", "amoe_lora_16x4"]
+    assert [c.name for c in architecture.cells] == [f"{cell}-seed{seed}" for seed in (0, 1, 2)
+                                                    for cell in ("lora_r64", "loramoe_16x4", "amoe_lora_16x4")]
+    assert [(c.group, c.seed, c.overrides["seed_everything"]) for c in architecture.cells[2:4]] == [
+        ("amoe_lora_16x4", 0, 0), ("lora_r64", 1, 1)]
+    assert architecture.reference == "LoRA (r = 64)" and architecture.cells[3].label == "LoRA (r = 64)"
+
+
+def test_seeds_and_the_reference_cell_are_checked(tmp_path):
+    raw = yaml.safe_load((ROOT / "experiments" / "ablation_architecture.yaml").read_text())
+    for seeds in ([0, 0], "0-2", [0, 1.5]):
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "seeds": seeds}))
+        with pytest.raises(SweepError, match=r"seeds must be a list of distinct integers, got"):
+            load_spec(tmp_path / "spec.yaml", "tiny")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "reference": "LoRA"}))
+    with pytest.raises(SweepError, match=r"reference 'LoRA' is none of the cells \['LoRA \(r = 64\)', "):
+        load_spec(tmp_path / "spec.yaml", "tiny")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "seeds": []}))
+    assert [c.name for c in load_spec(tmp_path / "spec.yaml", "tiny").cells] == ["lora_r64", "loramoe_16x4",
+                                                                                 "amoe_lora_16x4"]
 
 
 def test_zip_product_and_explicit_cells_combine():
@@ -115,7 +134,12 @@ def test_finished_cells_are_skipped_and_failed_ones_retried_keeping_their_logs(t
     assert sorted(p.name for p in (folder / "cells" / "broken" / "logs").iterdir()) == ["attempt-1.log", "attempt-2.log"]
 
 
-def test_a_tiny_two_cell_sweep_runs_end_to_end_and_reports(tiny_base, synthetic_dir, tmp_path):
+def test_a_tiny_two_cell_sweep_over_two_seeds_runs_end_to_end_and_reports(tiny_base, synthetic_dir, tmp_path,
+                                                                             capsys):
+    from maugpt.commands import report
+    from maugpt.commands import sweep as run_sweep
+    from maugpt.evaluation.run import read_jsonl
+    from maugpt.evaluation.statistics import compare, summarize
     from tests.training.conftest import AMOE, stage_config
 
     config = yaml.safe_load(Path(stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=1, adapter=AMOE,
@@ -125,26 +149,41 @@ def test_a_tiny_two_cell_sweep_runs_end_to_end_and_reports(tiny_base, synthetic_
     spec = {"name": "tiny_split", "variants": {"tiny": {"base": [str(tmp_path / "base.yaml")]}},
             "grid": {"zip": {EXPERTS: [2, 4], RANK: [4, 2]}}, "label": "{experts}×{rank}",
             "constraints": [f"{EXPERTS} * {RANK} == 8"], "metrics": ["test/rougeL", "test/detection_accuracy"],
-            "plot": {"y": ["test/rougeL"]}}
+            "plot": {"y": ["test/rougeL"]}, "seeds": [0, 1], "reference": "2×4"}
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
     folder = tmp_path / "sweep"
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), str(tmp_path / "spec.yaml"),
-                           "--out", str(folder)], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "  2x4: done" in done.stdout and "  4x2: done" in done.stdout
-    for name in ("2x4", "4x2"):
+    runs = ["2x4-seed0", "4x2-seed0", "2x4-seed1", "4x2-seed1"]  # seed by seed: a cut sweep has every cell
+    run_sweep(tmp_path / "spec.yaml", out=folder)
+    out = capsys.readouterr().out
+    assert "tiny_split (tiny): 4 cells in" in out and "2×4, 4×2 × seeds [0, 1]" in out
+    assert all(f"  {name}: done" in out for name in runs), out
+    for name in runs:
         assert json.loads((folder / "cells" / name / "fit.json").read_text()) == {"global_step": 1, "epoch": 1}
         metrics = json.loads((folder / "cells" / name / "metrics.json").read_text())
         assert 0.0 <= metrics["test/rougeL"] <= 1.0
         assert {p.name for p in (folder / "tensorboard" / name).iterdir()} == {"fit", "test"}
-    again = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), str(tmp_path / "spec.yaml"),
-                            "--out", str(folder)], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert "  2x4: skipped" in again.stdout and "  4x2: skipped" in again.stdout
-    report = subprocess.run([sys.executable, str(ROOT / "tools" / "report.py"), str(folder)], capture_output=True,
-                            text=True, timeout=300, cwd=ROOT)
-    assert report.returncode == 0, report.stderr
-    rouge = json.loads((folder / "cells" / "2x4" / "metrics.json").read_text())["test/rougeL"]
-    assert f"| 2×4 | {100 * rouge:.2f} |" in report.stdout
+        assert (folder / "cells" / name / "evaluation" / "tables.md").is_file()
+    seed = {name: yaml.safe_load((folder / "cells" / name / "config.yaml").read_text())["seed_everything"]
+            for name in runs}
+    assert seed == {"2x4-seed0": 0, "4x2-seed0": 0, "2x4-seed1": 1, "4x2-seed1": 1}
+    run_sweep(tmp_path / "spec.yaml", out=folder)
+    again = capsys.readouterr().out
+    assert all(f"  {name}: skipped" in again for name in runs), again
+    report(folder, tensorboard=False, resamples=500)
+    text = capsys.readouterr().out
+    rouge = json.loads((folder / "cells" / "2x4-seed1" / "metrics.json").read_text())["test/rougeL"]
+    assert f"| 2×4 (seed 1) | {100 * rouge:.2f} |" in text
+    answers = {cell: {f"{cell}-seed{s}": read_jsonl(folder / "cells" / f"{cell}-seed{s}" / "evaluation" /
+                                                     "predictions.jsonl") for s in (0, 1)} for cell in ("2x4", "4x2")}
+    mine = summarize(answers["4x2"], "rougeL", resamples=500)
+    assert mine.mean == pytest.approx(np.mean([json.loads((folder / "cells" / f"4x2-seed{s}" / "metrics.json")
+                                                          .read_text())["test/rougeL"] for s in (0, 1)]), abs=1e-6)
+    assert (f"| 4×2 | 2 | {100 * mine.mean:.2f} ± {100 * mine.std:.2f} [{100 * mine.low:.2f}, {100 * mine.high:.2f}]"
+            in text)
+    paired = compare(answers["4x2"], answers["2x4"], "detection_accuracy", resamples=500)
+    assert (f"| 4×2 | test/detection_accuracy | {100 * paired.difference:+.2f} | [{100 * paired.low:+.2f}, "
+            f"{100 * paired.high:+.2f}] | {paired.p_value:.3f} |") in text
+    assert (folder / "report_paired.csv").read_text().count("\n") == 1 + 2  # header, 4×2 against 2×4 per metric
     assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

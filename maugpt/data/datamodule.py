@@ -83,7 +83,8 @@ class ExampleEncoder:
         its one question, the reference answer kept in ``meta``."""
         meta = {"key": record["key"], "source": record["source"], "domain": record["domain"],
                 "product": record["product"], "defect_class": record.get("defect_class"),
-                "is_anomalous": record["is_anomalous"], "qa_index": group,
+                "generic_defect": bool(record.get("generic_defect")), "is_anomalous": record["is_anomalous"],
+                "qa_index": group,
                 "tasks": [record["qa"][i]["task"] for i in group]}
         if prompt:
             qa = record["qa"][group[0]]

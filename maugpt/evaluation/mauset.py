@@ -31,6 +31,7 @@ from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import SacreBLEUScore
 
 from maugpt.schema import DOMAINS, TASKS
+from maugpt.evaluation.breakdown import mauset_breakdowns
 from maugpt.evaluation.run import evaluation_folder, write_predictions
 from maugpt.evaluation.true_false import parse_true_false
 from maugpt.tensorboard import tensorboard
@@ -73,16 +74,38 @@ class MeanRouge(Metric):
         self.add_state("sums", default=torch.zeros(len(self.KEYS), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, prediction: str, reference: str) -> None:
-        scores = rouge_score(prediction, reference, rouge_keys=self.KEYS, use_stemmer=self.stemmer)
-        self.sums += torch.tensor([float(scores[f"{k}_fmeasure"]) for k in self.KEYS], dtype=torch.float64,
-                                  device=self.sums.device)
+    def update(self, scores: dict[str, float]) -> None:
+        """Add one answer's F1 scores (``rouge1``, ``rouge2``, ``rougeL``), from :func:`answer_rouge`."""
+        self.sums += torch.tensor([scores[k] for k in self.KEYS], dtype=torch.float64, device=self.sums.device)
         self.count += 1
 
     def compute(self) -> dict[str, float]:
         if self.count == 0:
             return {k: float("nan") for k in self.KEYS}
         return {k: float(v) for k, v in zip(self.KEYS, self.sums / self.count)}
+
+
+def answer_rouge(prediction: str, reference: str, stemmer: bool = False) -> dict[str, float]:
+    """ROUGE-1/2/L F1 of one answer against its reference (see the module docstring)."""
+    scores = rouge_score(prediction, reference, rouge_keys=MeanRouge.KEYS, use_stemmer=stemmer)
+    return {k: float(scores[f"{k}_fmeasure"]) for k in MeanRouge.KEYS}
+
+
+class SentenceBleu:
+    """One answer's BLEU-4 sufficient statistics, with the tokenizer of the corpus BLEU: summed over
+    answers they give the corpus BLEU-4 (so a subset of answers, e.g. a bootstrap resample, can be
+    scored again without the texts)."""
+
+    def __init__(self, tokenize: str = "none") -> None:
+        self.metric = SacreBLEUScore(n_gram=4, tokenize=tokenize)
+
+    def __call__(self, prediction: str, reference: str) -> dict:
+        """``{"hyp_len", "ref_len", "matches": [4 n-gram orders], "totals": [4]}``."""
+        self.metric.reset()
+        self.metric.update([prediction], [[reference]])
+        m = self.metric
+        return {"hyp_len": int(m.preds_len), "ref_len": int(m.target_len),
+                "matches": [int(v) for v in m.numerator], "totals": [int(v) for v in m.denominator]}
 
 
 def _group_key(group: str) -> str:
@@ -118,22 +141,30 @@ class MAUSetScores(nn.Module):
         if rouge_stemmer and importlib.util.find_spec("nltk") is None:  # torchmetrics' Porter stemmer
             raise ImportError("rouge_stemmer needs the nltk package (pip install nltk)")
         self.settings = metric_settings(bleu_tokenize, rouge_stemmer)
+        self.stemmer = rouge_stemmer
+        self.sentence_bleu = SentenceBleu(bleu_tokenize)
         self.discriminative = DomainAccuracy()
         self.rouge = nn.ModuleDict({_group_key(g): MeanRouge(rouge_stemmer) for g in self.GROUPS})
         self.bleu = nn.ModuleDict({_group_key(g): SacreBLEUScore(n_gram=4, tokenize=bleu_tokenize)
                                    for g in self.GROUPS})
 
-    def add(self, meta: dict, answer: str) -> None:
+    def add(self, meta: dict, answer: str) -> dict:
+        """Score one answer into the totals and return its own scores: ``verdict`` (``"True"``,
+        ``"False"`` or None: unparsable) and ``correct`` for a discriminative question; ``rouge1``,
+        ``rouge2``, ``rougeL`` and ``bleu`` (:class:`SentenceBleu`'s statistics) for an open one."""
         if meta["domain"] not in DOMAINS:
             raise ValueError(f"unknown domain {meta['domain']!r} in {meta.get('key')}; expected one of {DOMAINS}")
         if meta["style"] == "discriminative":
             verdict = parse_true_false(answer, meta.get("question"))
-            self.discriminative.update(meta["domain"], verdict, meta["reference"] == "True")
-            return
+            truth = meta["reference"] == "True"
+            self.discriminative.update(meta["domain"], verdict, truth)
+            return {"verdict": None if verdict is None else str(verdict), "correct": verdict == truth}
+        rouge = answer_rouge(answer, meta["reference"], self.stemmer)
         for group in ("all", f"task:{meta['task']}", f"domain:{meta['domain']}"):
             key = _group_key(group)
-            self.rouge[key].update(answer, meta["reference"])
+            self.rouge[key].update(rouge)
             self.bleu[key].update([answer], [[meta["reference"]]])
+        return {**rouge, "bleu": self.sentence_bleu(answer, meta["reference"])}
 
     def compute(self) -> dict[str, float]:
         """Flat results: ``detection_accuracy`` (pooled over all discriminative questions),
@@ -188,7 +219,8 @@ def tables(results: dict[str, float], model: str = "model", settings: str | None
     return markdown, csv
 
 
-PREDICTION_FIELDS = ("key", "source", "domain", "product", "task", "style", "question", "reference")
+PREDICTION_FIELDS = ("key", "qa_index", "source", "domain", "product", "defect_class", "generic_defect", "is_anomalous",
+                     "task", "style", "question", "reference")
 
 
 class MAUSetEvaluation(nn.Module):
@@ -206,8 +238,11 @@ class MAUSetEvaluation(nn.Module):
         self.predictions: list[dict] = []
 
     def add(self, meta: dict, answer: str, choice_logprobs: list[float] | None = None) -> None:
-        self.scores.add(meta, answer)
-        self.predictions.append({**{k: meta.get(k) for k in PREDICTION_FIELDS}, "prediction": answer})
+        scores = self.scores.add(meta, answer)
+        row = {k: meta.get(k) for k in PREDICTION_FIELDS}
+        if isinstance(row["qa_index"], list):  # a test prompt asks one question: its index in the record
+            row["qa_index"] = row["qa_index"][0]
+        self.predictions.append({**row, "prediction": answer, **scores})
 
     def finish(self, trainer: L.Trainer) -> dict[str, float]:
         results = self.scores.compute()
@@ -216,17 +251,28 @@ class MAUSetEvaluation(nn.Module):
         return results
 
 
+def write_tables(folder: Path, results: dict[str, float], rows: list[dict], model: str = "model",
+                 settings: str | None = None) -> str:
+    """``tables.md`` (Tables 2 and 4, then the breakdowns), ``scores.csv`` and ``breakdown.csv``
+    into ``folder``; returns the Markdown."""
+    markdown, csv = tables(results, model=model, settings=settings)
+    sections, rows_csv = mauset_breakdowns(rows)
+    markdown = f"{markdown}\n{sections}"
+    (folder / "tables.md").write_text(markdown)
+    (folder / "scores.csv").write_text(csv)
+    (folder / "breakdown.csv").write_text(rows_csv)
+    return markdown
+
+
 def write_evaluation(trainer: L.Trainer, results: dict[str, float], predictions: list[dict],
                      settings: str | None = None) -> Path:
     """Write the test predictions (``predictions.jsonl``, every rank's rows, as MMAD's) and, on rank 0,
-    Tables 2 and 4 (Markdown and CSV) into the run's evaluation folder (a new one each time), and
-    log the tables to TensorBoard."""
+    Tables 2 and 4 with the breakdowns (:mod:`~maugpt.evaluation.breakdown`) as Markdown and CSV
+    into the run's evaluation folder (a new one each time), and log the tables to TensorBoard."""
     folder = evaluation_folder(trainer)
-    write_predictions(trainer, folder, predictions)
+    rows = write_predictions(trainer, folder, predictions)
     if trainer.is_global_zero:
-        markdown, csv = tables(results, settings=settings)
-        (folder / "tables.md").write_text(markdown)
-        (folder / "scores.csv").write_text(csv)
+        markdown = write_tables(folder, results, rows, settings=settings)
         writer = tensorboard(trainer)
         if writer is not None:
             writer.add_text("test/tables", markdown, trainer.global_step)

@@ -56,7 +56,8 @@ class MMADPrompts(IterableDataset):
         if cache.get("paths") != paths:  # an image's questions are consecutive: decode it once
             cache.update(paths=paths, result=self.pixels(paths))
         pixels, error = cache["result"]
-        meta = {"image": question.image, "question_index": question.index, "subtask": question.subtask,
+        meta = {"image": question.image, "question_index": question.index, "dataset": question.dataset,
+                "subtask": question.subtask,
                 "question": question.question, "options": question.options, "answer": question.answer}
         if error:
             meta["error"] = error

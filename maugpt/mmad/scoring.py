@@ -29,7 +29,7 @@ import json
 import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -182,6 +182,7 @@ class MMADScores:
     dropped: int  # records removed (official handling only)
     handling: str
     skipped: int = 0  # records never visited because one before them was removed (official only)
+    letters: list[str | None] = field(default_factory=list)  # each answer's extracted letter, in order
 
     def row_average(self, dataset: str) -> float:
         values = list(self.table[dataset].values())
@@ -285,10 +286,20 @@ def score(pairs: list[tuple[MMADQuestion, str | None]], unparsable: Literal["wro
     records = [(q, None if response is None else extract_letter(response, q.options, last_letter, closest_option,
                                                                  official)) for q, response in pairs]
     bad = sum(letter is None for _, letter in records)
+    letters = [letter for _, letter in records]
     if official:
         table, dropped, skipped = _official_table(records)
-        return MMADScores(table, bad, dropped, "official", skipped)
-    return MMADScores(_corrected_table(records), bad, 0, "unparsable = wrong")
+        return MMADScores(table, bad, dropped, "official", skipped, letters)
+    return MMADScores(_corrected_table(records), bad, 0, "unparsable = wrong", letters=letters)
+
+
+def score_rows(rows: list[dict], pairs: list[tuple[MMADQuestion, str | None]], scores: MMADScores,
+               prefix: str = "") -> None:
+    """Give each prediction row (in the order of ``pairs``) its own result: ``<prefix>letter`` (the
+    extracted letter, None: unparsable) and ``<prefix>correct`` (that letter is the right one)."""
+    for row, (question, _), letter in zip(rows, pairs, scores.letters, strict=True):
+        row[f"{prefix}letter"] = letter
+        row[f"{prefix}correct"] = letter == question.answer
 
 
 class MMADEvaluation(nn.Module):
@@ -331,40 +342,53 @@ class MMADEvaluation(nn.Module):
         if choice_logprobs is not None and not error:
             likely = max(meta["options"], key=lambda letter: choice_logprobs[ord(letter) - ord("A")])
         self.rows.append({"image": meta["image"], "question_index": meta["question_index"],
-                          "subtask": meta["subtask"], "question": meta["question"], "options": meta["options"],
-                          "correct": meta["answer"], "answer": "" if error else answer, "likelihood_answer": likely,
+                          "dataset": meta["dataset"], "subtask": meta["subtask"],
+                          "question": meta["question"], "options": meta["options"], "correct_letter": meta["answer"],
+                          "answer": "" if error else answer, "likelihood_answer": likely,
                           **({"error": error} if error else {})})
 
     def finish(self, trainer) -> dict[str, float]:
-        from maugpt.evaluation.run import evaluation_folder, write_predictions
+        """Score both modes on rank 0; ``predictions.jsonl`` gets every answer with its own
+        ``letter``/``correct`` (and ``likelihood_letter``/``likelihood_correct``)."""
+        from maugpt.evaluation.run import evaluation_folder, gather_rows, write_jsonl
         from maugpt.tensorboard import tensorboard
 
         folder = evaluation_folder(trainer)
         order = {(q.image, q.index): i for i, q in enumerate(self.questions)}
-        rows = write_predictions(trainer, folder, self.rows, lambda r: order.get((r["image"], r["question_index"]), -1))
+        rows = sorted(gather_rows(trainer, self.rows), key=lambda r: order.get((r["image"], r["question_index"]), -1))
         self.rows = []
         results: dict[str, float] = {}
         if trainer.is_global_zero:
-            unreadable = sum("error" in r for r in rows)
-            first, _, details = self.setting.partition("\n\n")
-            sections = [f"MMAD: {len(rows)} questions; {first}; questions with unreadable images: {unreadable}"
-                        + (f"\n\n{details}" if details else "")]
-            for mode, title in self.MODES.items():
-                if mode == "likelihood" and not any(r["likelihood_answer"] for r in rows):
-                    continue
-                field = "answer" if mode == "generation" else "likelihood_answer"
-                pairs = match_predictions(self.questions, [{**r, "answer": r[field]} for r in rows])
-                scores = score(pairs, self.unparsable if mode == "generation" else "wrong", self.last_letter,
-                               self.closest_option)
-                sections.append(f"### {mode.capitalize()}: {title} (accuracy %)\n\n{scores.markdown()}")
-                (folder / f"mmad_{mode}.csv").write_text(scores.csv())
-                results[f"mmad/{mode}/average"] = scores.average
-                results.update({f"mmad/{mode}/{d}": scores.row_average(d) for d in scores.table})
-                results.update({f"mmad/{mode}/{s}": scores.subtask_average(s) for s in SUBTASKS})
-                results[f"mmad/{mode}/unparsable"] = float(scores.unparsable)
-            markdown = "\n\n".join(sections) + "\n"
-            (folder / "tables.md").write_text(markdown)
-            writer = tensorboard(trainer)
-            if writer is not None:
-                writer.add_text("test/mmad", markdown, trainer.global_step)
+            try:
+                results = self.score_and_report(rows, folder, tensorboard(trainer), trainer.global_step)
+            finally:  # the answers are kept even when they cannot be scored
+                write_jsonl(folder / "predictions.jsonl", rows)
         return trainer.strategy.broadcast(results)
+
+    def score_and_report(self, rows: list[dict], folder: Path, writer, step: int) -> dict[str, float]:
+        """Both modes' tables (``tables.md``, ``mmad_<mode>.csv``, TensorBoard) and their scalars;
+        each row gets its own letter and correctness (:func:`score_rows`)."""
+        results: dict[str, float] = {}
+        unreadable = sum("error" in r for r in rows)
+        first, _, details = self.setting.partition("\n\n")
+        sections = [f"MMAD: {len(rows)} questions; {first}; questions with unreadable images: {unreadable}"
+                    + (f"\n\n{details}" if details else "")]
+        for mode, title in self.MODES.items():
+            if mode == "likelihood" and not any(r["likelihood_answer"] for r in rows):
+                continue
+            field = "answer" if mode == "generation" else "likelihood_answer"
+            pairs = match_predictions(self.questions, [{**r, "answer": r[field]} for r in rows])
+            scores = score(pairs, self.unparsable if mode == "generation" else "wrong", self.last_letter,
+                           self.closest_option)
+            score_rows(rows, pairs, scores, "" if mode == "generation" else "likelihood_")
+            sections.append(f"### {mode.capitalize()}: {title} (accuracy %)\n\n{scores.markdown()}")
+            (folder / f"mmad_{mode}.csv").write_text(scores.csv())
+            results[f"mmad/{mode}/average"] = scores.average
+            results.update({f"mmad/{mode}/{d}": scores.row_average(d) for d in scores.table})
+            results.update({f"mmad/{mode}/{s}": scores.subtask_average(s) for s in SUBTASKS})
+            results[f"mmad/{mode}/unparsable"] = float(scores.unparsable)
+        markdown = "\n\n".join(sections) + "\n"
+        (folder / "tables.md").write_text(markdown)
+        if writer is not None:
+            writer.add_text("test/mmad", markdown, step)
+        return results

@@ -5,6 +5,7 @@ a fit that ended normally."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -247,14 +248,23 @@ class MetricsJson(L.Callback):
 
     Args:
         path: the output file (replaced by each test).
+        evaluation: also copy the test's evaluation folder (``predictions.jsonl``, ``tables.md``, the
+            CSVs) here, first: a sweep's report compares cells answer by answer from it.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, evaluation: str | None = None) -> None:
         self.path = path
+        self.evaluation = evaluation
 
     def on_test_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
+        if self.evaluation is not None:
+            run = Path(trainer.log_dir or trainer.default_root_dir)
+            written = sorted(run.glob("evaluation*/predictions.jsonl"), key=lambda p: p.stat().st_mtime)
+            if not written:
+                raise FileNotFoundError(f"MetricsJson: the test wrote no evaluation folder under {run}")
+            shutil.copytree(written[-1].parent, self.evaluation, dirs_exist_ok=True)
         write_json_atomically(Path(self.path), {name: float(v) for name, v in trainer.callback_metrics.items()})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 import sacrebleu
 import torch
@@ -13,6 +14,7 @@ import torch.multiprocessing as mp
 from rouge_score import rouge_scorer
 
 from maugpt.evaluation.mauset import MAUSetScores, tables
+from maugpt.evaluation.statistics import corpus_bleu
 from maugpt.evaluation.true_false import parse_true_false
 
 IND, ELEC = "Industrial Components", "Electronic Components"
@@ -101,6 +103,18 @@ def _corpus(seed: int = 0, n: int = 60) -> tuple[list[str], list[str]]:
     return references, predictions
 
 
+def test_each_answer_gets_its_own_verdict_or_scores():
+    scores = MAUSetScores()
+    own = [scores.add(meta, answer) for meta, answer in ANSWERS]
+    assert own[:4] == [{"verdict": "True", "correct": True}, {"verdict": "True", "correct": False},
+                       {"verdict": None, "correct": False}, {"verdict": "False", "correct": True}]
+    assert own[4] == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0,
+                      "bleu": {"hyp_len": 6, "ref_len": 6, "matches": [6, 5, 4, 3], "totals": [6, 5, 4, 3]}}
+    # "a crack at the bottom" vs "the crack is in the top left": the hand-worked F1s above; 2 unigrams match
+    assert own[5]["rouge1"] == pytest.approx(1 / 3) and own[5]["rouge2"] == 0.0
+    assert own[5]["bleu"] == {"hyp_len": 5, "ref_len": 7, "matches": [2, 0, 0, 0], "totals": [5, 4, 3, 2]}
+
+
 @pytest.mark.parametrize("stemmer", [False, True])
 def test_rouge_equals_rouge_score(stemmer):
     references, predictions = _corpus()
@@ -108,9 +122,10 @@ def test_rouge_equals_rouge_score(stemmer):
     scores = MAUSetScores(rouge_stemmer=stemmer)
     expected = {k: 0.0 for k in ("rouge1", "rouge2", "rougeL")}
     for reference, prediction in zip(references, predictions):
-        scores.add(open_qa(IND, "description", reference), prediction)
+        own = scores.add(open_qa(IND, "description", reference), prediction)
         for key, value in scorer.score(reference, prediction).items():
             expected[key] += value.fmeasure / len(references)
+            assert own[key] == pytest.approx(value.fmeasure, abs=1e-6), key  # each answer's own score too
     results = scores.compute()
     for key, value in expected.items():
         assert results[key] == pytest.approx(value, abs=1e-6), key
@@ -121,10 +136,13 @@ def test_rouge_equals_rouge_score(stemmer):
 def test_bleu_equals_sacrebleu_without_smoothing(tokenize):
     references, predictions = _corpus(seed=1)
     scores = MAUSetScores(bleu_tokenize=tokenize)
-    for reference, prediction in zip(references, predictions):
-        scores.add(open_qa(ELEC, "localization", reference), prediction)
+    own = [scores.add(open_qa(ELEC, "localization", reference), prediction)["bleu"]
+           for reference, prediction in zip(references, predictions)]
     expected = sacrebleu.corpus_bleu(predictions, [references], tokenize=tokenize, smooth_method="none").score / 100
     assert scores.compute()["bleu4"] == pytest.approx(expected, abs=1e-6) and expected > 0.3
+    # the answers' own statistics, summed, are the corpus BLEU's: a subset can be scored without the texts
+    stats = np.array([[b["hyp_len"], b["ref_len"], *b["matches"], *b["totals"]] for b in own]).sum(axis=0)
+    assert corpus_bleu(stats) == pytest.approx(expected, abs=1e-9)
 
 
 def test_the_bleu_tokenizers_differ_and_bad_settings_are_named():
@@ -208,8 +226,13 @@ def test_maugpt_test_writes_predictions_and_tables_without_overwriting(tiny_base
     folder = next((tmp_path / "tb" / "stage2").glob("version_*/evaluation"))
     rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
     questions = [qa for s in iter_samples(synthetic_dir / "mauset" / "test") for qa in s["json"]["qa"]]
-    assert len(rows) == len(questions) and len({(r["key"], r["question"]) for r in rows}) == len(rows)
-    assert set(rows[0]) == {"key", "source", "domain", "product", "task", "style", "question", "reference", "prediction"}
+    assert len(rows) == len(questions) and len({(r["key"], r["qa_index"]) for r in rows}) == len(rows)
+    common = {"key", "qa_index", "source", "domain", "product", "defect_class", "generic_defect", "is_anomalous",
+              "task", "style",
+              "question", "reference", "prediction"}
+    assert {frozenset(r) for r in rows} == {frozenset(common | {"verdict", "correct"}),
+                                            frozenset(common | {"rouge1", "rouge2", "rougeL", "bleu"})}
+    assert all(r["correct"] == (r["verdict"] == r["reference"]) for r in rows if r["style"] == "discriminative")
     markdown = (folder / "tables.md").read_text()
     assert markdown.startswith("### Discriminative QA accuracy (%)") and "| task: localization |" in markdown
     accuracy = first.trainer.callback_metrics["test/detection_accuracy"].item()
@@ -220,10 +243,12 @@ def test_maugpt_test_writes_predictions_and_tables_without_overwriting(tiny_base
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "re" / "scores.csv").read_text() == (folder / "scores.csv").read_text()
+    rescored = [json.loads(line) for line in (tmp_path / "re" / "predictions.jsonl").read_text().splitlines()]
+    assert rescored == rows  # the same per-answer scores from the written answers alone
     assert (tmp_path / "re" / "tables.md").read_text().replace("| model |", "") == markdown.replace("| model |", "")
     other = subprocess.run([sys.executable, str(tool), str(folder / "predictions.jsonl"), "--bleu_tokenize", "13a",
                             "--out", str(tmp_path / "re")], capture_output=True, text=True, timeout=120)
-    assert other.returncode != 0 and "already holds tables.md" in other.stderr
+    assert other.returncode != 0 and "already holds one of tables.md, scores.csv, breakdown.csv, predictions.jsonl" in other.stderr
     other = subprocess.run([sys.executable, str(tool), str(folder / "predictions.jsonl"), "--bleu_tokenize", "13a"],
                            capture_output=True, text=True, timeout=120)
     assert other.returncode == 0 and "sacrebleu tokenize='13a'" in other.stdout

@@ -212,6 +212,11 @@ def test_maugpt_test_on_mmad_writes_both_scoring_modes(mmad_root, tiny_base, syn
     assert [(r["image"], r["question_index"]) for r in rows] == \
         [(q.image, q.index) for q in load_questions(mmad_root / "mmad.json")]
     assert all(r["likelihood_answer"] in r["options"] for r in rows)
+    for r in rows:  # each answer's own result, in the letters it was shown
+        assert r["letter"] in (None, *r["options"]) and r["correct"] == (r["letter"] == r["correct_letter"])
+        assert r["likelihood_letter"] == r["likelihood_answer"]
+        assert r["likelihood_correct"] == (r["likelihood_answer"] == r["correct_letter"])
+        assert r["dataset"] == r["image"].split("/")[0]
     assert any(list(r["options"].values()) != list(MMAD[r["image"]]["conversation"][r["question_index"]]["Options"]
                                                    .values()) for r in rows)  # shuffled
     markdown = (folder / "tables.md").read_text()
@@ -224,9 +229,12 @@ def test_maugpt_test_on_mmad_writes_both_scoring_modes(mmad_root, tiny_base, syn
         # the written predictions score the same with the standalone tool
         done = subprocess.run([sys.executable, str(tool), "--questions", str(mmad_root / "mmad.json"),
                                "--predictions", str(folder / "predictions.jsonl"), "--field", field, "--script", "llava",
-                               "--csv", str(tmp_path / f"{mode}.csv")], capture_output=True, text=True, timeout=120)
+                               "--csv", str(tmp_path / f"{mode}.csv"), "--scored", str(tmp_path / f"{mode}.jsonl")],
+                              capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert (tmp_path / f"{mode}.csv").read_text() == (folder / f"mmad_{mode}.csv").read_text()
+        rescored = [json.loads(line) for line in (tmp_path / f"{mode}.jsonl").read_text().splitlines()]
+        assert rescored == rows  # the same letters and verdicts from the written answers alone
         average = float((folder / f"mmad_{mode}.csv").read_text().splitlines()[-1].split(",")[-1])
         assert metrics[f"test/mmad/{mode}/average"].item() == pytest.approx(average, abs=1e-4)
     # Two processes (DDP, gloo): each asks its share, rank 0 gathers and scores every question once.
