@@ -450,6 +450,68 @@ def report(sweep_dir: Path, *, scale: float = 100.0, tensorboard: bool = True, r
     print("written: " + ", ".join(str(p) for p in written.values()))
 
 
+def figure_cores(*, config: Path, ckpt_path: Path, out: Path, layer: str = "self_attn.q_proj",
+                 split: Literal["test", "val"] = "test", max_samples: int = 1000, batch_size: int = 16,
+                 perplexity: float = 30.0, seed: int = 0, overwrite: bool = False) -> None:
+    """Fig. 5(c): a t-SNE of AMoE-LoRA's hypernetwork cores of a split's images, coloured by product
+    and by defect class (``cores_tsne.png``, ``cores.npz``, ``cores_tsne.csv`` and TensorBoard's
+    figure and embedding projector under ``out/tensorboard``).
+
+    Args:
+        config: the stage-2 config the checkpoint was trained with (model and data).
+        ckpt_path: the checkpoint (its trainable tensors are loaded onto the config's model).
+        out: output folder.
+        layer: the adapted layer whose cores are shown (a name pattern; the first match).
+        split: the MAU-Set split whose images are embedded.
+        max_samples: at most this many images.
+        batch_size: prompts per forward.
+        perplexity: t-SNE perplexity (capped below a third of the images).
+        seed: t-SNE seed.
+        overwrite: replace earlier outputs in ``out``.
+    """
+    import numpy as np
+    import torch
+    from lightning.pytorch.utilities import move_data_to_device
+    from torch.utils.data import DataLoader
+    from torch.utils.tensorboard import SummaryWriter
+
+    from maugpt.figures import LABELS, collect_cores, embed, tsne_figure
+    from maugpt.training.cli import run
+
+    written = [out / name for name in ("cores_tsne.png", "cores.npz", "cores_tsne.csv")]
+    if not overwrite and any(path.exists() for path in written):
+        raise SystemExit(f"figure-cores: {out} already holds {', '.join(p.name for p in written if p.exists())}; "
+                         "pass --overwrite true or choose another --out")
+    cli = run(["--config", str(config), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"],
+              subcommand=False)
+    module, data = cli.model, cli.datamodule
+    module.load_trainable(str(ckpt_path))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module.to(device)
+    dataset = data.eval_dataset(split, prompts=True)
+    loader = DataLoader(dataset, **{**data.loader_kwargs(batch_size, prompts=True), "num_workers": 0})
+    # as the trainer does: move each batch, then let the data module finish its images there
+    batches = (data.on_after_batch_transfer(move_data_to_device(batch, device), 0) for batch in loader)
+    try:
+        cores, keys, labels = collect_cores(module, batches, layer, max_samples)
+    except ValueError as err:
+        raise SystemExit(f"figure-cores: {err}") from None
+    points = embed(cores, perplexity, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = tsne_figure(points, labels, f"hypernetwork cores ({layer}, {len(keys)} {split} images)")
+    fig.savefig(written[0], dpi=120)
+    np.savez(written[1], cores=cores, keys=np.array(keys),
+             **{k: np.array([label[k] for label in labels]) for k in LABELS})
+    written[2].write_text("key,x,y," + ",".join(LABELS) + "\n" + "".join(
+        f"{key},{x:.6f},{y:.6f}," + ",".join(label[k] for k in LABELS) + "\n"
+        for key, (x, y), label in zip(keys, points, labels)))
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+        writer.add_figure("figures/cores_tsne", fig)
+        writer.add_embedding(torch.from_numpy(cores), metadata=[[label[k] for k in LABELS] for label in labels],
+                             metadata_header=list(LABELS), tag=f"hypernetwork_cores/{layer}")
+    print(f"{len(keys)} {split} images; written: " + ", ".join(str(p) for p in written) + f", {out / 'tensorboard'}")
+
+
 def sweep_cell(sweep_dir: Path, index: int, *, wait: bool = False) -> None:
     """Run one cell of a prepared sweep, as each task of ``maugpt sweep --slurm``'s array does:
     skipped when finished, resumed from its last checkpoint, logged under ``cells/<name>/logs/``.
