@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-## The test suite (CPU only, no downloads).
+## The test suite (CPU only, no downloads; Chromium from the OS packages for the HTML report's test).
 test: $(STAMP)
+	bash tools/install_chromium.sh
 	$(PY) -m pytest -q
 
 ## Speed and memory ratios of the adapters and of the data loader.

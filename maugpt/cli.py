@@ -121,7 +121,8 @@ def main(args: list[str] | None = None) -> None:
               "build-llava": commands.build_llava, "synth": commands.synth, "inspect": commands.inspect_shards,
               "tiny-base": commands.tiny_base, "score-mauset": commands.score_mauset,
               "score-mmad": commands.score_mmad, "judge": commands.judge, "sweep": commands.sweep,
-              "sweep-cell": commands.sweep_cell, "report": commands.report, "figure-cores": commands.figure_cores},
+              "sweep-cell": commands.sweep_cell, "report": commands.report, "report-html": commands.report_html,
+              "figure-cores": commands.figure_cores},
              args=argv)
 
 

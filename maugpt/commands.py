@@ -450,6 +450,31 @@ def report(sweep_dir: Path, *, scale: float = 100.0, tensorboard: bool = True, r
     print("written: " + ", ".join(str(p) for p in written.values()))
 
 
+def report_html(source: Path, *, out: Path, data_dir: Path | None = None, max_gallery: int = 2000,
+                overwrite: bool = False) -> None:
+    """Self-contained HTML pages (no server, no network) of an evaluation, a run or a sweep: the
+    tables with their breakdowns and intervals, the figures, and a gallery of the test images with
+    each question, reference, answer and score, worst first, filterable by domain, task, product
+    and outcome (for a sweep: the cells side by side, and a page per cell).
+
+    Args:
+        source: an evaluation folder (``predictions.jsonl``), a run folder holding ``evaluation*/``,
+            or a sweep folder (``sweep.json``).
+        out: the output folder.
+        data_dir: where the test images are (the MAU-Set data folder, or MMAD's data root); default:
+            the run's ``config.yaml`` (pages without images say so).
+        max_gallery: at most this many answers in a gallery, the worst.
+        overwrite: replace existing pages.
+    """
+    from maugpt.report_html import write_html
+
+    try:
+        pages = write_html(source, out, data_dir=data_dir, max_gallery=max_gallery, overwrite=overwrite)
+    except (ValueError, FileExistsError) as err:
+        raise SystemExit(f"report-html: {err}") from None
+    print("written: " + ", ".join(str(p) for p in pages))
+
+
 def figure_cores(*, config: Path, ckpt_path: Path, out: Path, layer: str = "self_attn.q_proj",
                  split: Literal["test", "val"] = "test", max_samples: int = 1000, batch_size: int = 16,
                  perplexity: float = 30.0, seed: int = 0, overwrite: bool = False) -> None:

@@ -82,5 +82,5 @@ def test_the_installed_command_has_the_tools_as_subcommands(installed, tmp_path)
     helped = subprocess.run([sys.executable, "-m", "maugpt.cli", "--help"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     for command in ("build", "build-llava", "synth", "inspect", "tiny-base", "score-mauset", "score-mmad", "judge",
-                    "sweep", "sweep-cell", "report", "export"):
+                    "sweep", "sweep-cell", "report", "report-html", "figure-cores", "export"):
         assert f"    {command} " in helped.stdout, command
