@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from maugpt.evaluation.run import read_jsonl
+from maugpt.evaluation.run import predictions_path, read_jsonl
 
 MISSING = "missing"
 # The spec's metric names whose per-answer values statistics can resample (others: seeds only).
@@ -69,8 +69,16 @@ def groups(spec: dict, rows: list[tuple[dict, dict | None]]) -> dict[str, list[t
 
 def run_predictions(sweep_dir: Path, runs: list[tuple[dict, dict | None]]) -> dict[str, list[dict]]:
     """The answers of a cell's finished runs, by run name (runs without metrics are left out)."""
-    return {cell["name"]: read_jsonl(sweep_dir / "cells" / cell["name"] / "evaluation" / "predictions.jsonl")
-            for cell, found in runs if found is not None}
+    answers = {}
+    for cell, found in runs:
+        folder = sweep_dir / "cells" / cell["name"] / "evaluation"
+        if found is not None:
+            path = predictions_path(folder)
+            if path is None:
+                raise FileNotFoundError(f"{folder} holds no predictions.jsonl(.gz): cell {cell['name']} was tested "
+                                        "before sweeps kept each answer; test it again to compare it")
+            answers[cell["name"]] = read_jsonl(path)
+    return answers
 
 
 @dataclass

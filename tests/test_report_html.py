@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from maugpt.evaluation.run import write_gzip
 from maugpt.report_html import write_html
 from maugpt.report_html.images import thumbnail
 from maugpt.report_html.markdown import markdown_html
@@ -215,6 +216,10 @@ def test_a_sweep_gives_its_page_and_one_per_cell_linked(tmp_path, shards, monkey
               for r in rows]
     for name, answers in (("lora", rows), ("amoe", better)):
         write_rows(sweep / "cells" / name / "evaluation", answers, TABLES)
+    plain = sweep / "cells" / "amoe" / "evaluation" / "predictions.jsonl"  # a sweep cell keeps them gzipped
+    write_gzip(plain.with_suffix(".jsonl.gz"), plain.read_bytes())
+    plain.unlink()
+    for name in ("lora", "amoe"):
         (sweep / "cells" / name / "config.yaml").write_text("data:\n  init_args:\n    data_dir: data\n")
         (sweep / "cells" / name / "metrics.json").write_text(json.dumps({"test/rougeL": 0.5}))
     (sweep / "report.md").write_text("### ablation (tiny)\n\n| cell | test/rougeL |\n|---|---:|\n| LoRA | 50.00 |\n")

@@ -173,8 +173,14 @@ def test_a_tiny_two_cell_sweep_over_two_seeds_runs_end_to_end_and_reports(tiny_b
     text = capsys.readouterr().out
     rouge = json.loads((folder / "cells" / "2x4-seed1" / "metrics.json").read_text())["test/rougeL"]
     assert f"| 2×4 (seed 1) | {100 * rouge:.2f} |" in text
+    # each cell keeps its answers gzipped beside its tables, the same rows as the test wrote
+    kept = folder / "cells" / "2x4-seed0" / "evaluation" / "predictions.jsonl.gz"
+    assert read_jsonl(kept) == read_jsonl(next((folder / "tensorboard" / "2x4-seed0" / "test").glob(
+        "evaluation*/predictions.jsonl")))
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["breakdown.csv", "predictions.jsonl.gz", "scores.csv",
+                                                              "tables.md"]
     answers = {cell: {f"{cell}-seed{s}": read_jsonl(folder / "cells" / f"{cell}-seed{s}" / "evaluation" /
-                                                     "predictions.jsonl") for s in (0, 1)} for cell in ("2x4", "4x2")}
+                                                     "predictions.jsonl.gz") for s in (0, 1)} for cell in ("2x4", "4x2")}
     mine = summarize(answers["4x2"], "rougeL", resamples=500)
     assert mine.mean == pytest.approx(np.mean([json.loads((folder / "cells" / f"4x2-seed{s}" / "metrics.json")
                                                           .read_text())["test/rougeL"] for s in (0, 1)]), abs=1e-6)

@@ -6,6 +6,7 @@ A data module that can be tested by generation defines ``evaluation()`` returnin
 """
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from collections.abc import Callable
@@ -66,13 +67,35 @@ def write_predictions(trainer: L.Trainer, folder: Path, rows: list[dict],
     return rows
 
 
+def predictions_path(folder: Path) -> Path | None:
+    """An evaluation folder's ``predictions.jsonl``, or its gzip archive ``predictions.jsonl.gz``
+    (a sweep cell keeps its answers compressed: they are committed with the results)."""
+    return next((folder / name for name in ("predictions.jsonl", "predictions.jsonl.gz") if (folder / name).is_file()),
+                None)
+
+
+def read_text(path: Path, errors: str = "strict") -> str:
+    """A text file's content, through gzip when its name ends in ``.gz``."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8", errors=errors) as f:
+            return f.read()
+    return path.read_text(encoding="utf-8", errors=errors)
+
+
+def write_gzip(path: Path, data: bytes) -> None:
+    """``data`` gzipped into ``path``, without a timestamp: the same answers give the same bytes."""
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        f.write(data)
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
-    """The rows of a JSON-lines file (predictions, answers); a malformed line raises naming it."""
+    """The rows of a JSON-lines file (predictions, answers; gzipped when named ``*.gz``); a
+    malformed line raises naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} does not exist")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from maugpt.evaluation.run import predictions_path
 from maugpt.report_html.images import load_thumbs
 from maugpt.report_html.pages import (Evaluation, ThumbSheet, cell_page, evaluation_page, nav, sweep_page,
                                       sweep_questions, sweep_title)
@@ -40,14 +41,14 @@ def read_source(source: Path, data_dir: Path | None) -> tuple[dict | None, list[
         for c in cells:
             folder = source / "cells" / c["name"] / "evaluation"
             label = c.get("label", c["name"]) + (f" (seed {c['seed']})" if c.get("seed") is not None else "")
-            if (folder / "predictions.jsonl").is_file():
+            if predictions_path(folder) is not None:
                 evaluations.append(Evaluation.read(folder, page=cell_page(c), title=f"{spec.get('name', source.name)}: "
                                                    f"{label}", data_dir=data_dir, label=label))
         return {**record, "spec": spec, "cell_list": cells}, evaluations
-    if (source / "predictions.jsonl").is_file():
+    if predictions_path(source) is not None:
         return None, [Evaluation.read(source, page=f"{source.name}.html", title=f"Evaluation {source}",
                                       data_dir=data_dir)]
-    folders = sorted(p.parent for p in source.glob("evaluation*/predictions.jsonl"))
+    folders = sorted(p for p in source.glob("evaluation*") if predictions_path(p) is not None)
     if not folders:
         raise ValueError(f"{source} is neither an evaluation folder (predictions.jsonl), a run folder "
                          "(evaluation*/predictions.jsonl) nor a sweep folder (sweep.json)")

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from maugpt.evaluation.run import read_text
 from maugpt.report_html.template import DASH, ROUGE_CORRECT
 
 
@@ -101,7 +102,7 @@ def read_rows(path: Path) -> tuple[list[dict], int]:
     """The JSON objects of a JSON-lines file and the number of lines that are not one (skipped:
     a page shows what it can rather than nothing)."""
     rows, bad = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_text(path, errors="replace").splitlines():
         if line.strip():
             try:
                 row = json.loads(line)

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from maugpt.evaluation.run import predictions_path
 from maugpt.report_html.answers import Answer, answer, read_rows, worst_first
 from maugpt.report_html.images import Thumbs, image_source
 from maugpt.report_html.markdown import embedded_files, markdown_html
@@ -28,7 +29,7 @@ class Evaluation:
 
     @classmethod
     def read(cls, folder: Path, *, page: str, title: str, data_dir: Path | None, label: str = "") -> Evaluation:
-        rows, bad = read_rows(folder / "predictions.jsonl")
+        rows, bad = read_rows(predictions_path(folder))
         kind = "mmad" if rows and all("options" in r or "correct_letter" in r for r in rows) else "mauset"
         images, note = image_source(folder, kind, data_dir)
         return cls(folder=folder, page=page, title=title, label=label or folder.name, bad_lines=bad, kind=kind,

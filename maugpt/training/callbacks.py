@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 
 from maugpt.adapters import adapter_diagnostics
+from maugpt.evaluation.run import write_gzip
 from maugpt.tensorboard import tensorboard, tensorboard_logger
 
 
@@ -249,7 +250,8 @@ class MetricsJson(L.Callback):
     Args:
         path: the output file (replaced by each test).
         evaluation: also copy the test's evaluation folder (``predictions.jsonl``, ``tables.md``, the
-            CSVs) here, first: a sweep's report compares cells answer by answer from it.
+            CSVs; the answers as ``predictions.jsonl.gz``) here, first: a sweep's report compares
+            cells answer by answer from it.
     """
 
     def __init__(self, path: str, evaluation: str | None = None) -> None:
@@ -264,7 +266,10 @@ class MetricsJson(L.Callback):
             written = sorted(run.glob("evaluation*/predictions.jsonl"), key=lambda p: p.stat().st_mtime)
             if not written:
                 raise FileNotFoundError(f"MetricsJson: the test wrote no evaluation folder under {run}")
-            shutil.copytree(written[-1].parent, self.evaluation, dirs_exist_ok=True)
+            target = Path(self.evaluation)
+            shutil.copytree(written[-1].parent, target, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("predictions.jsonl"))
+            write_gzip(target / "predictions.jsonl.gz", written[-1].read_bytes())  # committed: 10× smaller
         write_json_atomically(Path(self.path), {name: float(v) for name, v in trainer.callback_metrics.items()})
 
 
