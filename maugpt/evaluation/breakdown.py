@@ -26,10 +26,11 @@ def bleu_row(bleu: dict) -> list[int]:
 
 
 def defect_label(row: dict) -> str:
-    if not row.get("is_anomalous") and not row.get("defect_class"):
-        return "normal"
-    label = row.get("defect_class") or "unknown"
-    return f"{label} (generic)" if row.get("generic_defect") else label
+    """The defect class, ``(generic)`` where the knowledge base does not list it; ``normal`` for a
+    defect-free image; ``unknown`` where a row does not say (another model's answers, say)."""
+    if row.get("defect_class"):
+        return f"{row['defect_class']} (generic)" if row.get("generic_defect") else row["defect_class"]
+    return "normal" if row.get("is_anomalous") is False else "unknown"
 
 
 def detection_groups(rows: list[dict]) -> dict[str, dict[str, list[bool]]]:

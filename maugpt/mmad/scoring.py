@@ -84,9 +84,9 @@ def load_questions(path: str | Path, entries: dict[str, dict] | None = None) -> 
             raise ValueError(f"{path}: entry {key!r} needs a non-empty 'conversation' list")
         for index, q in enumerate(conversation):
             where = f"{path}: entry {key!r}, question {index}"
-            for field, kind in (("Question", str), ("Options", dict), ("Answer", str), ("type", str)):
-                if not isinstance(q.get(field), kind):
-                    raise ValueError(f"{where}: field {field!r} must be a {kind.__name__}, got {q.get(field)!r}")
+            for name, kind in (("Question", str), ("Options", dict), ("Answer", str), ("type", str)):
+                if not isinstance(q.get(name), kind):
+                    raise ValueError(f"{where}: field {name!r} must be a {kind.__name__}, got {q.get(name)!r}")
             if q["type"] not in QUESTION_TYPES:
                 raise ValueError(f"{where}: field 'type' is {q['type']!r}; expected one of {sorted(QUESTION_TYPES)}")
             if q["Answer"] not in q["Options"]:

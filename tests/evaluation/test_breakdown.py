@@ -34,12 +34,14 @@ def test_detection_per_source_product_and_defect_class_with_generic_classes_mark
                    row("mvtec_ad", "bottle", None, "False", "False"),           # right
                    row("visa", "pcb1", "melt", "no", "True", generic=True),     # wrong
                    row("visa", "pcb1", "crack", "yes", "True")])                # right
-    markdown, csv = mauset_breakdowns(rows)
+    other = scored([row("elsewhere", "bolt", None, "True", "True")])[0]  # another model's row: no image labels
+    del other["is_anomalous"]
+    markdown, csv = mauset_breakdowns(rows + [other])
     lines = markdown.splitlines()
     assert "| mvtec_ad | 66.67 | 3 |" in lines and "| visa | 50.00 | 2 |" in lines
     assert "| bottle | 66.67 | 3 |" in lines and "| pcb1 | 50.00 | 2 |" in lines
     assert "| crack | 100.00 | 2 |" in lines and "| normal | 50.00 | 2 |" in lines
-    assert "| melt (generic) | 0.00 | 1 |" in lines
+    assert "| melt (generic) | 0.00 | 1 |" in lines and "| unknown | 100.00 | 1 |" in lines
     assert 'detection per defect class,"melt (generic)",detection_accuracy,0.000000,1' in csv.splitlines()
     assert csv.splitlines()[0] == "table,group,metric,value,answers"
 
