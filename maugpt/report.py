@@ -81,6 +81,11 @@ def run_predictions(sweep_dir: Path, runs: list[tuple[dict, dict | None]]) -> di
     return answers
 
 
+def p_text(p: float) -> str:
+    """A p-value as the tables show it (3 decimals; below 0.001 as "< 0.001")."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 @dataclass
 class SeedReport:
     """What :func:`seed_statistics` found: the Markdown section, the two CSVs, and per metric the
@@ -127,21 +132,29 @@ def seed_statistics(sweep_dir: str | Path, spec: dict, rows: list[tuple[dict, di
               "normal 95 % intervals combining a bootstrap over questions (the same questions resampled for "
               "every seed) with the spread over seeds; a metric without per-answer scores has none."]
     reference = next((n for n in grouped if spec.get("reference") in (n, label[n])), None)
-    paired = ["cell,reference,metric,difference,low,high,p_value,significant,questions"]
+    paired = ["cell,reference,metric,difference,low,high,p_value,seed_low,seed_high,seed_p_value,significant,"
+              "questions"]
     if reference is not None and answers[reference]:
         lines += ["", f"### Against {label[reference]}: paired difference over the same questions", "",
-                  "| cell | metric | difference | 95 % interval | p | significant at 0.05 |",
-                  "|---|---|---:|---|---:|---|"]
+                  "| cell | metric | difference | 95 % interval, questions | p, questions | 95 % interval, "
+                  "questions + seeds | p, questions + seeds | significant at 0.05 |",
+                  "|---|---|---:|---|---:|---|---:|---|"]
         for name in (n for n in grouped if n != reference and answers[n]):
             for metric in resampled:
                 c = compare(answers[name], answers[reference], PER_ANSWER[metric], resamples=resamples)
+                seeds = (f"[{c.seed_low * scale:+.2f}, {c.seed_high * scale:+.2f}] | {p_text(c.seed_p_value)}"
+                         if c.seed_p_value == c.seed_p_value else "— | —")
                 lines.append(f"| {label[name]} | {metric} | {c.difference * scale:+.2f} | "
-                             f"[{c.low * scale:+.2f}, {c.high * scale:+.2f}] | {c.p_value:.3f} | "
+                             f"[{c.low * scale:+.2f}, {c.high * scale:+.2f}] | {p_text(c.p_value)} | {seeds} | "
                              f"{'yes' if c.significant else 'no'} |")
                 paired.append(f'"{label[name]}","{label[reference]}",{metric},{c.difference:.6f},{c.low:.6f},'
-                              f"{c.high:.6f},{c.p_value:.6f},{c.significant},{c.questions}")
-        lines += ["", "Difference: percentile bootstrap over questions; p: two-sided paired permutation test "
-                  "swapping the two cells' answers question by question."]
+                              f"{c.high:.6f},{c.p_value:.6f},{c.seed_low:.6f},{c.seed_high:.6f},{c.seed_p_value:.6f},"
+                              f"{c.significant},{c.questions}")
+        lines += ["", "Questions: percentile bootstrap over questions and a two-sided paired permutation test "
+                  "swapping the two cells' answers question by question (the trained models held fixed). "
+                  "Questions + seeds: a normal interval and z-test whose variance adds each cell's spread over "
+                  "seeds (s²/S), since another seed trains another model; significance is judged on it where "
+                  "both cells have several seeds."]
     return SeedReport("\n".join(lines) + "\n", "\n".join(csv) + "\n", "\n".join(paired) + "\n", points)
 
 

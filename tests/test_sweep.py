@@ -138,6 +138,7 @@ def test_a_tiny_two_cell_sweep_over_two_seeds_runs_end_to_end_and_reports(tiny_b
                                                                              capsys):
     from maugpt.commands import report
     from maugpt.commands import sweep as run_sweep
+    from maugpt.report import p_text
     from maugpt.evaluation.run import read_jsonl
     from maugpt.evaluation.statistics import compare, summarize
     from tests.training.conftest import AMOE, stage_config
@@ -188,7 +189,8 @@ def test_a_tiny_two_cell_sweep_over_two_seeds_runs_end_to_end_and_reports(tiny_b
             in text)
     paired = compare(answers["4x2"], answers["2x4"], "detection_accuracy", resamples=500)
     assert (f"| 4×2 | test/detection_accuracy | {100 * paired.difference:+.2f} | [{100 * paired.low:+.2f}, "
-            f"{100 * paired.high:+.2f}] | {paired.p_value:.3f} |") in text
+            f"{100 * paired.high:+.2f}] | {p_text(paired.p_value)} | [{100 * paired.seed_low:+.2f}, "
+            f"{100 * paired.seed_high:+.2f}] | {p_text(paired.seed_p_value)} |") in text
     assert (folder / "report_paired.csv").read_text().count("\n") == 1 + 2  # header, 4×2 against 2×4 per metric
     assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

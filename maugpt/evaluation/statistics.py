@@ -112,6 +112,11 @@ def align(runs: Mapping[str, Sequence[Mapping]], metric: str) -> tuple[list[str]
     return ids, np.stack(arrays)
 
 
+def _run_metric(values: np.ndarray, metric: str) -> float:
+    """The metric of one run from its (n,) values or (n, 10) BLEU statistics."""
+    return float(corpus_bleu(values.sum(axis=0))) if metric == "bleu4" else float(values.mean())
+
+
 def _counts(idx: np.ndarray, n: int) -> np.ndarray:
     """How often each of ``n`` questions occurs in each row of ``idx`` (..., k): (..., n) floats."""
     idx = np.asarray(idx, dtype=np.intp)
@@ -154,7 +159,9 @@ class CellSummary:
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """Cell − reference over the same questions, with its bootstrap interval and permutation p-value."""
+    """Cell − reference over the same questions, with its bootstrap interval and permutation p-value
+    (the questions' noise), and, where both cells have several seeds, the interval and p-value that
+    add the seeds' spread (training noise): ``significant`` is judged on the latter when it exists."""
     metric: str
     cell_runs: tuple[str, ...]
     reference_runs: tuple[str, ...]
@@ -162,9 +169,12 @@ class PairedComparison:
     low: float
     high: float
     p_value: float
-    significant: bool  # p_value < alpha
+    significant: bool  # seed_p_value < alpha where there is one, else p_value < alpha
     questions: int
     method: str
+    seed_low: float = nan  # normal interval of the difference with the seed spread added (nan: one seed)
+    seed_high: float = nan
+    seed_p_value: float = nan
 
 
 def summarize(runs: Mapping[str, Sequence[Mapping]], metric: str, *, confidence: float = 0.95,
@@ -172,7 +182,7 @@ def summarize(runs: Mapping[str, Sequence[Mapping]], metric: str, *, confidence:
     """Mean, std and interval over the seeds of one cell; ``runs`` maps a run name to its rows."""
     ids, values = align(runs, metric)
     n, seeds = len(ids), len(values)
-    per_run = tuple(corpus_bleu(v.sum(axis=0)) if metric == "bleu4" else float(v.mean()) for v in values)
+    per_run = tuple(_run_metric(v, metric) for v in values)
     mean = float(np.mean(per_run))
     std = float(np.std(per_run, ddof=1)) if seeds > 1 else nan
     # Index trick: resample question indices once for all seeds; scipy hands us (resamples, n).
@@ -220,5 +230,19 @@ def compare(cell: Mapping[str, Sequence[Mapping]], reference: Mapping[str, Seque
     p_value, kind = float(test.pvalue), "exact" if 2**n <= resamples else f"{resamples} random"
     method = (f"paired over {n} questions: {confidence:.0%} percentile bootstrap ({resamples} resamples); "
               f"p from a two-sided paired permutation test ({kind} swaps) of the {tested}")
+    seed_low = seed_high = seed_p = nan
+    if len(ours) > 1 and len(theirs) > 1:
+        # Both tests above hold the trained models fixed. Another seed gives another model, so the
+        # variance of the difference of seed means adds s_a²/S_a + s_b²/S_b (as summarize does).
+        runs_a, runs_b = ([_run_metric(v, metric) for v in side] for side in (ours, theirs))
+        seed_var = np.var(runs_a, ddof=1) / len(runs_a) + np.var(runs_b, ddof=1) / len(runs_b)
+        error = sqrt(boot.standard_error**2 + seed_var)
+        half = scipy.stats.norm.ppf(0.5 + confidence / 2) * error
+        seed_low, seed_high = difference - half, difference + half
+        seed_p = float(2 * scipy.stats.norm.sf(abs(difference) / error)) if error > 0 else float(difference == 0)
+        method += (f"; with the seeds: normal {confidence:.0%} interval and z-test of the difference with the "
+                   f"variance of the bootstrap plus s²/S of each cell's {len(runs_a)} and {len(runs_b)} seeds")
+    significant = (seed_p if seed_p == seed_p else p_value) < alpha
     return PairedComparison(metric, tuple(cell), tuple(reference), difference, float(boot.confidence_interval.low),
-                            float(boot.confidence_interval.high), p_value, p_value < alpha, n, method)
+                            float(boot.confidence_interval.high), p_value, significant, n, method,
+                            float(seed_low), float(seed_high), seed_p)

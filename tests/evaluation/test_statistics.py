@@ -90,6 +90,12 @@ def test_difference_interval_and_p_value_of_a_known_improvement():
     test = stats.permutation_test((a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
                                   vectorized=True, n_resamples=2000, random_state=np.random.default_rng(0))
     assert result.p_value == test.pvalue
+    # With the seeds: the bootstrap's variance plus each cell's variance of a seed mean, s²/S.
+    runs_a = [np.mean([r["correct"] for r in run]) for run in CELL.values()]
+    runs_b = [np.mean([r["correct"] for r in run]) for run in REFERENCE.values()]
+    error = np.sqrt(boot.standard_error**2 + np.var(runs_a, ddof=1) / 2 + np.var(runs_b, ddof=1) / 3)
+    assert result.seed_p_value == pytest.approx(2 * stats.norm.sf(0.10 / error), rel=1e-12)
+    assert (result.seed_low, result.seed_high) == pytest.approx((0.10 - 1.959963985 * error, 0.10 + 1.959963985 * error))
     # The reversed comparison mirrors it.
     reverse = compare(REFERENCE, CELL, "detection_accuracy")
     assert reverse.difference == pytest.approx(-0.10, abs=1e-12) and reverse.significant
@@ -99,6 +105,18 @@ def test_identical_cells_do_not_differ():
     result = compare(CELL, CELL, "detection_accuracy", resamples=500)
     assert result.difference == 0.0 and (result.low, result.high) == (0.0, 0.0)
     assert result.p_value == 1.0 and not result.significant
+
+
+def test_a_difference_within_the_seeds_spread_is_not_significant():
+    # Two seeds 40 points apart, 5 points above the reference on average: each pair of trained models
+    # differs beyond the questions' noise, but another seed could as well reverse the order.
+    cell = {"seed 0": rows(hits(range(110))), "seed 1": rows(hits(range(190)))}  # 0.55, 0.95
+    reference = {"seed 0": rows(hits(range(140))), "seed 1": rows(hits(range(140)))}  # 0.70, 0.70
+    result = compare(cell, reference, "detection_accuracy", resamples=1000)
+    assert result.difference == pytest.approx(0.05) and result.p_value < 0.05  # the questions alone
+    assert result.seed_low < 0 < result.seed_high and result.seed_p_value > 0.5 and not result.significant
+    one_seed = compare({"seed 0": cell["seed 1"]}, reference, "detection_accuracy", resamples=1000)
+    assert np.isnan(one_seed.seed_p_value) and one_seed.significant  # no spread to add: the questions decide
 
 
 def test_small_differences_are_not_significant():
