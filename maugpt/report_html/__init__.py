@@ -56,7 +56,6 @@ def read_source(source: Path, data_dir: Path | None) -> tuple[dict | None, list[
                   for f in folders]
 
 
-
 def write_html(source: str | Path, out: str | Path, *, data_dir: str | Path | None = None, max_gallery: int = 2000,
                overwrite: bool = False) -> list[Path]:
     """Write the HTML pages of an evaluation, run or sweep folder into ``out``; return their paths.

@@ -139,8 +139,6 @@ def image_source(folder: Path, kind: str, data_dir: Path | None) -> tuple[Path |
         (None, f"{split} holds no MAU-Set shards (no index.json)")
 
 
-
-
 def load_thumbs(wanted: dict[tuple[str, Path], set[str]]) -> dict[tuple[str, Path], Thumbs]:
     """Each image folder's thumbnails of the images its pages show."""
     thumbs = {}
