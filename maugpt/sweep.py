@@ -101,6 +101,9 @@ def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
     metrics = raw.get("metrics") or []
     if not metrics:
         raise SweepError(f"{path}: 'metrics' must list the metrics to collect (e.g. test/rougeL)")
+    unplotted = [m for m in (raw.get("plot") or {}).get("y") or [] if m not in metrics]
+    if unplotted:  # the plot draws collected metrics only
+        raise SweepError(f"{path}: plot y {unplotted} are not among the metrics {metrics}")
     cells = expand_grid(raw.get("grid") or {}, raw.get("label"), path)
     reference = raw.get("reference")
     if reference is not None and not any(reference in (cell.name, cell.label) for cell in cells):

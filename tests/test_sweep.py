@@ -49,6 +49,9 @@ def test_seeds_and_the_reference_cell_are_checked(tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "reference": "LoRA"}))
     with pytest.raises(SweepError, match=r"reference 'LoRA' is none of the cells \['LoRA \(r = 64\)', "):
         load_spec(tmp_path / "spec.yaml", "tiny")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "plot": {"y": ["test/rougeL", "test/mmad"]}}))
+    with pytest.raises(SweepError, match=r"plot y \['test/mmad'\] are not among the metrics \['test/rouge1', "):
+        load_spec(tmp_path / "spec.yaml", "tiny")
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "seeds": []}))
     assert [c.name for c in load_spec(tmp_path / "spec.yaml", "tiny").cells] == ["lora_r64", "loramoe_16x4",
                                                                                  "amoe_lora_16x4"]
