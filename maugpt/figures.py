@@ -27,7 +27,7 @@ def collect_cores(module, batches: Iterable[dict], layer: str, max_samples: int 
     the images' keys and their labels (product, defect class or ``normal``, domain)."""
     net = module.model
     module.eval()
-    cores, keys, labels = [], [], []
+    cores, keys, labels, seen = [], [], [], set()
     for batch in batches:
         net.record_diagnostics = True
         try:
@@ -39,7 +39,8 @@ def collect_cores(module, batches: Iterable[dict], layer: str, max_samples: int 
             raise ValueError(f"no adapted layer matching {layer!r} records a hypernetwork core: the model's adapter "
                              "must be AMoE-LoRA and the layer one of its targets")
         for core, meta, valid in zip(found[0].flatten(1).float().cpu(), batch["meta"], batch["valid"].tolist()):
-            if valid and meta["key"] not in keys and len(keys) < max_samples:
+            if valid and meta["key"] not in seen and len(keys) < max_samples:
+                seen.add(meta["key"])
                 cores.append(core.numpy())
                 keys.append(meta["key"])
                 labels.append({"product": meta["product"], "defect_class": str(meta.get("defect_class") or "normal"),

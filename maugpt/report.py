@@ -59,7 +59,7 @@ def table(spec: dict, rows: list[tuple[dict, dict | None]], scale: float = 100.0
     return f"{title}\n\n" + "\n".join(lines) + note + "\n", "\n".join(csv) + "\n"
 
 
-def groups(spec: dict, rows: list[tuple[dict, dict | None]]) -> dict[str, list[tuple[dict, dict | None]]]:
+def groups(rows: list[tuple[dict, dict | None]]) -> dict[str, list[tuple[dict, dict | None]]]:
     """The runs of each cell (its seeds; one run without seeds), in spec order."""
     grouped: dict[str, list[tuple[dict, dict | None]]] = defaultdict(list)
     for cell, found in rows:
@@ -103,7 +103,7 @@ def seed_statistics(sweep_dir: str | Path, spec: dict, rows: list[tuple[dict, di
     from maugpt.evaluation.statistics import compare, summarize
 
     sweep_dir = Path(sweep_dir)
-    grouped = groups(spec, rows)
+    grouped = groups(rows)
     label = {name: runs[0][0]["label"] for name, runs in grouped.items()}
     answers = {name: run_predictions(sweep_dir, runs) for name, runs in grouped.items()}
     resampled = [m for m in spec["metrics"] if m in PER_ANSWER]
