@@ -24,11 +24,14 @@ EXPERTS = "model.init_args.adapter.init_args.experts"
 RANK = "model.init_args.adapter.init_args.rank"
 
 
-def test_the_experts_rank_spec_expands_to_seven_cells_with_product_64():
+def test_the_experts_rank_spec_expands_to_seven_cells_with_product_64_times_three_seeds():
     spec = load_spec(ROOT / "experiments" / "ablation_experts_rank.yaml", "tiny")
-    assert [c.label for c in spec.cells] == ["1×64", "2×32", "4×16", "8×8", "16×4", "32×2", "64×1"]
-    assert [c.name for c in spec.cells] == ["1x64", "2x32", "4x16", "8x8", "16x4", "32x2", "64x1"]
-    assert spec.cells[4].overrides == {EXPERTS: 16, RANK: 4, "model.init_args.adapter.init_args.alpha": 8}
+    grid = ["1x64", "2x32", "4x16", "8x8", "16x4", "32x2", "64x1"]
+    assert [c.label for c in spec.cells] == ["1×64", "2×32", "4×16", "8×8", "16×4", "32×2", "64×1"] * 3
+    assert [c.name for c in spec.cells] == [f"{cell}-seed{seed}" for seed in (0, 1, 2) for cell in grid]
+    assert spec.cells[4].overrides == {EXPERTS: 16, RANK: 4, "model.init_args.adapter.init_args.alpha": 8,
+                                       "seed_everything": 0}
+    assert spec.reference == "16×4"
     assert spec.base == ["configs/tiny/stage2.yaml"] and spec.overrides["data.init_args.batches_per_epoch"] == 800
     assert load_spec(ROOT / "experiments" / "ablation_experts_rank.yaml", "full").base == \
         ["configs/mau-gpt-4b/stage2.yaml"]
@@ -97,7 +100,9 @@ def test_an_override_key_that_does_not_exist_fails_before_any_cell_is_written(tm
 
 
 def test_the_slurm_script_has_one_array_task_per_cell_with_its_overrides(tmp_path):
-    spec = load_spec(ROOT / "experiments" / "ablation_experts_rank.yaml", "full")
+    raw = yaml.safe_load((ROOT / "experiments" / "ablation_experts_rank.yaml").read_text())
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "seeds": [], "reference": None}))
+    spec = load_spec(tmp_path / "spec.yaml", "full")  # one seed: 7 cells (each seed is one more task)
     folder = prepare(spec, tmp_path / "sweep")
     script = write_slurm(folder, partition="gpu", gpus=8).read_text()
     assert "#SBATCH --array=0-6\n" in script and "#SBATCH --gpus-per-task=8\n" in script

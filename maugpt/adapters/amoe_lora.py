@@ -3,11 +3,16 @@
 For one wrapped linear layer with frozen output ``o_0 = W_0 x``::
 
     generalist experts (Eq. 1–3)   ω = softmax(x W_g)               (B, T, N)
-                                   o_1 = (α/r) Σ_i ω_i x A_i B_i     A_i (d_in, r), B_i (r, d_out)
+                                   o_1 = s Σ_i ω_i x A_i B_i         A_i (d_in, r), B_i (r, d_out)
     anomaly-aware expert (Eq. 4–5) H = hypernetwork(c)               (B, r, r), one core per sample
                                    A_0 = W_a H,  B_0 = H W_b         W_a (d_in, r), W_b (r, d_out)
-                                   o_2 = (α/r) x A_0 B_0 = (α/r) (x W_a) H H W_b
+                                   o_2 = s_a x A_0 B_0 = s_a (x W_a) H H W_b
     output (Eq. 6)                 o = o_0 + o_1 + o_2
+
+In the paper ``s = s_a = α/r``. The generalist scale ``s`` follows the mixture's ``scaling``
+convention (see :mod:`maugpt.adapters.loramoe`); the anomaly-aware scale is set on its own,
+``s_a = anomaly_alpha / r`` (``anomaly_alpha`` defaults to α), so that the two components' step
+sizes can be compared and ablated apart.
 
 How we read "the embedding x is fed into the hypernetwork" (Eq. 4): ``A_0`` and ``B_0`` are one
 pair per *sample*, so ``H`` must see one vector per sample. That vector, the **condition**
@@ -32,47 +37,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
+from maugpt.adapters.anomaly_aware import AnomalyAwareExpert
 from maugpt.adapters.base import ALL_PROJECTIONS, AdapterContext, require_positive
-from maugpt.adapters.fused import HypernetworkCore
-from maugpt.adapters.lora import low_rank_init, zero_init
-from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear
-
-
-class Hypernetwork(nn.Module):
-    """``H`` of Eq. 4: a per-sample condition ``(B, d_in)`` → an ``(r, r)`` core ``(B, r, r)``.
-
-    A two-layer MLP on the parameter-free layer-normalised condition: the inputs of o_proj and
-    down_proj are not normalised by the decoder, and their scale differs by orders of magnitude
-    from that of q/k/v. The output bias starts at the identity, so the expert starts as the
-    plain pair ``x W_a W_b`` (zero, since ``W_b`` is) and gradients reach ``W_b`` from step one.
-    """
-
-    def __init__(self, d_in: int, rank: int, hidden: int, device: torch.device | None = None) -> None:
-        super().__init__()
-        self.d_in, self.rank = d_in, rank
-        self.hidden = nn.Linear(d_in, hidden, device=device)
-        self.out = nn.Linear(hidden, rank * rank, device=device)
-        with torch.no_grad():
-            self.out.weight.normal_(0.0, 0.02)
-            self.out.bias.copy_(torch.eye(rank, device=device).flatten())
-
-    def forward(self, condition: Tensor) -> Tensor:
-        """``(B, d_in) → (B, r, r)``, forward and backward by hand (:class:`HypernetworkCore`)."""
-        return HypernetworkCore.apply(condition, self.hidden.weight, self.hidden.bias, self.out.weight,
-                                      self.out.bias, self.rank)
-
-
-class AnomalyAwareExpert(nn.Module):
-    """The anomaly-aware expert's parameters (Eq. 4–5): ``hypernetwork``, ``W_a``, ``W_b`` (zero)."""
-
-    def __init__(self, d_in: int, d_out: int, rank: int, hidden: int, device: torch.device | None = None) -> None:
-        super().__init__()
-        self.hypernetwork = Hypernetwork(d_in, rank, hidden, device)
-        self.W_a = low_rank_init(d_in, rank, device)
-        self.W_b = zero_init(rank, d_out, device)
+from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear, Scaling
 
 
 class AMoELoRALinear(LoRAMoELinear):
@@ -80,48 +49,27 @@ class AMoELoRALinear(LoRAMoELinear):
 
     def __init__(self, base: nn.Linear, experts: int, rank: int, alpha: float, dropout: float = 0.0,
                  hyper_hidden: int = 64, balance_delta: float = 0.0, balance_weight: float = 0.0,
-                 context: AdapterContext | None = None, align: int = 8) -> None:
-        super().__init__(base, experts, rank, alpha, dropout, balance_delta, balance_weight, context, align)
+                 context: AdapterContext | None = None, align: int = 8, *, scaling: str = "paper",
+                 anomaly_alpha: float | None = None) -> None:
+        super().__init__(base, experts, rank, alpha, dropout, balance_delta, balance_weight, context, align,
+                         scaling=scaling)
+        self.anomaly_scale = (alpha if anomaly_alpha is None else anomaly_alpha) / rank  # s_a of Eq. 5
         self.anomaly_aware = AnomalyAwareExpert(self.in_features, self.out_features, rank, hyper_hidden,
                                                 base.weight.device)
 
-    def parameter_counts(self) -> dict[str, int]:
-        return {**super().parameter_counts(),
-                "anomaly_aware": sum(p.numel() for p in self.anomaly_aware.parameters())}
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {**super().parameter_groups(), "anomaly_aware": list(self.anomaly_aware.parameters())}
 
     def expert_blocks(self) -> list[Tensor]:
         return [self.A, self.anomaly_aware.W_a]
-
-    def core(self, x: Tensor) -> Tensor:
-        """The hypernetwork's ``(B, r, r)`` core for the samples of ``x (B, T, d_in)``."""
-        ctx = self.context
-        if ctx.freeze_condition and self in ctx.frozen_cores:
-            return ctx.frozen_cores[self]
-        core = self.anomaly_aware.hypernetwork(ctx.pooled_condition(x, self.name))
-        if ctx.freeze_condition:
-            ctx.frozen_cores[self] = core
-        return core
-
-    def core_square(self, core: Tensor) -> Tensor | None:
-        """``H H`` of Eq. 4–5, kept for the whole generation while the condition is fixed
-        (None in training: the fused delta squares the core itself)."""
-        ctx = self.context
-        if not ctx.freeze_condition:
-            return None
-        if (self, "square") not in ctx.frozen_cores:
-            ctx.frozen_cores[(self, "square")] = torch.bmm(core, core)
-        return ctx.frozen_cores[(self, "square")]
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
             raise ValueError(f"AMoE-LoRA layer {self.name!r} needs input (batch, tokens, features): "
                              f"its anomaly-aware expert is per sample; got shape {tuple(x.shape)}")
-        core = self.core(x)
-        if core.shape[0] != x.shape[0]:
-            raise ValueError(f"AMoE-LoRA layer {self.name!r}: the condition was fixed for a batch of "
-                             f"{core.shape[0]} but the input has {x.shape[0]} samples")
-        out, weights = self.mixture(x, core, self.core_square(core))
-        self.observe(x, weights, core=core)
+        core = self.anomaly_aware.core(x, self.context, self.name)
+        out, weights, outputs = self.mixture(x, core, self.anomaly_aware.core_square(core, self.context))
+        self.observe(x, weights, outputs, core=core)
         return out
 
 
@@ -132,7 +80,8 @@ class AMoELoRA(LoRAMoE):
     Args:
         experts: number of generalist experts N (the paper's best: 16).
         rank: rank r of each generalist expert and of the anomaly-aware pair (the paper's best: 4).
-        alpha: scaling numerator α; both components are scaled by α / r (Eq. 3, 5).
+        alpha: scaling numerator α; the generalist experts are scaled by α / r (Eq. 3), or by
+            N·α / r with ``scaling: total_rank``.
         dropout: dropout on the experts' input (the router and the condition read the clean input).
         hyper_hidden: hidden width of the hypernetwork H.
         balance_delta: δ of LoRAMoE's balancing constraint on the router (off by default).
@@ -142,15 +91,25 @@ class AMoELoRA(LoRAMoE):
         align: on GPUs, the fused low-rank widths are padded with zero columns and rows to a
             multiple of this, for the tensor-core GEMMs (bf16 wants multiples of 8); 1 never pads.
             Parameters, files and outputs do not change with it.
+        scaling: the generalist experts' scale convention, ``"paper"`` or ``"total_rank"``
+            (:mod:`maugpt.adapters.loramoe`).
+        anomaly_alpha: the anomaly-aware expert's numerator: its update is scaled by
+            ``anomaly_alpha / r`` (Eq. 5). None: α, as in the paper.
     """
 
     def __init__(self, experts: int = 16, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0,
                  hyper_hidden: int = 64, balance_delta: float = 0.0, balance_weight: float = 0.0,
-                 targets: Sequence[str] = ALL_PROJECTIONS, share_input: bool = False, align: int = 8) -> None:
-        super().__init__(experts, rank, alpha, dropout, balance_delta, balance_weight, targets, share_input, align)
+                 targets: Sequence[str] = ALL_PROJECTIONS, share_input: bool = False, align: int = 8,
+                 scaling: Scaling = "paper", anomaly_alpha: float | None = None) -> None:
+        super().__init__(experts, rank, alpha, dropout, balance_delta, balance_weight, targets, share_input, align,
+                         scaling)
         require_positive(hyper_hidden=hyper_hidden)
+        if anomaly_alpha is not None:
+            require_positive(anomaly_alpha=anomaly_alpha)
         self.hyper_hidden = int(hyper_hidden)
+        self.anomaly_alpha = None if anomaly_alpha is None else float(anomaly_alpha)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> AMoELoRALinear:
         return AMoELoRALinear(base, self.experts, self.rank, self.alpha, self.dropout, self.hyper_hidden,
-                              self.balance_delta, self.balance_weight, context, self.align)
+                              self.balance_delta, self.balance_weight, context, self.align,
+                              scaling=self.scaling, anomaly_alpha=self.anomaly_alpha)

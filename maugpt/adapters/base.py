@@ -160,7 +160,9 @@ class AdapterLayer(nn.Module, ABC):
 
     * :meth:`adapter_parameters`: the trainable tensors it owns (everything but ``base``);
     * :meth:`auxiliary_loss`: a loss term of the latest forward to add to the LM loss, or None;
-    * :meth:`diagnostics`: tensors of the latest forward recorded on request (router load, cores).
+    * :meth:`diagnostics`: tensors of the latest forward recorded on request (router load, cores,
+      each component's output norm);
+    * :meth:`parameter_groups`: its parameters by component (for counts and gradient norms).
     """
 
     def __init__(self, base: nn.Linear, context: AdapterContext | None = None) -> None:
@@ -201,8 +203,13 @@ class AdapterLayer(nn.Module, ABC):
         return None
 
     @abstractmethod
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters by component, e.g. ``{"generalist": [A, B], "router": [W_g]}``:
+        what the parameter counts and the per-component gradient norms are reported by."""
+
     def parameter_counts(self) -> dict[str, int]:
-        """Trainable parameters per component, e.g. ``{"generalist": …, "router": …}``."""
+        """Trainable parameters per component (:meth:`parameter_groups`)."""
+        return {name: sum(p.numel() for p in params) for name, params in self.parameter_groups().items()}
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor:
@@ -272,6 +279,22 @@ class AdapterLayer(nn.Module, ABC):
     def record(self, **tensors: Tensor) -> None:
         """Keep detached diagnostics of this forward."""
         self._diagnostics = {k: v.detach() for k, v in tensors.items()}
+
+    @staticmethod
+    @torch.no_grad()
+    def output_norms(outputs: dict[str, Tensor], keep: Tensor | None) -> dict[str, Tensor]:
+        """``{"<component>_norm": …}``: each output's L2 norm per token, averaged over the real tokens.
+
+        ``outputs``: ``(M, d_out)`` per component (``frozen``, the adapter's parts), ``M = B·T``
+        tokens; ``keep``: ``(B, T)``, false on padding (None: every token counts). Their ratios
+        say how far the adapter moves the frozen layer, component by component."""
+        norms = {}
+        for component, output in outputs.items():
+            per_token = torch.linalg.vector_norm(output, dim=-1, dtype=torch.promote_types(output.dtype, torch.float32))
+            if keep is not None:
+                per_token = per_token[keep.reshape(-1)]
+            norms[f"{component}_norm"] = per_token.mean()
+        return norms
 
 
 class Adapter(ABC):

@@ -11,7 +11,8 @@ two Functions that do the forward in the fewest ops and the backward in the fewe
   per weight (each gets a contiguous gradient of its own).
 * the up side: :class:`LoRAUp`, ``o = o_0 + s z B``; :class:`MixtureDelta` for LoRAMoE and
   AMoE-LoRA, ``ω = softmax(z_g)`` (Eq. 1), ``u = [z_A ⊙ ω̃ | z_a H H]`` (Eq. 3, 5; ``ω̃``: each
-  ω_i over its expert's r columns), ``o = o_0 + s u [B; W_b]`` (Eq. 6) with ``s = α/r``: one GEMM
+  ω_i over its expert's r columns), ``o = o_0 + s u [B; W_b]`` (Eq. 6) with ``s = α/r`` (the
+  anomaly-aware block of ``u`` times ``s_a/s`` where its scale is set apart): one GEMM
   forward, two backward, and the router softmax, expert scaling and per-sample core in a few
   element-wise ops on the small ``(M, N·r + r)`` intermediate.
 
@@ -51,6 +52,13 @@ def scaled_mm(a: Tensor, b: Tensor, scale: float, like: Tensor) -> Tensor:
     """``scale · a @ b`` as one GEMM: ``addmm`` with ``beta=0`` ignores ``like`` (any tensor of
     the result's shape and dtype), so the scaling costs no extra pass."""
     return torch.addmm(like, a, b, beta=0, alpha=scale)
+
+
+def scaled_bmm(a: Tensor, b: Tensor, scale: float, like: Tensor) -> Tensor:
+    """``scale · a @ b`` for batches of matrices, one kernel (as :func:`scaled_mm`)."""
+    if scale == 1.0:
+        return torch.bmm(a, b)
+    return torch.baddbmm(like, a, b, beta=0, alpha=scale)
 
 
 def split(t: Tensor, widths: list[int], dim: int) -> list[Tensor]:
@@ -118,8 +126,9 @@ class LoRAUp(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class MixtureSpec:
-    """The sizes of a mixture delta: N experts of rank r, scale s = α/r, whether ``z`` ends with
-    the router logits (no dropout) and the zero rows (``pad_up``) that align ``[B; W_b]``."""
+    """The sizes of a mixture delta: N experts of rank r, the generalist scale ``s``, whether
+    ``z`` ends with the router logits (no dropout), the zero rows (``pad_up``) that align
+    ``[B; W_b]``, and the anomaly-aware expert's own scale ``s_a`` (None: ``s``)."""
 
     experts: int
     rank: int
@@ -127,6 +136,13 @@ class MixtureSpec:
     anomaly_aware: bool
     router_in_z: bool = True
     pad_up: int = 0
+    anomaly_scale: float | None = None
+
+    @property
+    def anomaly_ratio(self) -> float:
+        """``s_a / s``: the up GEMM scales everything by ``s``, so the anomaly-aware block of
+        ``u`` carries this factor (1 when both components share the scale, as in the paper)."""
+        return 1.0 if self.anomaly_scale is None else self.anomaly_scale / self.scale
 
     @property
     def widths(self) -> list[int]:
@@ -151,10 +167,26 @@ def mixture_forward(out0: Tensor, z: Tensor, logits: Tensor | None, up: Tensor, 
     weights = torch.softmax(logits, dim=-1, dtype=router_dtype(z.dtype))  # Eq. 1
     omega = weights.to(z.dtype).unsqueeze(-1)  # (M, N, 1)
     u = [(parts[0].view(m, n, r) * omega).view(m, n * r)]  # Eq. 3 before s
-    if hh is not None:  # Eq. 5 before s: (x W_a) H H, sample by sample
-        u.append(torch.bmm(parts[1].view(hh.shape[0], -1, r), hh).view(m, r))
+    if hh is not None:  # Eq. 5 before s: (s_a/s) (x W_a) H H, sample by sample
+        z_anomaly = parts[1].view(hh.shape[0], -1, r)
+        u.append(scaled_bmm(z_anomaly, hh, spec.anomaly_ratio, z_anomaly).view(m, r))
     u = concat(u, spec.pad_up, dim=1)  # zero columns of u meet zero rows of up: the GEMM aligned
     return add_up(out0, u, up, spec.scale), weights, u, omega
+
+
+@torch.no_grad()
+def component_outputs(z: Tensor, weights: Tensor, B: Tensor, W_b: Tensor | None, hh: Tensor | None,
+                      spec: MixtureSpec) -> dict[str, Tensor]:
+    """The mixture's two components apart, for diagnostics: ``o_1 = s (z_A ⊙ ω̃) B`` (Eq. 3) and
+    ``o_2 = s_a (z_a H H) W_b`` (Eq. 5), each ``(M, o)``; the fused forward only ever has their sum."""
+    n, r, m = spec.experts, spec.rank, z.shape[0]
+    parts = split(z, spec.widths, dim=1)
+    u = (parts[0].view(m, n, r) * weights.to(z.dtype).view(m, n, 1)).view(m, n * r)
+    outputs = {"generalist": spec.scale * (u @ B.to(z.dtype))}
+    if hh is not None:
+        anomaly = torch.bmm(parts[1].view(hh.shape[0], -1, r), hh.to(z.dtype)).view(m, r)
+        outputs["anomaly_aware"] = (spec.anomaly_scale or spec.scale) * (anomaly @ W_b.to(z.dtype))
+    return outputs
 
 
 def fuse_up(B: Tensor, W_b: Tensor | None, pad: int) -> Tensor:
@@ -214,10 +246,10 @@ class MixtureDelta(torch.autograd.Function):
         gz_anomaly = g_core = None
         if core is not None:
             batch = core.shape[0]
-            gu_anomaly = gu[1].view(batch, -1, r)
-            gz_anomaly = torch.bmm(gu_anomaly, hh.transpose(1, 2)).view(m, r)
+            gu_anomaly, ratio = gu[1].view(batch, -1, r), spec.anomaly_ratio
+            gz_anomaly = scaled_bmm(gu_anomaly, hh.transpose(1, 2), ratio, gu_anomaly).view(m, r)
             if need[5]:
-                g_hh = torch.bmm(zs[1].view(batch, -1, r).transpose(1, 2), gu_anomaly)
+                g_hh = scaled_bmm(zs[1].view(batch, -1, r).transpose(1, 2), gu_anomaly, ratio, hh)
                 core_t = core.transpose(1, 2)  # d(H H) = dH H + H dH
                 g_core = torch.baddbmm(torch.bmm(g_hh, core_t), core_t, g_hh)
         blocks = [gz_experts, gz_anomaly] + ([g_logits] if spec.router_in_z else [])

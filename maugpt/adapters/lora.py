@@ -36,8 +36,8 @@ class LoRALinear(AdapterLayer):
         self.A = low_rank_init(self.in_features, rank, base.weight.device)
         self.B = zero_init(rank, self.out_features, base.weight.device)
 
-    def parameter_counts(self) -> dict[str, int]:
-        return {"lora": self.rank * (self.in_features + self.out_features)}
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"lora": [self.A, self.B]}
 
     def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
         return [(self.dropout is not None, [self.A])]
@@ -49,7 +49,15 @@ class LoRALinear(AdapterLayer):
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, self.in_features)  # 2-D: the frozen GEMM and the delta share one view
         (z,) = self.project_down(x, x2.to(compute_dtype(x, self.A)))
-        out = LoRAUp.apply(self.base(x2), z, self.B, self.scale)
+        out0 = self.base(x2)
+        out = LoRAUp.apply(out0, z, self.B, self.scale)
+        if self.context.record:  # diagnostics: the frozen output and the delta apart
+            with torch.no_grad():
+                delta = self.scale * (z @ self.B.to(z.dtype))
+            keep = self.context.mask_for(self.context.token_mask, x, self.name, "token_mask") if x.dim() == 3 else None
+            self.record(**self.output_norms({"frozen": out0, "lora": delta}, keep))
+        elif self._diagnostics:
+            self._diagnostics = {}  # diagnostics always describe the latest forward
         return out.view(*x.shape[:-1], self.out_features)
 
 

@@ -3,7 +3,15 @@
 The mixture is the generalist component of AMoE-LoRA too (the paper's Eq. 1–3)::
 
     ω = softmax(x W_g)                         router, (…, N)
-    o_1 = (α/r) Σ_i ω_i B_i A_i x              N experts of rank r
+    o_1 = s Σ_i ω_i B_i A_i x                  N experts of rank r, s = α/r (Eq. 3)
+
+**The scale convention.** Eq. 3 scales every expert by α/r, as a LoRA of rank r would be. But
+the router's weights start near 1/N, so at the same α/r each of the mixture's N·r directions
+moves about N times less per optimizer step than a LoRA of rank N·r, and an experts × rank grid
+at fixed α/r confounds the number of experts with the step size. ``scaling`` names the
+convention (:data:`SCALINGS`): ``"paper"`` is Eq. 3 as written, ``s = α/r``; ``"total_rank"``
+is ``s = N·α/r``, under which a mixture with uniform routing (every ω_i = 1/N) *is* one LoRA of
+rank N·r with the same α/r: ``N·(α/r)·(1/N)·B A x = (α/r) B A x``.
 
 The experts are stacked, ``A = [A_1 | … | A_N]: (d_in, N·r)`` and ``B = [B_1; …; B_N]: (N·r, d_out)``,
 so the mixture costs one LoRA of rank N·r: ``((x A) ⊙ repeat(ω, r)) B``. The router's ``W_g`` is
@@ -16,6 +24,7 @@ The *localized balancing constraint* is LoRAMoE's auxiliary loss; see :func:`loc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +32,21 @@ from torch import Tensor, nn
 from maugpt.adapters.base import (
     FFN_PROJECTIONS, Adapter, AdapterContext, AdapterLayer, require_fraction, require_positive,
 )
-from maugpt.adapters.fused import MixtureDelta, MixtureSpec, compute_dtype, fuse_up, mixture_forward
+from maugpt.adapters.fused import (
+    MixtureDelta, MixtureSpec, component_outputs, compute_dtype, fuse_up, mixture_forward,
+)
 from maugpt.adapters.lora import low_rank_init, zero_init
+
+#: The generalist experts' scale conventions (see the module docstring).
+SCALINGS: tuple[str, ...] = ("paper", "total_rank")
+Scaling = Literal["paper", "total_rank"]
+
+
+def generalist_scale(*, alpha: float, rank: int, experts: int, scaling: str) -> float:
+    """The scale ``s`` of Eq. 3 under a convention: ``α/r`` (``"paper"``) or ``N·α/r`` (``"total_rank"``)."""
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {list(SCALINGS)}, got {scaling!r}")
+    return alpha / rank * (experts if scaling == "total_rank" else 1)
 
 
 def localized_balance_loss(router_weights: Tensor, token_mask: Tensor | None = None,
@@ -66,14 +88,17 @@ class LoRAMoELinear(AdapterLayer):
     """N stacked LoRA experts and a dense softmax router on a frozen linear layer.
 
     Parameters: ``router (d_in, N)`` (W_g), ``A (d_in, N·r)``, ``B (N·r, d_out)`` zero.
+    ``scale`` is Eq. 3's ``s`` under the ``scaling`` convention (:func:`generalist_scale`).
     """
 
     def __init__(self, base: nn.Linear, experts: int, rank: int, alpha: float, dropout: float = 0.0,
                  balance_delta: float = 0.0, balance_weight: float = 0.0,
-                 context: AdapterContext | None = None, align: int = 8) -> None:
+                 context: AdapterContext | None = None, align: int = 8, *, scaling: str = "paper") -> None:
         super().__init__(base, context)
         self.align = align
-        self.experts, self.rank, self.scale = experts, rank, alpha / rank
+        self.experts, self.rank = experts, rank
+        self.scale = generalist_scale(alpha=alpha, rank=rank, experts=experts, scaling=scaling)
+        self.anomaly_scale: float | None = None  # s_a of Eq. 5: AMoE-LoRA's, a plain mixture has none
         self.balance_delta, self.balance_weight = balance_delta, balance_weight
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         device = base.weight.device
@@ -87,9 +112,8 @@ class LoRAMoELinear(AdapterLayer):
         cols = slice(i * self.rank, (i + 1) * self.rank)
         return self.A[:, cols], self.B[cols]
 
-    def parameter_counts(self) -> dict[str, int]:
-        return {"generalist": self.experts * self.rank * (self.in_features + self.out_features),
-                "router": self.in_features * self.experts}
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"generalist": [self.A, self.B], "router": [self.router]}
 
     def auxiliary_loss(self) -> Tensor | None:
         return self._aux_loss
@@ -99,7 +123,7 @@ class LoRAMoELinear(AdapterLayer):
         ``[B; W_b]``'s rows are padded to a multiple of ``align`` on GPUs."""
         up = self.experts * self.rank + (self.rank if anomaly else 0)
         return MixtureSpec(self.experts, self.rank, self.scale, anomaly, self.dropout is None,
-                           self.alignment_padding(up, device))
+                           self.alignment_padding(up, device), self.anomaly_scale if anomaly else None)
 
     def expert_blocks(self) -> list[Tensor]:
         """The down-projections the experts' input meets (AMoE-LoRA adds ``W_a``)."""
@@ -111,10 +135,13 @@ class LoRAMoELinear(AdapterLayer):
             return [(False, experts + [self.router])]
         return [(True, experts), (False, [self.router])]  # the router reads the clean input
 
-    def mixture(self, x: Tensor, core: Tensor | None = None, hh: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """``(o, ω)`` for ``x (…, d_in)``: the frozen output plus the delta (Eq. 1–6), and the
-        router weights ``(…, N)`` when :meth:`wants_weights` (else None). ``core``: the
-        anomaly-aware ``H (B, r, r)``; ``hh``: its square when already known (generation)."""
+    def mixture(self, x: Tensor, core: Tensor | None = None,
+                hh: Tensor | None = None) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """``(o, ω, outputs)`` for ``x (…, d_in)``: the frozen output plus the delta (Eq. 1–6), the
+        router weights ``(…, N)`` when :meth:`wants_weights` (else None), and while the context
+        records, each component's output apart (``frozen``, ``generalist``, ``anomaly_aware``,
+        ``(M, d_out)``; else empty). ``core``: the anomaly-aware ``H (B, r, r)``; ``hh``: its
+        square when already known (generation)."""
         x2 = x.reshape(-1, self.in_features)
         out0 = self.base(x2)
         z, *logits = self.project_down(x, x2.to(compute_dtype(x, self.A)))
@@ -134,15 +161,21 @@ class LoRAMoELinear(AdapterLayer):
                 hh = torch.bmm(core, core)
             hh = None if hh is None else hh.to(dtype)
             out, weights = mixture_forward(out0, z, logits, up, hh, spec)[:2]
+        outputs = {}
+        if self.context.record:
+            square = None if core is None else (hh if hh is not None else torch.bmm(core, core))
+            outputs = {"frozen": out0, **component_outputs(z, weights, self.B, W_b, square, spec)}
         lead = x.shape[:-1]
-        return out.view(*lead, self.out_features), None if weights is None else weights.view(*lead, self.experts)
+        return (out.view(*lead, self.out_features), None if weights is None else weights.view(*lead, self.experts),
+                outputs)
 
     def wants_weights(self) -> bool:
         """Whether this forward needs the router weights: for the balancing loss or diagnostics."""
         return (self.training and self.balance_weight > 0) or self.context.record
 
-    def observe(self, x: Tensor, weights: Tensor | None, **extra: Tensor) -> None:
-        """The balancing loss (training) and the diagnostics (on request) of one forward."""
+    def observe(self, x: Tensor, weights: Tensor | None, outputs: dict[str, Tensor], **extra: Tensor) -> None:
+        """The balancing loss (training) and the diagnostics (on request) of one forward: router
+        load and entropy, and each component's output norm (:meth:`output_norms`)."""
         ctx = self.context
         self._aux_loss = None
         if self._diagnostics and not ctx.record:
@@ -161,11 +194,12 @@ class LoRAMoELinear(AdapterLayer):
             keep = torch.ones(w.shape[:2], dtype=torch.bool, device=w.device) if mask is None else mask
             tokens = w[keep]  # (real tokens, N)
             entropy = -(tokens * tokens.clamp_min(1e-12).log()).sum(-1)
-            self.record(expert_load=tokens.mean(0), router_entropy=entropy.mean(), **extra)
+            self.record(expert_load=tokens.mean(0), router_entropy=entropy.mean(),
+                        **self.output_norms(outputs, keep), **extra)
 
     def forward(self, x: Tensor) -> Tensor:
-        out, weights = self.mixture(x)
-        self.observe(x, weights)
+        out, weights, outputs = self.mixture(x)
+        self.observe(x, weights, outputs)
         return out
 
 
@@ -184,6 +218,8 @@ class LoRAMoE(Adapter):
         balance_delta: δ of the localized balancing constraint, in [0, 1).
         balance_weight: β, the weight of the balancing loss added to the LM loss (0 turns it off).
         targets: name patterns of the linear layers to wrap.
+        scaling: the experts' scale convention: ``"paper"`` (α/r, Eq. 3) or ``"total_rank"``
+            (N·α/r: with uniform routing, a LoRA of rank N·r at the same α/r); see the module docstring.
         share_input: one down-projection GEMM for q/k/v and for gate/up (same parameters and outputs).
         align: on GPUs, the fused low-rank widths are padded with zero columns and rows to a
             multiple of this, for the tensor-core GEMMs (bf16 wants multiples of 8); 1 never pads.
@@ -192,9 +228,12 @@ class LoRAMoE(Adapter):
 
     def __init__(self, experts: int = 8, rank: int = 4, alpha: float = 32.0, dropout: float = 0.05,
                  balance_delta: float = 0.1, balance_weight: float = 1e-4,
-                 targets: Sequence[str] = FFN_PROJECTIONS, share_input: bool = False, align: int = 8) -> None:
+                 targets: Sequence[str] = FFN_PROJECTIONS, share_input: bool = False, align: int = 8,
+                 scaling: Scaling = "paper") -> None:
         super().__init__(rank, alpha, dropout, targets, share_input)
         require_positive(experts=experts, align=align)
+        generalist_scale(alpha=alpha, rank=rank, experts=experts, scaling=scaling)  # names a bad convention
+        self.scaling = scaling
         require_fraction(balance_delta=balance_delta)
         if balance_weight < 0:
             raise ValueError(f"balance_weight must be >= 0, got {balance_weight!r}")
@@ -203,4 +242,4 @@ class LoRAMoE(Adapter):
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> LoRAMoELinear:
         return LoRAMoELinear(base, self.experts, self.rank, self.alpha, self.dropout,
-                             self.balance_delta, self.balance_weight, context, self.align)
+                             self.balance_delta, self.balance_weight, context, self.align, scaling=self.scaling)

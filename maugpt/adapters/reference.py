@@ -27,7 +27,7 @@ def reference_forward(layer: LoRAMoELinear, x: Tensor) -> Tensor:
     """
     o = layer.base(x)  # o_0
     omega = torch.softmax(x @ layer.router, dim=-1)  # Eq. 1
-    for i in range(layer.experts):  # Eq. 2–3
+    for i in range(layer.experts):  # Eq. 2–3, s by the layer's scaling convention
         A_i, B_i = layer.expert(i)
         o = o + layer.scale * omega[..., i : i + 1] * ((x @ A_i) @ B_i)
     if isinstance(layer, AMoELoRALinear):  # Eq. 4–5, with the per-sample matrices materialised
@@ -36,5 +36,5 @@ def reference_forward(layer: LoRAMoELinear, x: Tensor) -> Tensor:
         H = layer.anomaly_aware.hypernetwork(masked_mean(x, mask))  # (B, r, r)
         A_0 = layer.anomaly_aware.W_a @ H  # (B, d_in, r)
         B_0 = H @ layer.anomaly_aware.W_b  # (B, r, d_out)
-        o = o + layer.scale * torch.bmm(torch.bmm(x, A_0), B_0)
+        o = o + layer.anomaly_scale * torch.bmm(torch.bmm(x, A_0), B_0)
     return o  # Eq. 6

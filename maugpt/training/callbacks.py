@@ -1,6 +1,6 @@
-"""TensorBoard callbacks: throughput, the MoE routers' load and entropy, the hypernetwork cores, example
-answers as text, and the hyper-parameters with their final metrics for the HParams view; plus the
-prediction writer of ``maugpt predict`` and a sweep cell's files: its test metrics and the mark of
+"""TensorBoard callbacks: throughput, the adapters' diagnostics (router load and entropy, each
+component's output and gradient norms), the hypernetwork cores, example answers as text, and the
+hyper-parameters with their final metrics for the HParams view; plus the prediction writer of ``maugpt predict`` and a sweep cell's files: its test metrics and the mark of
 a fit that ended normally."""
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import move_data_to_device
 
-from maugpt.adapters import adapter_diagnostics
+from maugpt.adapters import adapter_diagnostics, adapter_layers
 from maugpt.evaluation.run import write_gzip
 from maugpt.tensorboard import tensorboard, tensorboard_logger
 
@@ -30,25 +31,51 @@ class ThroughputMonitor(L.Callback):
         pl_module.log("train/tokens_per_s", tokens / max(seconds, 1e-9), batch_size=batch["input_ids"].shape[0])
 
 
-class RouterMonitor(L.Callback):
-    """Every ``every_n_steps`` training steps, records one forward's router statistics and logs,
-    per adapted layer, the router entropy (scalar) and the mean weight per expert (histogram),
-    plus their average over layers (``adapters/router_entropy``)."""
+class AdapterMonitor(L.Callback):
+    """Every ``every_n_steps`` training steps, records one forward's adapter diagnostics and writes
+    them to TensorBoard, so that a run shows how far each component moves the frozen model:
+
+    * the MoE routers: per adapted layer, the router entropy (``router_entropy/<layer>``) and the
+      mean weight per expert (histogram ``expert_load/<layer>``), and their average over layers
+      (``adapters/router_entropy``);
+    * each component's output against the frozen output: ``output_norm/<component>`` (the
+      per-token L2 norm averaged over tokens and layers; components ``frozen``, ``generalist``,
+      ``anomaly_aware``, ``lora``), ``output_ratio/<component>`` (each layer's component norm
+      over its frozen norm, averaged over layers) and a histogram of that ratio over the layers;
+    * each component's gradient norm before clipping (``grad_norm/<component>``: ``generalist``,
+      ``router``, ``anomaly_aware``, ``lora``, ``projector``), over all layers and, under FSDP,
+      all shards.
+    """
 
     def __init__(self, every_n_steps: int = 50) -> None:
         self.every_n_steps = every_n_steps
+        self._step = 0  # the optimizer step whose forward is recorded: every event is written at it
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step = trainer.global_step
         pl_module.model.record_diagnostics = trainer.global_step % self.every_n_steps == 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not pl_module.model.record_diagnostics:
+            return
+        sharded = isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+        norms = component_grad_norms(pl_module.model, sharded=sharded)
+        writer = tensorboard(trainer)
+        if writer is not None and trainer.is_global_zero:
+            for component, value in norms.items():
+                writer.add_scalar(f"grad_norm/{component}", value, self._step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not pl_module.model.record_diagnostics:
             return
         pl_module.model.record_diagnostics = False
-        stats = {name: d for name, d in adapter_diagnostics(pl_module.model.llm).items() if "expert_load" in d}
+        diagnostics = adapter_diagnostics(pl_module.model)
+        writer, step = tensorboard(trainer), self._step
+        if writer is not None:
+            self.write_output_norms(writer, diagnostics, step)
+        stats = {name: d for name, d in diagnostics.items() if "expert_load" in d}
         if not stats:
             return
-        writer, step = tensorboard(trainer), trainer.global_step
         entropies = []
         for name, d in stats.items():
             entropies.append(float(d["router_entropy"]))
@@ -56,6 +83,56 @@ class RouterMonitor(L.Callback):
                 writer.add_scalar(f"router_entropy/{name}", entropies[-1], step)
                 writer.add_histogram(f"expert_load/{name}", d["expert_load"].float().cpu(), step)
         pl_module.log("adapters/router_entropy", sum(entropies) / len(entropies))
+
+    @staticmethod
+    def write_output_norms(writer, diagnostics: dict[str, dict[str, torch.Tensor]], step: int) -> None:
+        norms: dict[str, list[float]] = {}
+        ratios: dict[str, list[float]] = {}
+        for d in diagnostics.values():
+            frozen = float(d["frozen_norm"]) if "frozen_norm" in d else None
+            for key, value in d.items():
+                if key.endswith("_norm"):
+                    component = key[: -len("_norm")]
+                    norms.setdefault(component, []).append(float(value))
+                    if frozen and component != "frozen":
+                        ratios.setdefault(component, []).append(float(value) / frozen)
+        for component, values in norms.items():
+            writer.add_scalar(f"output_norm/{component}", sum(values) / len(values), step)
+        for component, values in ratios.items():
+            writer.add_scalar(f"output_ratio/{component}", sum(values) / len(values), step)
+            writer.add_histogram(f"output_ratio_by_layer/{component}", torch.tensor(values), step)
+
+
+#: The name this callback had before it recorded more than the routers; older configs use it.
+RouterMonitor = AdapterMonitor
+
+
+def component_grad_norms(model: torch.nn.Module, *, sharded: bool = False) -> dict[str, float]:
+    """The L2 norm of the gradients of each adapter component (:meth:`AdapterLayer.parameter_groups`)
+    over all adapted layers, and of the projector's. ``sharded``: every rank holds a disjoint shard
+    of each gradient (FSDP), so the squares are summed over ranks (a collective: every rank calls)."""
+    squares: dict[str, torch.Tensor] = {}
+
+    def add(component: str, params) -> None:
+        for p in params:
+            if p.grad is not None:
+                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # FSDP2: DTensor shards
+                square = grad.detach().float().square().sum()
+                squares[component] = squares[component] + square if component in squares else square
+
+    for _, layer in adapter_layers(model):
+        for component, params in layer.parameter_groups().items():
+            add(component, params)
+    projector = getattr(model, "projector", None)
+    if projector is not None:
+        add("projector", projector.parameters())
+    if not squares:
+        return {}
+    names = sorted(squares)
+    total = torch.stack([squares[n] for n in names])
+    if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+    return dict(zip(names, total.sqrt().tolist()))
 
 
 class HypernetworkCores(L.Callback):

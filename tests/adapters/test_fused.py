@@ -38,11 +38,13 @@ def mixture_inputs(anomaly: bool, router_in_z: bool, pad_z: int):
     return inputs + ([double(R, O, seed=4), double(BATCH, R, R, seed=5)] if anomaly else [None, None])
 
 
-@pytest.mark.parametrize("anomaly", [False, True], ids=["loramoe", "amoe_lora"])
+@pytest.mark.parametrize("anomaly", [False, True, 1.9], ids=["loramoe", "amoe_lora", "amoe_lora_own_scale"])
 @pytest.mark.parametrize("router_in_z", [True, False], ids=["clean", "dropout"])
 @pytest.mark.parametrize("pads", [(0, 0), (3, 5)], ids=["unaligned", "padded"])
 def test_mixture_delta_backward_matches_finite_differences(anomaly, router_in_z, pads):
-    spec = MixtureSpec(N, R, 0.7, anomaly, router_in_z, pads[1])
+    own_scale = anomaly if isinstance(anomaly, float) else None  # s_a apart from s
+    anomaly = bool(anomaly)
+    spec = MixtureSpec(N, R, 0.7, anomaly, router_in_z, pads[1], own_scale)
     inputs = mixture_inputs(anomaly, router_in_z, pads[0])
     assert torch.autograd.gradcheck(lambda *t: MixtureDelta.apply(*t, spec, True), inputs)
     assert torch.autograd.gradcheck(lambda *t: MixtureDelta.apply(*t, spec, False), inputs)
@@ -79,8 +81,11 @@ def gradients(layer, x, out):
     return dict(zip(named, grads))
 
 
-@pytest.mark.parametrize("adapter", [LoRAMoE(experts=4, rank=3, dropout=0.0, balance_weight=0.0),
-                                     AMoELoRA(experts=4, rank=3, hyper_hidden=8)], ids=["loramoe", "amoe_lora"])
+@pytest.mark.parametrize("adapter", [
+    LoRAMoE(experts=4, rank=3, dropout=0.0, balance_weight=0.0),
+    AMoELoRA(experts=4, rank=3, hyper_hidden=8),
+    AMoELoRA(experts=4, rank=3, hyper_hidden=8, scaling="total_rank", anomaly_alpha=5.0),
+], ids=["loramoe", "amoe_lora", "amoe_lora_total_rank"])
 def test_every_gradient_equals_autograd_through_the_literal_equations(adapter):
     layer, x = layer_and_input(adapter)
     mask = torch.rand(3, 7, generator=torch.Generator().manual_seed(1)) > 0.3

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maugpt.adapters import AMoELoRA, AdapterContext, LoRA, LoRAMoE, adapter_context, inject
+from maugpt.adapters import AMoELoRA, AdapterContext, AnomalyAware, LoRA, LoRAMoE, adapter_context, inject
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
 ADAPTERS = {
@@ -13,6 +13,7 @@ ADAPTERS = {
     "loramoe": LoRAMoE(experts=4, rank=2, dropout=0.0),
     "amoe_lora": AMoELoRA(experts=4, rank=2, hyper_hidden=8),
     "amoe_lora_shared": AMoELoRA(experts=4, rank=2, hyper_hidden=8, share_input=True),
+    "anomaly_aware": AnomalyAware(rank=2, hyper_hidden=8),
 }
 PROMPT, NEW = 6, 5
 

@@ -6,14 +6,17 @@ import torch
 from torch import nn
 
 from maugpt.adapters import (
-    AMoELoRA, LoRA, LoRAMoE, adapter_context, adapter_layers, auxiliary_loss, count_parameters, inject,
+    AMoELoRA, AnomalyAware, LoRA, LoRAMoE, adapter_context, adapter_layers, auxiliary_loss, count_parameters, inject,
 )
+from maugpt.adapters.anomaly_aware import AnomalyAwareLinear
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
 ADAPTERS = {
     "lora": lambda: LoRA(rank=4, alpha=8),
     "loramoe": lambda: LoRAMoE(experts=4, rank=2, dropout=0.0),
     "amoe_lora": lambda: AMoELoRA(experts=4, rank=2, hyper_hidden=8),
+    "amoe_lora_total_rank": lambda: AMoELoRA(experts=4, rank=2, hyper_hidden=8, scaling="total_rank", anomaly_alpha=3.0),
+    "anomaly_aware": lambda: AnomalyAware(rank=2, hyper_hidden=8),
 }
 
 
@@ -41,7 +44,7 @@ def test_only_adapter_parameters_receive_gradients(kind):
     assert all(not model.get_parameter(n).requires_grad for n in frozen)
     # B is zero at the start, so A gets no gradient yet; B (and W_b) must.
     for _, layer in adapter_layers(model):
-        up = layer.B
+        up = layer.anomaly_aware.W_b if isinstance(layer, AnomalyAwareLinear) else layer.B
         assert up.grad is not None and up.grad.abs().sum() > 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maugpt.adapters import AMoELoRA, LoRA, LoRAMoE, adapter_context, adapter_layers, adapter_state_dict, inject
+from maugpt.adapters import AMoELoRA, AnomalyAware, LoRA, LoRAMoE, adapter_context, adapter_layers, adapter_state_dict, inject
 from maugpt.adapters import base as adapter_base
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
@@ -12,6 +12,7 @@ ADAPTERS = {
     "lora": lambda share: LoRA(rank=4, alpha=8, share_input=share),
     "loramoe": lambda share: LoRAMoE(experts=4, rank=2, dropout=0.0, balance_weight=0.01, share_input=share),
     "amoe_lora": lambda share: AMoELoRA(experts=4, rank=2, hyper_hidden=8, share_input=share),
+    "anomaly_aware": lambda share: AnomalyAware(rank=2, hyper_hidden=8, share_input=share),
 }
 
 
