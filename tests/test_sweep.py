@@ -43,6 +43,26 @@ def test_the_experts_rank_spec_expands_to_seven_cells_with_product_64_times_thre
     assert architecture.reference == "LoRA (r = 64)" and architecture.cells[3].label == "LoRA (r = 64)"
 
 
+SPECS = sorted((ROOT / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_spec_in_experiments_loads_and_each_cell_resolves_to_a_config(path, tmp_path):
+    raw = yaml.safe_load(path.read_text())
+    assert raw["seeds"] == [0, 1, 2] and raw["reference"]  # every committed comparison has variance and a reference
+    for variant in raw["variants"]:
+        load_spec(path, variant)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "seeds": []}))
+    spec = load_spec(tmp_path / "spec.yaml", "tiny")  # one seed: each cell resolved once by the CLI parser
+    folder = prepare(spec, tmp_path / "sweep")
+    for cell in spec.cells:
+        adapter = yaml.safe_load((folder / "cells" / cell.name / "config.yaml").read_text())["model"]["init_args"]["adapter"]
+        mixture = adapter["class_path"].rsplit(".", 1)[-1] in ("LoRAMoE", "AMoELoRA")
+        total_rank = "total_rank" in cell.name or path.stem == "scaling_experts_rank"
+        expected = ("total_rank" if total_rank else "paper") if mixture else None
+        assert adapter["init_args"].get("scaling") == expected, cell.name  # the convention each cell names
+
+
 def test_seeds_and_the_reference_cell_are_checked(tmp_path):
     raw = yaml.safe_load((ROOT / "experiments" / "ablation_architecture.yaml").read_text())
     for seeds in ([0, 0], "0-2", [0, 1.5]):
