@@ -204,8 +204,8 @@ def evaluate(expression: str, values: dict[str, Any]) -> Any:
 
 
 def check_constraints(spec: SweepSpec) -> None:
-    failing = [cell.label for cell in spec.cells for c in spec.constraints
-               if not evaluate(c, {**spec.overrides, **cell.overrides})]
+    failing = list(dict.fromkeys(cell.label for cell in spec.cells for c in spec.constraints  # once per cell
+                                 if not evaluate(c, {**spec.overrides, **cell.overrides})))
     if failing:
         raise SweepError(f"sweep {spec.name}: cell(s) {failing} break the constraint(s) {spec.constraints}")
 

@@ -60,16 +60,18 @@ def test_op_counts_are_repeatable_and_order_the_variants():
     assert 10 < ops["floor (frozen base)"] < ops["LoRA r=64"] < ops["LoRAMoE 16x4"] < ops["AMoE-LoRA 16x4 + hypernetwork"]
     assert ops["AMoE-LoRA, literal Eq. 1-6 (loop)"] > 4 * ops["AMoE-LoRA 16x4 + hypernetwork"]
     assert nodes["floor (frozen base)"] < nodes["LoRA r=64"] < nodes["AMoE-LoRA 16x4 + hypernetwork"]
-    # What each adapter adds over the floor with the hand-written Functions (the autograd
-    # compositions they replaced added 25/59/115 ops and 10/19/43 nodes): a regression yardstick.
-    added = {name: (ops[name] - ops["floor (frozen base)"], nodes[name] - nodes["floor (frozen base)"])
-             for name in ("LoRA r=64", "LoRAMoE 16x4", "AMoE-LoRA 16x4 + hypernetwork")}
-    assert added == {"LoRA r=64": (13, 4), "LoRAMoE 16x4": (44, 5), "AMoE-LoRA 16x4 + hypernetwork": (81, 13)}
-    # the same math as plain autograd ops: what the Functions replaced, measured beside them
-    composed = "AMoE-LoRA 16x4, autograd composition"
-    assert (ops[composed], nodes[composed]) == (130, 48)
+    # Orderings and ratios, not exact counts (those move with every torch release). What each
+    # adapter adds over the floor grows with what it computes; the hand-written Functions cost
+    # clearly fewer ops and autograd nodes than the same math as plain autograd ops, measured
+    # beside them (torch 2.14: 81 against 113 added ops, 19 against 48 nodes).
+    amoe, composed = "AMoE-LoRA 16x4 + hypernetwork", "AMoE-LoRA 16x4, autograd composition"
+    added = {name: ops[name] - ops["floor (frozen base)"] for name in ("LoRA r=64", "LoRAMoE 16x4", amoe, composed)}
+    assert 0 < added["LoRA r=64"] < added["LoRAMoE 16x4"] < added[amoe]
+    assert added[composed] > 1.25 * added[amoe] and nodes[composed] > 2 * nodes[amoe]
+    for same in ("AMoE-LoRA 16x4, shared inputs", "AMoE-LoRA 16x4, unaligned widths"):  # never add ops
+        assert ops[same] <= ops[amoe]
     kernels = {name: value[2] for name, value in first.items()}
-    assert kernels["floor (frozen base)"] == 9 and kernels["AMoE-LoRA 16x4 + hypernetwork"] == 49
+    assert kernels["floor (frozen base)"] < kernels["LoRA r=64"] < kernels["LoRAMoE 16x4"] < kernels[amoe]
 
 
 def test_the_table_puts_every_variant_against_its_floor():

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from maugpt.adapters.fused import DownProjection, concat, split
+from maugpt.compat import version
 
 #: Every linear projection of a Llama/Qwen2-style decoder block.
 ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -265,7 +266,7 @@ class AdapterLayer(nn.Module, ABC):
         parts' identities and in-place versions, so an optimizer step or a load refreshes it."""
         if torch.is_grad_enabled():
             return build()
-        key = tuple((id(p), p._version, p.device, p.dtype) for p in parts)
+        key = tuple((id(p), version(p), p.device, p.dtype) for p in parts)
         cached = self._fused.get(name)
         if cached is None or cached[0] != key:
             cached = self._fused[name] = (key, build())

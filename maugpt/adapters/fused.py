@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from maugpt.compat import gelu_backward, layer_norm_backward, layer_norm_with_stats, softmax_backward
+
 
 def compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
     """The dtype the adapter computes in: autocast's when it is on, else the adapter weights'."""
@@ -242,7 +244,7 @@ class MixtureDelta(torch.autograd.Function):
             g_omega = g_omega + grad_weights
         if weights is None:
             weights = omega.view(m, n)
-        g_logits = torch._softmax_backward_data(g_omega, weights, -1, weights.dtype).to(dtype)
+        g_logits = softmax_backward(g_omega, weights, -1).to(dtype)
         gz_anomaly = g_core = None
         if core is not None:
             batch = core.shape[0]
@@ -276,7 +278,7 @@ class HypernetworkCore(torch.autograd.Function):
         with torch.autocast(condition.device.type, enabled=False):
             dtype = compute_dtype(condition, w1)
             wide = condition.to(router_dtype(dtype))
-            c, mean, rstd = torch.native_layer_norm(wide, (wide.shape[-1],), None, None, 1e-5)
+            c, mean, rstd = layer_norm_with_stats(wide, 1e-5)
             c = c.to(dtype)
             w1, b1, w2, b2 = w1.to(dtype), b1.to(dtype), w2.to(dtype), b2.to(dtype)
             a = torch.addmm(b1, c, w1.t())
@@ -289,12 +291,11 @@ class HypernetworkCore(torch.autograd.Function):
         wide, mean, rstd, c, w1, w2, a, act = ctx.saved_tensors
         need = ctx.needs_input_grad
         g = grad.reshape(grad.shape[0], -1).to(c.dtype)
-        ga = torch.ops.aten.gelu_backward(torch.mm(g, w2), a)
+        ga = gelu_backward(torch.mm(g, w2), a)
         g_condition = None
         if need[0]:
             g_c = torch.mm(ga, w1).to(wide.dtype)
-            g_condition = torch.ops.aten.native_layer_norm_backward(g_c, wide, (wide.shape[-1],), mean, rstd, None, None,
-                                                           [True, False, False])[0]
+            g_condition = layer_norm_backward(g_c, wide, mean, rstd)
         return (g_condition,
                 torch.mm(ga.t(), c) if need[1] else None, ga.sum(0) if need[2] else None,
                 torch.mm(g.t(), act) if need[3] else None, g.sum(0) if need[4] else None, None)

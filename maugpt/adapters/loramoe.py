@@ -213,17 +213,17 @@ class LoRAMoE(Adapter):
     Args:
         experts: number of experts N.
         rank: rank r of each expert.
-        alpha: scaling numerator α; each expert's update is scaled by α / r.
+        alpha: scaling numerator α; each expert's update is scaled by α / r (N·α / r with ``total_rank``).
         dropout: dropout on the experts' input (the router reads the clean input).
         balance_delta: δ of the localized balancing constraint, in [0, 1).
         balance_weight: β, the weight of the balancing loss added to the LM loss (0 turns it off).
         targets: name patterns of the linear layers to wrap.
-        scaling: the experts' scale convention: ``"paper"`` (α/r, Eq. 3) or ``"total_rank"``
-            (N·α/r: with uniform routing, a LoRA of rank N·r at the same α/r); see the module docstring.
         share_input: one down-projection GEMM for q/k/v and for gate/up (same parameters and outputs).
         align: on GPUs, the fused low-rank widths are padded with zero columns and rows to a
             multiple of this, for the tensor-core GEMMs (bf16 wants multiples of 8); 1 never pads.
             Parameters, files and outputs do not change with it.
+        scaling: the experts' scale convention: ``"paper"`` (α/r, Eq. 3) or ``"total_rank"``
+            (N·α/r: with uniform routing, a LoRA of rank N·r at the same α/r); see the module docstring.
     """
 
     def __init__(self, experts: int = 8, rank: int = 4, alpha: float = 32.0, dropout: float = 0.05,

@@ -1,14 +1,17 @@
 """The adapters' equations written out term by term: a loop over experts, separate paths.
 
-This is the slow, literal form of Eq. 1–6 (and of LoRAMoE, which is Eq. 1–3 alone). The fast
-layers are tested against it, and the benchmark measures what the fused forms save over it.
+This is the slow, literal form of Eq. 1–6 (and of LoRAMoE, which is Eq. 1–3 alone), written with
+``torch`` and ``torch.nn.functional`` only: nothing of the fused forms it checks. The fast layers
+are tested against it, and the benchmark measures what the fused forms save over it.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from maugpt.adapters.amoe_lora import AMoELoRALinear
+from maugpt.adapters.anomaly_aware import Hypernetwork
 from maugpt.adapters.loramoe import LoRAMoELinear
 
 
@@ -18,6 +21,15 @@ def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
         return x.mean(dim=1)
     rows = [x[b][mask[b].bool()].sum(0) / max(int(mask[b].sum()), 1) for b in range(x.shape[0])]
     return torch.stack(rows)
+
+
+def hypernetwork_reference(hypernetwork: Hypernetwork, condition: Tensor) -> Tensor:
+    """Eq. 4's ``H = W_2 gelu(W_1 LN(c) + b_1) + b_2`` in ``torch.nn.functional``, for ``c (B, d_in)``
+    → ``(B, r, r)``: the form the hand-written :class:`~maugpt.adapters.fused.HypernetworkCore` is
+    checked against. The layer norm has no parameters (see :class:`Hypernetwork`)."""
+    c = F.layer_norm(condition, (condition.shape[-1],), eps=1e-5)
+    hidden = F.gelu(F.linear(c, hypernetwork.hidden.weight, hypernetwork.hidden.bias))
+    return F.linear(hidden, hypernetwork.out.weight, hypernetwork.out.bias).view(-1, hypernetwork.rank, hypernetwork.rank)
 
 
 def reference_forward(layer: LoRAMoELinear, x: Tensor) -> Tensor:
@@ -33,7 +45,7 @@ def reference_forward(layer: LoRAMoELinear, x: Tensor) -> Tensor:
     if isinstance(layer, AMoELoRALinear):  # Eq. 4–5, with the per-sample matrices materialised
         ctx = layer.context
         mask = ctx.condition_mask if ctx.condition_mask is not None else ctx.token_mask
-        H = layer.anomaly_aware.hypernetwork(masked_mean(x, mask))  # (B, r, r)
+        H = hypernetwork_reference(layer.anomaly_aware.hypernetwork, masked_mean(x, mask))  # (B, r, r)
         A_0 = layer.anomaly_aware.W_a @ H  # (B, d_in, r)
         B_0 = H @ layer.anomaly_aware.W_b  # (B, r, d_out)
         o = o + layer.anomaly_scale * torch.bmm(torch.bmm(x, A_0), B_0)

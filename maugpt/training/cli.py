@@ -7,8 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import LightningCLI
-
+from maugpt.compat import HookedLightningCLI
 from maugpt.training.preemption import Preemption
 
 EVALUATING = ("validate", "test", "predict")
@@ -39,7 +38,7 @@ def checkpoint_model(args: list[str]) -> list[str]:
     return [*args[:command + 1], "--model", model, *args[command + 1:]]
 
 
-class MAUGPTCLI(LightningCLI):
+class MAUGPTCLI(HookedLightningCLI):
     """LightningCLI with the model and data in subclass mode and their shared settings linked:
     the data's tokenizer and image transform come from the model's LLM and vision encoder, and
     its visual-token count from the built encoder (a pretrained VLM's ``vlm`` gives the data its
@@ -59,17 +58,16 @@ class MAUGPTCLI(LightningCLI):
             return super().parse_arguments(parser, args)
         self.config = parser.parse_args(checkpoint_model(sys.argv[1:] if args is None else list(args)))
 
-    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+    # Lightning would apply a checkpoint's hyper-parameters *over* the parsed config, silently
+    # undoing options such as --model.init_args.max_new_tokens; parse_arguments put them first
+    # instead, and MAUGPTModule.on_load_checkpoint rejects a checkpoint of another architecture.
+    apply_checkpoint_hyperparameters = False
+
+    def trainer_callbacks(self, config: dict, callbacks: list) -> list:
         # One Preemption per run: the one the config lists, else a default (two would share a state key).
         given = config.get("callbacks") or []
         listed = any(isinstance(c, Preemption) for c in (given if isinstance(given, list) else [given]))
-        return super()._instantiate_trainer(config, callbacks if listed else [*callbacks, Preemption()])
-
-    def _parse_ckpt_path(self) -> None:
-        # Lightning would apply the checkpoint's hyper-parameters *over* the parsed config, silently
-        # undoing options such as --model.init_args.max_new_tokens; parse_arguments put them first
-        # instead, and MAUGPTModule.on_load_checkpoint rejects a checkpoint of another architecture.
-        return None
+        return callbacks if listed else [*callbacks, Preemption()]
 
 
 def run(args: list[str] | None = None, subcommand: bool = True) -> MAUGPTCLI:

@@ -34,6 +34,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from maugpt.compat import cluster_environment, forget_received_sigterm, steps_optimizer
 from maugpt.runner import STOP_SIGNALS  # the signals that stop a fit at the next step boundary
 from maugpt.slurm import RUNNER_REQUEUES, job_id, requeue
 
@@ -75,7 +76,7 @@ def requeue_job_id(trainer: L.Trainer, signum: int = signal.SIGUSR1) -> str | No
     """The SLURM job to requeue after ``signum``: a SLURM job with Lightning's ``auto_requeue`` on
     and ``signum`` its requeue signal, unless a sweep runner started this fit and requeues the job
     itself (see :mod:`maugpt.slurm`)."""
-    environment = trainer._accelerator_connector.cluster_environment  # what Lightning's own handler reads
+    environment = cluster_environment(trainer)  # what Lightning's own handler reads
     if not (isinstance(environment, SLURMEnvironment) and environment.auto_requeue) or os.environ.get(RUNNER_REQUEUES):
         return None
     return job_id() if signum == environment.requeue_signal else None
@@ -123,7 +124,7 @@ class Preemption(L.Callback):
         # A SIGTERM its handler caught meanwhile becomes ours, and its flag is cleared: with several
         # ranks Lightning would otherwise end the fit at the next step with status 0, unsaved.
         self._trainer, self.received = trainer, signal.SIGTERM if trainer.received_sigterm else None
-        trainer._signal_connector.received_sigterm = False
+        forget_received_sigterm(trainer)
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
@@ -162,7 +163,7 @@ class Preemption(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        if not trainer.fit_loop.epoch_loop._should_accumulate():  # Lightning's own test of an optimizer step
+        if steps_optimizer(trainer):
             self.stop_if_asked(trainer)
 
     def stop_if_asked(self, trainer: L.Trainer) -> None:

@@ -8,7 +8,8 @@ from torch import nn
 
 from maugpt.adapters import AMoELoRA, LoRA, LoRAMoE, localized_balance_loss
 from maugpt.adapters.fused import DownProjection, HypernetworkCore, LoRAUp, MixtureDelta, MixtureSpec
-from maugpt.adapters.reference import reference_forward
+from maugpt.adapters.anomaly_aware import Hypernetwork
+from maugpt.adapters.reference import hypernetwork_reference, reference_forward
 
 N, R, D, O, BATCH, T = 3, 2, 5, 4, 2, 3
 M = BATCH * T
@@ -38,12 +39,10 @@ def mixture_inputs(anomaly: bool, router_in_z: bool, pad_z: int):
     return inputs + ([double(R, O, seed=4), double(BATCH, R, R, seed=5)] if anomaly else [None, None])
 
 
-@pytest.mark.parametrize("anomaly", [False, True, 1.9], ids=["loramoe", "amoe_lora", "amoe_lora_own_scale"])
-@pytest.mark.parametrize("router_in_z", [True, False], ids=["clean", "dropout"])
-@pytest.mark.parametrize("pads", [(0, 0), (3, 5)], ids=["unaligned", "padded"])
-def test_mixture_delta_backward_matches_finite_differences(anomaly, router_in_z, pads):
-    own_scale = anomaly if isinstance(anomaly, float) else None  # s_a apart from s
-    anomaly = bool(anomaly)
+@pytest.mark.parametrize(("anomaly", "own_scale"), [(False, None), (True, None), (True, 1.9)],
+                         ids=["loramoe", "amoe_lora", "amoe_lora_own_scale"])  # own_scale: s_a apart from s
+@pytest.mark.parametrize(("router_in_z", "pads"), [(True, (0, 0)), (False, (3, 5))], ids=["clean", "dropout_padded"])
+def test_mixture_delta_backward_matches_finite_differences(anomaly, own_scale, router_in_z, pads):
     spec = MixtureSpec(N, R, 0.7, anomaly, router_in_z, pads[1], own_scale)
     inputs = mixture_inputs(anomaly, router_in_z, pads[0])
     assert torch.autograd.gradcheck(lambda *t: MixtureDelta.apply(*t, spec, True), inputs)
@@ -63,6 +62,21 @@ def test_hypernetwork_core_backward_matches_finite_differences():
     args = (double(BATCH, D, seed=0) * 3, double(7, D, seed=1), double(7, seed=2), double(R * R, 7, seed=3),
             double(R * R, seed=4), R)
     assert torch.autograd.gradcheck(HypernetworkCore.apply, args)
+
+
+def test_the_hypernetwork_equals_eq_4_in_torch_nn_functional():
+    torch.manual_seed(0)
+    hypernetwork = Hypernetwork(D, R, 7).double()
+    with torch.no_grad():
+        for p in hypernetwork.parameters():
+            p.normal_(0.0, 0.5)
+    condition = (double(BATCH, D, seed=6) * 40).requires_grad_()  # o_proj/down_proj inputs are large
+    fast, literal = hypernetwork(condition), hypernetwork_reference(hypernetwork, condition)
+    assert fast.shape == (BATCH, R, R) and (fast - literal).abs().max().item() <= 1e-12
+    grad = double(BATCH, R, R, seed=7)
+    params = [condition, *hypernetwork.parameters()]
+    for f, s in zip(torch.autograd.grad(fast, params, grad), torch.autograd.grad(literal, params, grad)):
+        assert (f - s).abs().max().item() <= 1e-12
 
 
 def layer_and_input(adapter, seed: int = 0):
