@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 from maugpt.evaluation.judge import SYSTEM, USER_TEMPLATE
+from maugpt.mauset.sources import SOURCES
+
+#: ``maugpt build --source``: every registered source, or all of them.
+SourceChoice = Literal[(*SOURCES, "all")]  # type: ignore[valid-type]  # built from the registry
 
 
-def build(*, source: Literal["btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile", "mpdd", "mvtec_ad", "all"],
+def build(*, source: SourceChoice,
          root: Path, out: Path, seed: int = 0, test: float = 0.2, val: float = 0.05, max_side: int = 512,
          image_format: Literal["jpg", "png"] = "jpg", maxcount: int = 1000, maxsize: float = 1e9,
          overwrite: bool = False, partial: bool = False, paper_subset: bool = False,
@@ -52,8 +56,6 @@ def build(*, source: Literal["btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile"
 
     from maugpt.mauset.build import BuildError, build_mauset
     from maugpt.mauset.knowledge import Knowledge
-    from maugpt.schema import SOURCES
-
     sources = list(SOURCES) if source == "all" else [source]
     try:
         merged = Knowledge(overlay=knowledge)

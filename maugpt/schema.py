@@ -4,7 +4,8 @@ A shard sample holds, under one key: the image (``jpg`` or ``png``), optionally 
 (``mask.png``) and normal reference images (``ref0.jpg``, …), and ``json``, the record::
 
     key            "mvtec_ad/bottle/broken_large/000"
-    source         one of SOURCES (or OTHER_SOURCES: "synthetic", "synthetic_caption", "llava_pretrain")
+    source         a registered source (maugpt.mauset.sources), or one of OTHER_SOURCES: "synthetic",
+                   "synthetic_caption", "llava_pretrain"
     product        the source's product folder, e.g. "bottle"
     product_name   its display name, e.g. "bottle"
     domain         one of the six industrial DOMAINS ("general" for LLaVA-558K's captions)
@@ -33,7 +34,6 @@ from typing import get_args, get_origin, get_type_hints
 TASKS = ("detection", "classification", "localization", "description", "understanding")
 DOMAINS = ("Industrial Components", "Electronic Components", "Construction Materials",
            "Mechanical Parts", "Consumer Products", "Optical Inspection")
-SOURCES = ("btad", "dagm", "deeppcb", "ksdd2", "magnetic_tile", "mpdd", "mvtec_ad")
 QA_FIELDS = ("task", "style", "question", "answer")
 
 
@@ -101,6 +101,8 @@ class MAUSetRecord:
                 raise ValueError(f"{where}: field {f.name!r} should be {names}, got {type(value).__name__}")
         if not self.key:
             raise ValueError("record: field 'key' is empty")
+        from maugpt.mauset.sources import SOURCES  # the registry imports this module: read it when used
+
         choices = {"source": (*SOURCES, *OTHER_SOURCES), "domain": (*DOMAINS, GENERAL_DOMAIN), "split": SPLITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

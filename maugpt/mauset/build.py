@@ -10,9 +10,9 @@ from tqdm import tqdm
 
 from maugpt.images import ImageRejected
 from maugpt.mauset.knowledge import Knowledge
-from maugpt.schema import SOURCES, SourceImage
+from maugpt.schema import SourceImage
 from maugpt.mauset.writer import prepare_output, source_sample, write_split
-from maugpt.mauset.sources import LAYOUTS, RELEASE_IMAGES, SCANNERS, BuildError, LayoutError
+from maugpt.mauset.sources import SOURCES, BuildError, LayoutError
 from maugpt.mauset.sources.common import listing
 from maugpt.mauset.split import split_images
 from maugpt.mauset.stats import format_statistics
@@ -78,23 +78,24 @@ def scan_sources(sources: Sequence[str], root: Path, partial: bool = False,
     unless ``partial``: then the scanner reads what is there and each absent folder is appended to
     ``missing`` as ``"<source>: <folder>"``. All these are :class:`BuildError`.
     """
-    unknown = [s for s in sources if s not in SCANNERS]
+    unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         raise BuildError(f"unknown source(s) {unknown}; expected some of {list(SOURCES)}")
     images = []
     for source in sources:
         folder = root if len(sources) == 1 else root / source
         absent: list[str] | None = [] if partial else None
-        found = SCANNERS[source](folder, missing=absent)
+        release = SOURCES[source]
+        found = release.scan(folder, missing=absent)
         if missing is not None:
             missing += [f"{source}: {name}" for name in absent or []]
         if not found:
-            raise LayoutError(source, folder, LAYOUTS[source], f"no image: {listing(folder)}")
-        if not partial and len(found) < RELEASE_SHARE * RELEASE_IMAGES[source]:
+            raise LayoutError(source, folder, release.layout, f"no image: {listing(folder)}")
+        if not partial and len(found) < RELEASE_SHARE * release.release_images:
             raise BuildError(
                 f"{source}: found {len(found)} images under {folder}, but the full release has "
-                f"{RELEASE_IMAGES[source]:,}: a folder is missing or packaged differently from the layout "
-                f"{LAYOUTS[source]!r}. To build from part of a release on purpose, pass partial=True "
+                f"{release.release_images:,}: a folder is missing or packaged differently from the layout "
+                f"{release.layout!r}. To build from part of a release on purpose, pass partial=True "
                 "(tools/build_mauset.py --partial true).")
         images += found
     return images

@@ -14,13 +14,9 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+from maugpt.mauset.sources import SOURCES, BuildError
 from maugpt.schema import SourceImage
 
-#: source → (normal, abnormal) images in the paper's Table 1.
-PAPER_IMAGES: dict[str, tuple[int, int]] = {
-    "btad": (2250, 580), "dagm": (10000, 1500), "deeppcb": (1501, 1500), "ksdd2": (2979, 356),
-    "magnetic_tile": (952, 383), "mpdd": (1064, 282), "mvtec_ad": (4096, 1258),
-}
 
 
 def equal_shares(available: dict[str, int], total: int) -> dict[str, int]:
@@ -45,7 +41,10 @@ def paper_subset(images: list[SourceImage], seed: int = 0) -> tuple[list[SourceI
         groups[(image.source, image.is_anomalous, image.product)].append(image)
     kept, shortfalls = set(), []
     for source in sorted({im.source for im in images}):
-        for anomalous, wanted in zip((False, True), PAPER_IMAGES[source]):
+        counts = SOURCES[source].paper_images
+        if counts is None:
+            raise BuildError(f"{source} is not in the paper's Table 1: build it without paper_subset")
+        for anomalous, wanted in zip((False, True), counts):
             products = {p: len(g) for (s, a, p), g in groups.items() if s == source and a == anomalous}
             have = sum(products.values())
             if have < wanted:

@@ -279,10 +279,10 @@ def test_deeppcb_boards_carry_every_defect_type_and_stay_with_their_templates(tm
 
 @pytest.mark.parametrize("seed", range(6))
 def test_a_board_and_its_template_are_always_in_the_same_split(tmp_path, seed):
-    from maugpt.mauset.sources import SCANNERS
+    from maugpt.mauset.sources import SOURCES
 
     RELEASES["deeppcb"](tmp_path)
-    images = SCANNERS["deeppcb"](tmp_path)
+    images = SOURCES["deeppcb"].scan(tmp_path)
     split_of = {im.key: name for name, members in split_images(images, test=0.34, val=0.34, seed=seed).items()
                 for im in members}
     assert len(split_of) == len(images)
@@ -291,12 +291,12 @@ def test_a_board_and_its_template_are_always_in_the_same_split(tmp_path, seed):
 
 
 def test_an_unreadable_image_is_named_in_the_stats_of_the_split_it_was_assigned_to(tmp_path):
-    from maugpt.mauset.sources import SCANNERS
+    from maugpt.mauset.sources import SOURCES
 
     root = tmp_path / "release"
     RELEASES["mvtec_ad"](root)
     # the image of the release's test folder that the paper's split (seed 0) also puts in test
-    assigned = split_images(SCANNERS["mvtec_ad"](root), test=0.25, val=0.0, seed=0)
+    assigned = split_images(SOURCES["mvtec_ad"].scan(root), test=0.25, val=0.0, seed=0)
     broken = next(im.image for im in assigned["test"] if "/test/" in str(im.image))
     broken.write_bytes(b"not a png")
     stats = build_mauset(["mvtec_ad"], root, tmp_path / "out", progress=False, test=0.25, val=0.0, max_side=32,

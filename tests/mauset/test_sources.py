@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 
 from maugpt.mauset.knowledge import Knowledge
-from maugpt.mauset.sources import SCANNERS, LayoutError
+from maugpt.mauset.sources import SOURCES, LayoutError
 from tests.mauset.releases import RELEASES
 
 
 @pytest.mark.parametrize("source", sorted(RELEASES))
 def test_scanner_finds_every_image_with_its_label(tmp_path, source):
     expected = RELEASES[source](tmp_path)
-    images = SCANNERS[source](tmp_path)
+    images = SOURCES[source].scan(tmp_path)
     assert len(images) == expected["images"]
     assert sum(im.is_anomalous for im in images) == expected["anomalous"]
     assert len({im.product for im in images}) == expected["products"]
@@ -29,7 +29,7 @@ def test_scanner_finds_every_image_with_its_label(tmp_path, source):
 
 def test_deeppcb_reads_space_separated_boxes_and_inserts_the_suffix(tmp_path):
     RELEASES["deeppcb"](tmp_path)
-    images = {im.key: im for im in SCANNERS["deeppcb"](tmp_path)}
+    images = {im.key: im for im in SOURCES["deeppcb"].scan(tmp_path)}
     board = images["deeppcb/pcb/test/00041000"]
     assert board.image.name == "00041000_test.jpg" and board.references[0].name == "00041000_temp.jpg"
     assert board.boxes == [(2, 2, 10, 10), (20, 20, 30, 28), (25, 2, 35, 9)]
@@ -46,12 +46,12 @@ def test_deeppcb_rejects_a_malformed_annotation_line(tmp_path):
     RELEASES["deeppcb"](tmp_path)
     (tmp_path / "PCBData/group00041/00041_not/00041001.txt").write_text("5 5 9 9\n")
     with pytest.raises(ValueError, match=r"00041001.txt:1: expected 'x1 y1 x2 y2 type'"):
-        SCANNERS["deeppcb"](tmp_path)
+        SOURCES["deeppcb"].scan(tmp_path)
 
 
 def test_ksdd2_all_zero_masks_are_normal(tmp_path):
     RELEASES["ksdd2"](tmp_path)
-    labels = {im.key: im.is_anomalous for im in SCANNERS["ksdd2"](tmp_path)}
+    labels = {im.key: im.is_anomalous for im in SOURCES["ksdd2"].scan(tmp_path)}
     assert labels == {"ksdd2/commutator/train/10": False, "ksdd2/commutator/train/11": True,
                       "ksdd2/commutator/train/12": False, "ksdd2/commutator/test/20": True,
                       "ksdd2/commutator/test/21": False}
@@ -62,7 +62,7 @@ def test_a_folder_without_the_layout_names_what_was_expected_and_found(tmp_path,
     (tmp_path / "random_folder").mkdir()
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(LayoutError) as err:
-        SCANNERS[source](tmp_path)
+        SOURCES[source].scan(tmp_path)
     message = str(err.value)
     assert f"{source}: {tmp_path} does not have the expected layout" in message
     assert "expected: " in message and "found: notes.txt, random_folder/" in message
@@ -75,26 +75,26 @@ def test_a_partial_scan_lists_the_required_folders_it_lacks_instead_of_failing(t
     shutil.rmtree(tmp_path / "ksdd2" / "KSDD2" / "test")
     with pytest.raises(LayoutError, match=r"(?s)ksdd2: .* does not have the expected layout.*found: test/ is missing "
                                           r"beside train/ \(a deliberate subset builds with partial=True"):
-        SCANNERS["ksdd2"](tmp_path / "ksdd2")
+        SOURCES["ksdd2"].scan(tmp_path / "ksdd2")
     missing: list[str] = []
-    assert len(SCANNERS["ksdd2"](tmp_path / "ksdd2", missing=missing)) == 3 and missing == ["test/"]
+    assert len(SOURCES["ksdd2"].scan(tmp_path / "ksdd2", missing=missing)) == 3 and missing == ["test/"]
 
     RELEASES["deeppcb"](tmp_path / "deeppcb")
     shutil.rmtree(tmp_path / "deeppcb" / "PCBData" / "group12000")  # the one board of test.txt, and its template
     with pytest.raises(LayoutError, match=r"test.txt:1 names group12000/12000/12000000.jpg, but "
                                           r"group12000/12000/12000000_test.jpg does not exist"):
-        SCANNERS["deeppcb"](tmp_path / "deeppcb")
+        SOURCES["deeppcb"].scan(tmp_path / "deeppcb")
     missing = []
-    images = SCANNERS["deeppcb"](tmp_path / "deeppcb", missing=missing)
+    images = SOURCES["deeppcb"].scan(tmp_path / "deeppcb", missing=missing)
     assert len(images) == 5 and missing == ["group12000/12000/ (1 board(s) of test.txt)"]
 
     RELEASES["magnetic_tile"](tmp_path / "mt")
     for cls in ("Break", "Free"):  # MT_Free no longer has to be there to find the release folder
         shutil.rmtree(tmp_path / "mt" / "Magnetic-Tile-Defect" / f"MT_{cls}")
     with pytest.raises(LayoutError, match="found: MT_Break/Imgs, MT_Free/Imgs are missing"):
-        SCANNERS["magnetic_tile"](tmp_path / "mt")
+        SOURCES["magnetic_tile"].scan(tmp_path / "mt")
     missing = []
-    assert len(SCANNERS["magnetic_tile"](tmp_path / "mt", missing=missing)) == 3
+    assert len(SOURCES["magnetic_tile"].scan(tmp_path / "mt", missing=missing)) == 3
     assert missing == ["MT_Break/Imgs", "MT_Free/Imgs"]
 
 
@@ -104,4 +104,4 @@ def test_a_board_without_its_annotation_file_is_named(tmp_path):
     for missing in (None, []):  # a partial build does not excuse it: the board cannot be labelled
         with pytest.raises(LayoutError, match=r"trainval.txt:2 names the annotation group00041/00041_not/00041001.txt "
                                               r"of group00041/00041/00041001_test.jpg, but it does not exist"):
-            SCANNERS["deeppcb"](tmp_path, missing=missing)
+            SOURCES["deeppcb"].scan(tmp_path, missing=missing)

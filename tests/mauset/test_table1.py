@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from maugpt.schema import SourceImage
-from maugpt.mauset.table1 import PAPER_IMAGES, equal_shares, paper_subset
+from maugpt.mauset.sources import SOURCES
+from maugpt.mauset.table1 import equal_shares, paper_subset
 
 
 def release(source: str, counts: dict[str, tuple[int, int]]) -> list[SourceImage]:
@@ -27,7 +28,7 @@ def test_dagm_gets_the_older_packagings_1000_plus_150_per_class():
     # the 2007 competition release: classes 1-6 have 1,000 normal + 150 defective, 7-10 twice that
     counts = {f"Class{k}": (1000, 150) if k <= 6 else (2000, 300) for k in range(1, 11)}
     kept, shortfalls = paper_subset(release("dagm", counts), seed=3)
-    assert len(kept) == sum(PAPER_IMAGES["dagm"]) == 11500 and shortfalls == []
+    assert len(kept) == sum(SOURCES["dagm"].paper_images) == 11500 and shortfalls == []
     for k in range(1, 11):
         mine = [im for im in kept if im.product == f"Class{k}"]
         assert (sum(not im.is_anomalous for im in mine), sum(im.is_anomalous for im in mine)) == (1000, 150)

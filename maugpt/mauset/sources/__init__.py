@@ -1,12 +1,28 @@
-"""Builders for the seven public sources: each reads its official release layout into SourceImages."""
+"""The public sources MAU-Set is built from: a registry in which a source is one file.
+
+A module of this package reads one release's folder into :class:`~maugpt.schema.SourceImage`\\ s
+(its *scanner*) and registers itself::
+
+    register(Source(name="btad", scan=scan_btad, layout=LAYOUT, release_images=2540,
+                    paper_images=(2250, 580)))
+
+Everything that lists the sources derives from :data:`SOURCES`: the builder and its checks, the
+schema's check of a record's source, ``maugpt build --source``'s choices and the paper's Table 1
+counts. Every module of this package is imported with it, so a new file here is a new source; a
+source defined elsewhere (a test, a user's package) calls :func:`register` before it is built.
+Its products, defect classes and questions come from the knowledge files (``configs/mauset/``,
+or an overlay: see :class:`~maugpt.mauset.knowledge.Knowledge`).
+"""
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from maugpt.schema import SourceImage
-from maugpt.mauset.sources import btad, dagm, deeppcb, ksdd2, magnetic_tile, mvtec
 from maugpt.mauset.sources.common import BuildError, LayoutError
+from maugpt.schema import SourceImage
 
 
 class Scanner(Protocol):
@@ -17,24 +33,43 @@ class Scanner(Protocol):
     def __call__(self, root: Path, missing: list[str] | None = None) -> list[SourceImage]: ...
 
 
-SCANNERS: dict[str, Scanner] = {
-    "btad": btad.scan_btad, "dagm": dagm.scan_dagm, "deeppcb": deeppcb.scan_deeppcb, "ksdd2": ksdd2.scan_ksdd2,
-    "magnetic_tile": magnetic_tile.scan_magnetic_tile, "mpdd": mvtec.scan_mpdd, "mvtec_ad": mvtec.scan_mvtec_ad,
-}
-LAYOUTS: dict[str, str] = {
-    "btad": btad.LAYOUT, "dagm": dagm.LAYOUT, "deeppcb": deeppcb.LAYOUT, "ksdd2": ksdd2.LAYOUT,
-    "magnetic_tile": magnetic_tile.LAYOUT, "mpdd": mvtec.LAYOUT, "mvtec_ad": mvtec.LAYOUT,
-}
-#: Images in each full public release (its own folder counts, as its public metadata gives them):
-#: a scan far below it means a folder is missing or the packaging differs from the layout read.
-RELEASE_IMAGES: dict[str, int] = {
-    "btad": 2540,  # 01: 400 + 21 + 49, 02: 399 + 30 + 200, 03: 1,000 + 400 + 41
-    "dagm": 16100,  # classes 1-6: 575 Train + 575 Test each; 7-10: 1,150 + 1,150
-    "deeppcb": 3001,  # 1,500 boards + 1,501 templates
-    "ksdd2": 3335,  # train 246 + 2,085, test 110 + 894
-    "magnetic_tile": 1344,
-    "mpdd": 1346,  # 888 train + 458 test
-    "mvtec_ad": 5354,  # 3,629 train + 1,725 test
-}
+@dataclass(frozen=True)
+class Source:
+    """One public source.
 
-__all__ = ["LAYOUTS", "RELEASE_IMAGES", "SCANNERS", "BuildError", "LayoutError", "Scanner"]
+    Args:
+        name: the source's key in records and on the command line (``mvtec_ad``).
+        scan: its :class:`Scanner`.
+        layout: the release layout the scanner reads, shown when a folder does not have it.
+        release_images: images in the full public release, as its publisher counts them: a scan
+            far below it means a folder is missing or the packaging differs from ``layout``.
+        paper_images: ``(normal, abnormal)`` images of the source in the paper's Table 1; None
+            for a source the paper does not use.
+    """
+
+    name: str
+    scan: Scanner
+    layout: str
+    release_images: int
+    paper_images: tuple[int, int] | None = None
+
+
+#: Every registered source by name: this package's in alphabetical order, then any registered later.
+SOURCES: dict[str, Source] = {}
+
+
+def register(source: Source) -> Source:
+    """Add ``source`` to :data:`SOURCES`; a second, different source of the same name is an error."""
+    if SOURCES.get(source.name, source) != source:
+        raise ValueError(f"a source named {source.name!r} is already registered ({SOURCES[source.name].scan})")
+    SOURCES[source.name] = source
+    return source
+
+
+for _module in pkgutil.iter_modules(__path__):  # each module registers its source(s)
+    importlib.import_module(f"{__name__}.{_module.name}")
+_packaged = sorted(SOURCES.items())  # by name, whichever module imported which first
+SOURCES.clear()
+SOURCES.update(_packaged)
+
+__all__ = ["SOURCES", "BuildError", "LayoutError", "Scanner", "Source", "register"]

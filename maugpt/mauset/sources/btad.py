@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maugpt.mauset.sources import Source, register
 from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import LayoutError, descend, find_by_stem, images_in, listing
 
@@ -27,3 +28,7 @@ def scan_btad(root: Path, missing: list[str] | None = None) -> list[SourceImage]
                     defect_class="defect" if anomalous else None,
                     mask=find_by_stem(product / "ground_truth" / "ko", image.stem) if anomalous else None))
     return found
+
+
+register(Source(name="btad", scan=scan_btad, layout=LAYOUT, paper_images=(2250, 580),
+                release_images=2540))  # 01: 400 + 21 + 49, 02: 399 + 30 + 200, 03: 1,000 + 400 + 41

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from maugpt.mauset.sources import Source, register
 from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import LayoutError, descend, find_by_stem, images_in, listing
 
@@ -34,3 +35,7 @@ def scan_dagm(root: Path, missing: list[str] | None = None) -> list[SourceImage]
                     key=f"dagm/{cls.name}/{split.lower()}/{image.stem}", is_anomalous=label is not None,
                     defect_class="defect" if label is not None else None, mask=label))
     return found
+
+
+register(Source(name="dagm", scan=scan_dagm, layout=LAYOUT, paper_images=(10000, 1500),
+                release_images=16100))  # classes 1-6: 575 Train + 575 Test each; 7-10: 1,150 + 1,150

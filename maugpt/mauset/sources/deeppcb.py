@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from maugpt.mauset.sources import Source, register
 from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import BuildError, LayoutError, descend, listing
 
@@ -92,3 +93,7 @@ def scan_deeppcb(root: Path, missing: list[str] | None = None) -> list[SourceIma
                                  key=f"deeppcb/pcb/temp/{template.stem}", is_anomalous=False,
                                  group=template.stem.removesuffix("_temp")))
     return found
+
+
+register(Source(name="deeppcb", scan=scan_deeppcb, layout=LAYOUT, paper_images=(1501, 1500),
+                release_images=3001))  # 1,500 boards + 1,501 templates

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from maugpt.mauset.sources import Source, register
 from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import LayoutError, descend, listing
 
@@ -43,3 +44,7 @@ def scan_ksdd2(root: Path, missing: list[str] | None = None) -> list[SourceImage
                                      defect_class="defect" if anomalous else None,
                                      mask=mask if anomalous else None))
     return found
+
+
+register(Source(name="ksdd2", scan=scan_ksdd2, layout=LAYOUT, paper_images=(2979, 356),
+                release_images=3335))  # train 246 + 2,085, test 110 + 894

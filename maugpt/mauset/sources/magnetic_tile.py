@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maugpt.mauset.sources import Source, register
 from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import LayoutError, listing
 
@@ -57,3 +58,7 @@ def scan_magnetic_tile(root: Path, missing: list[str] | None = None) -> list[Sou
                 defect_class=cls if anomalous else None,
                 mask=mask if anomalous and mask.is_file() else None, mask_threshold=0))
     return found
+
+
+register(Source(name="magnetic_tile", scan=scan_magnetic_tile, layout=LAYOUT, paper_images=(952, 383),
+                release_images=1344))

@@ -1,8 +1,9 @@
-"""MVTec AD and MPDD: ``<category>/{train/good, test/<defect>}``, masks in ``ground_truth/<defect>/``."""
+"""MVTec AD: ``<category>/{train/good, test/<defect>}``, masks in ``ground_truth/<defect>/`` (MPDD shares the layout)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from maugpt.mauset.sources import Source, register
 from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import LayoutError, images_in, listing
 
@@ -38,6 +39,5 @@ def scan_mvtec_ad(root: Path, missing: list[str] | None = None) -> list[SourceIm
     return scan_mvtec_layout(root, "mvtec_ad")
 
 
-def scan_mpdd(root: Path, missing: list[str] | None = None) -> list[SourceImage]:
-    """MPDD: the MVTec AD layout with 6 metal-part categories (``missing`` stays as it is)."""
-    return scan_mvtec_layout(root, "mpdd")
+register(Source(name="mvtec_ad", scan=scan_mvtec_ad, layout=LAYOUT, paper_images=(4096, 1258),
+                release_images=5354))  # 3,629 train + 1,725 test
