@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-## The test suite (CPU only, no downloads; Chromium from the OS packages for the HTML report's test).
+## The test suite (CPU only, no downloads; Chromium from the OS packages for the HTML report's test),
+## after ruff's lint and format check (configured in pyproject.toml).
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	bash tools/install_chromium.sh
 	$(PY) -m pytest -q
 

@@ -25,6 +25,7 @@ projections`` shows what shared inputs save.
     python benchmarks/adapters.py --shape 3b      # the Qwen2.5-3B shape of the GPU notes (CUDA)
     python benchmarks/adapters.py --shape 3b --compile inductor --warmup 2 --only model --profile 15
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from top_kernels import kernel_table, top_kernels
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from maugpt.adapters import ALL_PROJECTIONS, AMoELoRA, Adapter, LoRA, LoRAMoE, inject, unwrap
+from maugpt.adapters import ALL_PROJECTIONS, Adapter, AMoELoRA, LoRA, LoRAMoE, inject, unwrap
 from maugpt.adapters.reference import reference_forward
 from maugpt.model.units import compile_llm
-
-from top_kernels import kernel_table, top_kernels
 
 
 class LoopedAMoELoRA(AMoELoRA):
@@ -68,8 +68,13 @@ def composed_forward(layer, x: torch.Tensor) -> torch.Tensor:
     z = x @ torch.cat([layer.A, expert.W_a, layer.router], dim=1)
     z_experts, z_anomaly, logits = z.split([n * r, r, n], dim=-1)
     weights = F.softmax(logits, dim=-1)
-    u = torch.cat([(z_experts.unflatten(-1, (n, r)) * (weights * s).unsqueeze(-1)).flatten(-2),
-                   torch.bmm(z_anomaly, (core @ core) * s)], dim=-1)
+    u = torch.cat(
+        [
+            (z_experts.unflatten(-1, (n, r)) * (weights * s).unsqueeze(-1)).flatten(-2),
+            torch.bmm(z_anomaly, (core @ core) * s),
+        ],
+        dim=-1,
+    )
     out = layer.base(x)
     up = torch.cat([layer.B, expert.W_b], dim=0)
     return torch.addmm(out.reshape(-1, out.shape[-1]), u.reshape(-1, u.shape[-1]), up).view(out.shape)
@@ -91,25 +96,51 @@ VARIANTS: dict[str, Callable[[Sequence[str]], Adapter] | None] = {
     "LoRA r=64": lambda targets: LoRA(rank=64, alpha=128, targets=targets),
     "LoRA r=64, shared inputs": lambda targets: LoRA(rank=64, alpha=128, targets=targets, share_input=True),
     "LoRAMoE 16x4": lambda targets: LoRAMoE(experts=16, rank=4, alpha=8, dropout=0.0, targets=targets),
-    "LoRAMoE 16x4, shared inputs": lambda targets: LoRAMoE(experts=16, rank=4, alpha=8, dropout=0.0, targets=targets,
-                                                           share_input=True),
+    "LoRAMoE 16x4, shared inputs": lambda targets: LoRAMoE(
+        experts=16, rank=4, alpha=8, dropout=0.0, targets=targets, share_input=True
+    ),
     "AMoE-LoRA 16x4 + hypernetwork": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
-    "AMoE-LoRA 16x4, shared inputs": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets,
-                                                              share_input=True),
-    "AMoE-LoRA 16x4, unaligned widths": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets,
-                                                                 align=1),
-    "AMoE-LoRA 16x4, autograd composition": lambda targets: ComposedAMoELoRA(experts=16, rank=4, alpha=8,
-                                                                             targets=targets),
+    "AMoE-LoRA 16x4, shared inputs": lambda targets: AMoELoRA(
+        experts=16, rank=4, alpha=8, targets=targets, share_input=True
+    ),
+    "AMoE-LoRA 16x4, unaligned widths": lambda targets: AMoELoRA(experts=16, rank=4, alpha=8, targets=targets, align=1),
+    "AMoE-LoRA 16x4, autograd composition": lambda targets: ComposedAMoELoRA(
+        experts=16, rank=4, alpha=8, targets=targets
+    ),
     "AMoE-LoRA, literal Eq. 1-6 (loop)": lambda targets: LoopedAMoELoRA(experts=16, rank=4, alpha=8, targets=targets),
 }
 
 SHAPES = {  # batch, tokens, and the model config; the projection is hidden → intermediate
-    "tiny": dict(batch=2, tokens=16, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128),  # a dry run's
-    "cpu": dict(batch=2, tokens=256, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
-                num_attention_heads=8, num_key_value_heads=2, vocab_size=8192),
-    "3b": dict(batch=4, tokens=1024, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-               num_attention_heads=16, num_key_value_heads=2, vocab_size=151936),
+    "tiny": dict(
+        batch=2,
+        tokens=16,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    ),  # a dry run's
+    "cpu": dict(
+        batch=2,
+        tokens=256,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=8192,
+    ),
+    "3b": dict(
+        batch=4,
+        tokens=1024,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
 }
 
 
@@ -140,8 +171,11 @@ class OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.count += 1
-        inputs = {t.untyped_storage().data_ptr() for t in torch.utils._pytree.tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
         outputs = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
         self.kernels += any(t.untyped_storage().data_ptr() not in inputs for t in outputs)
         return out
@@ -158,7 +192,7 @@ def graph_nodes(output: torch.Tensor) -> int:
     return len(seen)
 
 
-def count_ops(setup: "Setup") -> tuple[int, int, int]:
+def count_ops(setup: Setup) -> tuple[int, int, int]:
     """(aten ops, kernels, autograd nodes) of one forward and backward of a variant."""
     module, make_loss, teardown = setup()
     try:
@@ -198,11 +232,12 @@ def dynamo_counts() -> tuple[int, int]:
 Setup = Callable[[], tuple[nn.Module, Callable[[], torch.Tensor], Callable[[], None]]]
 
 
-def train_step(make_loss: Callable[[], torch.Tensor], opt: torch.optim.Optimizer | None, device: torch.device,
-               hooks=None) -> None:
+def train_step(
+    make_loss: Callable[[], torch.Tensor], opt: torch.optim.Optimizer | None, device: torch.device, hooks=None
+) -> None:
     """One training step: forward (bf16 autocast on CUDA) under ``hooks`` if given, backward, AdamW."""
     torch.compiler.cudagraph_mark_step_begin()  # a new step for CUDA-graph replays (no-op otherwise)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), (hooks or nullcontext()):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), hooks or nullcontext():
         loss = make_loss()
     loss.backward()
     if opt:
@@ -210,8 +245,15 @@ def train_step(make_loss: Callable[[], torch.Tensor], opt: torch.optim.Optimizer
         opt.zero_grad(set_to_none=True)
 
 
-def run_rounds(setting: str, setups: dict[str, Setup], device: torch.device, rounds: int, steps: int,
-               warmup: int, compiled: Sequence[str] = ()) -> list[Result]:
+def run_rounds(
+    setting: str,
+    setups: dict[str, Setup],
+    device: torch.device,
+    rounds: int,
+    steps: int,
+    warmup: int,
+    compiled: Sequence[str] = (),
+) -> list[Result]:
     """Time every variant in turn, round after round, so that drift on a noisy machine hits all alike.
 
     Each round sets a variant up, runs ``warmup`` untimed and ``steps`` timed training steps
@@ -278,8 +320,9 @@ def profile_variant(setup: Setup, device: torch.device, rows: int, warmup: int =
         teardown()
 
 
-def bench_projection(shape: dict, device: torch.device, variants: Sequence[str] | None = None,
-                     **timing) -> list[Result]:
+def bench_projection(
+    shape: dict, device: torch.device, variants: Sequence[str] | None = None, **timing
+) -> list[Result]:
     """The projection setting for the eager ``variants`` (default: all), the floor first."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
@@ -294,6 +337,7 @@ def bench_projection(shape: dict, device: torch.device, variants: Sequence[str] 
             if make is not None:
                 inject(holder, make(["0"]))
             return holder, lambda: holder(x).float().square().mean(), lambda: unwrap(holder)
+
         return setup
 
     names = dict.fromkeys([FLOOR, *(name for name in (variants or VARIANTS) if name in VARIANTS)])
@@ -306,24 +350,36 @@ def bench_projection(shape: dict, device: torch.device, variants: Sequence[str] 
 
 # With --compile: the model setting also runs these, (variant, torch.compile mode) each, with
 # compile_llm's decoder layers compiled: by the backend alone, and with inductor's CUDA graphs.
-COMPILED = {f"{variant}, compiled{suffix}": (variant, mode)
-            for variant in (FLOOR, "LoRA r=64", "LoRAMoE 16x4", "AMoE-LoRA 16x4 + hypernetwork")
-            for suffix, mode in (("", None), (" + CUDA graphs", "reduce-overhead"))}
+COMPILED = {
+    f"{variant}, compiled{suffix}": (variant, mode)
+    for variant in (FLOOR, "LoRA r=64", "LoRAMoE 16x4", "AMoE-LoRA 16x4 + hypernetwork")
+    for suffix, mode in (("", None), (" + CUDA graphs", "reduce-overhead"))
+}
 # With --profile N: the top N kernels of one step of these.
 PROFILED = ("AMoE-LoRA 16x4 + hypernetwork", "AMoE-LoRA 16x4 + hypernetwork, compiled")
 
 
-def bench_model(shape: dict, device: torch.device, compile_backend: str | None = None, profile: int = 0,
-                variants: Sequence[str] | None = None, **timing) -> list[Result]:
+def bench_model(
+    shape: dict,
+    device: torch.device,
+    compile_backend: str | None = None,
+    profile: int = 0,
+    variants: Sequence[str] | None = None,
+    **timing,
+) -> list[Result]:
     """The model setting for ``variants`` (default: every eager one, and with ``compile_backend``
     every compiled one), the floor first."""
     cuda = device.type == "cuda"
-    config = Qwen2Config(**{k: v for k, v in shape.items() if k not in ("batch", "tokens")},
-                         max_position_embeddings=max(4096, shape["tokens"]), tie_word_embeddings=True)
+    config = Qwen2Config(
+        **{k: v for k, v in shape.items() if k not in ("batch", "tokens")},
+        max_position_embeddings=max(4096, shape["tokens"]),
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     with torch.device(device):  # initialised where it runs: a 3B model's init on the host takes a minute
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa",
-                                                 dtype=torch.bfloat16 if cuda else torch.float32)
+        model = AutoModelForCausalLM.from_config(
+            config, attn_implementation="sdpa", dtype=torch.bfloat16 if cuda else torch.float32
+        )
     model.requires_grad_(False)
     ids = torch.randint(0, config.vocab_size, (shape["batch"], shape["tokens"]), device=device)
     embed = model.get_input_embeddings()
@@ -351,14 +407,19 @@ def bench_model(shape: dict, device: torch.device, compile_backend: str | None =
             if compile_mode is not False:  # compiles at the first (untimed warm-up) step of each round
                 compiled.extend(compile_llm(model, "decoder_layers", backend=compile_backend, mode=compile_mode))
             return model, loss, teardown
+
         return setup
 
     if variants is None:
         variants = [*VARIANTS, *(COMPILED if compile_backend else ())]
     elif compile_backend is None and any(name in COMPILED for name in variants):
         raise ValueError("compiled variants need a compile backend")
-    setups = {name: setup_for(VARIANTS[COMPILED[name][0]], COMPILED[name][1]) if name in COMPILED
-              else setup_for(VARIANTS[name]) for name in dict.fromkeys([FLOOR, *variants])}
+    setups = {
+        name: setup_for(VARIANTS[COMPILED[name][0]], COMPILED[name][1])
+        if name in COMPILED
+        else setup_for(VARIANTS[name])
+        for name in dict.fromkeys([FLOOR, *variants])
+    }
     results = run_rounds("model", setups, device, compiled=list(COMPILED), **timing)
     if device.type == "cpu":  # on a GPU one counting pass of the 3B model would take minutes
         for result in (r for r in results if r.variant not in COMPILED):  # compiled code bypasses the counter
@@ -370,10 +431,13 @@ def bench_model(shape: dict, device: torch.device, compile_backend: str | None =
 
 
 def table(results: list[Result], device_name: str, memory_label: str) -> str:
-    lines = [f"device: {device_name}", "",
-             f"| setting | variant | trainable params | step ms | × floor | {memory_label} MiB | × floor "
-             "| aten ops fwd+bwd | kernels | autograd nodes | dynamo graphs (breaks) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"device: {device_name}",
+        "",
+        f"| setting | variant | trainable params | step ms | × floor | {memory_label} MiB | × floor "
+        "| aten ops fwd+bwd | kernels | autograd nodes | dynamo graphs (breaks) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for setting in dict.fromkeys(r.setting for r in results):
         rows = [r for r in results if r.setting == setting]
         floor = rows[0]
@@ -383,9 +447,11 @@ def table(results: list[Result], device_name: str, memory_label: str) -> str:
             if r.error:
                 lines.append(f"| {setting} | {r.variant} | {r.trainable:,} | {r.error} | | | | {ops} |")
                 continue
-            lines.append(f"| {setting} | {r.variant} | {r.trainable:,} | {r.step_s * 1e3:.1f} | "
-                         f"{r.step_s / floor.step_s:.2f} | {r.memory_bytes / 2**20:.1f} | "
-                         f"{r.memory_bytes / max(floor.memory_bytes, 1):.2f} | {ops} |")
+            lines.append(
+                f"| {setting} | {r.variant} | {r.trainable:,} | {r.step_s * 1e3:.1f} | "
+                f"{r.step_s / floor.step_s:.2f} | {r.memory_bytes / 2**20:.1f} | "
+                f"{r.memory_bytes / max(floor.memory_bytes, 1):.2f} | {ops} |"
+            )
     return "\n".join(lines)
 
 
@@ -398,13 +464,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant and round")
     parser.add_argument("--only", choices=["projection", "model"], help="run one setting")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--compile", metavar="BACKEND", help="also run the model setting with compile_llm's decoder "
-                        "layers compiled by this torch.compile backend (inductor), alone and with CUDA graphs "
-                        "(mode reduce-overhead); use --warmup 2 or more: each round compiles again")
-    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also list the N costliest kernels of "
-                        "one step of: " + ", ".join(PROFILED))
-    parser.add_argument("--variants", nargs="+", help="run only the variants, eager or compiled, whose names "
-                        "start with these (the eager floor always runs)")
+    parser.add_argument(
+        "--compile",
+        metavar="BACKEND",
+        help="also run the model setting with compile_llm's decoder "
+        "layers compiled by this torch.compile backend (inductor), alone and with CUDA graphs "
+        "(mode reduce-overhead); use --warmup 2 or more: each round compiles again",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list the N costliest kernels of one step of: " + ", ".join(PROFILED),
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        help="run only the variants, eager or compiled, whose names start with these (the eager floor always runs)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.shape == "3b" and device.type != "cuda":
@@ -420,8 +498,10 @@ def main() -> None:
         results += bench_model(shape, device, args.compile, args.profile, variants, **timing)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     label = "peak allocated" if device.type == "cuda" else "saved activations"
-    print(f"shape {args.shape}: batch {shape['batch']} × {shape['tokens']} tokens, hidden {shape['hidden_size']}, "
-          f"MLP {shape['intermediate_size']}, {shape['num_hidden_layers']} layers; torch {torch.__version__}")
+    print(
+        f"shape {args.shape}: batch {shape['batch']} × {shape['tokens']} tokens, hidden {shape['hidden_size']}, "
+        f"MLP {shape['intermediate_size']}, {shape['num_hidden_layers']} layers; torch {torch.__version__}"
+    )
     print(table(results, name, label))
     for result in (r for r in results if r.top_kernels):
         print("\n" + kernel_table(f"one step of {result.variant}, by own time", result.top_kernels))

@@ -20,6 +20,7 @@ to the raw decode of the same shards (target ≥ 0.7).
 
     python benchmarks/dataloader.py [--sizes 512 336] [--images 280] [--packing conversation]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,13 @@ def time_pipeline(folder: Path, make_encoder, batch_size: int, warm: bool = Fals
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 336],
-                        help="image sides of the shard sets (the builders' default max_side, the encoder's input)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[512, 336],
+        help="image sides of the shard sets (the builders' default max_side, the encoder's input)",
+    )
     parser.add_argument("--images", type=int, default=280, help="synthetic images to time over")
     parser.add_argument("--vision_encoder", default="vit_large_patch14_clip_336.openai")
     parser.add_argument("--image_tokens", type=int, default=576)
@@ -92,19 +98,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for size in args.sizes:
-            build_synthetic(tmp / f"syn{size}", images=args.images, image_size=size, test=0.0, val=0.0,
-                            image_format="jpg", captions=14, progress=False)
+            build_synthetic(
+                tmp / f"syn{size}",
+                images=args.images,
+                image_size=size,
+                test=0.0,
+                val=0.0,
+                image_format="jpg",
+                captions=14,
+                progress=False,
+            )
         folder = tmp / f"syn{args.sizes[0]}" / "mauset" / "train"
         texts = [qa[k] for s in iter_samples(folder) for qa in s["json"]["qa"] for k in ("question", "answer")]
         save_tokenizer(train_tokenizer(texts + ["user assistant system"] * 20, vocab_size=args.vocab), tmp / "tok")
 
         def encoder(shipped: bool):
             def make():
-                made = ExampleEncoder(str(tmp / "tok"), args.vision_encoder, args.image_tokens, max_length=4096,
-                                      packing=args.packing, resize="torch" if shipped else "pil")
+                made = ExampleEncoder(
+                    str(tmp / "tok"),
+                    args.vision_encoder,
+                    args.image_tokens,
+                    max_length=4096,
+                    packing=args.packing,
+                    resize="torch" if shipped else "pil",
+                )
                 if not shipped:
                     made.format.chat = ChatEncoder(made.format.tokenizer, args.image_tokens, 4096, cache=False)
                 return made
+
             return make
 
         for size in args.sizes:
@@ -113,19 +134,28 @@ def main() -> None:
             raw_rate = raw[0] / raw[1]
             rows.append((size, "raw image decode", raw_rate, None, None))
             for shipped, warm in ((True, False), (True, True), (False, False)):
-                best = min((time_pipeline(shards, encoder(shipped), args.batch_size, warm) for _ in range(args.repeats)),
-                           key=lambda r: r[2])
-                name = ("full path: torch resize, caches " + ("warm (second pass)" if warm else "cold (first pass)")
-                        if shipped else "full path: PIL resize, uncached")
+                best = min(
+                    (time_pipeline(shards, encoder(shipped), args.batch_size, warm) for _ in range(args.repeats)),
+                    key=lambda r: r[2],
+                )
+                name = (
+                    "full path: torch resize, caches " + ("warm (second pass)" if warm else "cold (first pass)")
+                    if shipped
+                    else "full path: PIL resize, uncached"
+                )
                 rows.append((size, name, best[0] / best[2], best[1] / best[2], best[3] if shipped else None))
-    print(f"{args.images} synthetic JPEG images per size, encoder {args.vision_encoder}, {args.image_tokens} image "
-          f"tokens, packing {args.packing}, one worker (1 thread), torch {torch.__version__}")
+    print(
+        f"{args.images} synthetic JPEG images per size, encoder {args.vision_encoder}, {args.image_tokens} image "
+        f"tokens, packing {args.packing}, one worker (1 thread), torch {torch.__version__}"
+    )
     print("| shards | path | samples/s | examples/s | × raw decode | segment-cache hits |")
     print("|---|---|---:|---:|---:|---:|")
     raw_rates = {size: rate for size, name, rate, _, _ in rows if name == "raw image decode"}
     for size, name, rate, examples, hits in rows:
-        print(f"| {size} px | {name} | {rate:.0f} | {'' if examples is None else f'{examples:.0f}'} | "
-              f"{rate / raw_rates[size]:.2f} | {'' if hits is None else f'{hits:.0%}'} |")
+        print(
+            f"| {size} px | {name} | {rate:.0f} | {'' if examples is None else f'{examples:.0f}'} | "
+            f"{rate / raw_rates[size]:.2f} | {'' if hits is None else f'{hits:.0%}'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ every variant must generate the adapter-free tokens: the script checks that too.
     python benchmarks/generate.py --shape cpu-3b-width  # the 3B model's layer widths, 2 layers, on CPU
     python benchmarks/generate.py --shape 3b      # the Qwen2.5-3B shape, on CUDA
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ from collections.abc import Callable
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from maugpt.adapters import ALL_PROJECTIONS, AMoELoRA, Adapter, LoRA, LoRAMoE, adapter_context, inject, unwrap
+from maugpt.adapters import ALL_PROJECTIONS, Adapter, AMoELoRA, LoRA, LoRAMoE, adapter_context, inject, unwrap
 
 VARIANTS: dict[str, Callable[[], Adapter] | None] = {
     "no adapter": None,
@@ -31,22 +32,61 @@ VARIANTS: dict[str, Callable[[], Adapter] | None] = {
     "AMoE-LoRA 16x4 + hypernetwork": lambda: AMoELoRA(experts=16, rank=4, alpha=8, targets=ALL_PROJECTIONS),
 }
 SHAPES = {
-    "tiny": dict(batch=3, prompt=6, new_tokens=4, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128),  # a dry run's
-    "cpu": dict(batch=8, prompt=96, new_tokens=32, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
-                num_attention_heads=8, num_key_value_heads=2, vocab_size=8192),
+    "tiny": dict(
+        batch=3,
+        prompt=6,
+        new_tokens=4,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    ),  # a dry run's
+    "cpu": dict(
+        batch=8,
+        prompt=96,
+        new_tokens=32,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=8192,
+    ),
     # The Qwen2.5-3B layer widths (2 layers, small vocabulary) so that a CPU can run it: an adapter's
     # cost relative to its frozen layer depends on the width (16×4 experts add ~150 columns to 2048).
-    "cpu-3b-width": dict(batch=8, prompt=96, new_tokens=32, hidden_size=2048, intermediate_size=11008,
-                         num_hidden_layers=2, num_attention_heads=16, num_key_value_heads=2, vocab_size=8192),
-    "3b": dict(batch=16, prompt=768, new_tokens=128, hidden_size=2048, intermediate_size=11008,
-               num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2, vocab_size=151936),
+    "cpu-3b-width": dict(
+        batch=8,
+        prompt=96,
+        new_tokens=32,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=2,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=8192,
+    ),
+    "3b": dict(
+        batch=16,
+        prompt=768,
+        new_tokens=128,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
 }
 
 
 def build(shape: dict, device: torch.device):
-    config = Qwen2Config(**{k: v for k, v in shape.items() if k not in ("batch", "prompt", "new_tokens")},
-                         max_position_embeddings=4096, tie_word_embeddings=True)
+    config = Qwen2Config(
+        **{k: v for k, v in shape.items() if k not in ("batch", "prompt", "new_tokens")},
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with torch.device(device):  # initialised where it runs: a 3B model's init on the host takes a minute
@@ -60,8 +100,14 @@ def build(shape: dict, device: torch.device):
 
 
 def generate(model, ids, mask, new_tokens: int, adapter: bool) -> torch.Tensor:
-    options = dict(attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                   pad_token_id=0, eos_token_id=None)
+    options = dict(
+        attention_mask=mask,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
     with torch.no_grad():
         if not adapter:
             return model.generate(ids, **options)
@@ -69,8 +115,9 @@ def generate(model, ids, mask, new_tokens: int, adapter: bool) -> torch.Tensor:
             return model.generate(ids, **options)
 
 
-def run(shape: dict, device: torch.device, rounds: int = 3,
-        variants: list[str] | None = None) -> tuple[dict[str, float], dict[str, bool]]:
+def run(
+    shape: dict, device: torch.device, rounds: int = 3, variants: list[str] | None = None
+) -> tuple[dict[str, float], dict[str, bool]]:
     """Median new tokens per second of each variant (default: all; the adapter-free model always
     runs), and whether its tokens equal the adapter-free ones."""
     model, ids, mask = build(shape, device)
@@ -109,8 +156,10 @@ def main() -> None:
     shape = SHAPES[args.shape]
     speed, same = run(shape, device, args.rounds, args.variants)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; shape {args.shape}: batch {shape['batch']} × {shape['prompt']}-token prompts (left-padded), "
-          f"{shape['new_tokens']} new tokens, hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers")
+    print(
+        f"device: {name}; shape {args.shape}: batch {shape['batch']} × {shape['prompt']}-token prompts (left-padded), "
+        f"{shape['new_tokens']} new tokens, hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers"
+    )
     print("| variant | new tokens/s | × no adapter | same tokens as no adapter |\n|---|---:|---:|---|")
     for variant, tokens_per_s in speed.items():
         print(f"| {variant} | {tokens_per_s:,.0f} | {tokens_per_s / speed['no adapter']:.2f} | {same[variant]} |")

@@ -15,6 +15,7 @@ during training; ratios are against the single-device run measured first in the 
     python benchmarks/stage2_gpu.py --tokenizer runs/demo/base/llm --data /tmp/synth/mauset
     python benchmarks/stage2_gpu.py ... --runs "single device" "single device, compiled decoder layers"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,16 @@ from maugpt.training.cli import run
 ROOT = Path(__file__).parents[1]
 RECIPE = ROOT / "configs" / "mau-gpt-4b" / "stage2.yaml"
 # Each run: the recipe plus these arguments ({backend}: --compile-backend).
-RUNS = {"single device": [],
-        "FSDP2": ["--config", str(ROOT / "configs" / "strategy" / "fsdp.yaml")],
-        "single device, compiled decoder layers": ["--model.init_args.compile_llm", "decoder_layers",
-                                                   "--model.init_args.compile_backend", "{backend}"]}
+RUNS = {
+    "single device": [],
+    "FSDP2": ["--config", str(ROOT / "configs" / "strategy" / "fsdp.yaml")],
+    "single device, compiled decoder layers": [
+        "--model.init_args.compile_llm",
+        "decoder_layers",
+        "--model.init_args.compile_backend",
+        "{backend}",
+    ],
+}
 
 
 class StepTimer(Callback):
@@ -83,15 +90,43 @@ def llm_folder(config: Path, tokenizer: Path, out: Path) -> Path:
 
 def measure(name: str, args: argparse.Namespace, llm: Path) -> dict:
     timer = StepTimer()
-    overrides = ["--model.init_args.llm", str(llm), "--model.init_args.init_from", "null",
-                 "--model.init_args.llm_pretrained", "false", "--model.init_args.vision_pretrained", "false",
-                 "--model.init_args.gradient_checkpointing", str(args.gradient_checkpointing).lower(),
-                 "--data.init_args.data_dir", args.data, "--data.init_args.batch_size", str(args.batch_size),
-                 "--data.init_args.batches_per_epoch", str(args.warmup + args.steps),
-                 "--trainer.devices", "1", "--trainer.accelerator", args.accelerator, "--trainer.max_epochs", "1",
-                 "--trainer.precision", args.precision, "--trainer.logger", "false", "--trainer.callbacks=[]",
-                 "--trainer.enable_checkpointing", "false", "--trainer.limit_val_batches", "0",
-                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", args.root]
+    overrides = [
+        "--model.init_args.llm",
+        str(llm),
+        "--model.init_args.init_from",
+        "null",
+        "--model.init_args.llm_pretrained",
+        "false",
+        "--model.init_args.vision_pretrained",
+        "false",
+        "--model.init_args.gradient_checkpointing",
+        str(args.gradient_checkpointing).lower(),
+        "--data.init_args.data_dir",
+        args.data,
+        "--data.init_args.batch_size",
+        str(args.batch_size),
+        "--data.init_args.batches_per_epoch",
+        str(args.warmup + args.steps),
+        "--trainer.devices",
+        "1",
+        "--trainer.accelerator",
+        args.accelerator,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.precision",
+        args.precision,
+        "--trainer.logger",
+        "false",
+        "--trainer.callbacks=[]",
+        "--trainer.enable_checkpointing",
+        "false",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        args.root,
+    ]
     if args.vision:
         overrides += ["--model.init_args.vision_encoder", args.vision]
     if args.num_workers is not None:
@@ -100,7 +135,7 @@ def measure(name: str, args: argparse.Namespace, llm: Path) -> dict:
     cli = run(["--config", str(RECIPE), *extra, *overrides], subcommand=False)
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
-    times, tokens = timer.times[args.warmup:], timer.tokens[args.warmup:]
+    times, tokens = timer.times[args.warmup :], timer.tokens[args.warmup :]
     allocated, reserved = timer.memory()
     trainable = sum(p.numel() for p in cli.model.parameters() if p.requires_grad)
     del cli
@@ -109,8 +144,14 @@ def measure(name: str, args: argparse.Namespace, llm: Path) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     step = statistics.median(times)
-    return {"run": name, "step_s": step, "tokens_per_s": statistics.median(tokens) / step,
-            "allocated_gib": allocated, "reserved_gib": reserved, "trainable": trainable}
+    return {
+        "run": name,
+        "step_s": step,
+        "tokens_per_s": statistics.median(tokens) / step,
+        "allocated_gib": allocated,
+        "reserved_gib": reserved,
+        "trainable": trainable,
+    }
 
 
 def main() -> None:
@@ -127,23 +168,32 @@ def main() -> None:
     parser.add_argument("--accelerator", default="gpu")
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--root", default=tempfile.mkdtemp(prefix="stage2_gpu_"))
-    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS)[:2],
-                        help="what to run; ratios are against the first")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        choices=list(RUNS),
+        default=list(RUNS)[:2],
+        help="what to run; ratios are against the first",
+    )
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     llm = llm_folder(Path(args.llm_config), Path(args.tokenizer), Path(args.root) / "llm")
     results = [measure(name, args, llm) for name in args.runs]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"\ndevice: {device}; torch {torch.__version__}; batch {args.batch_size}, gradient checkpointing "
-          f"{args.gradient_checkpointing}; median of {args.steps} steps after {args.warmup}")
+    print(
+        f"\ndevice: {device}; torch {torch.__version__}; batch {args.batch_size}, gradient checkpointing "
+        f"{args.gradient_checkpointing}; median of {args.steps} steps after {args.warmup}"
+    )
     print("| run | trainable params | step s | × single | tokens/s | peak allocated GiB | × single | reserved GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = results[0]
     for r in results:
-        print(f"| {r['run']} | {r['trainable']:,} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f} | "
-              f"{r['tokens_per_s']:,.0f} | {r['allocated_gib']:.1f} | "
-              f"{r['allocated_gib'] / base['allocated_gib']:.2f} | {r['reserved_gib']:.1f} |")
+        print(
+            f"| {r['run']} | {r['trainable']:,} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f} | "
+            f"{r['tokens_per_s']:,.0f} | {r['allocated_gib']:.1f} | "
+            f"{r['allocated_gib'] / base['allocated_gib']:.2f} | {r['reserved_gib']:.1f} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "batch_size": args.batch_size, "results": results}, f, indent=1)

@@ -3,6 +3,7 @@
 On CUDA the rows are the device's kernels (and copies), grouped by name, by their own time on the
 GPU; on a CPU (a dry run) they are the aten operators by their own CPU time.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,5 +1,6 @@
 """The LightningCLI recipes and the MAU-Set data files, installed as the package ``maugpt.configs``
 (pyproject.toml maps this folder there), so that a wheel install finds them without the checkout."""
+
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent

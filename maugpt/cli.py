@@ -2,6 +2,7 @@
 
 Sub-commands are plain typed functions: their signatures and docstrings are the ``--help``.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,13 @@ def adapter_info(path: str) -> None:
         print(f"  {key:<{width}} {str(shape):<14} ×{count}")
 
 
-def export(checkpoint: str, out: str, format: Literal["adapter", "peft", "merged"] = "adapter",
-           llm: str | None = None, overwrite: bool = False) -> None:
+def export(
+    checkpoint: str,
+    out: str,
+    format: Literal["adapter", "peft", "merged"] = "adapter",
+    llm: str | None = None,
+    overwrite: bool = False,
+) -> None:
     """Export a stage-2 checkpoint's adapter (see ``maugpt.export``).
 
     Args:
@@ -74,7 +80,8 @@ def recipes(copy_to: str | None = None) -> None:
     """
     import shutil
 
-    from maugpt.configs import ROOT, recipes as names
+    from maugpt.configs import ROOT
+    from maugpt.configs import recipes as names
 
     recipes = names()
     if copy_to is None:
@@ -89,8 +96,10 @@ def recipes(copy_to: str | None = None) -> None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, target)
-    print(f"copied {len(recipes) - len(kept)} recipe(s) to {copy_to}"
-          + (f"; left {len(kept)} existing file(s) untouched: {', '.join(kept)}" if kept else ""))
+    print(
+        f"copied {len(recipes) - len(kept)} recipe(s) to {copy_to}"
+        + (f"; left {len(kept)} existing file(s) untouched: {', '.join(kept)}" if kept else "")
+    )
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -117,13 +126,27 @@ def main(args: list[str] | None = None) -> None:
         return
     from maugpt import commands
 
-    auto_cli({"adapter-info": adapter_info, "export": export, "recipes": recipes, "build": commands.build,
-              "build-llava": commands.build_llava, "synth": commands.synth, "inspect": commands.inspect_shards,
-              "tiny-base": commands.tiny_base, "score-mauset": commands.score_mauset,
-              "score-mmad": commands.score_mmad, "judge": commands.judge, "sweep": commands.sweep,
-              "sweep-cell": commands.sweep_cell, "report": commands.report, "report-html": commands.report_html,
-              "figure-cores": commands.figure_cores},
-             args=argv)
+    auto_cli(
+        {
+            "adapter-info": adapter_info,
+            "export": export,
+            "recipes": recipes,
+            "build": commands.build,
+            "build-llava": commands.build_llava,
+            "synth": commands.synth,
+            "inspect": commands.inspect_shards,
+            "tiny-base": commands.tiny_base,
+            "score-mauset": commands.score_mauset,
+            "score-mmad": commands.score_mmad,
+            "judge": commands.judge,
+            "sweep": commands.sweep,
+            "sweep-cell": commands.sweep_cell,
+            "report": commands.report,
+            "report-html": commands.report_html,
+            "figure-cores": commands.figure_cores,
+        },
+        args=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Each is a plain typed function whose signature and docstring are its ``--help`` 
 ``maugpt.cli`` registers them and ``tools/*.py`` run the same functions as scripts. Heavy imports
 happen inside each command, so that ``maugpt --help`` and the light commands start fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,23 @@ from maugpt.mauset.sources import SOURCES
 SourceChoice = Literal[(*SOURCES, "all")]  # type: ignore[valid-type]  # built from the registry
 
 
-def build(*, source: SourceChoice,
-         root: Path, out: Path, seed: int = 0, test: float = 0.2, val: float = 0.05, max_side: int = 512,
-         image_format: Literal["jpg", "png"] = "jpg", maxcount: int = 1000, maxsize: float = 1e9,
-         overwrite: bool = False, partial: bool = False, paper_subset: bool = False,
-         knowledge: Path | None = None) -> None:
+def build(
+    *,
+    source: SourceChoice,
+    root: Path,
+    out: Path,
+    seed: int = 0,
+    test: float = 0.2,
+    val: float = 0.05,
+    max_side: int = 512,
+    image_format: Literal["jpg", "png"] = "jpg",
+    maxcount: int = 1000,
+    maxsize: float = 1e9,
+    overwrite: bool = False,
+    partial: bool = False,
+    paper_subset: bool = False,
+    knowledge: Path | None = None,
+) -> None:
     """Scan, split (fixed ratio per source and class), build QA, and write shards with statistics.
 
     Args:
@@ -56,21 +69,44 @@ def build(*, source: SourceChoice,
 
     from maugpt.mauset.build import BuildError, build_mauset
     from maugpt.mauset.knowledge import Knowledge
+
     sources = list(SOURCES) if source == "all" else [source]
     try:
         merged = Knowledge(overlay=knowledge)
     except (FileNotFoundError, ValueError, yaml.YAMLError) as err:  # the overlay folder or its files
         raise SystemExit(f"build: {err}") from None
     try:
-        build_mauset(sources, root, out, knowledge=merged, seed=seed, test=test, val=val, max_side=max_side,
-                     image_format=image_format, maxcount=maxcount, maxsize=maxsize, overwrite=overwrite,
-                     partial=partial, paper_subset=paper_subset)
+        build_mauset(
+            sources,
+            root,
+            out,
+            knowledge=merged,
+            seed=seed,
+            test=test,
+            val=val,
+            max_side=max_side,
+            image_format=image_format,
+            maxcount=maxcount,
+            maxsize=maxsize,
+            overwrite=overwrite,
+            partial=partial,
+            paper_subset=paper_subset,
+        )
     except BuildError as err:  # the user's to fix; anything else is a bug and keeps its traceback
         raise SystemExit(f"build: {err}") from None
 
 
-def build_llava(*, annotations: Path, images: Path, out: Path, max_side: int = 512, image_format: Literal["jpg", "png"] = "jpg",
-         maxcount: int = 5000, limit: int | None = None, overwrite: bool = False) -> None:
+def build_llava(
+    *,
+    annotations: Path,
+    images: Path,
+    out: Path,
+    max_side: int = 512,
+    image_format: Literal["jpg", "png"] = "jpg",
+    maxcount: int = 5000,
+    limit: int | None = None,
+    overwrite: bool = False,
+) -> None:
     """Write ``out/train`` shards with one caption pair per image (task ``caption``).
 
     Args:
@@ -96,9 +132,19 @@ def build_llava(*, annotations: Path, images: Path, out: Path, max_side: int = 5
     print(format_statistics(stats, "llava_pretrain train"))
 
 
-def synth(*, out: Path, images: int = 700, seed: int = 0, image_size: int = 224, captions: int | None = None,
-         anomaly_fraction: float = 0.5, test: float = 0.2, val: float = 0.05, references: int = 0,
-         overwrite: bool = False) -> None:
+def synth(
+    *,
+    out: Path,
+    images: int = 700,
+    seed: int = 0,
+    image_size: int = 224,
+    captions: int | None = None,
+    anomaly_fraction: float = 0.5,
+    test: float = 0.2,
+    val: float = 0.05,
+    references: int = 0,
+    overwrite: bool = False,
+) -> None:
     """Procedural images of 14 products in the 6 domains, with defects drawn at known positions.
 
     Args:
@@ -122,9 +168,18 @@ def synth(*, out: Path, images: int = 700, seed: int = 0, image_size: int = 224,
     if not (0 <= test < 1 and 0 <= val < 1 and test + val < 1):
         raise SystemExit(f"synth: --test and --val must be fractions in [0, 1) with test + val < 1, got {test}, {val}")
     try:
-        stats = build_synthetic(out, images=images, seed=seed, image_size=image_size, captions=captions,
-                                anomaly_fraction=anomaly_fraction, test=test, val=val, references=references,
-                                overwrite=overwrite)
+        stats = build_synthetic(
+            out,
+            images=images,
+            seed=seed,
+            image_size=image_size,
+            captions=captions,
+            anomaly_fraction=anomaly_fraction,
+            test=test,
+            val=val,
+            references=references,
+            overwrite=overwrite,
+        )
     except FileExistsError as err:  # a non-empty out without --overwrite
         raise SystemExit(f"synth: {err}") from None
     for name, split_stats in stats.items():
@@ -158,18 +213,32 @@ def inspect_shards(folder: Path, samples: int = 2) -> None:
         stats = {**split_statistics(s["json"] for s in decoded), "skipped_unreadable": counter.count}
         print(format_statistics(stats, str(split)))
         if counter.count:
-            print(f"-- skipped {counter.count} sample(s) that cannot be used ("
-                  + ", ".join(f"{n} {reason}" for reason, n in counter.reasons.items()) + "); first: "
-                  + "; ".join(counter.notes))
+            print(
+                f"-- skipped {counter.count} sample(s) that cannot be used ("
+                + ", ".join(f"{n} {reason}" for reason, n in counter.reasons.items())
+                + "); first: "
+                + "; ".join(counter.notes)
+            )
         for sample in islice(decoded, samples):
-            members = {k: (f"image {v.size[0]}x{v.size[1]}" if hasattr(v, "size") else "record")
-                       for k, v in sample.items() if not k.startswith("__")}
+            members = {
+                k: (f"image {v.size[0]}x{v.size[1]}" if hasattr(v, "size") else "record")
+                for k, v in sample.items()
+                if not k.startswith("__")
+            }
             print(f"-- sample {sample['__key__']}: {members}")
             print(json.dumps(sample["json"], indent=1)[:1500])
 
 
-def tiny_base(*, shards: Path, out: Path, seed: int = 0, vit_steps: int = 900, llm_steps: int = 150,
-         vit_extra_images: int = 6000, overwrite: bool = False) -> None:
+def tiny_base(
+    *,
+    shards: Path,
+    out: Path,
+    seed: int = 0,
+    vit_steps: int = 900,
+    llm_steps: int = 150,
+    vit_extra_images: int = 6000,
+    overwrite: bool = False,
+) -> None:
     """Train the tokenizer, build and briefly pretrain the tiny LM and ViT, save them in standard formats.
 
     Args:
@@ -197,8 +266,9 @@ def tiny_base(*, shards: Path, out: Path, seed: int = 0, vit_steps: int = 900, l
             raise SystemExit(f"make_tiny_base: {out} is not empty; pass --overwrite true to replace llm/ and vision/")
         for name in ("llm", "vision"):
             shutil.rmtree(out / name, ignore_errors=True)
-    paths = make_tiny_base(out, shards, seed=seed, vit_steps=vit_steps, llm_steps=llm_steps,
-                           vit_extra_images=vit_extra_images)
+    paths = make_tiny_base(
+        out, shards, seed=seed, vit_steps=vit_steps, llm_steps=llm_steps, vit_extra_images=vit_extra_images
+    )
     print(f"tiny base written: llm {paths['llm']}, vision {paths['vision']}")
 
 
@@ -206,8 +276,14 @@ def tiny_base(*, shards: Path, out: Path, seed: int = 0, vit_steps: int = 900, l
 FIELDS = ("style", "task", "domain", "question", "reference", "prediction")
 
 
-def score_mauset(predictions: Path, *, bleu_tokenize: Literal["none", "13a"] = "none", rouge_stemmer: bool = False,
-         model: str = "model", out: Path | None = None) -> None:
+def score_mauset(
+    predictions: Path,
+    *,
+    bleu_tokenize: Literal["none", "13a"] = "none",
+    rouge_stemmer: bool = False,
+    model: str = "model",
+    out: Path | None = None,
+) -> None:
     """Print the discriminative accuracy (per domain, macro and pooled) and ROUGE/BLEU tables; with
     ``out``, also write them and the predictions with each answer's own scores.
 
@@ -255,10 +331,19 @@ def score_mauset(predictions: Path, *, bleu_tokenize: Literal["none", "13a"] = "
     print(f"{len(rows)} predictions\n\n{markdown}\ntables, breakdowns and scored predictions written to {out}")
 
 
-def score_mmad(*, questions: Path, predictions: Path, unparsable: Literal["wrong", "official"] = "wrong",
-         script: Literal["llava", "qwen", "internvl", "gpt4v"] | None = None, first_letter: bool | None = None,
-         closest_option: bool | None = None, field: str = "answer", csv: Path | None = None,
-         scored: Path | None = None, overwrite: bool = False) -> None:
+def score_mmad(
+    *,
+    questions: Path,
+    predictions: Path,
+    unparsable: Literal["wrong", "official"] = "wrong",
+    script: Literal["llava", "qwen", "internvl", "gpt4v"] | None = None,
+    first_letter: bool | None = None,
+    closest_option: bool | None = None,
+    field: str = "answer",
+    csv: Path | None = None,
+    scored: Path | None = None,
+    overwrite: bool = False,
+) -> None:
     """Score MMAD predictions: accuracy per source dataset and subtask, row and overall means.
 
     Args:
@@ -281,9 +366,9 @@ def score_mmad(*, questions: Path, predictions: Path, unparsable: Literal["wrong
             it is ``correct`` (``likelihood_letter``/``likelihood_correct`` for that field).
         overwrite: replace an existing CSV or scored file.
     """
-    from maugpt.mmad.scoring import load_questions, match_predictions, score, score_rows
-    from maugpt.mmad.prompts import query_script
     from maugpt.evaluation.run import read_jsonl, write_jsonl
+    from maugpt.mmad.prompts import query_script
+    from maugpt.mmad.scoring import load_questions, match_predictions, score, score_rows
 
     for path in (csv, scored):
         if path is not None and path.exists() and not overwrite:
@@ -301,8 +386,10 @@ def score_mmad(*, questions: Path, predictions: Path, unparsable: Literal["wrong
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"score_mmad: {err}") from None
     scores = score(pairs, unparsable=unparsable, last_letter=last, closest_option=closest)
-    print(f"letter extraction: {'last' if last else 'first'} letter A–E"
-          f"{', else the closest option text' if closest else ', no fallback'}")
+    print(
+        f"letter extraction: {'last' if last else 'first'} letter A–E"
+        f"{', else the closest option text' if closest else ', no fallback'}"
+    )
     print(scores.markdown())
     if csv is not None:
         csv.parent.mkdir(parents=True, exist_ok=True)
@@ -315,10 +402,22 @@ def score_mmad(*, questions: Path, predictions: Path, unparsable: Literal["wrong
         print(f"scored predictions written to {scored}")
 
 
-def judge(predictions: Path, *, base_url: str | None = None, model: str = "gpt-4o",
-         api_key_env: str = "OPENAI_API_KEY", cache: Path | None = None, concurrency: int = 4,
-         retries: int = 4, system: str = SYSTEM, template: str = USER_TEMPLATE, max_unjudged: float = 0.01,
-         timeout: float = 60.0, deadline: float = 0.0, max_reply_bytes: int = 1 << 20) -> None:
+def judge(
+    predictions: Path,
+    *,
+    base_url: str | None = None,
+    model: str = "gpt-4o",
+    api_key_env: str = "OPENAI_API_KEY",
+    cache: Path | None = None,
+    concurrency: int = 4,
+    retries: int = 4,
+    system: str = SYSTEM,
+    template: str = USER_TEMPLATE,
+    max_unjudged: float = 0.01,
+    timeout: float = 60.0,
+    deadline: float = 0.0,
+    max_reply_bytes: int = 1 << 20,
+) -> None:
     """Judge the open-ended answers of a predictions file (``maugpt test`` writes one).
 
     After the table it prints why answers stayed unjudged, counted by reason (``HTTP 503``,
@@ -361,18 +460,32 @@ def judge(predictions: Path, *, base_url: str | None = None, model: str = "gpt-4
         rows = [r for r in read_jsonl(predictions) if r.get("style", "open") == "open"]
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"judge: {err}") from None
-    missing = [i for i, r in enumerate(rows, 1) if not all(isinstance(r.get(k), str)
-                                                            for k in ("question", "reference", "prediction"))]
+    missing = [
+        i
+        for i, r in enumerate(rows, 1)
+        if not all(isinstance(r.get(k), str) for k in ("question", "reference", "prediction"))
+    ]
     if missing:
-        raise SystemExit(f"judge: {len(missing)} open-ended rows lack question/reference/prediction text "
-                         f"(e.g. rows {missing[:3]})")
+        raise SystemExit(
+            f"judge: {len(missing)} open-ended rows lack question/reference/prediction text (e.g. rows {missing[:3]})"
+        )
     if not rows:
         raise SystemExit(f"judge: {predictions} holds no open-ended answer to judge")
     cache = cache or predictions.parent / f"judge-{model.replace('/', '_')}.jsonl"
     try:
-        judge = Judge(base_url, model, cache, api_key_env=api_key_env, concurrency=concurrency, retries=retries,
-                      system=system, template=template, timeout=timeout, deadline=deadline,
-                      max_reply_bytes=max_reply_bytes)
+        judge = Judge(
+            base_url,
+            model,
+            cache,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            retries=retries,
+            system=system,
+            template=template,
+            timeout=timeout,
+            deadline=deadline,
+            max_reply_bytes=max_reply_bytes,
+        )
     except ValueError as err:
         raise SystemExit(f"judge: {err}") from None
     verdicts = judge.judge(rows)
@@ -386,14 +499,27 @@ def judge(predictions: Path, *, base_url: str | None = None, model: str = "gpt-4
     print(f"requests sent: {judge.requests}; verdict cache: {cache}")
     unjudged = table[POOLED]["unjudged"]
     if unjudged > max_unjudged * len(rows):
-        print(f"WARNING: {unjudged} of {len(rows)} answers ({100 * unjudged / len(rows):.1f} %) stayed unjudged, "
-              f"more than --max_unjudged {max_unjudged:g}; they are left out of the accuracies above. "
-              "Run again to ask for them (verdicts already given are cached).", file=sys.stderr)
+        print(
+            f"WARNING: {unjudged} of {len(rows)} answers ({100 * unjudged / len(rows):.1f} %) stayed unjudged, "
+            f"more than --max_unjudged {max_unjudged:g}; they are left out of the accuracies above. "
+            "Run again to ask for them (verdicts already given are cached).",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
 
 
-def sweep(spec: Path, *, variant: str = "tiny", out: Path | None = None, parallel: int = 1, slurm: bool = False,
-         partition: str | None = None, gpus: int = 1, hours: int = 24, dry_run: bool = False) -> None:
+def sweep(
+    spec: Path,
+    *,
+    variant: str = "tiny",
+    out: Path | None = None,
+    parallel: int = 1,
+    slurm: bool = False,
+    partition: str | None = None,
+    gpus: int = 1,
+    hours: int = 24,
+    dry_run: bool = False,
+) -> None:
     """Run an ablation sweep: ``maugpt fit`` then ``maugpt test`` per cell, resumable.
 
     Args:
@@ -425,8 +551,10 @@ def sweep(spec: Path, *, variant: str = "tiny", out: Path | None = None, paralle
     start = time.perf_counter()
     outcomes = run_cells(folder, parallel)
     for name, outcome in outcomes.items():
-        print(f"  {name}: {outcome}" + (f" (log: {folder}/cells/{name}/logs/)" if outcome in ("failed", "stopped")
-                                         else ""))
+        print(
+            f"  {name}: {outcome}"
+            + (f" (log: {folder}/cells/{name}/logs/)" if outcome in ("failed", "stopped") else "")
+        )
     print(f"{time.perf_counter() - start:.0f} s; report: maugpt report {folder}")
     if {"failed", "stopped", "busy"} & set(outcomes.values()):  # stopped cells resume when run again
         raise SystemExit(1)
@@ -452,8 +580,9 @@ def report(sweep_dir: Path, *, scale: float = 100.0, tensorboard: bool = True, r
     print("written: " + ", ".join(str(p) for p in written.values()))
 
 
-def report_html(source: Path, *, out: Path, data_dir: Path | None = None, max_gallery: int = 2000,
-                overwrite: bool = False) -> None:
+def report_html(
+    source: Path, *, out: Path, data_dir: Path | None = None, max_gallery: int = 2000, overwrite: bool = False
+) -> None:
     """Self-contained HTML pages (no server, no network) of an evaluation, a run or a sweep: the
     tables with their breakdowns and intervals, the figures, and a gallery of the test images with
     each question, reference, answer and score, worst first, filterable by domain, task, product
@@ -477,9 +606,19 @@ def report_html(source: Path, *, out: Path, data_dir: Path | None = None, max_ga
     print("written: " + ", ".join(str(p) for p in pages))
 
 
-def figure_cores(*, config: Path, ckpt_path: Path, out: Path, layer: str = "self_attn.q_proj",
-                 split: Literal["test", "val"] = "test", max_samples: int = 1000, batch_size: int = 16,
-                 perplexity: float = 30.0, seed: int = 0, overwrite: bool = False) -> None:
+def figure_cores(
+    *,
+    config: Path,
+    ckpt_path: Path,
+    out: Path,
+    layer: str = "self_attn.q_proj",
+    split: Literal["test", "val"] = "test",
+    max_samples: int = 1000,
+    batch_size: int = 16,
+    perplexity: float = 30.0,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> None:
     """Fig. 5(c): a t-SNE of AMoE-LoRA's hypernetwork cores of a split's images, coloured by product
     and by defect class (``cores_tsne.png``, ``cores.npz``, ``cores_tsne.csv`` and TensorBoard's
     figure and embedding projector under ``out/tensorboard``).
@@ -507,10 +646,14 @@ def figure_cores(*, config: Path, ckpt_path: Path, out: Path, layer: str = "self
 
     written = [out / name for name in ("cores_tsne.png", "cores.npz", "cores_tsne.csv")]
     if not overwrite and any(path.exists() for path in written):
-        raise SystemExit(f"figure-cores: {out} already holds {', '.join(p.name for p in written if p.exists())}; "
-                         "pass --overwrite true or choose another --out")
-    cli = run(["--config", str(config), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"],
-              subcommand=False)
+        raise SystemExit(
+            f"figure-cores: {out} already holds {', '.join(p.name for p in written if p.exists())}; "
+            "pass --overwrite true or choose another --out"
+        )
+    cli = run(
+        ["--config", str(config), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"],
+        subcommand=False,
+    )
     module, data = cli.model, cli.datamodule
     module.load_trainable(str(ckpt_path))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -527,15 +670,26 @@ def figure_cores(*, config: Path, ckpt_path: Path, out: Path, layer: str = "self
     out.mkdir(parents=True, exist_ok=True)
     fig = tsne_figure(points, labels, f"hypernetwork cores ({layer}, {len(keys)} {split} images)")
     fig.savefig(written[0], dpi=120)
-    np.savez(written[1], cores=cores, keys=np.array(keys),
-             **{k: np.array([label[k] for label in labels]) for k in LABELS})
-    written[2].write_text("key,x,y," + ",".join(LABELS) + "\n" + "".join(
-        f"{key},{x:.6f},{y:.6f}," + ",".join(label[k] for k in LABELS) + "\n"
-        for key, (x, y), label in zip(keys, points, labels)))
+    np.savez(
+        written[1], cores=cores, keys=np.array(keys), **{k: np.array([label[k] for label in labels]) for k in LABELS}
+    )
+    written[2].write_text(
+        "key,x,y,"
+        + ",".join(LABELS)
+        + "\n"
+        + "".join(
+            f"{key},{x:.6f},{y:.6f}," + ",".join(label[k] for k in LABELS) + "\n"
+            for key, (x, y), label in zip(keys, points, labels)
+        )
+    )
     with SummaryWriter(str(out / "tensorboard")) as writer:
         writer.add_figure("figures/cores_tsne", fig)
-        writer.add_embedding(torch.from_numpy(cores), metadata=[[label[k] for k in LABELS] for label in labels],
-                             metadata_header=list(LABELS), tag=f"hypernetwork_cores/{layer}")
+        writer.add_embedding(
+            torch.from_numpy(cores),
+            metadata=[[label[k] for k in LABELS] for label in labels],
+            metadata_header=list(LABELS),
+            tag=f"hypernetwork_cores/{layer}",
+        )
     print(f"{len(keys)} {split} images; written: " + ", ".join(str(p) for p in written) + f", {out / 'tensorboard'}")
 
 
@@ -571,8 +725,12 @@ def sweep_cell(sweep_dir: Path, index: int, *, wait: bool = False) -> None:
     where = f" (log: {logs}/)" if outcome in ("failed", "stopped") and logs.is_dir() else ""
     print(f"{names[index]}: {outcome}{where}", flush=True)
     if outcome == "stopped":
-        print(f"sweep-cell: stopped by {signal.Signals(runner.stopped).name}; running the cell again resumes it "
-              "from its last checkpoint", file=sys.stderr, flush=True)
+        print(
+            f"sweep-cell: stopped by {signal.Signals(runner.stopped).name}; running the cell again resumes it "
+            "from its last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
         if job is not None and runner.stopped == signal.SIGUSR1:  # the array's warning before the time limit
             slurm.requeue(job, "sweep-cell")
         raise SystemExit(128 + runner.stopped)

@@ -5,6 +5,7 @@ Each is used because no public API does the same job (say which below), and each
 upgrade that moves one fails there, not in the middle of a run. ``pyproject.toml`` bounds the
 versions these were checked with.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -35,8 +36,9 @@ def layer_norm_with_stats(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor,
 
 def layer_norm_backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
     """``∂L/∂x`` of :func:`layer_norm_with_stats` given ``∂L/∂y``."""
-    return torch.ops.aten.native_layer_norm_backward(grad, x, (x.shape[-1],), mean, rstd, None, None,
-                                                     [True, False, False])[0]
+    return torch.ops.aten.native_layer_norm_backward(
+        grad, x, (x.shape[-1],), mean, rstd, None, None, [True, False, False]
+    )[0]
 
 
 def version(tensor: Tensor) -> int:

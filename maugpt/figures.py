@@ -7,6 +7,7 @@ learns what the paper claims, images of one product, and of one defect class, ge
 split's prompts (one per image: an image's questions share its condition only if the condition
 ignores the question, so the first prompt of each image is taken); :func:`tsne_figure` draws them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -21,8 +22,9 @@ LABELS = ("product", "defect_class", "domain")
 
 
 @torch.no_grad()
-def collect_cores(module, batches: Iterable[dict], layer: str, max_samples: int = 1000
-                  ) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
+def collect_cores(
+    module, batches: Iterable[dict], layer: str, max_samples: int = 1000
+) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
     """The flattened cores ``(n, r·r)`` of the first adapted layer whose name contains ``layer``,
     the images' keys and their labels (product, defect class or ``normal``, domain)."""
     net = module.model
@@ -36,15 +38,22 @@ def collect_cores(module, batches: Iterable[dict], layer: str, max_samples: int 
             net.record_diagnostics = False
         found = [d["core"] for name, d in adapter_diagnostics(net.llm).items() if "core" in d and layer in name]
         if not found:
-            raise ValueError(f"no adapted layer matching {layer!r} records a hypernetwork core: the model's adapter "
-                             "must be AMoE-LoRA and the layer one of its targets")
+            raise ValueError(
+                f"no adapted layer matching {layer!r} records a hypernetwork core: the model's adapter "
+                "must be AMoE-LoRA and the layer one of its targets"
+            )
         for core, meta, valid in zip(found[0].flatten(1).float().cpu(), batch["meta"], batch["valid"].tolist()):
             if valid and meta["key"] not in seen and len(keys) < max_samples:
                 seen.add(meta["key"])
                 cores.append(core.numpy())
                 keys.append(meta["key"])
-                labels.append({"product": meta["product"], "defect_class": str(meta.get("defect_class") or "normal"),
-                               "domain": meta["domain"]})
+                labels.append(
+                    {
+                        "product": meta["product"],
+                        "defect_class": str(meta.get("defect_class") or "normal"),
+                        "domain": meta["domain"],
+                    }
+                )
         if len(keys) >= max_samples:
             break
     if len(keys) < 4:

@@ -18,6 +18,7 @@
   ``image.info[ORIENTATION]``: :func:`open_mask` and :func:`orient_box` turn the image's mask and
   pixel boxes the same way (annotations are drawn on the file's stored pixel grid).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,9 +53,15 @@ _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error, zlib.error)
 _ORIENTATION_TAG = 0x0112
 #: EXIF orientation → the transpose that shows the stored pixels upright (ImageOps.exif_transpose's table).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _BOMB_CHECK = threading.Lock()
 
 
@@ -112,8 +119,12 @@ def _fit(image: Image.Image, path: Path, max_pixels: int, reduce_jpeg: bool) -> 
             image.draft(None, (max(1, width // scale), max(1, height // scale)))
             if image.width * image.height <= max_pixels:
                 return
-    raise ImageRejected(path, "too large", f"{width}x{height} = {width * height:,} pixels, more than max_pixels "
-                        f"{max_pixels:,} (read from the header, nothing decoded); raise max_pixels to accept it")
+    raise ImageRejected(
+        path,
+        "too large",
+        f"{width}x{height} = {width * height:,} pixels, more than max_pixels "
+        f"{max_pixels:,} (read from the header, nothing decoded); raise max_pixels to accept it",
+    )
 
 
 @contextlib.contextmanager
@@ -129,8 +140,11 @@ def _decoded(path: str | Path, max_pixels: int, reduce_jpeg: bool) -> Iterator[I
     try:
         image = _past_bomb_check(lambda: Image.open(path))
     except UnidentifiedImageError as err:
-        raise ImageRejected(path, "not an image", "Pillow recognises no image format in it "
-                            "(expected PNG, JPEG, BMP, TIFF or another format Pillow reads)") from err
+        raise ImageRejected(
+            path,
+            "not an image",
+            "Pillow recognises no image format in it (expected PNG, JPEG, BMP, TIFF or another format Pillow reads)",
+        ) from err
     except OSError as err:
         if err.errno is not None:  # the system's refusal (a folder, no permission), not the content's
             raise ImageRejected(path, "unreadable", f"cannot read the file ({err.strerror or err})") from err
@@ -229,8 +243,9 @@ def open_rgb(path: str | Path, *, max_pixels: int, reduce_jpeg: bool = False) ->
         try:
             rgb = to_rgb(image)
         except ValueError as err:
-            raise ImageRejected(path, "unsupported mode",
-                                f"mode {image.mode} cannot be converted to RGB ({err})") from err
+            raise ImageRejected(
+                path, "unsupported mode", f"mode {image.mode} cannot be converted to RGB ({err})"
+            ) from err
     rgb.info[ORIENTATION] = orientation
     return rgb
 
@@ -246,15 +261,17 @@ def open_mask(path: str | Path, *, max_pixels: int, orientation: int = 1) -> Ima
     stays 0/1; 256 and more become 255); ``F`` values are clipped to 0–255 and truncated toward zero,
     NaN and -inf → 0, +inf → 255. That is what ``Image.open(mask).convert("L")`` gives (for NaN,
     Pillow's C cast is undefined; 0 is chosen here) — how the MAU-Set builders read masks before this
-    module — so every source's ``mask_threshold`` keeps its meaning. Other modes: ``convert("L")`` (alpha ignored: a mask's values, not its transparency, mark
-    the defects). Raises :class:`ImageRejected` as :func:`open_rgb`.
+    module — so every source's ``mask_threshold`` keeps its meaning. Other modes: ``convert("L")``
+    (alpha ignored: a mask's values, not its transparency, mark the defects). Raises
+    :class:`ImageRejected` as :func:`open_rgb`.
     """
     with _decoded(path, max_pixels, False) as image:
         try:
             grey = _labels8(image) if image.mode in _SCALED else image.convert("L")
         except ValueError as err:
-            raise ImageRejected(path, "unsupported mode",
-                                f"mode {image.mode} cannot be converted to grey ({err})") from err
+            raise ImageRejected(
+                path, "unsupported mode", f"mode {image.mode} cannot be converted to grey ({err})"
+            ) from err
     return orient(grey, orientation)
 
 
@@ -269,8 +286,14 @@ def orient_box(box: Sequence[float], orientation: int, size: tuple[int, int]) ->
     if orientation not in _UPRIGHT:
         return tuple(box)
     w, h = size if orientation <= 4 else size[::-1]  # the stored grid's size
-    turn = {2: lambda x, y: (w - x, y), 3: lambda x, y: (w - x, h - y), 4: lambda x, y: (x, h - y),
-            5: lambda x, y: (y, x), 6: lambda x, y: (h - y, x), 7: lambda x, y: (h - y, w - x),
-            8: lambda x, y: (y, w - x)}[orientation]
+    turn = {
+        2: lambda x, y: (w - x, y),
+        3: lambda x, y: (w - x, h - y),
+        4: lambda x, y: (x, h - y),
+        5: lambda x, y: (y, x),
+        6: lambda x, y: (h - y, x),
+        7: lambda x, y: (h - y, w - x),
+        8: lambda x, y: (y, w - x),
+    }[orientation]
     (ax, ay), (bx, by) = turn(box[0], box[1]), turn(box[2], box[3])
     return min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)

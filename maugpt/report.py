@@ -7,6 +7,7 @@ standard deviation and 95 % interval over seeds and questions, and with a ``refe
 paired difference of every other cell from it, question by question, with its interval and
 p-value (:mod:`maugpt.evaluation.statistics`, from the answers in ``cells/<run>/evaluation``).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,13 @@ from maugpt.evaluation.run import predictions_path, read_jsonl
 
 MISSING = "missing"
 # The spec's metric names whose per-answer values statistics can resample (others: seeds only).
-PER_ANSWER = {"test/detection_accuracy": "detection_accuracy", "test/rouge1": "rouge1", "test/rouge2": "rouge2",
-              "test/rougeL": "rougeL", "test/bleu4": "bleu4"}
+PER_ANSWER = {
+    "test/detection_accuracy": "detection_accuracy",
+    "test/rouge1": "rouge1",
+    "test/rouge2": "rouge2",
+    "test/rougeL": "rougeL",
+    "test/bleu4": "bleu4",
+}
 
 
 def collect(sweep_dir: str | Path) -> tuple[dict, list[tuple[dict, dict | None]]]:
@@ -29,7 +35,9 @@ def collect(sweep_dir: str | Path) -> tuple[dict, list[tuple[dict, dict | None]]
     sweep_dir = Path(sweep_dir)
     record_path = sweep_dir / "sweep.json"
     if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path} does not exist: {sweep_dir} is not a sweep folder (tools/sweep.py makes one)")
+        raise FileNotFoundError(
+            f"{record_path} does not exist: {sweep_dir} is not a sweep folder (tools/sweep.py makes one)"
+        )
     spec = json.loads(record_path.read_text())["spec"]
     rows = []
     for cell in spec["cells"]:
@@ -75,8 +83,10 @@ def run_predictions(sweep_dir: Path, runs: list[tuple[dict, dict | None]]) -> di
         if found is not None:
             path = predictions_path(folder)
             if path is None:
-                raise FileNotFoundError(f"{folder} holds no predictions.jsonl(.gz): cell {cell['name']} was tested "
-                                        "before sweeps kept each answer; test it again to compare it")
+                raise FileNotFoundError(
+                    f"{folder} holds no predictions.jsonl(.gz): cell {cell['name']} was tested "
+                    "before sweeps kept each answer; test it again to compare it"
+                )
             answers[cell["name"]] = read_jsonl(path)
     return answers
 
@@ -90,14 +100,21 @@ def p_text(p: float) -> str:
 class SeedReport:
     """What :func:`seed_statistics` found: the Markdown section, the two CSVs, and per metric the
     cells' (label, mean, low, high) for the figure (low/high NaN where no interval was made)."""
+
     markdown: str
     seeds_csv: str
     paired_csv: str
     points: dict[str, list[tuple[str, float, float, float]]]
 
 
-def seed_statistics(sweep_dir: str | Path, spec: dict, rows: list[tuple[dict, dict | None]], *,
-                    resamples: int = 2000, scale: float = 100.0) -> SeedReport:
+def seed_statistics(
+    sweep_dir: str | Path,
+    spec: dict,
+    rows: list[tuple[dict, dict | None]],
+    *,
+    resamples: int = 2000,
+    scale: float = 100.0,
+) -> SeedReport:
     """Each cell over its seeds (mean ± std, 95 % interval) and, with a ``reference`` in the spec,
     each cell's paired difference from it (interval, p-value)."""
     from maugpt.evaluation.statistics import compare, summarize
@@ -107,8 +124,12 @@ def seed_statistics(sweep_dir: str | Path, spec: dict, rows: list[tuple[dict, di
     label = {name: runs[0][0]["label"] for name, runs in grouped.items()}
     answers = {name: run_predictions(sweep_dir, runs) for name, runs in grouped.items()}
     resampled = [m for m in spec["metrics"] if m in PER_ANSWER]
-    lines = ["### Over seeds: mean ± std [95 % interval]", "",
-             "| cell | runs | " + " | ".join(spec["metrics"]) + " |", "|---|---:" + "|---" * len(spec["metrics"]) + "|"]
+    lines = [
+        "### Over seeds: mean ± std [95 % interval]",
+        "",
+        "| cell | runs | " + " | ".join(spec["metrics"]) + " |",
+        "|---|---:" + "|---" * len(spec["metrics"]) + "|",
+    ]
     csv = ["cell,metric,runs,mean,std,low,high,questions"]
     points: dict[str, list[tuple[str, float, float, float]]] = {metric: [] for metric in spec["metrics"]}
     for name, runs in grouped.items():
@@ -124,42 +145,66 @@ def seed_statistics(sweep_dir: str | Path, spec: dict, rows: list[tuple[dict, di
                 low = high = math.nan
                 n = 0
             points[metric].append((label[name], mean, low, high))
-            cells.append(MISSING if mean != mean else f"{mean * scale:.2f} ± {std * scale:.2f}"
-                         + (f" [{low * scale:.2f}, {high * scale:.2f}]" if low == low else ""))
+            cells.append(
+                MISSING
+                if mean != mean
+                else f"{mean * scale:.2f} ± {std * scale:.2f}"
+                + (f" [{low * scale:.2f}, {high * scale:.2f}]" if low == low else "")
+            )
             csv.append(f'"{label[name]}",{metric},{len(answers[name])},{mean:.6f},{std:.6f},{low:.6f},{high:.6f},{n}')
         lines.append(f"| {label[name]} | {len(answers[name])} | " + " | ".join(cells) + " |")
-    lines += ["", f"± is the standard deviation over seeds. Intervals ({', '.join(resampled) or 'no metric'}): "
-              "normal 95 % intervals combining a bootstrap over questions (the same questions resampled for "
-              "every seed) with the spread over seeds; a metric without per-answer scores has none."]
+    lines += [
+        "",
+        f"± is the standard deviation over seeds. Intervals ({', '.join(resampled) or 'no metric'}): "
+        "normal 95 % intervals combining a bootstrap over questions (the same questions resampled for "
+        "every seed) with the spread over seeds; a metric without per-answer scores has none.",
+    ]
     reference = next((n for n in grouped if spec.get("reference") in (n, label[n])), None)
-    paired = ["cell,reference,metric,difference,low,high,p_value,seed_low,seed_high,seed_p_value,significant,"
-              "questions"]
+    paired = ["cell,reference,metric,difference,low,high,p_value,seed_low,seed_high,seed_p_value,significant,questions"]
     if reference is not None and answers[reference]:
-        lines += ["", f"### Against {label[reference]}: paired difference over the same questions", "",
-                  "| cell | metric | difference | 95 % interval, questions | p, questions | 95 % interval, "
-                  "questions + seeds | p, questions + seeds | significant at 0.05 |",
-                  "|---|---|---:|---|---:|---|---:|---|"]
+        lines += [
+            "",
+            f"### Against {label[reference]}: paired difference over the same questions",
+            "",
+            "| cell | metric | difference | 95 % interval, questions | p, questions | 95 % interval, "
+            "questions + seeds | p, questions + seeds | significant at 0.05 |",
+            "|---|---|---:|---|---:|---|---:|---|",
+        ]
         for name in (n for n in grouped if n != reference and answers[n]):
             for metric in resampled:
                 c = compare(answers[name], answers[reference], PER_ANSWER[metric], resamples=resamples)
-                seeds = (f"[{c.seed_low * scale:+.2f}, {c.seed_high * scale:+.2f}] | {p_text(c.seed_p_value)}"
-                         if c.seed_p_value == c.seed_p_value else "— | —")
-                lines.append(f"| {label[name]} | {metric} | {c.difference * scale:+.2f} | "
-                             f"[{c.low * scale:+.2f}, {c.high * scale:+.2f}] | {p_text(c.p_value)} | {seeds} | "
-                             f"{'yes' if c.significant else 'no'} |")
-                paired.append(f'"{label[name]}","{label[reference]}",{metric},{c.difference:.6f},{c.low:.6f},'
-                              f"{c.high:.6f},{c.p_value:.6f},{c.seed_low:.6f},{c.seed_high:.6f},{c.seed_p_value:.6f},"
-                              f"{c.significant},{c.questions}")
-        lines += ["", "Questions: percentile bootstrap over questions and a two-sided paired permutation test "
-                  "swapping the two cells' answers question by question (the trained models held fixed). "
-                  "Questions + seeds: a normal interval and z-test whose variance adds each cell's spread over "
-                  "seeds (s²/S), since another seed trains another model; significance is judged on it where "
-                  "both cells have several seeds."]
+                seeds = (
+                    f"[{c.seed_low * scale:+.2f}, {c.seed_high * scale:+.2f}] | {p_text(c.seed_p_value)}"
+                    if c.seed_p_value == c.seed_p_value
+                    else "— | —"
+                )
+                lines.append(
+                    f"| {label[name]} | {metric} | {c.difference * scale:+.2f} | "
+                    f"[{c.low * scale:+.2f}, {c.high * scale:+.2f}] | {p_text(c.p_value)} | {seeds} | "
+                    f"{'yes' if c.significant else 'no'} |"
+                )
+                paired.append(
+                    f'"{label[name]}","{label[reference]}",{metric},{c.difference:.6f},{c.low:.6f},'
+                    f"{c.high:.6f},{c.p_value:.6f},{c.seed_low:.6f},{c.seed_high:.6f},{c.seed_p_value:.6f},"
+                    f"{c.significant},{c.questions}"
+                )
+        lines += [
+            "",
+            "Questions: percentile bootstrap over questions and a two-sided paired permutation test "
+            "swapping the two cells' answers question by question (the trained models held fixed). "
+            "Questions + seeds: a normal interval and z-test whose variance adds each cell's spread over "
+            "seeds (s²/S), since another seed trains another model; significance is judged on it where "
+            "both cells have several seeds.",
+        ]
     return SeedReport("\n".join(lines) + "\n", "\n".join(csv) + "\n", "\n".join(paired) + "\n", points)
 
 
-def figure(spec: dict, rows: list[tuple[dict, dict | None]], scale: float = 100.0,
-           points: dict[str, list[tuple[str, float, float, float]]] | None = None):
+def figure(
+    spec: dict,
+    rows: list[tuple[dict, dict | None]],
+    scale: float = 100.0,
+    points: dict[str, list[tuple[str, float, float, float]]] | None = None,
+):
     """A matplotlib figure of the plotted metrics across the cells, in spec order (gaps where
     missing); with ``points`` (seeds), each cell's mean over seeds with its 95 % interval."""
     import matplotlib
@@ -174,8 +219,10 @@ def figure(spec: dict, rows: list[tuple[dict, dict | None]], scale: float = 100.
         name = metric.split("/", 1)[-1]
         if points:
             means = [mean * scale for _, mean, _, _ in points[metric]]
-            errors = [[(m - lo) * scale if lo == lo else 0.0 for _, m, lo, _ in points[metric]],
-                      [(hi - m) * scale if hi == hi else 0.0 for _, m, _, hi in points[metric]]]
+            errors = [
+                [(m - lo) * scale if lo == lo else 0.0 for _, m, lo, _ in points[metric]],
+                [(hi - m) * scale if hi == hi else 0.0 for _, m, _, hi in points[metric]],
+            ]
             ax.errorbar(range(len(labels)), means, yerr=errors, marker="o", capsize=4, label=f"{name} (95 % interval)")
             continue
         values = [_value(found, metric) for _, found in rows]
@@ -191,8 +238,9 @@ def figure(spec: dict, rows: list[tuple[dict, dict | None]], scale: float = 100.
     return fig
 
 
-def write_report(sweep_dir: str | Path, scale: float = 100.0, tensorboard: bool = True,
-                 resamples: int = 2000) -> dict[str, Path]:
+def write_report(
+    sweep_dir: str | Path, scale: float = 100.0, tensorboard: bool = True, resamples: int = 2000
+) -> dict[str, Path]:
     """Write ``report.md``, ``report.csv`` and (with a ``plot`` in the spec) ``report.png`` into the
     sweep folder, with seeds also ``report_seeds.csv`` and ``report_paired.csv`` (see
     :func:`seed_statistics`), and log the table and plot to ``<sweep>/tensorboard/report``."""

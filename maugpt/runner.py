@@ -6,6 +6,7 @@ The lock is an ``flock``: across nodes it needs a shared file system that suppor
 its lock service, Lustre mounted with ``-o flock``; on Lustre's ``localflock`` two nodes would
 both get it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,9 @@ class CellBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def hold_cell(cell_dir: Path, *, wait: bool = False,
-              stopped: Callable[[], bool] = lambda: False) -> Iterator[int | None]:
+def hold_cell(
+    cell_dir: Path, *, wait: bool = False, stopped: Callable[[], bool] = lambda: False
+) -> Iterator[int | None]:
     """Hold the cell for this runner: an exclusive ``flock`` on ``<cell>/runner.lock``, which
     records the holder's host and PID. A held cell raises :class:`CellBusy` naming its holder,
     or with ``wait`` is waited for until it is free or ``stopped()`` (then None is yielded).
@@ -64,8 +66,9 @@ def hold_cell(cell_dir: Path, *, wait: bool = False,
                     told = True
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                  .encode(), 0)
+        os.pwrite(
+            fd, f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0
+        )
         yield fd
     finally:
         os.close(fd)  # releases the lock unless a command still holds it
@@ -107,8 +110,9 @@ class Runner:
         """The command's exit status, or None when a signal came before it could start."""
         if self.stopped:
             return None
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 pass_fds=(lock,), env=self.env)
+        child = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock,), env=self.env
+        )
         self.children.add(child)
         if self.stopped:  # a signal between the check above and this child's registration
             child.send_signal(self.stopped)

@@ -23,6 +23,7 @@ A shard sample holds, under one key: the image (``jpg`` or ``png``), optionally 
 :class:`MAUSetRecord` is that record, validated whole when it is made: every builder makes one,
 and the reader checks each decoded record with it.
 """
+
 from __future__ import annotations
 
 import types
@@ -32,8 +33,14 @@ from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
 TASKS = ("detection", "classification", "localization", "description", "understanding")
-DOMAINS = ("Industrial Components", "Electronic Components", "Construction Materials",
-           "Mechanical Parts", "Consumer Products", "Optical Inspection")
+DOMAINS = (
+    "Industrial Components",
+    "Electronic Components",
+    "Construction Materials",
+    "Mechanical Parts",
+    "Consumer Products",
+    "Optical Inspection",
+)
 QA_FIELDS = ("task", "style", "question", "answer")
 
 
@@ -112,17 +119,23 @@ class MAUSetRecord:
         if self.location is not None:
             box, region = self.location.get("box"), self.location.get("region")
             numbers = isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
-            if not (numbers and all(0 <= v <= 1 for v in box) and box[0] <= box[2] and box[1] <= box[3]) \
-                    or region not in REGIONS:
-                raise ValueError(f"{where}: location should be {{'box': [x1, y1, x2, y2] in [0, 1], 'region': one of "
-                                 f"{list(REGIONS)}}}, got {self.location!r}")
+            if (
+                not (numbers and all(0 <= v <= 1 for v in box) and box[0] <= box[2] and box[1] <= box[3])
+                or region not in REGIONS
+            ):
+                raise ValueError(
+                    f"{where}: location should be {{'box': [x1, y1, x2, y2] in [0, 1], 'region': one of "
+                    f"{list(REGIONS)}}}, got {self.location!r}"
+                )
         for i, qa in enumerate(self.qa):
             missing = [f for f in QA_FIELDS if not isinstance(qa.get(f) if isinstance(qa, dict) else None, str)]
             if missing:
                 raise ValueError(f"{where}: qa[{i}] lacks text fields {missing}")
             if qa["task"] not in (*TASKS, "caption") or qa["style"] not in STYLES:
-                raise ValueError(f"{where}: qa[{i}] has task {qa['task']!r} and style {qa['style']!r}, expected a task "
-                                 f"of {[*TASKS, 'caption']} and a style of {list(STYLES)}")
+                raise ValueError(
+                    f"{where}: qa[{i}] has task {qa['task']!r} and style {qa['style']!r}, expected a task "
+                    f"of {[*TASKS, 'caption']} and a style of {list(STYLES)}"
+                )
             if not qa["question"].strip() or not qa["answer"].strip():
                 raise ValueError(f"{where}: qa[{i}] has an empty question or answer")
 

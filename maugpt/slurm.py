@@ -4,6 +4,7 @@ A job that will run out of time asks to be requeued once it has saved: ``scontro
 it back in the queue (it must be requeueable: ``#SBATCH --requeue``), and the new run resumes
 from the saved checkpoint. This is the command Lightning's own SLURM handler runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,6 +31,10 @@ def requeue(job: str, who: str) -> bool:
         ok, why = done.returncode == 0, done.stderr.strip() or f"exit status {done.returncode}"
     except (OSError, subprocess.TimeoutExpired) as err:
         ok, why = False, str(err)
-    print(f"{who}: SLURM job {job} " + ("requeued: it resumes from last.ckpt when it starts again" if ok
-                                        else f"could not be requeued ({why})"), file=sys.stderr, flush=True)
+    print(
+        f"{who}: SLURM job {job} "
+        + ("requeued: it resumes from last.ckpt when it starts again" if ok else f"could not be requeued ({why})"),
+        file=sys.stderr,
+        flush=True,
+    )
     return ok

@@ -28,9 +28,10 @@ fit`` then ``maugpt test`` per cell (through :mod:`maugpt.runner`: one runner pe
 passed on); a cell with ``metrics.json`` is finished and skipped, a crashed or stopped one keeps
 its log (``logs/attempt-N.log``) and is retried (resuming from its last checkpoint) on the next
 run, a cell is tested only after its fit ended normally, and one crash never stops the others.
-:func:`write_slurm` writes a SLURM array script doing the same per array task. All cells log under ``<sweep>/tensorboard``,
-one folder per cell, with their hyper-parameters for the HParams view.
+:func:`write_slurm` writes a SLURM array script doing the same per array task. All cells log under
+``<sweep>/tensorboard``, one folder per cell, with their hyper-parameters for the HParams view.
 """
+
 from __future__ import annotations
 
 import ast
@@ -88,8 +89,10 @@ def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
     if not path.is_file():
         raise FileNotFoundError(f"sweep spec {path} does not exist")
     raw = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(raw) - {"name", "description", "variants", "grid", "label", "constraints", "metrics", "plot",
-                                 "seeds", "reference"})
+    unknown = sorted(
+        set(raw)
+        - {"name", "description", "variants", "grid", "label", "constraints", "metrics", "plot", "seeds", "reference"}
+    )
     if unknown:
         raise SweepError(f"{path}: unknown field(s) {unknown}")
     variants = raw.get("variants") or {}
@@ -111,10 +114,19 @@ def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
     seeds = raw.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
         raise SweepError(f"{path}: seeds must be a list of distinct integers, got {seeds!r}")
-    spec = SweepSpec(name=raw.get("name", path.stem), variant=variant, base=list(chosen["base"]),
-                     cells=with_seeds(cells, seeds), overrides=dict(chosen.get("overrides") or {}),
-                     constraints=list(raw.get("constraints") or []), metrics=list(metrics), plot=raw.get("plot"),
-                     description=raw.get("description", ""), seeds=list(seeds), reference=reference)
+    spec = SweepSpec(
+        name=raw.get("name", path.stem),
+        variant=variant,
+        base=list(chosen["base"]),
+        cells=with_seeds(cells, seeds),
+        overrides=dict(chosen.get("overrides") or {}),
+        constraints=list(raw.get("constraints") or []),
+        metrics=list(metrics),
+        plot=raw.get("plot"),
+        description=raw.get("description", ""),
+        seeds=list(seeds),
+        reference=reference,
+    )
     check_constraints(spec)
     return spec
 
@@ -124,8 +136,15 @@ def with_seeds(cells: list[Cell], seeds: list[int]) -> list[Cell]:
     sweep cut short has every cell at its first seeds; without seeds, the cells as they are."""
     for cell in cells:
         cell.group = cell.name
-    return [Cell(f"{cell.name}-seed{seed}", cell.label, {**cell.overrides, "seed_everything": seed}, cell.name, seed)
-            for seed in seeds for cell in cells] if seeds else cells
+    return (
+        [
+            Cell(f"{cell.name}-seed{seed}", cell.label, {**cell.overrides, "seed_everything": seed}, cell.name, seed)
+            for seed in seeds
+            for cell in cells
+        ]
+        if seeds
+        else cells
+    )
 
 
 def expand_grid(grid: dict, label: str | None = None, where: Path | str = "spec") -> list[Cell]:
@@ -151,8 +170,9 @@ def expand_grid(grid: dict, label: str | None = None, where: Path | str = "spec"
             try:
                 text = label.format(**short) if label else ", ".join(f"{k}={v}" for k, v in short.items())
             except KeyError as err:
-                raise SweepError(f"{where}: label {label!r} names {err}, which is not the last part of a grid key "
-                                 f"({sorted(short)})") from None
+                raise SweepError(
+                    f"{where}: label {label!r} names {err}, which is not the last part of a grid key ({sorted(short)})"
+                ) from None
         else:  # an explicit cell, crossed with the grid: say which of its copies this is
             text = (text or name) + (f" ({extra})" if extra else "")
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", (f"{name} {extra}" if name else text).replace("×", "x")).strip("_")
@@ -163,15 +183,28 @@ def expand_grid(grid: dict, label: str | None = None, where: Path | str = "spec"
     return cells
 
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.Eq: operator.eq,
-        ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
-        ast.GtE: operator.ge, ast.USub: operator.neg}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.USub: operator.neg,
+}
 
 
 def evaluate(expression: str, values: dict[str, Any]) -> Any:
     """A constraint such as ``a.b * c.d == 64`` over dotted config keys: arithmetic, comparisons,
     ``and``/``or``/``not`` and constants only (never Python's ``eval``)."""
+
     def value(node: ast.AST) -> Any:
         if isinstance(node, ast.Constant):
             return node.value
@@ -193,8 +226,10 @@ def evaluate(expression: str, values: dict[str, Any]) -> Any:
                 right = value(right_node)
                 result, left = result and _OPS[type(op)](left, right), right
             return result
-        raise SweepError(f"constraint {expression!r}: {ast.unparse(node)!r} is not allowed (arithmetic, "
-                         "comparisons and and/or/not over config keys only)")
+        raise SweepError(
+            f"constraint {expression!r}: {ast.unparse(node)!r} is not allowed (arithmetic, "
+            "comparisons and and/or/not over config keys only)"
+        )
 
     try:
         tree = ast.parse(expression, mode="eval")
@@ -204,8 +239,14 @@ def evaluate(expression: str, values: dict[str, Any]) -> Any:
 
 
 def check_constraints(spec: SweepSpec) -> None:
-    failing = list(dict.fromkeys(cell.label for cell in spec.cells for c in spec.constraints  # once per cell
-                                 if not evaluate(c, {**spec.overrides, **cell.overrides})))
+    failing = list(
+        dict.fromkeys(
+            cell.label
+            for cell in spec.cells
+            for c in spec.constraints  # once per cell
+            if not evaluate(c, {**spec.overrides, **cell.overrides})
+        )
+    )
     if failing:
         raise SweepError(f"sweep {spec.name}: cell(s) {failing} break the constraint(s) {spec.constraints}")
 
@@ -213,8 +254,11 @@ def check_constraints(spec: SweepSpec) -> None:
 # -- cell folders -------------------------------------------------------------------------------------
 def cli_args(overrides: dict[str, Any]) -> list[str]:
     """``--key value`` pairs for the CLI (values as JSON, which jsonargparse reads as YAML)."""
-    return [arg for key, value in overrides.items()
-            for arg in (f"--{key}", value if isinstance(value, str) else json.dumps(value))]
+    return [
+        arg
+        for key, value in overrides.items()
+        for arg in (f"--{key}", value if isinstance(value, str) else json.dumps(value))
+    ]
 
 
 def resolve_config(base: list[str], overrides: dict[str, Any]) -> dict:
@@ -233,8 +277,11 @@ def resolve_config(base: list[str], overrides: dict[str, Any]) -> dict:
     if code:
         text = err.getvalue()
         # jsonargparse's error block without the usage text: it names the key it rejects.
-        lines = [line.strip() for line in text[text.find("error:"):].splitlines()
-                 if line.strip() and not line.strip().startswith(("Given value", "Subtypes", "- Expected a <class"))]
+        lines = [
+            line.strip()
+            for line in text[text.find("error:") :].splitlines()
+            if line.strip() and not line.strip().startswith(("Given value", "Subtypes", "- Expected a <class"))
+        ]
         raise SweepError(f"the overrides {sorted(overrides)} do not fit {base}: {' '.join(lines) or code}")
     config = yaml.safe_load(out.getvalue())
     for key in overrides:  # argparse also takes unique prefixes of option names: insist on the full key
@@ -260,15 +307,25 @@ def place_cell(config: dict, cell: Cell, sweep_dir: Path) -> dict:
     cell_dir = sweep_dir / "cells" / cell.name
     trainer = config["trainer"]
     trainer["default_root_dir"] = str(cell_dir)
-    trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                         "init_args": {"save_dir": str(sweep_dir / "tensorboard"), "name": cell.name,
-                                       "version": "fit", "default_hp_metric": False}}
+    trainer["logger"] = {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {
+            "save_dir": str(sweep_dir / "tensorboard"),
+            "name": cell.name,
+            "version": "fit",
+            "default_hp_metric": False,
+        },
+    }
     callbacks = [c for c in trainer.get("callbacks") or [] if not c["class_path"].endswith("MetricsJson")]
     for callback in callbacks:
         if callback["class_path"].endswith("ModelCheckpoint"):
             callback.setdefault("init_args", {})["dirpath"] = str(cell_dir / "checkpoints")
-    callbacks.append({"class_path": "maugpt.training.callbacks.MetricsJson",
-                      "init_args": {"path": str(cell_dir / "metrics.json"), "evaluation": str(cell_dir / "evaluation")}})
+    callbacks.append(
+        {
+            "class_path": "maugpt.training.callbacks.MetricsJson",
+            "init_args": {"path": str(cell_dir / "metrics.json"), "evaluation": str(cell_dir / "evaluation")},
+        }
+    )
     trainer["callbacks"] = callbacks
     return config
 
@@ -278,8 +335,10 @@ def prepare(spec: SweepSpec, sweep_dir: str | Path) -> Path:
 
     A folder prepared from another spec or with other configs is refused, never overwritten."""
     sweep_dir = Path(sweep_dir)
-    configs = {cell.name: place_cell(resolve_config(spec.base, {**spec.overrides, **cell.overrides}), cell, sweep_dir)
-               for cell in spec.cells}
+    configs = {
+        cell.name: place_cell(resolve_config(spec.base, {**spec.overrides, **cell.overrides}), cell, sweep_dir)
+        for cell in spec.cells
+    }
     record = {"spec": asdict(spec), "cells": [cell.name for cell in spec.cells]}
     written = sweep_dir / "sweep.json"
     if written.is_file() and json.loads(written.read_text()) != json.loads(json.dumps(record)):
@@ -300,12 +359,25 @@ def cell_commands(cell_dir: Path, python: str = sys.executable) -> list[tuple[st
     """``("fit", maugpt fit …)`` (resuming from the cell's last checkpoint when there is one;
     ``fit.json`` marks a fit that ended normally) then ``("test", maugpt test …)``."""
     config, last = str(cell_dir / "config.yaml"), cell_dir / "checkpoints" / "last.ckpt"
-    finished = {"class_path": "maugpt.training.callbacks.FitFinished", "init_args": {"path": str(cell_dir / "fit.json")}}
+    finished = {
+        "class_path": "maugpt.training.callbacks.FitFinished",
+        "init_args": {"path": str(cell_dir / "fit.json")},
+    }
     fit = [python, "-m", "maugpt.cli", "fit", "--config", config, f"--trainer.callbacks+={json.dumps(finished)}"]
     if last.is_file():
         fit += ["--ckpt_path", str(last)]
-    test = [python, "-m", "maugpt.cli", "test", "--config", config, "--ckpt_path", str(last),
-            "--trainer.logger.init_args.version", "test"]
+    test = [
+        python,
+        "-m",
+        "maugpt.cli",
+        "test",
+        "--config",
+        config,
+        "--ckpt_path",
+        str(last),
+        "--trainer.logger.init_args.version",
+        "test",
+    ]
     return [("fit", fit), ("test", test)]
 
 
@@ -360,26 +432,38 @@ def run_cells(sweep_dir: str | Path, parallel: int = 1) -> dict[str, str]:
     return dict(zip(names, outcomes))
 
 
-def write_slurm(sweep_dir: str | Path, partition: str | None = None, gpus: int = 1, hours: int = 24,
-                python: str = "python") -> Path:
+def write_slurm(
+    sweep_dir: str | Path, partition: str | None = None, gpus: int = 1, hours: int = 24, python: str = "python"
+) -> Path:
     """``<sweep>/slurm.sh``: a SLURM array with one task per cell, each running ``maugpt sweep-cell``
     (the cell's fit and test, as a local run does: skipped when finished, resumed from its last
     checkpoint, never run by two tasks at once) from the current folder (``sbatch`` it; submitting
     again resumes). A task near its time limit saves, requeues itself and resumes."""
     sweep_dir = Path(sweep_dir).resolve()
     names = prepared_cells(sweep_dir)
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={sweep_dir.name}", f"#SBATCH --array=0-{len(names) - 1}",
-             f"#SBATCH --gpus-per-task={gpus}", f"#SBATCH --time={hours}:00:00",
-             f"#SBATCH --output={sweep_dir}/cells/%a.slurm.log"]
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={sweep_dir.name}",
+        f"#SBATCH --array=0-{len(names) - 1}",
+        f"#SBATCH --gpus-per-task={gpus}",
+        f"#SBATCH --time={hours}:00:00",
+        f"#SBATCH --output={sweep_dir}/cells/%a.slurm.log",
+    ]
     if partition:
         lines.append(f"#SBATCH --partition={partition}")
     # SIGUSR1 90 s before the time limit, to the batch shell (B:), which exec makes the runner:
     # the fit saves at its next step, the runner requeues the task, and the requeued task
     # resumes from last.ckpt and appends to its log.
-    lines += ["#SBATCH --signal=B:USR1@90", "#SBATCH --requeue", "#SBATCH --open-mode=append",
-              "set -euo pipefail", f'cd "{Path.cwd()}"  # the configs\' relative paths start here',
-              "CELLS=(" + " ".join(names) + ")", 'echo "cell ${CELLS[$SLURM_ARRAY_TASK_ID]}"',
-              f'exec {python} -m maugpt.cli sweep-cell "{sweep_dir}" "$SLURM_ARRAY_TASK_ID"']
+    lines += [
+        "#SBATCH --signal=B:USR1@90",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        "set -euo pipefail",
+        f'cd "{Path.cwd()}"  # the configs\' relative paths start here',
+        "CELLS=(" + " ".join(names) + ")",
+        'echo "cell ${CELLS[$SLURM_ARRAY_TASK_ID]}"',
+        f'exec {python} -m maugpt.cli sweep-cell "{sweep_dir}" "$SLURM_ARRAY_TASK_ID"',
+    ]
     path = sweep_dir / "slurm.sh"
     path.write_text("\n".join(lines) + "\n")
     return path

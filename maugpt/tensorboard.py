@@ -1,4 +1,5 @@
 """Finding the trainer's TensorBoard logger, for the callbacks and evaluations that write to it."""
+
 from __future__ import annotations
 
 import lightning as L

@@ -9,6 +9,7 @@ so that the frozen base carries signal, as a real pretrained base would. They ar
 saved in their standard formats (``save_pretrained``; timm's config.json + model.safetensors)
 and loaded back through the same code as hub models.
 """
+
 from __future__ import annotations
 
 import random
@@ -30,16 +31,24 @@ from maugpt.tokenizer import save_tokenizer, train_tokenizer
 # Average pooling: the pretraining objectives read the mean of the patch tokens, so every patch
 # token carries the image-level facts (is there a defect?) that the LM reads from them.
 VIT = dict(img_size=96, patch_size=12, embed_dim=128, depth=4, num_heads=4, global_pool="avg")
-LLM = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-           num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True)
+LLM = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
 
 
 def _texts(records: list[dict]) -> list[str]:
     return [qa[k] for r in records for qa in r["qa"] for k in ("question", "answer")]
 
 
-def pretrain_vit(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, classes: int, steps: int,
-                 seed: int) -> torch.nn.Module:
+def pretrain_vit(
+    images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, classes: int, steps: int, seed: int
+) -> torch.nn.Module:
     """A tiny ViT trained to name each image's (product, defect class) and to mark defective patches.
 
     ``images (N, 3, H, W)`` normalised, ``labels (N,)`` class ids, ``masks (N, P)`` the share of
@@ -56,7 +65,7 @@ def pretrain_vit(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
         idx = torch.from_numpy(rng.choice(len(images), size=min(64, len(images)), replace=False))
         tokens = model.forward_features(images[idx])  # (B, 1 + P, D)
         loss = F.cross_entropy(model.forward_head(tokens), labels[idx])
-        patch_logits = patch_head(tokens[:, model.num_prefix_tokens:]).squeeze(-1)
+        patch_logits = patch_head(tokens[:, model.num_prefix_tokens :]).squeeze(-1)
         loss = loss + F.binary_cross_entropy_with_logits(patch_logits, (masks[idx] > 0).float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -78,8 +87,13 @@ def _patch_mask(mask, grid: int) -> torch.Tensor:
 def pretrain_llm(tokenizer, records: list[dict], steps: int, seed: int) -> torch.nn.Module:
     """A tiny Qwen2 LM trained on the synthetic questions and answers, in the chat format (no images)."""
     torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **LLM)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **LLM,
+    )
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     chat = ChatEncoder(tokenizer, image_tokens=1, max_length=512)
     encoded = [chat.encode([(qa["question"], qa["answer"]) for qa in r["qa"]], images=0) for r in records]
@@ -88,8 +102,9 @@ def pretrain_llm(tokenizer, records: list[dict], steps: int, seed: int) -> torch
     model.train()
     for _ in range(steps):
         batch = rng.sample(encoded, min(8, len(encoded)))
-        ids = torch.nn.utils.rnn.pad_sequence([e.input_ids for e in batch], batch_first=True,
-                                              padding_value=tokenizer.pad_token_id)
+        ids = torch.nn.utils.rnn.pad_sequence(
+            [e.input_ids for e in batch], batch_first=True, padding_value=tokenizer.pad_token_id
+        )
         labels = torch.nn.utils.rnn.pad_sequence([e.labels for e in batch], batch_first=True, padding_value=-100)
         loss = model(input_ids=ids, attention_mask=ids != tokenizer.pad_token_id, labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -98,8 +113,15 @@ def pretrain_llm(tokenizer, records: list[dict], steps: int, seed: int) -> torch
     return model.eval()
 
 
-def make_tiny_base(out: str | Path, shards: str | Path, seed: int = 0, vocab_size: int = 2048,
-                   vit_steps: int = 900, llm_steps: int = 150, vit_extra_images: int = 6000) -> dict[str, Path]:
+def make_tiny_base(
+    out: str | Path,
+    shards: str | Path,
+    seed: int = 0,
+    vocab_size: int = 2048,
+    vit_steps: int = 900,
+    llm_steps: int = 150,
+    vit_extra_images: int = 6000,
+) -> dict[str, Path]:
     """Write ``out/llm`` (tokenizer + LM) and ``out/vision`` (timm ViT) from the synthetic shards.
 
     ``shards`` is the folder written by ``tools/synth_mauset.py`` (``mauset/`` and ``captions/``).
@@ -115,17 +137,27 @@ def make_tiny_base(out: str | Path, shards: str | Path, seed: int = 0, vocab_siz
     llm_dir = save_tokenizer(tokenizer, out / "llm")
     vision_dir = out / "vision"
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **VIT)
-    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, VIT["img_size"], VIT["img_size"]),
-                            "crop_pct": 1.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "tag": None}
+    model.pretrained_cfg = {
+        **model.pretrained_cfg,
+        "input_size": (3, VIT["img_size"], VIT["img_size"]),
+        "crop_pct": 1.0,
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "tag": None,
+    }
     save_for_hf(model, vision_dir, model_config=VIT, safe_serialization=True)  # writes the data config
     transform = ImageTransform(str(vision_dir))
     grid = VIT["img_size"] // VIT["patch_size"]
     # The ViT learns to name (product, defect class or normal) and to mark defective patches.
-    pictures = [(s["png"] if "png" in s else s["jpg"], s["json"]["product"], s["json"]["defect_class"],
-                 s.get("mask.png")) for s in train]
+    pictures = [
+        (s["png"] if "png" in s else s["jpg"], s["json"]["product"], s["json"]["defect_class"], s.get("mask.png"))
+        for s in train
+    ]
     extra_seed = 1_000_003 + seed  # far from every seed the MAU-Set builds use
-    pictures += [(image, item.product, item.defect_class, mask)
-                 for item, image, mask in iter_synthetic(vit_extra_images, extra_seed, VIT["img_size"])]
+    pictures += [
+        (image, item.product, item.defect_class, mask)
+        for item, image, mask in iter_synthetic(vit_extra_images, extra_seed, VIT["img_size"])
+    ]
     names = sorted({(product, defect or "normal") for _, product, defect, _ in pictures})
     images = torch.stack([transform.normalize(transform(image)) for image, *_ in pictures])
     labels = torch.tensor([names.index((product, defect or "normal")) for _, product, defect, _ in pictures])

@@ -5,6 +5,7 @@ it with the ``tokenizers`` library on a corpus the caller gives (the synthetic M
 questions and answers) and saves it as a ``PreTrainedTokenizerFast`` that
 ``AutoTokenizer.from_pretrained(folder)`` loads like any hub tokenizer.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -28,12 +29,22 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedT
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        unk_token=None, additional_special_tokens=[IMAGE_TOKEN], chat_template=CHATML_TEMPLATE)
+        tokenizer_object=core,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=[IMAGE_TOKEN],
+        chat_template=CHATML_TEMPLATE,
+    )
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | Path) -> Path:

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny transformers models from config, a small synthetic MAU-Set, a tokenizer
 trained on it and a timm data config (no downloads)."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-SMALL = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-             pad_token_id=0, bos_token_id=None, eos_token_id=None)
+SMALL = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=None,
+    eos_token_id=None,
+)
 
 
 def tiny_causal_lm(arch: str = "qwen2", dtype: torch.dtype = torch.float64, seed: int = 0):
@@ -44,8 +54,7 @@ def synthetic_dir(tmp_path_factory):
     from maugpt.mauset.synthetic import build_synthetic
 
     out = tmp_path_factory.mktemp("synthetic")
-    build_synthetic(out, images=56, seed=0, image_size=40, test=0.25, val=0.25, progress=False, maxcount=6,
-                    captions=14)
+    build_synthetic(out, images=56, seed=0, image_size=40, test=0.25, val=0.25, progress=False, maxcount=6, captions=14)
     return out
 
 
@@ -54,8 +63,13 @@ def tokenizer_dir(synthetic_dir, tmp_path_factory):
     from maugpt.data.reader import iter_samples
     from maugpt.tokenizer import save_tokenizer, train_tokenizer
 
-    texts = [qa[k] for split in ("train", "val", "test") for s in iter_samples(synthetic_dir / "mauset" / split)
-             for qa in s["json"]["qa"] for k in ("question", "answer")]
+    texts = [
+        qa[k]
+        for split in ("train", "val", "test")
+        for s in iter_samples(synthetic_dir / "mauset" / split)
+        for qa in s["json"]["qa"]
+        for k in ("question", "answer")
+    ]
     folder = tmp_path_factory.mktemp("tokenizer")
     save_tokenizer(train_tokenizer(texts + ["user assistant system"] * 20, vocab_size=600), folder)
     return folder
@@ -65,10 +79,22 @@ def tokenizer_dir(synthetic_dir, tmp_path_factory):
 def vision_dir(tmp_path_factory):
     """A timm encoder folder as saved locally: config.json with its pretrained_cfg (no weights needed)."""
     folder = tmp_path_factory.mktemp("vision")
-    (folder / "config.json").write_text(json.dumps({
-        "architecture": "vit_tiny_patch16_224", "num_classes": 0,
-        "pretrained_cfg": {"input_size": [3, 32, 32], "interpolation": "bicubic", "crop_pct": 1.0,
-                           "crop_mode": "center", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "vit_tiny_patch16_224",
+                "num_classes": 0,
+                "pretrained_cfg": {
+                    "input_size": [3, 32, 32],
+                    "interpolation": "bicubic",
+                    "crop_pct": 1.0,
+                    "crop_mode": "center",
+                    "mean": [0.5, 0.5, 0.5],
+                    "std": [0.5, 0.5, 0.5],
+                },
+            }
+        )
+    )
     return folder
 
 
@@ -76,8 +102,7 @@ def vision_dir(tmp_path_factory):
 def tiny_base(synthetic_dir, tmp_path_factory):
     from maugpt.tiny_base import make_tiny_base
 
-    return make_tiny_base(tmp_path_factory.mktemp("base"), synthetic_dir, vit_steps=2, llm_steps=2,
-                          vit_extra_images=14)
+    return make_tiny_base(tmp_path_factory.mktemp("base"), synthetic_dir, vit_steps=2, llm_steps=2, vit_extra_images=14)
 
 
 # -- pretrained vision-language models: shrunk published files (tests/fixtures/vlm), random weights --

@@ -1,4 +1,5 @@
 """The maugpt console script."""
+
 from __future__ import annotations
 
 import pytest
@@ -58,7 +59,9 @@ def test_sweep_cell_runs_one_prepared_cell_by_its_array_index(tmp_path, monkeypa
     monkeypatch.setattr(sweep, "cell_commands", lambda cell: [("test", [sys.executable, "-c", script, str(cell)])])
     main(["sweep-cell", str(folder), "1"])
     assert capsys.readouterr().out == "b: done\n"
-    assert (folder / "cells" / "b" / "metrics.json").is_file() and not (folder / "cells" / "a" / "metrics.json").exists()
+    assert (folder / "cells" / "b" / "metrics.json").is_file() and not (
+        folder / "cells" / "a" / "metrics.json"
+    ).exists()
     main(["sweep-cell", str(folder), "1"])
     assert capsys.readouterr().out == "b: skipped\n"  # a finished cell exits at once, as a resubmitted array task
     with pytest.raises(SystemExit, match=r"sweep-cell: index 2 is outside the sweep's 2 cells \(0-1\)"):
@@ -74,12 +77,30 @@ def test_a_users_mistake_in_a_data_command_exits_with_one_message_and_no_traceba
     RELEASES["mpdd"](tmp_path / "mpdd")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep me")
-    done = subprocess.run([sys.executable, "-m", "maugpt.cli", "build", "--source", "mpdd", "--root",
-                           str(tmp_path / "mpdd"), "--out", str(tmp_path / "full"), "--partial", "true"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maugpt.cli",
+            "build",
+            "--source",
+            "mpdd",
+            "--root",
+            str(tmp_path / "mpdd"),
+            "--out",
+            str(tmp_path / "full"),
+            "--partial",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr == (f"build: output folder {tmp_path / 'full'} is not empty; pass --overwrite to replace "
-                           "the train/val/test shards in it\n")
+    assert done.stderr == (
+        f"build: output folder {tmp_path / 'full'} is not empty; pass --overwrite to replace "
+        "the train/val/test shards in it\n"
+    )
 
 
 def expected_exit(args: list[str]) -> str:
@@ -93,28 +114,60 @@ def expected_exit(args: list[str]) -> str:
 def test_the_data_commands_name_each_mistake_in_one_message(tmp_path):
     from tests.mauset.releases import RELEASES
 
-    message = expected_exit(["build", "--source", "ksdd2", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
-    assert message == (f"build: ksdd2: {tmp_path / 'nowhere'} does not have the expected layout.\n"
-                       "  expected: [KSDD2/]{train,test}/<id>.png with <id>_GT.png\n  found: the folder does not exist")
+    message = expected_exit(
+        ["build", "--source", "ksdd2", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]
+    )
+    assert message == (
+        f"build: ksdd2: {tmp_path / 'nowhere'} does not have the expected layout.\n"
+        "  expected: [KSDD2/]{train,test}/<id>.png with <id>_GT.png\n  found: the folder does not exist"
+    )
     RELEASES["mvtec_ad"](tmp_path / "mvtec")
-    message = expected_exit(["build", "--source", "mvtec_ad", "--root", str(tmp_path / "mvtec"), "--out", str(tmp_path / "o")])
+    message = expected_exit(
+        ["build", "--source", "mvtec_ad", "--root", str(tmp_path / "mvtec"), "--out", str(tmp_path / "o")]
+    )
     assert message.startswith("build: mvtec_ad: found 11 images under ") and "--partial true" in message
-    message = expected_exit(["build", "--source", "mvtec_ad", "--root", str(tmp_path / "mvtec"), "--out", str(tmp_path / "o"),
-                             "--knowledge", str(tmp_path / "no-overlay")])
+    message = expected_exit(
+        [
+            "build",
+            "--source",
+            "mvtec_ad",
+            "--root",
+            str(tmp_path / "mvtec"),
+            "--out",
+            str(tmp_path / "o"),
+            "--knowledge",
+            str(tmp_path / "no-overlay"),
+        ]
+    )
     assert message.startswith(f"build: knowledge overlay {tmp_path / 'no-overlay'} is not a folder")
     assert not (tmp_path / "o").exists()
 
-    message = expected_exit(["build-llava", "--annotations", str(tmp_path / "blip.json"), "--images", str(tmp_path),
-                             "--out", str(tmp_path / "llava")])
+    message = expected_exit(
+        [
+            "build-llava",
+            "--annotations",
+            str(tmp_path / "blip.json"),
+            "--images",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "llava"),
+        ]
+    )
     assert message.startswith(f"build_llava: LLaVA-Pretrain annotation file {tmp_path / 'blip.json'} does not exist")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep me")
-    assert expected_exit(["synth", "--out", str(tmp_path / "full"), "--images", "14"]) == \
-        f"synth: output folder {tmp_path / 'full'} is not empty; pass --overwrite to replace its shards"
-    assert expected_exit(["synth", "--out", str(tmp_path / "syn"), "--test", "0.8", "--val", "0.3"]) == \
-        "synth: --test and --val must be fractions in [0, 1) with test + val < 1, got 0.8, 0.3"
+    assert (
+        expected_exit(["synth", "--out", str(tmp_path / "full"), "--images", "14"])
+        == f"synth: output folder {tmp_path / 'full'} is not empty; pass --overwrite to replace its shards"
+    )
+    assert (
+        expected_exit(["synth", "--out", str(tmp_path / "syn"), "--test", "0.8", "--val", "0.3"])
+        == "synth: --test and --val must be fractions in [0, 1) with test + val < 1, got 0.8, 0.3"
+    )
     message = expected_exit(["tiny-base", "--shards", str(tmp_path / "no-shards"), "--out", str(tmp_path / "base")])
-    assert message.startswith(f"make_tiny_base: {tmp_path / 'no-shards' / 'mauset' / 'train' / 'index.json'} is missing")
+    assert message.startswith(
+        f"make_tiny_base: {tmp_path / 'no-shards' / 'mauset' / 'train' / 'index.json'} is missing"
+    )
     assert message.endswith("; --shards is the folder maugpt synth wrote")
 
 
@@ -126,8 +179,21 @@ def test_a_magnetic_tile_subset_without_a_class_builds_only_with_partial(tmp_pat
 
     RELEASES["magnetic_tile"](tmp_path / "mt")
     shutil.rmtree(tmp_path / "mt" / "Magnetic-Tile-Defect" / "MT_Break")
-    args = ["build", "--source", "magnetic_tile", "--root", str(tmp_path / "mt"), "--out", str(tmp_path / "out"),
-            "--test", "0", "--val", "0", "--max_side", "32"]
+    args = [
+        "build",
+        "--source",
+        "magnetic_tile",
+        "--root",
+        str(tmp_path / "mt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--test",
+        "0",
+        "--val",
+        "0",
+        "--max_side",
+        "32",
+    ]
     message = expected_exit(args)
     assert message.startswith("build: magnetic_tile: ") and "found: MT_Break/Imgs is missing" in message
     main(args + ["--partial", "true"])

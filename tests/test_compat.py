@@ -1,5 +1,6 @@
 """The private torch and Lightning APIs in ``maugpt.compat``, each against its public equivalent or
 its documented behaviour: an upgrade that moves one fails here."""
+
 from __future__ import annotations
 
 import inspect
@@ -52,9 +53,19 @@ def test_the_version_counter_grows_with_each_in_place_change_only():
 
 def test_the_trainer_state_the_signal_handling_reads_and_clears(tmp_path):
     environment = LightningEnvironment()
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, plugins=[environment],
-                        max_steps=2, accumulate_grad_batches=2, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        plugins=[environment],
+        max_steps=2,
+        accumulate_grad_batches=2,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     assert compat.cluster_environment(trainer) is environment
     trainer._signal_connector.received_sigterm = True  # as Lightning's SIGTERM handler records it
     assert trainer.received_sigterm

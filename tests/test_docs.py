@@ -1,4 +1,5 @@
 """The reliability promises name tests that exist."""
+
 from __future__ import annotations
 
 import ast

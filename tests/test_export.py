@@ -1,4 +1,5 @@
 """``maugpt export``: a trained checkpoint's adapter as maugpt's file, a PEFT folder and merged weights."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,10 @@ from maugpt.cli import main
 from maugpt.training.cli import run
 from tests.training.conftest import AMOE, stage_config
 
-LORA = {"class_path": "maugpt.adapters.LoRA",
-        "init_args": {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"]}}
+LORA = {
+    "class_path": "maugpt.adapters.LoRA",
+    "init_args": {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +25,15 @@ def trained(tiny_base, synthetic_dir, tmp_path_factory):
     checkpoints = {}
     for name, adapter in (("lora", LORA), ("amoe_lora", AMOE)):
         folder = tmp_path_factory.mktemp(name)
-        run(["fit", "--config", stage_config(folder, tiny_base, synthetic_dir, 2, batches=2, adapter=adapter),
-             "--model.init_args.lr", "0.05"])
+        run(
+            [
+                "fit",
+                "--config",
+                stage_config(folder, tiny_base, synthetic_dir, 2, batches=2, adapter=adapter),
+                "--model.init_args.lr",
+                "0.05",
+            ]
+        )
         checkpoints[name] = folder / "stage2" / "checkpoints" / "last.ckpt"
     return checkpoints
 
@@ -52,7 +62,7 @@ def test_the_adapter_file_holds_exactly_the_checkpoints_adapter_tensors(trained,
     from safetensors.torch import load_file
 
     exported = load_file(str(out))
-    expected = {k[len("model.llm."):]: v for k, v in saved["state_dict"].items() if k.startswith("model.llm.")}
+    expected = {k[len("model.llm.") :]: v for k, v in saved["state_dict"].items() if k.startswith("model.llm.")}
     assert exported.keys() == expected.keys() and all(torch.equal(exported[k], expected[k]) for k in expected)
     assert len(layers) == (3 * 3 if kind == "lora" else 3 * 7)  # 3 decoder layers × targets
     with pytest.raises(SystemExit, match=f"maugpt export: {out} exists; pass overwrite=True"):
@@ -113,8 +123,12 @@ def test_the_adapter_state_is_what_the_trained_module_holds(trained, tiny_base, 
     from maugpt.training.module import MAUGPTModule
 
     saved = torch.load(trained["amoe_lora"], weights_only=True)
-    module = MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2,
-                          adapter=Adapter.from_config(saved["hyper_parameters"]["adapter"]))
+    module = MAUGPTModule(
+        str(tiny_base["llm"]),
+        str(tiny_base["vision"]),
+        stage=2,
+        adapter=Adapter.from_config(saved["hyper_parameters"]["adapter"]),
+    )
     module.load_state_dict(saved["state_dict"], strict=False)
     main(["export", str(trained["amoe_lora"]), str(tmp_path / "a.safetensors")])
     from safetensors.torch import load_file

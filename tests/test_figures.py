@@ -1,4 +1,5 @@
 """Fig. 5(c): the hypernetwork cores of the test images, embedded by t-SNE and drawn."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,14 +13,16 @@ from maugpt.training.cli import run
 from tests.training.conftest import AMOE, stage_config
 
 
-def test_figure_cores_embeds_one_core_per_test_image_and_draws_both_colourings(tiny_base, synthetic_dir, tmp_path,
-                                                                                capsys):
+def test_figure_cores_embeds_one_core_per_test_image_and_draws_both_colourings(
+    tiny_base, synthetic_dir, tmp_path, capsys
+):
     config = stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=1, adapter=AMOE)
     run(["fit", "--config", config])
     last = tmp_path / "stage2" / "checkpoints" / "last.ckpt"
     out = tmp_path / "figure"
-    figure_cores(config=config, ckpt_path=last, out=out, layer="layers.1.self_attn.q_proj", max_samples=12,
-                 perplexity=3.0)
+    figure_cores(
+        config=config, ckpt_path=last, out=out, layer="layers.1.self_attn.q_proj", max_samples=12, perplexity=3.0
+    )
     assert "12 test images; written:" in capsys.readouterr().out
     saved = np.load(out / "cores.npz")
     records = {s["json"]["key"]: s["json"] for s in iter_samples(synthetic_dir / "mauset" / "test")}
@@ -37,6 +40,9 @@ def test_figure_cores_embeds_one_core_per_test_image_and_draws_both_colourings(t
     assert any((out / "tensorboard").iterdir())
     with pytest.raises(SystemExit, match=r"already holds cores_tsne.png, cores.npz, cores_tsne.csv; pass --overwrite"):
         figure_cores(config=config, ckpt_path=last, out=out)
-    with pytest.raises(SystemExit, match=r"no adapted layer matching 'mlp.router' records a hypernetwork core: the "
-                                         r"model's adapter must be AMoE-LoRA and the layer one of its targets"):
+    with pytest.raises(
+        SystemExit,
+        match=r"no adapted layer matching 'mlp.router' records a hypernetwork core: the "
+        r"model's adapter must be AMoE-LoRA and the layer one of its targets",
+    ):
         figure_cores(config=config, ckpt_path=last, out=tmp_path / "other", layer="mlp.router")

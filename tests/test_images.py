@@ -1,4 +1,5 @@
 """Opening a user's image safely (``maugpt.images``): every image is generated here, none downloaded."""
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from maugpt.images import (DEFAULT_MAX_PIXELS, ORIENTATION, ImageRejected, open_mask, open_rgb, orient,
-                           orient_box)
+from maugpt.images import DEFAULT_MAX_PIXELS, ORIENTATION, ImageRejected, open_mask, open_rgb, orient, orient_box
 
 
 def png(path: Path, width: int, height: int, depth: int, colour: int, rows) -> Path:
     """A PNG written chunk by chunk: ``rows`` yields each row's raw bytes (filter byte added here),
     compressed as they come, so a huge image costs one row of memory."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -69,15 +70,18 @@ def test_a_bomb_is_rejected_from_its_header_without_decoding(tmp_path):
     bomb = png(tmp_path / "bomb.png", 20000, 20000, 1, 0, (row for _ in range(20000)))
     assert bomb.stat().st_size < 100_000
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", BOMB_CHILD, str(bomb)], capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", BOMB_CHILD, str(bomb)], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["torch"] is False  # maugpt.images brings no torch (whose import would dwarf the cap)
     kind, reason, message = report["default"]
     assert (kind, reason) == ("ImageRejected", "too large")  # under the cap: nothing was decoded
-    assert message == (f"{bomb}: too large: 20000x20000 = 400,000,000 pixels, more than max_pixels "
-                       "50,000,000 (read from the header, nothing decoded); raise max_pixels to accept it")
+    assert message == (
+        f"{bomb}: too large: 20000x20000 = 400,000,000 pixels, more than max_pixels "
+        "50,000,000 (read from the header, nothing decoded); raise max_pixels to accept it"
+    )
     assert report["decoded"][0] == "MemoryError"  # the control: decoding it cannot fit under the cap
     # Pillow's own check, which refused to open it, is as it was after each call, in the child and here
     assert report["limit"] == report["limit_after"] == report["limit_last"] == Image.MAX_IMAGE_PIXELS
@@ -115,7 +119,7 @@ def test_a_truncated_jpeg_is_rejected_as_truncated(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(whole)
     cut = tmp_path / "cut.jpg"
-    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(ImageRejected) as caught:
         open_rgb(cut, max_pixels=DEFAULT_MAX_PIXELS)
     assert caught.value.reason == "truncated"
@@ -131,17 +135,24 @@ def test_a_damaged_png_is_rejected_as_corrupt(tmp_path):
     with pytest.raises(ImageRejected) as caught:
         open_rgb(path, max_pixels=DEFAULT_MAX_PIXELS)
     assert (caught.value.reason, str(caught.value)) == (
-        "corrupt", f"{path}: corrupt: decoding failed (broken data stream when reading image file)")
+        "corrupt",
+        f"{path}: corrupt: decoding failed (broken data stream when reading image file)",
+    )
 
 
 def test_an_empty_file_a_text_file_and_a_missing_file_are_rejected_with_their_reasons(tmp_path):
     empty, text, missing = tmp_path / "empty.png", tmp_path / "notes.png", tmp_path / "gone.png"
     empty.write_bytes(b"")
     text.write_text("not an image")
-    expected = {empty: ("empty file", f"{empty}: empty file: 0 bytes, expected an image file"),
-                text: ("not an image", f"{text}: not an image: Pillow recognises no image format in it "
-                                       "(expected PNG, JPEG, BMP, TIFF or another format Pillow reads)"),
-                missing: ("unreadable", f"{missing}: unreadable: cannot read the file (No such file or directory)")}
+    expected = {
+        empty: ("empty file", f"{empty}: empty file: 0 bytes, expected an image file"),
+        text: (
+            "not an image",
+            f"{text}: not an image: Pillow recognises no image format in it "
+            "(expected PNG, JPEG, BMP, TIFF or another format Pillow reads)",
+        ),
+        missing: ("unreadable", f"{missing}: unreadable: cannot read the file (No such file or directory)"),
+    }
     for path, (reason, message) in expected.items():
         with pytest.raises(ImageRejected) as caught:
             open_rgb(path, max_pixels=DEFAULT_MAX_PIXELS)
@@ -151,8 +162,12 @@ def test_an_empty_file_a_text_file_and_a_missing_file_are_rejected_with_their_re
 
 def test_the_error_survives_pickling_between_worker_processes(tmp_path):
     err = pickle.loads(pickle.dumps(ImageRejected(tmp_path / "a.png", "too large", "3x3")))
-    assert (err.path, err.reason, err.detail, str(err)) == (tmp_path / "a.png", "too large", "3x3",
-                                                            f"{tmp_path / 'a.png'}: too large: 3x3")
+    assert (err.path, err.reason, err.detail, str(err)) == (
+        tmp_path / "a.png",
+        "too large",
+        "3x3",
+        f"{tmp_path / 'a.png'}: too large: 3x3",
+    )
 
 
 # -- modes: every one to 8-bit RGB ----------------------------------------------------------------
@@ -180,11 +195,15 @@ def test_32_bit_integer_and_float_images_are_scaled_to_8_bits(tmp_path):
     Image.fromarray(np.array([[-5, 255, 256, 70000]], np.int32)).save(tmp_path / "i.tif")
     Image.fromarray(np.array([[0.0, 0.25, 1.0, np.nan]], np.float32)).save(tmp_path / "unit.tif")
     Image.fromarray(np.array([[-1.0, 0.0, 3.0, np.inf]], np.float32)).save(tmp_path / "wide.tif")
-    grey = {name: np.asarray(open_rgb(tmp_path / name, max_pixels=100))[..., 0].tolist()
-            for name in ("i.tif", "unit.tif", "wide.tif")}
-    assert grey == {"i.tif": [[0, 0, 1, 255]],  # 16-bit values, clipped
-                    "unit.tif": [[0, 64, 255, 0]],  # [0, 1] times 255, NaN 0
-                    "wide.tif": [[0, 64, 255, 0]]}  # stretched from -1..3, inf 0
+    grey = {
+        name: np.asarray(open_rgb(tmp_path / name, max_pixels=100))[..., 0].tolist()
+        for name in ("i.tif", "unit.tif", "wide.tif")
+    }
+    assert grey == {
+        "i.tif": [[0, 0, 1, 255]],  # 16-bit values, clipped
+        "unit.tif": [[0, 64, 255, 0]],  # [0, 1] times 255, NaN 0
+        "wide.tif": [[0, 64, 255, 0]],
+    }  # stretched from -1..3, inf 0
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
@@ -213,10 +232,12 @@ def test_palette_images_with_and_without_transparency(tmp_path):
     image.save(tmp_path / "p.png")
     image.save(tmp_path / "transparent.png", transparency=1)
     assert Image.open(tmp_path / "transparent.png").mode == "P"
-    assert np.asarray(open_rgb(tmp_path / "p.png", max_pixels=100)).tolist() == [[[10, 20, 30], [40, 50, 60],
-                                                                                  [70, 80, 90]]]
+    assert np.asarray(open_rgb(tmp_path / "p.png", max_pixels=100)).tolist() == [
+        [[10, 20, 30], [40, 50, 60], [70, 80, 90]]
+    ]
     assert np.asarray(open_rgb(tmp_path / "transparent.png", max_pixels=100)).tolist() == [
-        [[10, 20, 30], [255, 255, 255], [70, 80, 90]]]
+        [[10, 20, 30], [255, 255, 255], [70, 80, 90]]
+    ]
 
 
 def test_a_1_bit_image_is_black_and_white(tmp_path):
@@ -229,9 +250,16 @@ def test_a_1_bit_image_is_black_and_white(tmp_path):
 STORED = np.zeros((20, 40, 3), np.uint8)
 STORED[2:6, 3:9] = (255, 0, 0)  # a red mark near the stored top-left corner
 #: The EXIF definitions, as numpy operations on the stored (rows, columns) array.
-UPRIGHT = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: np.rot90(a[:, ::-1], 1), 6: lambda a: np.rot90(a, -1),
-           7: lambda a: np.rot90(a[:, ::-1], -1), 8: lambda a: np.rot90(a, 1)}
+UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: np.rot90(a[:, ::-1], 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a[:, ::-1], -1),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def with_orientation(path: Path, pixels: np.ndarray, orientation: int) -> Path:
@@ -252,8 +280,10 @@ def test_exif_orientation_is_applied_to_the_image_its_mask_and_boxes(tmp_path, o
     mask = open_mask(tmp_path / "mask.png", max_pixels=DEFAULT_MAX_PIXELS, orientation=image.info[ORIENTATION])
     assert np.array_equal(np.asarray(mask), expected[..., 0])  # still on its image
     assert orient_box((3, 2, 9, 6), orientation, image.size) == mask.getbbox()
-    assert np.array_equal(np.asarray(orient(Image.fromarray(STORED), orientation)),
-                          np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")))
+    assert np.array_equal(
+        np.asarray(orient(Image.fromarray(STORED), orientation)),
+        np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB")),
+    )
 
 
 def test_a_camera_jpeg_marked_rotated_is_seen_upright(tmp_path):
@@ -278,13 +308,15 @@ def test_a_16_bit_label_mask_keeps_its_values_clipped_to_255(tmp_path):
 def test_32_bit_integer_and_float_masks_keep_their_values_clipped_to_255(tmp_path):
     Image.fromarray(np.array([[-5, 0, 1, 255, 256, 70000, 2**31 - 1]], np.int32)).save(tmp_path / "i.tif")
     Image.fromarray(np.array([[-1.0, 0.0, 0.6, 1.0, 254.7, 300.0, np.inf, -np.inf]], np.float32)).save(
-        tmp_path / "f.tif")
+        tmp_path / "f.tif"
+    )
     Image.fromarray(np.array([[np.nan, 1.0]], np.float32)).save(tmp_path / "nan.tif")
     masks = {name: np.asarray(open_mask(tmp_path / name, max_pixels=100)) for name in ("i.tif", "f.tif", "nan.tif")}
     assert {name: mask.tolist() for name, mask in masks.items()} == {
         "i.tif": [[0, 0, 1, 255, 255, 255, 255]],  # clipped, not scaled
         "f.tif": [[0, 0, 0, 1, 254, 255, 255, 0]],  # clipped and truncated, +inf 255, -inf 0
-        "nan.tif": [[0, 1]]}  # NaN 0
+        "nan.tif": [[0, 1]],
+    }  # NaN 0
     for name in ("i.tif", "f.tif"):  # the builders' old reading (its NaN is C's undefined cast: not compared)
         assert np.array_equal(masks[name], np.asarray(Image.open(tmp_path / name).convert("L"))), name
 
@@ -299,10 +331,25 @@ def test_a_builder_turns_the_mask_and_the_boxes_with_the_image(tmp_path):
 
     photo = with_orientation(tmp_path / "photo.png", STORED, 6)  # upright: 20 x 40, the mark at the top right
     Image.fromarray(STORED[..., 0]).save(tmp_path / "mask.png")
-    masked = SourceImage("mvtec_ad", "bottle", "mvtec_ad/bottle/0", photo, is_anomalous=True,
-                         defect_class="contamination", mask=tmp_path / "mask.png")
-    boxed = SourceImage("deeppcb", "pcb", "deeppcb/pcb/0", photo, is_anomalous=True, defect_class="open",
-                        boxes=[(3, 2, 9, 6)], defects=[("open", (3, 2, 9, 6))])
+    masked = SourceImage(
+        "mvtec_ad",
+        "bottle",
+        "mvtec_ad/bottle/0",
+        photo,
+        is_anomalous=True,
+        defect_class="contamination",
+        mask=tmp_path / "mask.png",
+    )
+    boxed = SourceImage(
+        "deeppcb",
+        "pcb",
+        "deeppcb/pcb/0",
+        photo,
+        is_anomalous=True,
+        defect_class="open",
+        boxes=[(3, 2, 9, 6)],
+        defects=[("open", (3, 2, 9, 6))],
+    )
     knowledge = Knowledge()
     for src in (masked, boxed):
         sample = source_sample(src, "test", knowledge, seed=0, max_side=64, image_format="png")
@@ -329,8 +376,10 @@ def test_a_mode_pillow_cannot_convert_is_rejected_as_unsupported(tmp_path, monke
     with pytest.raises(ImageRejected) as caught:
         open_rgb(tmp_path / "odd.png", max_pixels=100)
     assert (caught.value.reason, str(caught.value)) == (
-        "unsupported mode", f"{tmp_path / 'odd.png'}: unsupported mode: mode L cannot be converted to RGB "
-                            "(conversion from La to L not supported)")
+        "unsupported mode",
+        f"{tmp_path / 'odd.png'}: unsupported mode: mode L cannot be converted to RGB "
+        "(conversion from La to L not supported)",
+    )
 
 
 def test_a_damaged_exif_block_is_ignored_and_the_pixels_kept(tmp_path, caplog):

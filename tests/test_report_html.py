@@ -1,5 +1,6 @@
 """The HTML report: self-contained pages of evaluations and sweeps, checked as files and in headless
 Chromium (tools/install_chromium.sh installs it; the browser test fails, not skips, without it)."""
+
 from __future__ import annotations
 
 import base64
@@ -22,9 +23,20 @@ from maugpt.report_html.markdown import markdown_html
 # Chromium as the browser test runs it: headless, no sandbox (root in a container), /tmp rather than
 # a container's small /dev/shm, nothing fetched from the network (every host name fails to resolve),
 # console messages and uncaught exceptions logged to stderr as CONSOLE lines.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--enable-logging=stderr",
+    "--v=0",
+]
 ARTICLE = re.compile(r"<article class=\"answer\"[^>]*>")
 
 
@@ -46,8 +58,7 @@ def shards(tmp_path_factory) -> tuple[Path, list[dict]]:
     from maugpt.mauset.synthetic import build_synthetic
 
     out = tmp_path_factory.mktemp("shards")
-    build_synthetic(out, images=16, seed=0, image_size=40, test=0.25, val=0.25, progress=False, maxcount=6,
-                    captions=14)
+    build_synthetic(out, images=16, seed=0, image_size=40, test=0.25, val=0.25, progress=False, maxcount=6, captions=14)
     samples = list(iter_samples(out / "mauset" / "test"))
     records = [s["json"] for s in samples]
     assert any(r["is_anomalous"] for r in records) and not all(r["is_anomalous"] for r in records)
@@ -63,15 +74,30 @@ def mauset_rows(records: list[dict]) -> list[dict]:
     rows = []
     for record in records:
         for i, qa in enumerate(record["qa"]):
-            row = {"key": record["key"], "qa_index": i, "source": record["source"], "domain": record["domain"],
-                   "product": record["product"], "defect_class": record["defect_class"], "generic_defect": False,
-                   "is_anomalous": record["is_anomalous"], "task": qa["task"], "style": qa["style"],
-                   "question": qa["question"], "reference": qa["answer"], "prediction": qa["answer"]}
+            row = {
+                "key": record["key"],
+                "qa_index": i,
+                "source": record["source"],
+                "domain": record["domain"],
+                "product": record["product"],
+                "defect_class": record["defect_class"],
+                "generic_defect": False,
+                "is_anomalous": record["is_anomalous"],
+                "task": qa["task"],
+                "style": qa["style"],
+                "question": qa["question"],
+                "reference": qa["answer"],
+                "prediction": qa["answer"],
+            }
             if qa["style"] == "discriminative":
                 row |= {"verdict": qa["answer"], "correct": True}
             else:
-                row |= {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0,
-                        "bleu": {"hyp_len": 3, "ref_len": 3, "matches": [3, 2, 1, 0], "totals": [3, 2, 1, 0]}}
+                row |= {
+                    "rouge1": 1.0,
+                    "rouge2": 1.0,
+                    "rougeL": 1.0,
+                    "bleu": {"hyp_len": 3, "ref_len": 3, "matches": [3, 2, 1, 0], "totals": [3, 2, 1, 0]},
+                }
             rows.append(row)
     wrong = next(r for r in rows if r["is_anomalous"] and r["style"] == "discriminative")
     wrong |= {"prediction": "WRONG False", "verdict": "False", "correct": False}
@@ -93,18 +119,51 @@ def write_rows(folder: Path, rows: list[dict], tables: str = "") -> Path:
 
 
 MMAD_ROWS = [
-    {"image": "MVTec-AD/bottle/test/good/000.png", "question_index": 0, "dataset": "MVTec-AD",
-     "subtask": "Anomaly Detection", "question": "Is there a defect?", "options": {"A": "Yes", "B": "No"},
-     "correct_letter": "B", "answer": "B", "letter": "B", "correct": True, "likelihood_answer": "B",
-     "likelihood_letter": "B", "likelihood_correct": True},
-    {"image": "MVTec-AD/bottle/test/bad/001.png", "question_index": 0, "dataset": "MVTec-AD",
-     "subtask": "Defect Classification", "question": "Which defect?", "options": {"A": "crack", "B": "hole"},
-     "correct_letter": "A", "answer": "I think B", "letter": "B", "correct": False, "likelihood_answer": "",
-     "likelihood_letter": "", "likelihood_correct": False},
-    {"image": "VisA/candle/test/good/002.png", "question_index": 1, "dataset": "VisA",
-     "subtask": "Anomaly Detection", "question": "Is there a defect?", "options": {"A": "Yes", "B": "No"},
-     "correct_letter": "B", "answer": "B", "letter": "B", "correct": True, "likelihood_answer": "",
-     "likelihood_letter": "", "likelihood_correct": False},
+    {
+        "image": "MVTec-AD/bottle/test/good/000.png",
+        "question_index": 0,
+        "dataset": "MVTec-AD",
+        "subtask": "Anomaly Detection",
+        "question": "Is there a defect?",
+        "options": {"A": "Yes", "B": "No"},
+        "correct_letter": "B",
+        "answer": "B",
+        "letter": "B",
+        "correct": True,
+        "likelihood_answer": "B",
+        "likelihood_letter": "B",
+        "likelihood_correct": True,
+    },
+    {
+        "image": "MVTec-AD/bottle/test/bad/001.png",
+        "question_index": 0,
+        "dataset": "MVTec-AD",
+        "subtask": "Defect Classification",
+        "question": "Which defect?",
+        "options": {"A": "crack", "B": "hole"},
+        "correct_letter": "A",
+        "answer": "I think B",
+        "letter": "B",
+        "correct": False,
+        "likelihood_answer": "",
+        "likelihood_letter": "",
+        "likelihood_correct": False,
+    },
+    {
+        "image": "VisA/candle/test/good/002.png",
+        "question_index": 1,
+        "dataset": "VisA",
+        "subtask": "Anomaly Detection",
+        "question": "Is there a defect?",
+        "options": {"A": "Yes", "B": "No"},
+        "correct_letter": "B",
+        "answer": "B",
+        "letter": "B",
+        "correct": True,
+        "likelihood_answer": "",
+        "likelihood_letter": "",
+        "likelihood_correct": False,
+    },
 ]
 TABLES = "### Open-ended QA (%)\n\n| answers | ROUGE-L |\n|---|---:|\n| all | 67.43 |\n\nROUGE: F1 <i>\n"
 
@@ -119,8 +178,9 @@ def run(tmp_path, shards) -> Path:
     (evaluation / "scores.csv").write_text("metric,value\nrougeL,0.6743\n")
     Image.new("RGB", (30, 20), (0, 90, 200)).save(evaluation / "figure.png")
     write_rows(folder / "evaluation-2", MMAD_ROWS, "### Generation (accuracy %)\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
-    (folder / "config.yaml").write_text(f"data:\n  class_path: maugpt.data.MAUSetDataModule\n  init_args:\n"
-                                        f"    data_dir: {data}\n    batch_size: 2\n")
+    (folder / "config.yaml").write_text(
+        f"data:\n  class_path: maugpt.data.MAUSetDataModule\n  init_args:\n    data_dir: {data}\n    batch_size: 2\n"
+    )
     return folder
 
 
@@ -204,16 +264,25 @@ def test_a_sweep_gives_its_page_and_one_per_cell_linked(tmp_path, shards, monkey
     monkeypatch.chdir(tmp_path)  # the cells' config.yaml names the data folder relative to here
     shutil.copytree(data, tmp_path / "data")
     sweep = tmp_path / "sweep"
-    cells = [{"name": "lora", "label": "LoRA", "group": "", "seed": None, "overrides": {}},
-             {"name": "amoe", "label": "AMoE-LoRA", "group": "", "seed": None, "overrides": {}},
-             {"name": "late", "label": "not run", "group": "", "seed": None, "overrides": {}}]
+    cells = [
+        {"name": "lora", "label": "LoRA", "group": "", "seed": None, "overrides": {}},
+        {"name": "amoe", "label": "AMoE-LoRA", "group": "", "seed": None, "overrides": {}},
+        {"name": "late", "label": "not run", "group": "", "seed": None, "overrides": {}},
+    ]
     sweep.mkdir()
-    (sweep / "sweep.json").write_text(json.dumps({"spec": {"name": "ablation", "variant": "tiny", "cells": cells,
-                                                           "metrics": ["test/rougeL"]},
-                                                  "cells": [c["name"] for c in cells]}))
+    (sweep / "sweep.json").write_text(
+        json.dumps(
+            {
+                "spec": {"name": "ablation", "variant": "tiny", "cells": cells, "metrics": ["test/rougeL"]},
+                "cells": [c["name"] for c in cells],
+            }
+        )
+    )
     rows = mauset_rows(records)
-    better = [r | {"prediction": "fixed", "verdict": "True", "correct": True} if r["prediction"] == "WRONG False" else r
-              for r in rows]
+    better = [
+        r | {"prediction": "fixed", "verdict": "True", "correct": True} if r["prediction"] == "WRONG False" else r
+        for r in rows
+    ]
     for name, answers in (("lora", rows), ("amoe", better)):
         write_rows(sweep / "cells" / name / "evaluation", answers, TABLES)
     plain = sweep / "cells" / "amoe" / "evaluation" / "predictions.jsonl"  # a sweep cell keeps them gzipped
@@ -259,9 +328,13 @@ def test_a_folder_that_is_no_evaluation_run_or_sweep_is_refused(tmp_path):
 
 def test_markdown_tables_headings_and_paragraphs():
     html = markdown_html("# Title\n\nline one\nline <two>\n\n| a | b \\| c |\n|:---|---:|\n| x | 1 |\n| y | 2 |\ntail")
-    assert html.splitlines() == ["<h1>Title</h1>", "<p>line one<br>line &lt;two&gt;</p>",
-                                 '<table><tr><th>a</th><th class="r">b | c</th></tr><tr><td>x</td><td class="r">1</td>'
-                                 '</tr><tr><td>y</td><td class="r">2</td></tr></table>', "<p>tail</p>"]
+    assert html.splitlines() == [
+        "<h1>Title</h1>",
+        "<p>line one<br>line &lt;two&gt;</p>",
+        '<table><tr><th>a</th><th class="r">b | c</th></tr><tr><td>x</td><td class="r">1</td>'
+        '</tr><tr><td>y</td><td class="r">2</td></tr></table>',
+        "<p>tail</p>",
+    ]
 
 
 def test_thumbnails_outline_boxes_and_mask_contours_in_red():
@@ -283,8 +356,9 @@ def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         pytest.fail("chromium is not on PATH: run tools/install_chromium.sh (make test does) to install it")
-    result = subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 
@@ -317,8 +391,9 @@ def test_the_page_filters_by_hash_shows_its_images_and_logs_nothing_in_chromium(
     total = len(ARTICLE.findall(everything.stdout))
     assert visible(everything.stdout) == (total, total)
     assert visible(wrong.stdout) == (3, 3)  # WRONG, LOW and MID: ROUGE-L under 0.5
-    expected = sum(r["task"] == task and r["prediction"] in ("WRONG False", "LOW", "MID")
-                   for r in mauset_rows(shards[1]))
+    expected = sum(
+        r["task"] == task and r["prediction"] in ("WRONG False", "LOW", "MID") for r in mauset_rows(shards[1])
+    )
     assert 0 < expected < 3 and visible(both.stdout) == (expected, expected)
     image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 2000) and len(image.getcolors(1 << 24)) > 50

@@ -1,5 +1,6 @@
 """Sweeps: grid expansion, constraints, key checks before anything runs, resume semantics, SLURM, and
 a 2-cell sweep of the tiny model end to end."""
+
 from __future__ import annotations
 
 import json
@@ -29,17 +30,25 @@ def test_the_experts_rank_spec_expands_to_seven_cells_with_product_64_times_thre
     grid = ["1x64", "2x32", "4x16", "8x8", "16x4", "32x2", "64x1"]
     assert [c.label for c in spec.cells] == ["1×64", "2×32", "4×16", "8×8", "16×4", "32×2", "64×1"] * 3
     assert [c.name for c in spec.cells] == [f"{cell}-seed{seed}" for seed in (0, 1, 2) for cell in grid]
-    assert spec.cells[4].overrides == {EXPERTS: 16, RANK: 4, "model.init_args.adapter.init_args.alpha": 8,
-                                       "seed_everything": 0}
+    assert spec.cells[4].overrides == {
+        EXPERTS: 16,
+        RANK: 4,
+        "model.init_args.adapter.init_args.alpha": 8,
+        "seed_everything": 0,
+    }
     assert spec.reference == "16×4"
     assert spec.base == ["configs/tiny/stage2.yaml"] and spec.overrides["data.init_args.batches_per_epoch"] == 800
-    assert load_spec(ROOT / "experiments" / "ablation_experts_rank.yaml", "full").base == \
-        ["configs/mau-gpt-4b/stage2.yaml"]
+    assert load_spec(ROOT / "experiments" / "ablation_experts_rank.yaml", "full").base == [
+        "configs/mau-gpt-4b/stage2.yaml"
+    ]
     architecture = load_spec(ROOT / "experiments" / "ablation_architecture.yaml", "full")
-    assert [c.name for c in architecture.cells] == [f"{cell}-seed{seed}" for seed in (0, 1, 2)
-                                                    for cell in ("lora_r64", "loramoe_16x4", "amoe_lora_16x4")]
+    assert [c.name for c in architecture.cells] == [
+        f"{cell}-seed{seed}" for seed in (0, 1, 2) for cell in ("lora_r64", "loramoe_16x4", "amoe_lora_16x4")
+    ]
     assert [(c.group, c.seed, c.overrides["seed_everything"]) for c in architecture.cells[2:4]] == [
-        ("amoe_lora_16x4", 0, 0), ("lora_r64", 1, 1)]
+        ("amoe_lora_16x4", 0, 0),
+        ("lora_r64", 1, 1),
+    ]
     assert architecture.reference == "LoRA (r = 64)" and architecture.cells[3].label == "LoRA (r = 64)"
 
 
@@ -56,7 +65,9 @@ def test_every_spec_in_experiments_loads_and_each_cell_resolves_to_a_config(path
     spec = load_spec(tmp_path / "spec.yaml", "tiny")  # one seed: each cell resolved once by the CLI parser
     folder = prepare(spec, tmp_path / "sweep")
     for cell in spec.cells:
-        adapter = yaml.safe_load((folder / "cells" / cell.name / "config.yaml").read_text())["model"]["init_args"]["adapter"]
+        adapter = yaml.safe_load((folder / "cells" / cell.name / "config.yaml").read_text())["model"]["init_args"][
+            "adapter"
+        ]
         mixture = adapter["class_path"].rsplit(".", 1)[-1] in ("LoRAMoE", "AMoELoRA")
         total_rank = "total_rank" in cell.name or path.stem == "scaling_experts_rank"
         expected = ("total_rank" if total_rank else "paper") if mixture else None
@@ -76,13 +87,22 @@ def test_seeds_and_the_reference_cell_are_checked(tmp_path):
     with pytest.raises(SweepError, match=r"plot y \['test/mmad'\] are not among the metrics \['test/rouge1', "):
         load_spec(tmp_path / "spec.yaml", "tiny")
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "seeds": []}))
-    assert [c.name for c in load_spec(tmp_path / "spec.yaml", "tiny").cells] == ["lora_r64", "loramoe_16x4",
-                                                                                 "amoe_lora_16x4"]
+    assert [c.name for c in load_spec(tmp_path / "spec.yaml", "tiny").cells] == [
+        "lora_r64",
+        "loramoe_16x4",
+        "amoe_lora_16x4",
+    ]
 
 
 def test_zip_product_and_explicit_cells_combine():
-    cells = expand_grid({"cells": [{"name": "a", "x": 1}, {"name": "b", "x": 2}], "zip": {"y": [1, 2], "z": [3, 4]},
-                         "product": {"seed": [0, 1]}}, label=None)
+    cells = expand_grid(
+        {
+            "cells": [{"name": "a", "x": 1}, {"name": "b", "x": 2}],
+            "zip": {"y": [1, 2], "z": [3, 4]},
+            "product": {"seed": [0, 1]},
+        },
+        label=None,
+    )
     assert len(cells) == 2 * 2 * 2  # explicit × zip rows × product
     assert (cells[0].name, cells[0].label) == ("a_y_1_z_3_seed_0", "a (y=1, z=3, seed=0)")
     assert cells[-1].overrides == {"x": 2, "y": 2, "z": 4, "seed": 1}
@@ -110,8 +130,11 @@ def test_constraints_are_checked_safely_before_anything_runs(tmp_path):
 def test_an_override_key_that_does_not_exist_fails_before_any_cell_is_written(tmp_path):
     spec = load_spec(ROOT / "experiments" / "ablation_architecture.yaml", "tiny")
     spec.overrides["trainer.max_epoch"] = 2  # argparse would take the prefix of max_epochs
-    with pytest.raises(SweepError, match=r"'trainer.max_epoch' does not exist in the config \(did you mean "
-                                         r"'trainer.max_epochs'\?\)"):
+    with pytest.raises(
+        SweepError,
+        match=r"'trainer.max_epoch' does not exist in the config \(did you mean "
+        r"'trainer.max_epochs'\?\)",
+    ):
         prepare(spec, tmp_path / "sweep")
     spec.overrides = {"model.init_args.learning_rate": 1e-3}
     with pytest.raises(SweepError, match="Option 'learning_rate' is not accepted"):
@@ -138,7 +161,9 @@ def test_the_slurm_script_has_one_array_task_per_cell_with_its_overrides(tmp_pat
         assert (adapter["experts"], adapter["rank"]) == (cell.overrides[EXPERTS], cell.overrides[RANK])
         assert config["model"]["init_args"]["llm"] == "Qwen/Qwen2.5-3B-Instruct"
         assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(folder / "tensorboard")
-        assert config["trainer"]["callbacks"][-1]["init_args"]["path"] == str(folder / "cells" / cell.name / "metrics.json")
+        assert config["trainer"]["callbacks"][-1]["init_args"]["path"] == str(
+            folder / "cells" / cell.name / "metrics.json"
+        )
     assert prepare(spec, folder) == folder  # the same spec again: accepted, nothing changes
     spec.cells[0].overrides[EXPERTS] = 2
     with pytest.raises(SweepError, match="holds another sweep"):
@@ -150,35 +175,49 @@ def test_finished_cells_are_skipped_and_failed_ones_retried_keeping_their_logs(t
     for name in ("good", "flaky", "broken"):
         (folder / "cells" / name).mkdir(parents=True)
     (folder / "sweep.json").write_text(json.dumps({"cells": ["good", "flaky", "broken"]}))
-    script = ("import pathlib, sys; cell = pathlib.Path(sys.argv[1]); marker = cell / 'tried'\n"
-              "if cell.name == 'broken' or (cell.name == 'flaky' and not marker.exists()):\n"
-              "    marker.touch(); print('crash in', cell.name); sys.exit(1)\n"
-              "(cell / 'metrics.json').write_text('{\"test/rougeL\": 0.5}')")
-    monkeypatch.setattr(sweep, "cell_commands", lambda cell_dir: [("test", [sys.executable, "-c", script, str(cell_dir)])])
+    script = (
+        "import pathlib, sys; cell = pathlib.Path(sys.argv[1]); marker = cell / 'tried'\n"
+        "if cell.name == 'broken' or (cell.name == 'flaky' and not marker.exists()):\n"
+        "    marker.touch(); print('crash in', cell.name); sys.exit(1)\n"
+        "(cell / 'metrics.json').write_text('{\"test/rougeL\": 0.5}')"
+    )
+    monkeypatch.setattr(
+        sweep, "cell_commands", lambda cell_dir: [("test", [sys.executable, "-c", script, str(cell_dir)])]
+    )
     assert run_cells(folder, parallel=2) == {"good": "done", "flaky": "failed", "broken": "failed"}
     assert "crash in flaky" in (folder / "cells" / "flaky" / "logs" / "attempt-1.log").read_text()
     assert run_cells(folder) == {"good": "skipped", "flaky": "done", "broken": "failed"}
     assert not (folder / "cells" / "good" / "logs" / "attempt-2.log").exists()
-    assert sorted(p.name for p in (folder / "cells" / "broken" / "logs").iterdir()) == ["attempt-1.log", "attempt-2.log"]
+    assert sorted(p.name for p in (folder / "cells" / "broken" / "logs").iterdir()) == [
+        "attempt-1.log",
+        "attempt-2.log",
+    ]
 
 
-def test_a_tiny_two_cell_sweep_over_two_seeds_runs_end_to_end_and_reports(tiny_base, synthetic_dir, tmp_path,
-                                                                             capsys):
+def test_a_tiny_two_cell_sweep_over_two_seeds_runs_end_to_end_and_reports(tiny_base, synthetic_dir, tmp_path, capsys):
     from maugpt.commands import report
     from maugpt.commands import sweep as run_sweep
-    from maugpt.report import p_text
     from maugpt.evaluation.run import read_jsonl
     from maugpt.evaluation.statistics import compare, summarize
+    from maugpt.report import p_text
     from tests.training.conftest import AMOE, stage_config
 
-    config = yaml.safe_load(Path(stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=1, adapter=AMOE,
-                                              max_new_tokens=3)).read_text())
+    config = yaml.safe_load(
+        Path(stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=1, adapter=AMOE, max_new_tokens=3)).read_text()
+    )
     config["trainer"]["callbacks"].append({"class_path": "maugpt.training.callbacks.HParamsSummary"})
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(config))
-    spec = {"name": "tiny_split", "variants": {"tiny": {"base": [str(tmp_path / "base.yaml")]}},
-            "grid": {"zip": {EXPERTS: [2, 4], RANK: [4, 2]}}, "label": "{experts}×{rank}",
-            "constraints": [f"{EXPERTS} * {RANK} == 8"], "metrics": ["test/rougeL", "test/detection_accuracy"],
-            "plot": {"y": ["test/rougeL"]}, "seeds": [0, 1], "reference": "2×4"}
+    spec = {
+        "name": "tiny_split",
+        "variants": {"tiny": {"base": [str(tmp_path / "base.yaml")]}},
+        "grid": {"zip": {EXPERTS: [2, 4], RANK: [4, 2]}},
+        "label": "{experts}×{rank}",
+        "constraints": [f"{EXPERTS} * {RANK} == 8"],
+        "metrics": ["test/rougeL", "test/detection_accuracy"],
+        "plot": {"y": ["test/rougeL"]},
+        "seeds": [0, 1],
+        "reference": "2×4",
+    }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
     folder = tmp_path / "sweep"
     runs = ["2x4-seed0", "4x2-seed0", "2x4-seed1", "4x2-seed1"]  # seed by seed: a cut sweep has every cell
@@ -192,8 +231,9 @@ def test_a_tiny_two_cell_sweep_over_two_seeds_runs_end_to_end_and_reports(tiny_b
         assert 0.0 <= metrics["test/rougeL"] <= 1.0
         assert {p.name for p in (folder / "tensorboard" / name).iterdir()} == {"fit", "test"}
         assert (folder / "cells" / name / "evaluation" / "tables.md").is_file()
-    seed = {name: yaml.safe_load((folder / "cells" / name / "config.yaml").read_text())["seed_everything"]
-            for name in runs}
+    seed = {
+        name: yaml.safe_load((folder / "cells" / name / "config.yaml").read_text())["seed_everything"] for name in runs
+    }
     assert seed == {"2x4-seed0": 0, "4x2-seed0": 0, "2x4-seed1": 1, "4x2-seed1": 1}
     run_sweep(tmp_path / "spec.yaml", out=folder)
     again = capsys.readouterr().out
@@ -204,28 +244,52 @@ def test_a_tiny_two_cell_sweep_over_two_seeds_runs_end_to_end_and_reports(tiny_b
     assert f"| 2×4 (seed 1) | {100 * rouge:.2f} |" in text
     # each cell keeps its answers gzipped beside its tables, the same rows as the test wrote
     kept = folder / "cells" / "2x4-seed0" / "evaluation" / "predictions.jsonl.gz"
-    assert read_jsonl(kept) == read_jsonl(next((folder / "tensorboard" / "2x4-seed0" / "test").glob(
-        "evaluation*/predictions.jsonl")))
-    assert sorted(p.name for p in kept.parent.iterdir()) == ["breakdown.csv", "predictions.jsonl.gz", "scores.csv",
-                                                              "tables.md"]
-    answers = {cell: {f"{cell}-seed{s}": read_jsonl(folder / "cells" / f"{cell}-seed{s}" / "evaluation" /
-                                                     "predictions.jsonl.gz") for s in (0, 1)} for cell in ("2x4", "4x2")}
+    assert read_jsonl(kept) == read_jsonl(
+        next((folder / "tensorboard" / "2x4-seed0" / "test").glob("evaluation*/predictions.jsonl"))
+    )
+    assert sorted(p.name for p in kept.parent.iterdir()) == [
+        "breakdown.csv",
+        "predictions.jsonl.gz",
+        "scores.csv",
+        "tables.md",
+    ]
+    answers = {
+        cell: {
+            f"{cell}-seed{s}": read_jsonl(folder / "cells" / f"{cell}-seed{s}" / "evaluation" / "predictions.jsonl.gz")
+            for s in (0, 1)
+        }
+        for cell in ("2x4", "4x2")
+    }
     mine = summarize(answers["4x2"], "rougeL", resamples=500)
-    assert mine.mean == pytest.approx(np.mean([json.loads((folder / "cells" / f"4x2-seed{s}" / "metrics.json")
-                                                          .read_text())["test/rougeL"] for s in (0, 1)]), abs=1e-6)
-    assert (f"| 4×2 | 2 | {100 * mine.mean:.2f} ± {100 * mine.std:.2f} [{100 * mine.low:.2f}, {100 * mine.high:.2f}]"
-            in text)
+    assert mine.mean == pytest.approx(
+        np.mean(
+            [
+                json.loads((folder / "cells" / f"4x2-seed{s}" / "metrics.json").read_text())["test/rougeL"]
+                for s in (0, 1)
+            ]
+        ),
+        abs=1e-6,
+    )
+    assert (
+        f"| 4×2 | 2 | {100 * mine.mean:.2f} ± {100 * mine.std:.2f} [{100 * mine.low:.2f}, {100 * mine.high:.2f}]"
+        in text
+    )
     paired = compare(answers["4x2"], answers["2x4"], "detection_accuracy", resamples=500)
-    assert (f"| 4×2 | test/detection_accuracy | {100 * paired.difference:+.2f} | [{100 * paired.low:+.2f}, "
-            f"{100 * paired.high:+.2f}] | {p_text(paired.p_value)} | [{100 * paired.seed_low:+.2f}, "
-            f"{100 * paired.seed_high:+.2f}] | {p_text(paired.seed_p_value)} |") in text
+    assert (
+        f"| 4×2 | test/detection_accuracy | {100 * paired.difference:+.2f} | [{100 * paired.low:+.2f}, "
+        f"{100 * paired.high:+.2f}] | {p_text(paired.p_value)} | [{100 * paired.seed_low:+.2f}, "
+        f"{100 * paired.seed_high:+.2f}] | {p_text(paired.seed_p_value)} |"
+    ) in text
     assert (folder / "report_paired.csv").read_text().count("\n") == 1 + 2  # header, 4×2 against 2×4 per metric
     assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_label_naming_no_grid_key_is_named():
-    with pytest.raises(SweepError, match=r"label '\{experts\}x\{rnk\}' names 'rnk', which is not the last part of a "
-                                         r"grid key \(\['experts', 'rank'\]\)"):
+    with pytest.raises(
+        SweepError,
+        match=r"label '\{experts\}x\{rnk\}' names 'rnk', which is not the last part of a "
+        r"grid key \(\['experts', 'rank'\]\)",
+    ):
         expand_grid({"zip": {EXPERTS: [16], RANK: [4]}}, label="{experts}x{rnk}")
 
 
@@ -239,13 +303,28 @@ def one_cell_sweep(tmp_path: Path) -> Path:
 def test_a_second_runner_finds_the_cell_held_by_another_and_a_dead_holder_never_blocks(tmp_path):
     folder = one_cell_sweep(tmp_path)
     cell = folder / "cells" / "a"
-    holder = subprocess.Popen([sys.executable, "-c", "import pathlib, sys, time\nfrom maugpt.runner import hold_cell\n"
-                               "with hold_cell(pathlib.Path(sys.argv[1])):\n    print('held', flush=True)\n"
-                               "    time.sleep(600)", str(cell)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, sys, time\nfrom maugpt.runner import hold_cell\n"
+            "with hold_cell(pathlib.Path(sys.argv[1])):\n    print('held', flush=True)\n"
+            "    time.sleep(600)",
+            str(cell),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "held\n"
-        second = subprocess.run([sys.executable, "-m", "maugpt.cli", "sweep-cell", str(folder), "0"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "maugpt.cli", "sweep-cell", str(folder), "0"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 1 and second.stdout == "a: busy\n"
         assert f"a: cell a is being run by PID {holder.pid} on {socket.gethostname()} since " in second.stderr
         assert f"(lock: {cell / 'runner.lock'})" in second.stderr
@@ -263,8 +342,13 @@ def test_a_second_runner_finds_the_cell_held_by_another_and_a_dead_holder_never_
     assert holder.wait() == -signal.SIGKILL
     assert waiter.wait(timeout=120) == 0 and waiter.stdout.read() == "a: skipped\n"
     assert "PID" in (cell / "runner.lock").read_text()  # the dead holder's file stays and blocks nothing
-    again = subprocess.run([sys.executable, "-m", "maugpt.cli", "sweep-cell", str(folder), "0"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-m", "maugpt.cli", "sweep-cell", str(folder), "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0 and again.stdout == "a: skipped\n"
 
 
@@ -293,15 +377,25 @@ def test_a_signal_to_the_runner_reaches_the_fit_once_and_the_cell_is_not_tested(
     cell = folder / "cells" / "a"
     calls = tmp_path / "scontrol.calls"
     (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")  # SLURM's, recording
+    (tmp_path / "bin" / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')  # SLURM's, recording
     (tmp_path / "bin" / "scontrol").chmod(0o755)
-    for key, value in {"SLURM_JOB_ID": "78", "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "0",
-                       "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}.items():
+    for key, value in {
+        "SLURM_JOB_ID": "78",
+        "SLURM_ARRAY_JOB_ID": "77",
+        "SLURM_ARRAY_TASK_ID": "0",
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+    }.items():
         monkeypatch.setenv(key, value)
     signum = getattr(signal, name)
     test = "import pathlib, sys; pathlib.Path(sys.argv[1], 'metrics.json').write_text('{}')"
-    monkeypatch.setattr(sweep, "cell_commands", lambda cell_dir: [
-        ("fit", [sys.executable, "-c", FIT, str(cell_dir)]), ("test", [sys.executable, "-c", test, str(cell_dir)])])
+    monkeypatch.setattr(
+        sweep,
+        "cell_commands",
+        lambda cell_dir: [
+            ("fit", [sys.executable, "-c", FIT, str(cell_dir)]),
+            ("test", [sys.executable, "-c", test, str(cell_dir)]),
+        ],
+    )
 
     def terminate_when_ready() -> None:
         deadline = time.monotonic() + 60
@@ -320,8 +414,9 @@ def test_a_signal_to_the_runner_reaches_the_fit_once_and_the_cell_is_not_tested(
     [line] = (cell / "signals").read_text().splitlines()
     assert line.split()[0] == str(int(signum)) and int(line.split()[1]) != os.getsid(0) and line.split()[2] == "1"
     assert not (cell / "metrics.json").exists()  # not tested
-    assert (cell / "logs" / "attempt-1.log").read_text().endswith(
-        f"stopped by {name}: the cell resumes when run again\n")
+    assert (
+        (cell / "logs" / "attempt-1.log").read_text().endswith(f"stopped by {name}: the cell resumes when run again\n")
+    )
     assert signal.getsignal(signum) is signal.SIG_DFL  # the runner's handlers are gone
     if name == "SIGUSR1":  # the array's warning before the time limit: the task goes back to the queue
         assert calls.read_text() == "requeue 77_0\n"
@@ -334,12 +429,21 @@ def test_a_fit_that_exits_0_without_finishing_is_not_tested(tmp_path, monkeypatc
     folder = one_cell_sweep(tmp_path)
     test = "import pathlib, sys; pathlib.Path(sys.argv[1], 'metrics.json').write_text('{}')"
     finished = "import pathlib, sys; pathlib.Path(sys.argv[1], 'fit.json').write_text('{}')"
-    commands = {"cut": [("fit", [sys.executable, "-c", "pass"]), ("test", [sys.executable, "-c", test, "{cell}"])],
-                "whole": [("fit", [sys.executable, "-c", finished, "{cell}"]),
-                          ("test", [sys.executable, "-c", test, "{cell}"])]}
+    commands = {
+        "cut": [("fit", [sys.executable, "-c", "pass"]), ("test", [sys.executable, "-c", test, "{cell}"])],
+        "whole": [
+            ("fit", [sys.executable, "-c", finished, "{cell}"]),
+            ("test", [sys.executable, "-c", test, "{cell}"]),
+        ],
+    }
     for kind, outcome in (("cut", "failed"), ("whole", "done")):
-        monkeypatch.setattr(sweep, "cell_commands", lambda cell_dir: [
-            (name, [arg.replace("{cell}", str(cell_dir)) for arg in command]) for name, command in commands[kind]])
+        monkeypatch.setattr(
+            sweep,
+            "cell_commands",
+            lambda cell_dir, kind=kind: [
+                (name, [arg.replace("{cell}", str(cell_dir)) for arg in command]) for name, command in commands[kind]
+            ],
+        )
         assert run_cells(folder) == {"a": outcome}
     log = (folder / "cells" / "a" / "logs" / "attempt-1.log").read_text()
     assert log.endswith("the fit exited 0 without finishing its steps (no fit.json): not tested\n")

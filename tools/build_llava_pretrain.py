@@ -3,6 +3,7 @@
 
 The same as ``maugpt build-llava``.
 """
+
 from jsonargparse import auto_cli
 
 from maugpt.commands import build_llava

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """The offline demo: synthetic MAU-Set → tiny base → stage 1 → stage 2 (AMoE-LoRA) → test, timed."""
+
 from __future__ import annotations
 
 import subprocess
@@ -27,19 +28,42 @@ def main() -> None:
         RUN.rename(kept)
         print(f"previous demo outputs moved to {kept.relative_to(ROOT)}")
     times = {}
-    times["synthetic MAU-Set"] = step("synthetic MAU-Set", "-m", "maugpt.cli", "synth", "--out", "runs/demo/shards",
-                                      "--images", "2800", "--image_size", "96", "--seed", "0")
-    times["tiny base"] = step("tiny base", "-m", "maugpt.cli", "tiny-base", "--shards", "runs/demo/shards",
-                              "--out", "runs/demo/base")
+    times["synthetic MAU-Set"] = step(
+        "synthetic MAU-Set",
+        "-m",
+        "maugpt.cli",
+        "synth",
+        "--out",
+        "runs/demo/shards",
+        "--images",
+        "2800",
+        "--image_size",
+        "96",
+        "--seed",
+        "0",
+    )
+    times["tiny base"] = step(
+        "tiny base", "-m", "maugpt.cli", "tiny-base", "--shards", "runs/demo/shards", "--out", "runs/demo/base"
+    )
     times["stage 1"] = step("stage 1 (projector)", "-m", "maugpt.cli", "fit", "--config", "configs/tiny/stage1.yaml")
-    times["stage 2"] = step("stage 2 (AMoE-LoRA + projector)", "-m", "maugpt.cli", "fit", "--config",
-                            "configs/tiny/stage2.yaml")
+    times["stage 2"] = step(
+        "stage 2 (AMoE-LoRA + projector)", "-m", "maugpt.cli", "fit", "--config", "configs/tiny/stage2.yaml"
+    )
     start = time.perf_counter()
     print("\n=== test on the synthetic test split", flush=True)
     from maugpt.training.cli import run
 
-    cli = run(["test", "--config", "configs/tiny/stage2.yaml", "--ckpt_path",
-               "runs/demo/stage2/checkpoints/last.ckpt", "--trainer.enable_progress_bar", "false"])
+    cli = run(
+        [
+            "test",
+            "--config",
+            "configs/tiny/stage2.yaml",
+            "--ckpt_path",
+            "runs/demo/stage2/checkpoints/last.ckpt",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     times["test"] = time.perf_counter() - start
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
     print("\n| metric | value |\n|---|---:|")

@@ -3,6 +3,7 @@
 
 The same as ``maugpt inspect``.
 """
+
 from jsonargparse import auto_cli
 
 from maugpt.commands import inspect_shards

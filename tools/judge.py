@@ -3,6 +3,7 @@
 
 The same as ``maugpt judge``.
 """
+
 from jsonargparse import auto_cli
 
 from maugpt.commands import judge

@@ -3,6 +3,7 @@
 
 The same as ``maugpt tiny-base``.
 """
+
 from jsonargparse import auto_cli
 
 from maugpt.commands import tiny_base

@@ -3,6 +3,7 @@
 
 The same as ``maugpt report``.
 """
+
 from jsonargparse import auto_cli
 
 from maugpt.commands import report

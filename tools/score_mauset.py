@@ -3,6 +3,7 @@
 
 The same as ``maugpt score-mauset``.
 """
+
 from jsonargparse import auto_cli
 
 from maugpt.commands import score_mauset

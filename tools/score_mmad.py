@@ -3,6 +3,7 @@
 
 The same as ``maugpt score-mmad``.
 """
+
 from jsonargparse import auto_cli
 
 from maugpt.commands import score_mmad

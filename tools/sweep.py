@@ -3,6 +3,7 @@
 
 The same as ``maugpt sweep``.
 """
+
 from jsonargparse import auto_cli
 
 from maugpt.commands import sweep

@@ -3,6 +3,7 @@
 
 The same as ``maugpt synth``.
 """
+
 from jsonargparse import auto_cli
 
 from maugpt.commands import synth

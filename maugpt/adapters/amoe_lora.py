@@ -33,6 +33,7 @@ backward of all of it are one autograd Function (:class:`~maugpt.adapters.fused.
 The pooled condition is computed once per layer input and shared by the modules that read it
 (q/k/v, gate/up).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -47,15 +48,29 @@ from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear, Scaling
 class AMoELoRALinear(LoRAMoELinear):
     """Generalist experts (inherited from :class:`LoRAMoELinear`) plus the anomaly-aware expert."""
 
-    def __init__(self, base: nn.Linear, experts: int, rank: int, alpha: float, dropout: float = 0.0,
-                 hyper_hidden: int = 64, balance_delta: float = 0.0, balance_weight: float = 0.0,
-                 context: AdapterContext | None = None, align: int = 8, *, scaling: str = "paper",
-                 anomaly_alpha: float | None = None) -> None:
-        super().__init__(base, experts, rank, alpha, dropout, balance_delta, balance_weight, context, align,
-                         scaling=scaling)
+    def __init__(
+        self,
+        base: nn.Linear,
+        experts: int,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        hyper_hidden: int = 64,
+        balance_delta: float = 0.0,
+        balance_weight: float = 0.0,
+        context: AdapterContext | None = None,
+        align: int = 8,
+        *,
+        scaling: str = "paper",
+        anomaly_alpha: float | None = None,
+    ) -> None:
+        super().__init__(
+            base, experts, rank, alpha, dropout, balance_delta, balance_weight, context, align, scaling=scaling
+        )
         self.anomaly_scale = (alpha if anomaly_alpha is None else anomaly_alpha) / rank  # s_a of Eq. 5
-        self.anomaly_aware = AnomalyAwareExpert(self.in_features, self.out_features, rank, hyper_hidden,
-                                                base.weight.device)
+        self.anomaly_aware = AnomalyAwareExpert(
+            self.in_features, self.out_features, rank, hyper_hidden, base.weight.device
+        )
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {**super().parameter_groups(), "anomaly_aware": list(self.anomaly_aware.parameters())}
@@ -65,8 +80,10 @@ class AMoELoRALinear(LoRAMoELinear):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
-            raise ValueError(f"AMoE-LoRA layer {self.name!r} needs input (batch, tokens, features): "
-                             f"its anomaly-aware expert is per sample; got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"AMoE-LoRA layer {self.name!r} needs input (batch, tokens, features): "
+                f"its anomaly-aware expert is per sample; got shape {tuple(x.shape)}"
+            )
         core = self.anomaly_aware.core(x, self.context, self.name)
         out, weights, outputs = self.mixture(x, core, self.anomaly_aware.core_square(core, self.context))
         self.observe(x, weights, outputs, core=core)
@@ -97,12 +114,24 @@ class AMoELoRA(LoRAMoE):
             ``anomaly_alpha / r`` (Eq. 5). None: α, as in the paper.
     """
 
-    def __init__(self, experts: int = 16, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0,
-                 hyper_hidden: int = 64, balance_delta: float = 0.0, balance_weight: float = 0.0,
-                 targets: Sequence[str] = ALL_PROJECTIONS, share_input: bool = False, align: int = 8,
-                 scaling: Scaling = "paper", anomaly_alpha: float | None = None) -> None:
-        super().__init__(experts, rank, alpha, dropout, balance_delta, balance_weight, targets, share_input, align,
-                         scaling)
+    def __init__(
+        self,
+        experts: int = 16,
+        rank: int = 4,
+        alpha: float = 8.0,
+        dropout: float = 0.0,
+        hyper_hidden: int = 64,
+        balance_delta: float = 0.0,
+        balance_weight: float = 0.0,
+        targets: Sequence[str] = ALL_PROJECTIONS,
+        share_input: bool = False,
+        align: int = 8,
+        scaling: Scaling = "paper",
+        anomaly_alpha: float | None = None,
+    ) -> None:
+        super().__init__(
+            experts, rank, alpha, dropout, balance_delta, balance_weight, targets, share_input, align, scaling
+        )
         require_positive(hyper_hidden=hyper_hidden)
         if anomaly_alpha is not None:
             require_positive(anomaly_alpha=anomaly_alpha)
@@ -110,6 +139,17 @@ class AMoELoRA(LoRAMoE):
         self.anomaly_alpha = None if anomaly_alpha is None else float(anomaly_alpha)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> AMoELoRALinear:
-        return AMoELoRALinear(base, self.experts, self.rank, self.alpha, self.dropout, self.hyper_hidden,
-                              self.balance_delta, self.balance_weight, context, self.align,
-                              scaling=self.scaling, anomaly_alpha=self.anomaly_alpha)
+        return AMoELoRALinear(
+            base,
+            self.experts,
+            self.rank,
+            self.alpha,
+            self.dropout,
+            self.hyper_hidden,
+            self.balance_delta,
+            self.balance_weight,
+            context,
+            self.align,
+            scaling=self.scaling,
+            anomaly_alpha=self.anomaly_alpha,
+        )

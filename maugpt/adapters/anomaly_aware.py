@@ -12,6 +12,7 @@ wraps layers with the expert *alone*, ``o = o_0 + o_2``: the "anomaly-aware only
 component ablation (the "generalist only" arm is LoRAMoE without its balancing loss). See
 :mod:`maugpt.adapters.amoe_lora` for how the condition ``c`` is read.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -44,8 +45,9 @@ class Hypernetwork(nn.Module):
 
     def forward(self, condition: Tensor) -> Tensor:
         """``(B, d_in) → (B, r, r)``, forward and backward by hand (:class:`HypernetworkCore`)."""
-        return HypernetworkCore.apply(condition, self.hidden.weight, self.hidden.bias, self.out.weight,
-                                      self.out.bias, self.rank)
+        return HypernetworkCore.apply(
+            condition, self.hidden.weight, self.hidden.bias, self.out.weight, self.out.bias, self.rank
+        )
 
 
 class AnomalyAwareExpert(nn.Module):
@@ -64,8 +66,10 @@ class AnomalyAwareExpert(nn.Module):
             return context.frozen_cores[self]
         core = self.hypernetwork(context.pooled_condition(x, layer))
         if core.shape[0] != x.shape[0]:
-            raise ValueError(f"adapted layer {layer!r}: the condition was fixed for a batch of "
-                             f"{core.shape[0]} but the input has {x.shape[0]} samples")
+            raise ValueError(
+                f"adapted layer {layer!r}: the condition was fixed for a batch of "
+                f"{core.shape[0]} but the input has {x.shape[0]} samples"
+            )
         if context.freeze_condition:
             context.frozen_cores[self] = core
         return core
@@ -80,20 +84,28 @@ class AnomalyAwareExpert(nn.Module):
         return context.frozen_cores[(self, "square")]
 
 
-
 class AnomalyAwareLinear(AdapterLayer):
     """The anomaly-aware expert alone on a frozen linear layer: ``o = o_0 + s_a (x W_a) H H W_b``.
 
     The per-sample core acts on the small ``(B, T, r)`` intermediate, as in AMoE-LoRA.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, *, dropout: float = 0.0, hyper_hidden: int = 64,
-                 context: AdapterContext | None = None) -> None:
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        alpha: float,
+        *,
+        dropout: float = 0.0,
+        hyper_hidden: int = 64,
+        context: AdapterContext | None = None,
+    ) -> None:
         super().__init__(base, context)
         self.rank, self.anomaly_scale = rank, alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
-        self.anomaly_aware = AnomalyAwareExpert(self.in_features, self.out_features, rank, hyper_hidden,
-                                                base.weight.device)
+        self.anomaly_aware = AnomalyAwareExpert(
+            self.in_features, self.out_features, rank, hyper_hidden, base.weight.device
+        )
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"anomaly_aware": list(self.anomaly_aware.parameters())}
@@ -103,8 +115,10 @@ class AnomalyAwareLinear(AdapterLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
-            raise ValueError(f"anomaly-aware layer {self.name!r} needs input (batch, tokens, features): "
-                             f"its expert is per sample; got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"anomaly-aware layer {self.name!r} needs input (batch, tokens, features): "
+                f"its expert is per sample; got shape {tuple(x.shape)}"
+            )
         ctx, expert = self.context, self.anomaly_aware
         core = expert.core(x, ctx, self.name)
         hh = expert.core_square(core, ctx)
@@ -136,12 +150,20 @@ class AnomalyAware(Adapter):
         share_input: one down-projection GEMM for q/k/v and for gate/up (same parameters and outputs).
     """
 
-    def __init__(self, rank: int = 4, alpha: float = 8.0, dropout: float = 0.0, hyper_hidden: int = 64,
-                 targets: Sequence[str] = ALL_PROJECTIONS, share_input: bool = False) -> None:
+    def __init__(
+        self,
+        rank: int = 4,
+        alpha: float = 8.0,
+        dropout: float = 0.0,
+        hyper_hidden: int = 64,
+        targets: Sequence[str] = ALL_PROJECTIONS,
+        share_input: bool = False,
+    ) -> None:
         super().__init__(rank, alpha, dropout, targets, share_input)
         require_positive(hyper_hidden=hyper_hidden)
         self.hyper_hidden = int(hyper_hidden)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> AnomalyAwareLinear:
-        return AnomalyAwareLinear(base, self.rank, self.alpha, dropout=self.dropout, hyper_hidden=self.hyper_hidden,
-                                  context=context)
+        return AnomalyAwareLinear(
+            base, self.rank, self.alpha, dropout=self.dropout, hyper_hidden=self.hyper_hidden, context=context
+        )

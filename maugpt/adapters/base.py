@@ -12,6 +12,7 @@ Two halves, as in torchtune's adapter protocol:
 Shapes follow the row-vector convention of the paper's code: ``x`` is ``(B, T, d_in)`` and a
 low-rank pair is ``A: (d_in, r)``, ``B: (r, d_out)``, so ``ΔW x`` is ``x @ A @ B``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -245,8 +246,8 @@ class AdapterLayer(nn.Module, ABC):
                 z = DownProjection.apply(inputs, pad, *weights)
             else:  # generation: the fused weights are cached between decoding steps
                 dtype = inputs.dtype
-                z = inputs @ group[0].fused(f"down {index} {dtype}", weights,
-                                            lambda: concat([w.to(dtype) for w in weights], pad, dim=1))
+                build = lambda dtype=dtype, weights=weights, pad=pad: concat([w.to(dtype) for w in weights], pad, dim=1)  # noqa: E731
+                z = inputs @ group[0].fused(f"down {index} {dtype}", weights, build)
             if len(group) == 1:
                 results[0].append(z)  # whole, with its padding columns
             else:
@@ -313,8 +314,9 @@ class Adapter(ABC):
             parameters, the saved files and the outputs are those of the per-module form.
     """
 
-    def __init__(self, rank: int, alpha: float, dropout: float, targets: Sequence[str],
-                 share_input: bool = False) -> None:
+    def __init__(
+        self, rank: int, alpha: float, dropout: float, targets: Sequence[str], share_input: bool = False
+    ) -> None:
         require_positive(rank=rank, alpha=alpha)
         require_fraction(dropout=dropout)
         if isinstance(targets, str) or not targets:

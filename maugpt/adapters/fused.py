@@ -22,6 +22,7 @@ autocast is on, else the adapter's), so the backward never meets a mixed-dtype m
 casts each gradient back to its parameter's dtype. ``maugpt.adapters.reference`` is the literal
 form they are tested against (float64, ≤ 1e-10, gradients included).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -120,10 +121,12 @@ class LoRAUp(torch.autograd.Function):
         z, B = ctx.saved_tensors
         g = grad.to(z.dtype)
         need = ctx.needs_input_grad
-        return (grad if need[0] else None,
-                scaled_mm(g, B.t(), ctx.scale, z) if need[1] else None,  # s g Bᵀ
-                scaled_mm(z.t(), g, ctx.scale, B) if need[2] else None,  # s zᵀ g
-                None)
+        return (
+            grad if need[0] else None,
+            scaled_mm(g, B.t(), ctx.scale, z) if need[1] else None,  # s g Bᵀ
+            scaled_mm(z.t(), g, ctx.scale, B) if need[2] else None,  # s zᵀ g
+            None,
+        )
 
 
 @dataclass(frozen=True)
@@ -153,8 +156,9 @@ class MixtureSpec:
         return blocks + ([self.experts] if self.router_in_z else [])
 
 
-def mixture_forward(out0: Tensor, z: Tensor, logits: Tensor | None, up: Tensor, hh: Tensor | None,
-                    spec: MixtureSpec) -> tuple[Tensor, ...]:
+def mixture_forward(
+    out0: Tensor, z: Tensor, logits: Tensor | None, up: Tensor, hh: Tensor | None, spec: MixtureSpec
+) -> tuple[Tensor, ...]:
     """The mixture's forward: ``(out, ω, u, ω as (M, N, 1))``; the last two are for backward.
 
     ``z`` is ``h [A | W_a | W_g]`` (``logits`` None) or ``h_dropped [A | W_a]`` with the clean
@@ -177,8 +181,9 @@ def mixture_forward(out0: Tensor, z: Tensor, logits: Tensor | None, up: Tensor, 
 
 
 @torch.no_grad()
-def component_outputs(z: Tensor, weights: Tensor, B: Tensor, W_b: Tensor | None, hh: Tensor | None,
-                      spec: MixtureSpec) -> dict[str, Tensor]:
+def component_outputs(
+    z: Tensor, weights: Tensor, B: Tensor, W_b: Tensor | None, hh: Tensor | None, spec: MixtureSpec
+) -> dict[str, Tensor]:
     """The mixture's two components apart, for diagnostics: ``o_1 = s (z_A ⊙ ω̃) B`` (Eq. 3) and
     ``o_2 = s_a (z_a H H) W_b`` (Eq. 5), each ``(M, o)``; the fused forward only ever has their sum."""
     n, r, m = spec.experts, spec.rank, z.shape[0]
@@ -261,8 +266,7 @@ class MixtureDelta(torch.autograd.Function):
         if need[3] or need[4]:  # s uᵀ g = [gB; gW_b]
             g_up = split(scaled_mm(u.t(), g, s, up), widths, dim=0)
             g_B, g_W_b = g_up[0], (g_up[1] if core is not None else None)
-        return (grad if need[0] else None, g_z, None if spec.router_in_z else g_logits,
-                g_B, g_W_b, g_core, None, None)
+        return (grad if need[0] else None, g_z, None if spec.router_in_z else g_logits, g_B, g_W_b, g_core, None, None)
 
 
 class HypernetworkCore(torch.autograd.Function):
@@ -296,6 +300,11 @@ class HypernetworkCore(torch.autograd.Function):
         if need[0]:
             g_c = torch.mm(ga, w1).to(wide.dtype)
             g_condition = layer_norm_backward(g_c, wide, mean, rstd)
-        return (g_condition,
-                torch.mm(ga.t(), c) if need[1] else None, ga.sum(0) if need[2] else None,
-                torch.mm(g.t(), act) if need[3] else None, g.sum(0) if need[4] else None, None)
+        return (
+            g_condition,
+            torch.mm(ga.t(), c) if need[1] else None,
+            ga.sum(0) if need[2] else None,
+            torch.mm(g.t(), act) if need[3] else None,
+            g.sum(0) if need[4] else None,
+            None,
+        )

@@ -4,6 +4,7 @@ Works on any ``nn.Module`` (a Hugging Face causal LM is one): the ``nn.Linear`` 
 match the adapter's target patterns are replaced by adapter layers sharing one
 :class:`~maugpt.adapters.base.AdapterContext`; every other parameter is frozen.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -75,13 +76,16 @@ def inject(model: nn.Module, adapter: Adapter) -> list[str]:
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     unmatched = [p for p in adapter.targets if not any(matches(n, p) for n in linears)]
     if unmatched:
-        raise ValueError(f"adapter target(s) {unmatched} match no nn.Linear layer; the model's linear "
-                         f"layers are: {_layer_kinds(linears) or 'none'}")
+        raise ValueError(
+            f"adapter target(s) {unmatched} match no nn.Linear layer; the model's linear "
+            f"layers are: {_layer_kinds(linears) or 'none'}"
+        )
     chosen = [n for n in linears if any(matches(n, p) for p in adapter.targets)]
     context = AdapterContext()
     # Remember who trained before, so that unwrap() gives the model back exactly as it came.
-    injection = Injection({id(p): p.requires_grad for p in model.parameters()},
-                          model.register_forward_hook(context.end_forward))
+    injection = Injection(
+        {id(p): p.requires_grad for p in model.parameters()}, model.register_forward_hook(context.end_forward)
+    )
     model.requires_grad_(False)
     for name in chosen:
         parent, child = _parent(model, name)
@@ -138,23 +142,33 @@ def adapter_diagnostics(model: nn.Module) -> dict[str, dict[str, Tensor]]:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The adapters' tensors alone, keyed ``<module name>.<parameter>``."""
-    return {f"{name}.{k}": p.detach() for name, layer in adapter_layers(model)
-            for k, p in layer.adapter_parameters().items()}
+    return {
+        f"{name}.{k}": p.detach()
+        for name, layer in adapter_layers(model)
+        for k, p in layer.adapter_parameters().items()
+    }
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike, adapter: Adapter | None = None,
-                 overwrite: bool = False) -> Path:
+def save_adapter(
+    model: nn.Module, path: str | os.PathLike, adapter: Adapter | None = None, overwrite: bool = False
+) -> Path:
     """Write the adapter weights to a safetensors file, atomically.
 
     ``adapter``'s configuration goes into the file's metadata, so the file says how to rebuild
     the layers. An existing file is never replaced unless ``overwrite`` is true.
     """
-    return write_adapter_file(adapter_state_dict(model), [name for name, _ in adapter_layers(model)], adapter,
-                              path, overwrite)
+    return write_adapter_file(
+        adapter_state_dict(model), [name for name, _ in adapter_layers(model)], adapter, path, overwrite
+    )
 
 
-def write_adapter_file(state: dict[str, Tensor], layers: list[str], adapter: Adapter | None,
-                       path: str | os.PathLike, overwrite: bool = False) -> Path:
+def write_adapter_file(
+    state: dict[str, Tensor],
+    layers: list[str],
+    adapter: Adapter | None,
+    path: str | os.PathLike,
+    overwrite: bool = False,
+) -> Path:
     """The file :func:`save_adapter` writes, from the tensors (keyed ``<module name>.<parameter>``)
     and the adapted layers' names."""
     path = Path(path)
@@ -193,19 +207,24 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> None:
     load_adapter_state(model, load_file(str(path)), str(path), f" (file written for {read_adapter_config(path)})")
 
 
-def load_adapter_state(model: nn.Module, saved: dict[str, Tensor], source: str = "the adapter state",
-                       note: str = "") -> None:
+def load_adapter_state(
+    model: nn.Module, saved: dict[str, Tensor], source: str = "the adapter state", note: str = ""
+) -> None:
     """Copy adapter tensors keyed as :func:`adapter_state_dict` keys them into the model's adapter
     layers; every key and shape must match (the error names ``source``, then ``note``)."""
     own = adapter_state_dict(model)
     missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
-    wrong = [f"{k}: file {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in sorted(own.keys() & saved.keys()) if saved[k].shape != own[k].shape]
+    wrong = [
+        f"{k}: file {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(own.keys() & saved.keys())
+        if saved[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         raise ValueError(
             f"{source} does not fit this model's adapters{note}: "
             f"{len(missing)} missing {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, "
-            f"{len(wrong)} of another shape {wrong[:5]}")
+            f"{len(wrong)} of another shape {wrong[:5]}"
+        )
     with torch.no_grad():
         for k, tensor in own.items():
             tensor.copy_(saved[k])

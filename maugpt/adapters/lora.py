@@ -1,4 +1,5 @@
 """LoRA (Hu et al. 2022): ``o = W_0 x + (α/r) B A x``, with B zero-initialised."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,9 @@ class LoRALinear(AdapterLayer):
     Parameters: ``A (d_in, r)`` random, ``B (r, d_out)`` zero, so the layer starts as ``base``.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
-                 context: AdapterContext | None = None) -> None:
+    def __init__(
+        self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, context: AdapterContext | None = None
+    ) -> None:
         super().__init__(base, context)
         self.rank, self.scale = rank, alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
@@ -72,8 +74,14 @@ class LoRA(Adapter):
         share_input: one down-projection GEMM for q/k/v and for gate/up (same parameters and outputs).
     """
 
-    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                 targets: Sequence[str] = ALL_PROJECTIONS, share_input: bool = False) -> None:
+    def __init__(
+        self,
+        rank: int = 8,
+        alpha: float = 16.0,
+        dropout: float = 0.0,
+        targets: Sequence[str] = ALL_PROJECTIONS,
+        share_input: bool = False,
+    ) -> None:
         super().__init__(rank, alpha, dropout, targets, share_input)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> LoRALinear:

@@ -21,6 +21,7 @@ loops over experts, which costs N small matmul pairs and N full-size intermediat
 
 The *localized balancing constraint* is LoRAMoE's auxiliary loss; see :func:`localized_balance_loss`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,10 +31,20 @@ import torch
 from torch import Tensor, nn
 
 from maugpt.adapters.base import (
-    FFN_PROJECTIONS, Adapter, AdapterContext, AdapterLayer, require_fraction, require_positive,
+    FFN_PROJECTIONS,
+    Adapter,
+    AdapterContext,
+    AdapterLayer,
+    require_fraction,
+    require_positive,
 )
 from maugpt.adapters.fused import (
-    MixtureDelta, MixtureSpec, component_outputs, compute_dtype, fuse_up, mixture_forward,
+    MixtureDelta,
+    MixtureSpec,
+    component_outputs,
+    compute_dtype,
+    fuse_up,
+    mixture_forward,
 )
 from maugpt.adapters.lora import low_rank_init, zero_init
 
@@ -49,8 +60,9 @@ def generalist_scale(*, alpha: float, rank: int, experts: int, scaling: str) -> 
     return alpha / rank * (experts if scaling == "total_rank" else 1)
 
 
-def localized_balance_loss(router_weights: Tensor, token_mask: Tensor | None = None,
-                           sample_labels: Tensor | None = None, delta: float = 0.1) -> Tensor:
+def localized_balance_loss(
+    router_weights: Tensor, token_mask: Tensor | None = None, sample_labels: Tensor | None = None, delta: float = 0.1
+) -> Tensor:
     """LoRAMoE's localized balancing constraint, before its weight β.
 
     Args:
@@ -91,9 +103,20 @@ class LoRAMoELinear(AdapterLayer):
     ``scale`` is Eq. 3's ``s`` under the ``scaling`` convention (:func:`generalist_scale`).
     """
 
-    def __init__(self, base: nn.Linear, experts: int, rank: int, alpha: float, dropout: float = 0.0,
-                 balance_delta: float = 0.0, balance_weight: float = 0.0,
-                 context: AdapterContext | None = None, align: int = 8, *, scaling: str = "paper") -> None:
+    def __init__(
+        self,
+        base: nn.Linear,
+        experts: int,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        balance_delta: float = 0.0,
+        balance_weight: float = 0.0,
+        context: AdapterContext | None = None,
+        align: int = 8,
+        *,
+        scaling: str = "paper",
+    ) -> None:
         super().__init__(base, context)
         self.align = align
         self.experts, self.rank = experts, rank
@@ -122,8 +145,15 @@ class LoRAMoELinear(AdapterLayer):
         """The sizes of this layer's delta (``anomaly``: with the anomaly-aware expert's block);
         ``[B; W_b]``'s rows are padded to a multiple of ``align`` on GPUs."""
         up = self.experts * self.rank + (self.rank if anomaly else 0)
-        return MixtureSpec(self.experts, self.rank, self.scale, anomaly, self.dropout is None,
-                           self.alignment_padding(up, device), self.anomaly_scale if anomaly else None)
+        return MixtureSpec(
+            self.experts,
+            self.rank,
+            self.scale,
+            anomaly,
+            self.dropout is None,
+            self.alignment_padding(up, device),
+            self.anomaly_scale if anomaly else None,
+        )
 
     def expert_blocks(self) -> list[Tensor]:
         """The down-projections the experts' input meets (AMoE-LoRA adds ``W_a``)."""
@@ -135,8 +165,9 @@ class LoRAMoELinear(AdapterLayer):
             return [(False, experts + [self.router])]
         return [(True, experts), (False, [self.router])]  # the router reads the clean input
 
-    def mixture(self, x: Tensor, core: Tensor | None = None,
-                hh: Tensor | None = None) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+    def mixture(
+        self, x: Tensor, core: Tensor | None = None, hh: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
         """``(o, ω, outputs)`` for ``x (…, d_in)``: the frozen output plus the delta (Eq. 1–6), the
         router weights ``(…, N)`` when :meth:`wants_weights` (else None), and while the context
         records, each component's output apart (``frozen``, ``generalist``, ``anomaly_aware``,
@@ -155,8 +186,11 @@ class LoRAMoELinear(AdapterLayer):
         else:  # generation: the fused weights are cached between decoding steps
             dtype = z.dtype
             ups = [self.B] + ([W_b] if W_b is not None else [])
-            up = self.fused(f"up {dtype}", ups, lambda: fuse_up(self.B.to(dtype), None if W_b is None else W_b.to(dtype),
-                                                                spec.pad_up))
+            up = self.fused(
+                f"up {dtype}",
+                ups,
+                lambda: fuse_up(self.B.to(dtype), None if W_b is None else W_b.to(dtype), spec.pad_up),
+            )
             if core is not None and hh is None:
                 hh = torch.bmm(core, core)
             hh = None if hh is None else hh.to(dtype)
@@ -166,8 +200,11 @@ class LoRAMoELinear(AdapterLayer):
             square = None if core is None else (hh if hh is not None else torch.bmm(core, core))
             outputs = {"frozen": out0, **component_outputs(z, weights, self.B, W_b, square, spec)}
         lead = x.shape[:-1]
-        return (out.view(*lead, self.out_features), None if weights is None else weights.view(*lead, self.experts),
-                outputs)
+        return (
+            out.view(*lead, self.out_features),
+            None if weights is None else weights.view(*lead, self.experts),
+            outputs,
+        )
 
     def wants_weights(self) -> bool:
         """Whether this forward needs the router weights: for the balancing loss or diagnostics."""
@@ -194,8 +231,9 @@ class LoRAMoELinear(AdapterLayer):
             keep = torch.ones(w.shape[:2], dtype=torch.bool, device=w.device) if mask is None else mask
             tokens = w[keep]  # (real tokens, N)
             entropy = -(tokens * tokens.clamp_min(1e-12).log()).sum(-1)
-            self.record(expert_load=tokens.mean(0), router_entropy=entropy.mean(),
-                        **self.output_norms(outputs, keep), **extra)
+            self.record(
+                expert_load=tokens.mean(0), router_entropy=entropy.mean(), **self.output_norms(outputs, keep), **extra
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         out, weights, outputs = self.mixture(x)
@@ -226,10 +264,19 @@ class LoRAMoE(Adapter):
             (N·α/r: with uniform routing, a LoRA of rank N·r at the same α/r); see the module docstring.
     """
 
-    def __init__(self, experts: int = 8, rank: int = 4, alpha: float = 32.0, dropout: float = 0.05,
-                 balance_delta: float = 0.1, balance_weight: float = 1e-4,
-                 targets: Sequence[str] = FFN_PROJECTIONS, share_input: bool = False, align: int = 8,
-                 scaling: Scaling = "paper") -> None:
+    def __init__(
+        self,
+        experts: int = 8,
+        rank: int = 4,
+        alpha: float = 32.0,
+        dropout: float = 0.05,
+        balance_delta: float = 0.1,
+        balance_weight: float = 1e-4,
+        targets: Sequence[str] = FFN_PROJECTIONS,
+        share_input: bool = False,
+        align: int = 8,
+        scaling: Scaling = "paper",
+    ) -> None:
         super().__init__(rank, alpha, dropout, targets, share_input)
         require_positive(experts=experts, align=align)
         generalist_scale(alpha=alpha, rank=rank, experts=experts, scaling=scaling)  # names a bad convention
@@ -241,5 +288,15 @@ class LoRAMoE(Adapter):
         self.balance_delta, self.balance_weight = float(balance_delta), float(balance_weight)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> LoRAMoELinear:
-        return LoRAMoELinear(base, self.experts, self.rank, self.alpha, self.dropout,
-                             self.balance_delta, self.balance_weight, context, self.align, scaling=self.scaling)
+        return LoRAMoELinear(
+            base,
+            self.experts,
+            self.rank,
+            self.alpha,
+            self.dropout,
+            self.balance_delta,
+            self.balance_weight,
+            context,
+            self.align,
+            scaling=self.scaling,
+        )

@@ -4,6 +4,7 @@ This is the slow, literal form of Eq. 1–6 (and of LoRAMoE, which is Eq. 1–3 
 ``torch`` and ``torch.nn.functional`` only: nothing of the fused forms it checks. The fast layers
 are tested against it, and the benchmark measures what the fused forms save over it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,9 @@ def hypernetwork_reference(hypernetwork: Hypernetwork, condition: Tensor) -> Ten
     checked against. The layer norm has no parameters (see :class:`Hypernetwork`)."""
     c = F.layer_norm(condition, (condition.shape[-1],), eps=1e-5)
     hidden = F.gelu(F.linear(c, hypernetwork.hidden.weight, hypernetwork.hidden.bias))
-    return F.linear(hidden, hypernetwork.out.weight, hypernetwork.out.bias).view(-1, hypernetwork.rank, hypernetwork.rank)
+    return F.linear(hidden, hypernetwork.out.weight, hypernetwork.out.bias).view(
+        -1, hypernetwork.rank, hypernetwork.rank
+    )
 
 
 def reference_forward(layer: LoRAMoELinear, x: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
 """Loading MAU-Set for training and evaluation: safe shard reading (`reader`), the chat encoding and
 image geometry (`encode`, `chat_cache`), the data modules (`datamodule`, `folder`) and the
 skipped-samples callback. Building MAU-Set is :mod:`maugpt.mauset`."""
+
 from __future__ import annotations
 
 

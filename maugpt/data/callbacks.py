@@ -1,4 +1,5 @@
 """Lightning callbacks about the data stream."""
+
 from __future__ import annotations
 
 import logging

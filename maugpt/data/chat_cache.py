@@ -13,6 +13,7 @@ against the uncached path, and again on every ``verify_every``-th real input, an
   order) with placeholders, then fills in the contents. Exact when the template copies each
   content verbatim (no trimming, no content-dependent branches); the check probes for both.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,13 +45,21 @@ class SegmentTokenizer:
         enabled: False always takes the uncached path (and skips the start-up check).
     """
 
-    def __init__(self, tokenizer, max_entries: int = 200_000, probes: list[str] = (), verify_every: int = 1000,
-                 enabled: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        max_entries: int = 200_000,
+        probes: list[str] = (),
+        verify_every: int = 1000,
+        enabled: bool = True,
+    ) -> None:
         self.backend = tokenizer.backend_tokenizer
         added = {token.content: index for index, token in tokenizer.added_tokens_decoder.items()}
         # each added token as a finished piece: its id at offset 0
         self.added = {t: (np.asarray([i], dtype=np.int64), np.zeros(1, dtype=np.int64)) for t, i in added.items()}
-        self.pattern = re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))) if added else None
+        self.pattern = (
+            re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True))) if added else None
+        )
         self.max_entries, self.verify_every, self.calls = max_entries, verify_every, 0
         self.hits = self.misses = 0
         self.pieces: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -60,8 +69,10 @@ class SegmentTokenizer:
 
     def uncached(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         encoding = self.backend.encode(text, add_special_tokens=False)
-        return (np.asarray(encoding.ids, dtype=np.int64),
-                np.asarray([start for start, _ in encoding.offsets], dtype=np.int64))
+        return (
+            np.asarray(encoding.ids, dtype=np.int64),
+            np.asarray([start for start, _ in encoding.offsets], dtype=np.int64),
+        )
 
     def agrees(self, text: str) -> bool:
         """Whether the cached path gives ``text`` the uncached ids and offsets."""
@@ -84,7 +95,7 @@ class SegmentTokenizer:
         pieces, offsets, position = [], [], 0  # the text as pieces and added tokens, in order
         for match in self.pattern.finditer(text):
             if match.start() > position:
-                pieces.append(text[position:match.start()])
+                pieces.append(text[position : match.start()])
                 offsets.append(position)
             pieces.append(match.group())
             offsets.append(match.start())
@@ -101,8 +112,10 @@ class SegmentTokenizer:
             self.pieces.clear()
         # one call into the tokenizer for every new piece of this text: its per-call cost dominates short pieces
         for piece, encoding in zip(missing, self.backend.encode_batch(missing, add_special_tokens=False)):
-            self.pieces[piece] = (np.asarray(encoding.ids, dtype=np.int64),
-                                  np.asarray([start for start, _ in encoding.offsets], dtype=np.int64))
+            self.pieces[piece] = (
+                np.asarray(encoding.ids, dtype=np.int64),
+                np.asarray([start for start, _ in encoding.offsets], dtype=np.int64),
+            )
         parts = [self.pieces[p] if p in self.pieces else self.added[p] for p in pieces]
         ids = np.concatenate([ids for ids, _ in parts])
         lengths = [len(ids) for ids, _ in parts]
@@ -126,10 +139,13 @@ class TemplateRenderer:
         self.enabled = enabled
         if not enabled:
             return
-        conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": q}]
-                         for p in PROBES for q in reversed(PROBES)]
+        conversations = [
+            [{"role": "user", "content": p}, {"role": "assistant", "content": q}]
+            for p in PROBES
+            for q in reversed(PROBES)
+        ]
         conversations += [[{"role": "system", "content": p}, *c] for p, c in zip(PROBES, conversations)]
-        conversations += [c + c for c in conversations[:len(PROBES)]]
+        conversations += [c + c for c in conversations[: len(PROBES)]]
         self.enabled = all(self.filled(c, g) == self.reference(c, g) for c in conversations for g in (False, True))
         if not self.enabled:
             log.warning("chat-template cache off: this template does not copy message contents verbatim")

@@ -8,6 +8,7 @@ and workers: the examples are planned from the shards' JSON records, cut into on
 range per (rank, worker), and the shorter ranges are padded with copies flagged ``valid=False``,
 so that every rank runs the same number of batches.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -28,8 +29,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from maugpt.data.formats import chat_format
 from maugpt.data.prompts import PromptDataModule, exactly_once, worker_slot
-from maugpt.schema import TASKS
 from maugpt.data.reader import SkipCounter, decode_or_skip, decode_sample, read_index, shard_urls
+from maugpt.schema import TASKS
 
 log = logging.getLogger(__name__)
 Packing = Literal["conversation", "qa"]
@@ -38,23 +39,37 @@ Packing = Literal["conversation", "qa"]
 class ExampleEncoder:
     """Turns one decoded sample into model examples: filters, packing, images, tokens."""
 
-    def __init__(self, tokenizer: str | None, vision_encoder: str | None, image_tokens: int | None,
-                 max_length: int = 2048, packing: Packing = "conversation", tasks: list[str] | None = None,
-                 domains: list[str] | None = None, sources: list[str] | None = None, references: int = 0,
-                 system_prompt: str | None = None, shuffle_turns: bool = True, resize: str = "torch",
-                 processor: str | None = None, processor_kwargs: dict | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: str | None,
+        vision_encoder: str | None,
+        image_tokens: int | None,
+        max_length: int = 2048,
+        packing: Packing = "conversation",
+        tasks: list[str] | None = None,
+        domains: list[str] | None = None,
+        sources: list[str] | None = None,
+        references: int = 0,
+        system_prompt: str | None = None,
+        shuffle_turns: bool = True,
+        resize: str = "torch",
+        processor: str | None = None,
+        processor_kwargs: dict | None = None,
+    ) -> None:
         if packing not in ("conversation", "qa"):
             raise ValueError(f"packing must be 'conversation' or 'qa', got {packing!r}")
-        self.format = chat_format(tokenizer, vision_encoder, image_tokens, processor, max_length, system_prompt, resize,
-                                  processor_kwargs)
+        self.format = chat_format(
+            tokenizer, vision_encoder, image_tokens, processor, max_length, system_prompt, resize, processor_kwargs
+        )
         self.packing, self.references, self.shuffle_turns = packing, references, shuffle_turns
         self.tasks, self.domains, self.sources = (set(x) if x else None for x in (tasks, domains, sources))
 
     def groups(self, record: dict, per_qa: bool = False) -> list[list[int]]:
         """Indices of the QA pairs that form each example of ``record`` (empty if it is filtered out);
         ``per_qa`` makes one example per pair whatever the packing (generation prompts)."""
-        if (self.domains and record["domain"] not in self.domains) or \
-                (self.sources and record["source"] not in self.sources):
+        if (self.domains and record["domain"] not in self.domains) or (
+            self.sources and record["source"] not in self.sources
+        ):
             return []
         kept = [i for i, qa in enumerate(record["qa"]) if not self.tasks or qa["task"] in self.tasks]
         if not kept:
@@ -63,7 +78,7 @@ class ExampleEncoder:
 
     def wants_image(self, name: str) -> bool:
         """Which image members to decode: the query image and the configured references (no masks)."""
-        return "." not in name or (name.startswith("ref") and int(name[3:name.index(".")]) < self.references)
+        return "." not in name or (name.startswith("ref") and int(name[3 : name.index(".")]) < self.references)
 
     def images(self, sample: dict):
         """The query image, then the normal references, as the format prepares them (MAU-GPT's:
@@ -73,19 +88,25 @@ class ExampleEncoder:
             raise ValueError(f"sample {sample.get('__key__')!r} has no image")
         refs = sorted(k for k in sample if k.startswith("ref"))[: self.references]
         if len(refs) < self.references:
-            raise ValueError(f"sample {sample.get('__key__')!r} has {len(refs)} reference image(s); "
-                             f"{self.references} are configured")
+            raise ValueError(
+                f"sample {sample.get('__key__')!r} has {len(refs)} reference image(s); {self.references} are configured"
+            )
         return self.format.images([query] + [sample[k] for k in refs])
 
-    def example(self, record: dict, pixels, group: list[int], valid: bool = True,
-                prompt: bool = False) -> dict:
+    def example(self, record: dict, pixels, group: list[int], valid: bool = True, prompt: bool = False) -> dict:
         """A training example of the QA pairs ``group``; with ``prompt``, the generation prompt of
         its one question, the reference answer kept in ``meta``."""
-        meta = {"key": record["key"], "source": record["source"], "domain": record["domain"],
-                "product": record["product"], "defect_class": record.get("defect_class"),
-                "generic_defect": bool(record.get("generic_defect")), "is_anomalous": record["is_anomalous"],
-                "qa_index": group,
-                "tasks": [record["qa"][i]["task"] for i in group]}
+        meta = {
+            "key": record["key"],
+            "source": record["source"],
+            "domain": record["domain"],
+            "product": record["product"],
+            "defect_class": record.get("defect_class"),
+            "generic_defect": bool(record.get("generic_defect")),
+            "is_anomalous": record["is_anomalous"],
+            "qa_index": group,
+            "tasks": [record["qa"][i]["task"] for i in group],
+        }
         if prompt:
             qa = record["qa"][group[0]]
             meta.update(task=qa["task"], style=qa["style"], question=qa["question"], reference=qa["answer"])
@@ -125,8 +146,10 @@ class StreamGuard:
         log.warning("skipping unreadable training shard %s (%s)", url, self.failed[url])
         if set(self.urls) <= set(self.failed):
             shown = "; ".join(f"{u} ({e})" for u, e in list(self.failed.items())[:3])
-            raise RuntimeError(f"rank {self.rank}: none of its {len(self.urls)} training shard(s) can be read: "
-                               f"{shown}{' …' if len(self.failed) > 3 else ''}")
+            raise RuntimeError(
+                f"rank {self.rank}: none of its {len(self.urls)} training shard(s) can be read: "
+                f"{shown}{' …' if len(self.failed) > 3 else ''}"
+            )
         return True
 
     def samples(self, stream: Iterator[dict]) -> Iterator[dict]:
@@ -134,9 +157,11 @@ class StreamGuard:
             self.failed.clear()
             self.barren += 1
             if self.barren > self.max_barren:
-                raise RuntimeError(f"no training example in {self.barren - 1} consecutive samples of "
-                                   f"{self.urls[0]}…: are they decodable, and do the tasks/domains/sources "
-                                   "filters match anything in the training split?")
+                raise RuntimeError(
+                    f"no training example in {self.barren - 1} consecutive samples of "
+                    f"{self.urls[0]}…: are they decodable, and do the tasks/domains/sources "
+                    "filters match anything in the training split?"
+                )
             yield sample
 
     def example(self) -> None:
@@ -146,8 +171,15 @@ class StreamGuard:
 class TrainExamples(IterableDataset):
     """An endless, shuffled stream of training examples for one rank (see the module docstring)."""
 
-    def __init__(self, urls: list[str], encoder: ExampleEncoder, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 1000, seed: int = 0) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        encoder: ExampleEncoder,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+    ) -> None:
         self.urls, self.encoder, self.rank, self.world_size = urls, encoder, rank, world_size
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
         # Set by EpochLoader before the workers copy the dataset: batches of this epoch trained on
@@ -158,7 +190,7 @@ class TrainExamples(IterableDataset):
     def rank_urls(self) -> list[str]:
         """This rank's shards: split by node when every rank can have its own."""
         if len(self.urls) >= self.world_size:
-            return self.urls[self.rank::self.world_size]
+            return self.urls[self.rank :: self.world_size]
         return self.urls
 
     def __iter__(self) -> Iterator[dict]:
@@ -172,8 +204,9 @@ class TrainExamples(IterableDataset):
         guard = StreamGuard(self.rank_urls(), self.max_barren + self.shuffle_buffer, self.rank)  # + the buffer's fill
         stream = wds.DataPipeline(
             # webdataset's own per-worker seed (rank * 1000 + worker id) with the role's id instead
-            wds.ResampledShards(self.rank_urls(), seed=seed, deterministic=True,
-                                worker_seed=lambda: self.rank * 1000 + role),
+            wds.ResampledShards(
+                self.rank_urls(), seed=seed, deterministic=True, worker_seed=lambda: self.rank * 1000 + role
+            ),
             wds.tarfile_to_samples(handler=guard.handler),
             guard.samples,
             wds.shuffle(self.shuffle_buffer, rng=random.Random(seed)),
@@ -220,29 +253,46 @@ class EvalExamples(IterableDataset):
     counts, or with ``allow_missing`` is evaluated without them and named in a warning.
     """
 
-    def __init__(self, urls: list[str], encoder: ExampleEncoder, rank: int = 0, world_size: int = 1,
-                 prompts: bool = False, expected: list[int] | None = None, allow_missing: bool = False) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        encoder: ExampleEncoder,
+        rank: int = 0,
+        world_size: int = 1,
+        prompts: bool = False,
+        expected: list[int] | None = None,
+        allow_missing: bool = False,
+    ) -> None:
         self.urls, self.encoder, self.rank, self.world_size, self.prompts = urls, encoder, rank, world_size, prompts
         records = [scan_records(url) for url in urls]
         if expected is not None:
             short = [(url, len(found), want) for url, found, want in zip(urls, records, expected) if len(found) < want]
             if short:
                 missing = sum(want - found for _, found, want in short)
-                message = (f"{missing} of the {sum(expected)} samples that index.json lists cannot be evaluated: "
-                           + "; ".join(f"{url} has {found} of {want} readable records" for url, found, want in short[:5])
-                           + (f"; … ({len(short)} shards)" if len(short) > 5 else ""))
+                message = (
+                    f"{missing} of the {sum(expected)} samples that index.json lists cannot be evaluated: "
+                    + "; ".join(f"{url} has {found} of {want} readable records" for url, found, want in short[:5])
+                    + (f"; … ({len(short)} shards)" if len(short) > 5 else "")
+                )
                 if not allow_missing:
-                    raise ValueError(message + ". Rebuild or restore those shards, or set allow_missing_eval to "
-                                     "evaluate without them.")
+                    raise ValueError(
+                        message + ". Rebuild or restore those shards, or set allow_missing_eval to "
+                        "evaluate without them."
+                    )
                 log.warning("%s; evaluating without them (allow_missing_eval)", message)
         # The plan: (shard index, sample key, QA indices) of every example, in shard order.
-        self.plan = [(i, record["key"], group) for i, found in enumerate(records) for record in found
-                     for group in encoder.groups(record, per_qa=prompts)]
+        self.plan = [
+            (i, record["key"], group)
+            for i, found in enumerate(records)
+            for record in found
+            for group in encoder.groups(record, per_qa=prompts)
+        ]
 
     def __iter__(self) -> Iterator[dict]:
         counter = SkipCounter()
-        yield from exactly_once(self.plan, self.rank, self.world_size, lambda mine: self.examples(mine, counter),
-                                counter.take)
+        yield from exactly_once(
+            self.plan, self.rank, self.world_size, lambda mine: self.examples(mine, counter), counter.take
+        )
 
     def examples(self, mine: list, counter: SkipCounter) -> Iterator[dict]:
         """The examples of ``mine`` (a part of the plan), read shard by shard."""
@@ -251,8 +301,9 @@ class EvalExamples(IterableDataset):
         for shard, key, group in mine:
             wanted.setdefault((shard, key), []).append(group)
         for shard in sorted({s for s, _ in wanted}):
-            raw_samples = wds.DataPipeline(wds.SimpleShardList([self.urls[shard]]),
-                                           wds.tarfile_to_samples(handler=wds.warn_and_continue))
+            raw_samples = wds.DataPipeline(
+                wds.SimpleShardList([self.urls[shard]]), wds.tarfile_to_samples(handler=wds.warn_and_continue)
+            )
             for raw in raw_samples:
                 groups = wanted.get((shard, raw.get("__key__")))
                 if not groups:
@@ -309,9 +360,14 @@ class EpochLoader(DataLoader):
         if self.dataset.resumed_after:
             saved = (resume.get("batch_size", self.batch_size), resume.get("workers", self.workers))
             if saved != (self.batch_size, self.workers):
-                log.warning("resuming an epoch saved with batch_size %d and %d loader worker(s) with batch_size %d "
-                            "and %d: the epoch's remaining batches are not the ones an uninterrupted run would have "
-                            "seen", *saved, self.batch_size, self.workers)
+                log.warning(
+                    "resuming an epoch saved with batch_size %d and %d loader worker(s) with batch_size %d "
+                    "and %d: the epoch's remaining batches are not the ones an uninterrupted run would have "
+                    "seen",
+                    *saved,
+                    self.batch_size,
+                    self.workers,
+                )
         self.served = self.dataset.resumed_after
         for batch in itertools.islice(super().__iter__(), self.batches):
             self.served += 1
@@ -319,8 +375,12 @@ class EpochLoader(DataLoader):
 
     def state_dict(self) -> dict:
         # Lightning fetches no batch ahead from a loader with a length: served = trained on.
-        return {"epoch": self.dataset.epoch, "served": self.served, "batch_size": self.batch_size,
-                "workers": self.workers}
+        return {
+            "epoch": self.dataset.epoch,
+            "served": self.served,
+            "batch_size": self.batch_size,
+            "workers": self.workers,
+        }
 
     @property
     def workers(self) -> int:
@@ -379,17 +439,35 @@ class MAUSetDataModule(PromptDataModule):
         processor_kwargs: the processor's settings (linked from ``PretrainedVLMModule``).
     """
 
-    def __init__(self, data_dir: str, tokenizer: str | None = None, vision_encoder: str | None = None,
-                 image_tokens: int | None = 576,
-                 batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 2,
-                 max_length: int = 2048, packing: Packing = "conversation", tasks: list[str] | None = None,
-                 domains: list[str] | None = None, sources: list[str] | None = None, references: int = 0,
-                 shuffle_buffer: int = 1000, batches_per_epoch: int | None = None, seed: int = 0,
-                 system_prompt: str | None = None, allow_pipe_urls: bool = False,
-                 test_mode: Literal["generate", "loss"] = "generate", shuffle_turns: bool = True,
-                 bleu_tokenize: Literal["none", "13a"] = "none", rouge_stemmer: bool = False,
-                 allow_missing_eval: bool = False, resize: Literal["torch", "pil"] = "torch",
-                 processor: str | None = None, processor_kwargs: dict | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        tokenizer: str | None = None,
+        vision_encoder: str | None = None,
+        image_tokens: int | None = 576,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        max_length: int = 2048,
+        packing: Packing = "conversation",
+        tasks: list[str] | None = None,
+        domains: list[str] | None = None,
+        sources: list[str] | None = None,
+        references: int = 0,
+        shuffle_buffer: int = 1000,
+        batches_per_epoch: int | None = None,
+        seed: int = 0,
+        system_prompt: str | None = None,
+        allow_pipe_urls: bool = False,
+        test_mode: Literal["generate", "loss"] = "generate",
+        shuffle_turns: bool = True,
+        bleu_tokenize: Literal["none", "13a"] = "none",
+        rouge_stemmer: bool = False,
+        allow_missing_eval: bool = False,
+        resize: Literal["torch", "pil"] = "torch",
+        processor: str | None = None,
+        processor_kwargs: dict | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         unknown = sorted(set(tasks or []) - set(TASKS) - {"caption"})
@@ -410,22 +488,37 @@ class MAUSetDataModule(PromptDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.encoder is None:
             h = self.hparams
-            self.encoder = ExampleEncoder(h.tokenizer, h.vision_encoder, h.image_tokens, h.max_length, h.packing,
-                                          h.tasks, h.domains, h.sources, h.references, h.system_prompt,
-                                          h.shuffle_turns, h.resize, h.processor, h.processor_kwargs)
+            self.encoder = ExampleEncoder(
+                h.tokenizer,
+                h.vision_encoder,
+                h.image_tokens,
+                h.max_length,
+                h.packing,
+                h.tasks,
+                h.domains,
+                h.sources,
+                h.references,
+                h.system_prompt,
+                h.shuffle_turns,
+                h.resize,
+                h.processor,
+                h.processor_kwargs,
+            )
             self.format = self.encoder.format
 
     def train_dataset(self, rank: int = 0, world_size: int = 1) -> TrainExamples:
         self.setup()
-        return TrainExamples(self.urls("train"), self.encoder, rank, world_size, self.hparams.shuffle_buffer,
-                             self.hparams.seed)
+        return TrainExamples(
+            self.urls("train"), self.encoder, rank, world_size, self.hparams.shuffle_buffer, self.hparams.seed
+        )
 
     def eval_dataset(self, split: str, rank: int = 0, world_size: int = 1, prompts: bool = False) -> EvalExamples:
         self.setup()
         counts = [shard.get("count") for shard in read_index(self.data_dir / split)["shards"]]
         expected = counts if all(isinstance(c, int) for c in counts) else None  # hand-written indexes may omit them
-        return EvalExamples(self.urls(split), self.encoder, rank, world_size, prompts, expected,
-                            self.hparams.allow_missing_eval)
+        return EvalExamples(
+            self.urls(split), self.encoder, rank, world_size, prompts, expected, self.hparams.allow_missing_eval
+        )
 
     def default_batches_per_epoch(self, world_size: int) -> int:
         """About one pass over the training split's examples, shared by all ranks."""
@@ -442,10 +535,15 @@ class MAUSetDataModule(PromptDataModule):
         """The DataLoader settings of this module's batches (``prompts``: left-padded generation prompts)."""
         # Each loader has its own generator: its seed draw at every epoch and validation leaves the
         # global one (dropout's) alone, so a resumed fit finds it as an uninterrupted one would.
-        return dict(batch_size=batch_size, num_workers=self.hparams.num_workers,
-                    collate_fn=self.format.collate_prompts if prompts else self.format.collate,
-                    persistent_workers=False, pin_memory=torch.cuda.is_available(),
-                    worker_init_fn=ignore_stop_signals, generator=torch.Generator().manual_seed(self.hparams.seed))
+        return dict(
+            batch_size=batch_size,
+            num_workers=self.hparams.num_workers,
+            collate_fn=self.format.collate_prompts if prompts else self.format.collate,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=ignore_stop_signals,
+            generator=torch.Generator().manual_seed(self.hparams.seed),
+        )
 
     def first_prompts(self, split: str, count: int) -> dict:
         """The first ``count`` generation prompts of ``split`` as one batch, read in this process
@@ -459,8 +557,9 @@ class MAUSetDataModule(PromptDataModule):
         batches = self.hparams.batches_per_epoch or self.default_batches_per_epoch(world)
         trainer = self.trainer
         epoch = (lambda: trainer.current_epoch) if trainer is not None else (lambda: dataset.epoch + 1)
-        self._train_loader = EpochLoader(dataset, batches, epoch, drop_last=True,
-                                         **self.loader_kwargs(self.hparams.batch_size))
+        self._train_loader = EpochLoader(
+            dataset, batches, epoch, drop_last=True, **self.loader_kwargs(self.hparams.batch_size)
+        )
         if self._train_state is not None:
             self._train_loader.load_state_dict(self._train_state)
             self._train_state = None

@@ -5,6 +5,7 @@ image: the query image, then any normal references) becomes ``image_tokens`` slo
 fills with projected visual features. Labels are −100 everywhere except on answer tokens (and
 the end-of-turn marker that closes each answer, so that the model learns to stop).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.nn.utils.rnn import pad_sequence
 from timm.data import create_transform, resolve_data_config
+from torch.nn.utils.rnn import pad_sequence
 
 from maugpt.data.chat_cache import PROBES, SegmentTokenizer, TemplateRenderer
 
@@ -36,7 +37,7 @@ def mark(answer: str) -> str:
 def turn_end(rendered_probe: str) -> str:
     """What a chat template writes right after an answer (e.g. ``<|im_end|>\\n``), read from a
     conversation it rendered with one :data:`MARKED_PROBE` answer."""
-    after = rendered_probe[rendered_probe.index(_END) + 1:]
+    after = rendered_probe[rendered_probe.index(_END) + 1 :]
     return after.split(_START)[0] if _START in after else after
 
 
@@ -87,13 +88,17 @@ class ImageTransform:
         else:
             pretrained = timm.models.get_pretrained_cfg(vision_encoder)
             if pretrained is None:
-                raise ValueError(f"vision_encoder {vision_encoder!r} is neither a folder with config.json nor a "
-                                 "timm model name with a pretrained config")
+                raise ValueError(
+                    f"vision_encoder {vision_encoder!r} is neither a folder with config.json nor a "
+                    "timm model name with a pretrained config"
+                )
             pretrained_cfg = pretrained.to_dict()
         data_config = resolve_data_config(pretrained_cfg=pretrained_cfg)
         full = create_transform(**data_config, is_training=False)
         # Everything before ToTensor/Normalize is PIL geometry.
-        self.geometry = [t for t in full.transforms if type(t).__name__ not in ("MaybeToTensor", "ToTensor", "Normalize")]
+        self.geometry = [
+            t for t in full.transforms if type(t).__name__ not in ("MaybeToTensor", "ToTensor", "Normalize")
+        ]
         self.mean = torch.tensor(data_config["mean"]).view(3, 1, 1) * 255
         self.std = torch.tensor(data_config["std"]).view(3, 1, 1) * 255
         self.size = tuple(data_config["input_size"][1:])
@@ -143,7 +148,7 @@ class ResizeCrop:
         if ch > h or cw > w:
             raise ValueError(f"center crop {self.crop} is larger than the resized image {(h, w)}")
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-        return pixels[top:top + ch, left:left + cw]  # a view: collate's stack copies it once
+        return pixels[top : top + ch, left : left + cw]  # a view: collate's stack copies it once
 
 
 def fast_geometry(geometry: list) -> ResizeCrop | None:
@@ -180,19 +185,35 @@ class ChatEncoder:
             special tokens (:mod:`maugpt.data.chat_cache`; exact, checked at start-up).
     """
 
-    def __init__(self, tokenizer, image_tokens: int, max_length: int = 2048, image_token: str = "<image>",
-                 system_prompt: str | None = None, cache: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        image_tokens: int,
+        max_length: int = 2048,
+        image_token: str = "<image>",
+        system_prompt: str | None = None,
+        cache: bool = True,
+    ) -> None:
         self.tokenizer, self.image_tokens, self.max_length = tokenizer, image_tokens, max_length
         self.image_token, self.system_prompt = image_token, system_prompt
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id or \
-                tokenizer(image_token, add_special_tokens=False).input_ids != [self.image_token_id]:
+        if (
+            self.image_token_id is None
+            or self.image_token_id == tokenizer.unk_token_id
+            or tokenizer(image_token, add_special_tokens=False).input_ids != [self.image_token_id]
+        ):
             raise ValueError(f"the tokenizer has no single token for {image_token!r}: add it as a special token")
         if tokenizer.chat_template is None:
             raise ValueError("the tokenizer has no chat template")
         self.turn_end = self._turn_end()
-        probes = [self.tokenizer.apply_chat_template(self._messages([(q, a)], 1), tokenize=False)
-                  for q, a in zip(PROBES, reversed(PROBES))] if cache else []
+        probes = (
+            [
+                self.tokenizer.apply_chat_template(self._messages([(q, a)], 1), tokenize=False)
+                for q, a in zip(PROBES, reversed(PROBES))
+            ]
+            if cache
+            else []
+        )
         self.renderer = TemplateRenderer(tokenizer, enabled=cache)
         self.segments = SegmentTokenizer(tokenizer, probes=probes, enabled=cache)
 
@@ -233,8 +254,9 @@ class ChatEncoder:
         header; ``system`` replaces the encoder's system prompt."""
         system = system or self.system_prompt
         messages = [{"role": "system", "content": system}] if system else []
-        ids = self.segments.encode(self.renderer.render(messages + [{"role": "user", "content": content}],
-                                                        add_generation_prompt=True))[0]
+        ids = self.segments.encode(
+            self.renderer.render(messages + [{"role": "user", "content": content}], add_generation_prompt=True)
+        )[0]
         return torch.from_numpy(np.repeat(ids, np.where(ids == self.image_token_id, self.image_tokens, 1)))
 
     def encode(self, pairs: list[tuple[str, str]], images: int = 1) -> Encoded:
@@ -247,10 +269,13 @@ class ChatEncoder:
             encoded = self._encode(pairs, images)
         if len(encoded.input_ids) > self.max_length:
             if encoded.condition_end >= self.max_length:
-                raise ValueError(f"max_length {self.max_length} leaves no room for an answer: {images} image(s) × "
-                                 f"{self.image_tokens} tokens and the first question take {encoded.condition_end}")
-            encoded = Encoded(encoded.input_ids[:self.max_length], encoded.labels[:self.max_length],
-                              encoded.condition_end)
+                raise ValueError(
+                    f"max_length {self.max_length} leaves no room for an answer: {images} image(s) × "
+                    f"{self.image_tokens} tokens and the first question take {encoded.condition_end}"
+                )
+            encoded = Encoded(
+                encoded.input_ids[: self.max_length], encoded.labels[: self.max_length], encoded.condition_end
+            )
         return encoded
 
 
@@ -264,12 +289,17 @@ def collate_prompts(examples: list[dict], pad_token_id: int) -> dict:
     input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(examples), length), dtype=torch.bool)
     for i, e in enumerate(examples):
-        input_ids[i, length - len(e["input_ids"]):] = e["input_ids"]
-        attention[i, length - len(e["input_ids"]):] = True
-    return {"input_ids": input_ids, "attention_mask": attention, "condition_mask": attention.clone(),
-            "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-            "valid": torch.tensor([e.get("valid", True) for e in examples]),
-            "meta": [e["meta"] for e in examples], "skipped": sum(e.get("skipped", 0) for e in examples)}
+        input_ids[i, length - len(e["input_ids"]) :] = e["input_ids"]
+        attention[i, length - len(e["input_ids"]) :] = True
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "condition_mask": attention.clone(),
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "valid": torch.tensor([e.get("valid", True) for e in examples]),
+        "meta": [e["meta"] for e in examples],
+        "skipped": sum(e.get("skipped", 0) for e in examples),
+    }
 
 
 def collate(examples: list[dict], pad_token_id: int) -> dict:
@@ -277,15 +307,21 @@ def collate(examples: list[dict], pad_token_id: int) -> dict:
 
     Returns ``input_ids``, ``labels`` (−100 on padding), ``attention_mask``, ``condition_mask``
     (the prompt tokens: images and first question), ``pixel_values`` (``uint8 (B, images, H, W, 3)``;
-    the DataModule turns it into normalised ``float (B, images, 3, H, W)`` on the device), ``valid`` (false for evaluation padding), ``meta``
-    (one dict per example) and ``skipped`` (undecodable samples met since the previous batch).
+    the DataModule turns it into normalised ``float (B, images, 3, H, W)`` on the device), ``valid``
+    (false for evaluation padding), ``meta`` (one dict per example) and ``skipped`` (undecodable
+    samples met since the previous batch).
     """
     lengths = torch.tensor([len(e["input_ids"]) for e in examples])
     input_ids = pad_sequence([e["input_ids"] for e in examples], batch_first=True, padding_value=pad_token_id)
     labels = pad_sequence([e["labels"] for e in examples], batch_first=True, padding_value=IGNORE_INDEX)
     positions = torch.arange(input_ids.shape[1])
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": positions < lengths[:, None],
-            "condition_mask": positions < torch.tensor([e["condition_end"] for e in examples])[:, None],
-            "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-            "valid": torch.tensor([e.get("valid", True) for e in examples]),
-            "meta": [e["meta"] for e in examples], "skipped": sum(e.get("skipped", 0) for e in examples)}
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "attention_mask": positions < lengths[:, None],
+        "condition_mask": positions < torch.tensor([e["condition_end"] for e in examples])[:, None],
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "valid": torch.tensor([e.get("valid", True) for e in examples]),
+        "meta": [e["meta"] for e in examples],
+        "skipped": sum(e.get("skipped", 0) for e in examples),
+    }

@@ -1,4 +1,5 @@
 """A folder of images and one question: the input of ``maugpt predict``."""
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,16 @@ class FolderPrompts(IterableDataset):
     ``meta["skip_reason"]``: its row is written unanswered, never dropped.
     """
 
-    def __init__(self, images: list[Path], question: str, format: ChatFormat, rank: int = 0,
-                 world_size: int = 1, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        images: list[Path],
+        question: str,
+        format: ChatFormat,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.images, self.question, self.format = images, question, format
         self.rank, self.world_size, self.max_pixels = rank, world_size, max_pixels
 
@@ -40,8 +49,12 @@ class FolderPrompts(IterableDataset):
         except OSError as err:  # ImageRejected, or the format's own failure to read: never a crash
             log.warning("skipping image %s", err if isinstance(err, ImageRejected) else f"{path}: {err}")
             reason = err.reason if isinstance(err, ImageRejected) else "unreadable"
-            return {**self.format.prompt(self.question, self.format.blank(1)),
-                    "meta": {**meta, "error": str(err), "skip_reason": reason}, "valid": False, "skipped": 1}
+            return {
+                **self.format.prompt(self.question, self.format.blank(1)),
+                "meta": {**meta, "error": str(err), "skip_reason": reason},
+                "valid": False,
+                "skipped": 1,
+            }
 
 
 class ImageFolderQuestions(PromptDataModule):
@@ -66,10 +79,19 @@ class ImageFolderQuestions(PromptDataModule):
             the processor's ``max_pixels`` (``processor_kwargs``), which sets its resizing.
     """
 
-    def __init__(self, folder: str, question: str, tokenizer: str | None = None, vision_encoder: str | None = None,
-                 image_tokens: int | None = 576, batch_size: int = 8, num_workers: int = 0,
-                 processor: str | None = None, processor_kwargs: dict | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        folder: str,
+        question: str,
+        tokenizer: str | None = None,
+        vision_encoder: str | None = None,
+        image_tokens: int | None = 576,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        processor: str | None = None,
+        processor_kwargs: dict | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         super().__init__()
         if max_pixels < 1:
             raise ValueError(f"max_pixels must be 1 or more, got {max_pixels}")
@@ -82,13 +104,17 @@ class ImageFolderQuestions(PromptDataModule):
             raise FileNotFoundError(f"predict folder {folder} does not exist")
         self.images = images_in(folder)
         if not self.images:
-            raise FileNotFoundError(f"predict folder {folder} holds no images (expected .png, .jpg, .bmp or .tif files)")
+            raise FileNotFoundError(
+                f"predict folder {folder} holds no images (expected .png, .jpg, .bmp or .tif files)"
+            )
         h = self.hparams
-        self.setup_prompts(h.tokenizer, h.vision_encoder, h.image_tokens, processor=h.processor,
-                           processor_kwargs=h.processor_kwargs)
+        self.setup_prompts(
+            h.tokenizer, h.vision_encoder, h.image_tokens, processor=h.processor, processor_kwargs=h.processor_kwargs
+        )
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = self.rank()
-        dataset = FolderPrompts(self.images, self.hparams.question, self.format, rank, world,
-                                max_pixels=self.hparams.max_pixels)
+        dataset = FolderPrompts(
+            self.images, self.hparams.question, self.format, rank, world, max_pixels=self.hparams.max_pixels
+        )
         return self.prompt_loader(dataset, self.hparams.batch_size, self.hparams.num_workers)

@@ -9,6 +9,7 @@ format decides how that becomes a batch, so no data module branches on the model
 * :class:`~maugpt.data.processor.ProcessorFormat`: a pretrained vision-language model's own
   ``AutoProcessor`` (its image processor, chat template and image-token expansion).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,8 +56,15 @@ class EncoderFormat:
     """MAU-GPT's format: ``uint8`` images from the encoder's transform, token ids from the LLM
     tokenizer's template (see :class:`~maugpt.data.encode.ChatEncoder` for the arguments)."""
 
-    def __init__(self, tokenizer: str, vision_encoder: str, image_tokens: int, max_length: int = 2048,
-                 system_prompt: str | None = None, resize: str = "torch") -> None:
+    def __init__(
+        self,
+        tokenizer: str,
+        vision_encoder: str,
+        image_tokens: int,
+        max_length: int = 2048,
+        system_prompt: str | None = None,
+        resize: str = "torch",
+    ) -> None:
         self.tokenizer = load_tokenizer(tokenizer)  # with a padding token
         self.chat = ChatEncoder(self.tokenizer, image_tokens, max_length, system_prompt=system_prompt)
         self.transform = ImageTransform(vision_encoder, resize=resize)
@@ -77,8 +85,12 @@ class EncoderFormat:
 
     def conversation(self, pairs: list[tuple[str, str]], images: torch.Tensor) -> dict:
         encoded = self.chat.encode(pairs, images=images.shape[0])
-        return {"input_ids": encoded.input_ids, "labels": encoded.labels, "condition_end": encoded.condition_end,
-                "pixel_values": images}
+        return {
+            "input_ids": encoded.input_ids,
+            "labels": encoded.labels,
+            "condition_end": encoded.condition_end,
+            "pixel_values": images,
+        }
 
     def collate_prompts(self, examples: list[dict]) -> dict:
         return collate_prompts(examples, self.pad_token_id)
@@ -92,9 +104,16 @@ class EncoderFormat:
         return batch
 
 
-def chat_format(tokenizer: str | None, vision_encoder: str | None, image_tokens: int | None,
-                processor: str | None = None, max_length: int = 2048, system_prompt: str | None = None,
-                resize: str = "torch", processor_kwargs: dict | None = None) -> ChatFormat:
+def chat_format(
+    tokenizer: str | None,
+    vision_encoder: str | None,
+    image_tokens: int | None,
+    processor: str | None = None,
+    max_length: int = 2048,
+    system_prompt: str | None = None,
+    resize: str = "torch",
+    processor_kwargs: dict | None = None,
+) -> ChatFormat:
     """The format of the data's model: ``processor`` (a pretrained VLM's folder or hub id) gives
     :class:`~maugpt.data.processor.ProcessorFormat`; otherwise ``tokenizer``, ``vision_encoder`` and
     ``image_tokens`` give :class:`EncoderFormat`. ``processor_kwargs`` go to ``AutoProcessor``."""
@@ -102,9 +121,18 @@ def chat_format(tokenizer: str | None, vision_encoder: str | None, image_tokens:
         from maugpt.data.processor import ProcessorFormat
 
         return ProcessorFormat(processor, max_length, system_prompt, processor_kwargs=processor_kwargs)
-    missing = [name for name, value in (("tokenizer", tokenizer), ("vision_encoder", vision_encoder),
-                                        ("image_tokens", image_tokens)) if value is None]
+    missing = [
+        name
+        for name, value in (
+            ("tokenizer", tokenizer),
+            ("vision_encoder", vision_encoder),
+            ("image_tokens", image_tokens),
+        )
+        if value is None
+    ]
     if missing:
-        raise ValueError(f"the data needs either processor (a pretrained VLM's) or tokenizer, vision_encoder and "
-                         f"image_tokens (MAU-GPT's); missing: {missing} (the CLI links them from the model)")
+        raise ValueError(
+            f"the data needs either processor (a pretrained VLM's) or tokenizer, vision_encoder and "
+            f"image_tokens (MAU-GPT's); missing: {missing} (the CLI links them from the model)"
+        )
     return EncoderFormat(tokenizer, vision_encoder, image_tokens, max_length, system_prompt, resize)

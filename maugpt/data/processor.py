@@ -18,6 +18,7 @@ trained (Vicuna's ``</s>`` separator), so that a fine-tuned model learns to stop
 writes the BOS token (Gemma-3's) gets no second one from the tokenizer, as ``apply_chat_template``
 does.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -48,13 +49,21 @@ class ProcessorFormat:
             ``max_pixels``, SmolVLM's ``do_image_splitting``).
     """
 
-    def __init__(self, processor: str, max_length: int = 2048, system_prompt: str | None = None,
-                 trust_remote_code: bool = False, processor_kwargs: dict | None = None) -> None:
+    def __init__(
+        self,
+        processor: str,
+        max_length: int = 2048,
+        system_prompt: str | None = None,
+        trust_remote_code: bool = False,
+        processor_kwargs: dict | None = None,
+    ) -> None:
         self.processor = load_processor(processor, trust_remote_code, processor_kwargs)
         self.tokenizer = self.processor.tokenizer
         if not self.tokenizer.is_fast:
-            raise ValueError(f"{processor}: the tokenizer is a slow one ({type(self.tokenizer).__name__}); answer "
-                             "labels need token offsets, which only fast tokenizers give")
+            raise ValueError(
+                f"{processor}: the tokenizer is a slow one ({type(self.tokenizer).__name__}); answer "
+                "labels need token offsets, which only fast tokenizers give"
+            )
         if getattr(self.processor, "chat_template", None) is None:
             raise ValueError(f"{processor}: the processor has no chat template (chat_template.json or .jinja)")
         self.max_length, self.system_prompt = max_length, system_prompt
@@ -81,8 +90,10 @@ class ProcessorFormat:
         messages = self.system()
         for i, (question, answer) in enumerate(pairs):
             user = [{"type": "image"}] * (images if i == 0 else 0) + [{"type": "text", "text": question}]
-            messages += [{"role": "user", "content": user},
-                         {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+            messages += [
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+            ]
         return messages
 
     # -- examples ------------------------------------------------------------------------------
@@ -102,12 +113,16 @@ class ProcessorFormat:
         """A user turn written with ``<image>`` where each image goes (e.g. an MMAD query script's)."""
         pieces = content.split(IMAGE_TOKEN)
         if len(pieces) - 1 != len(images):
-            raise ValueError(f"the prompt has {len(pieces) - 1} {IMAGE_TOKEN} placeholder(s) for {len(images)} image(s)")
+            raise ValueError(
+                f"the prompt has {len(pieces) - 1} {IMAGE_TOKEN} placeholder(s) for {len(images)} image(s)"
+            )
         parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
         for piece in pieces[1:]:
             parts += [{"type": "image"}] + ([{"type": "text", "text": piece}] if piece else [])
-        return {"text": self.render(self.system(system) + [{"role": "user", "content": parts}],
-                                    add_generation_prompt=True), "images": images}
+        return {
+            "text": self.render(self.system(system) + [{"role": "user", "content": parts}], add_generation_prompt=True),
+            "images": images,
+        }
 
     def conversation(self, pairs: list[tuple[str, str]], images: list[Image.Image]) -> dict:
         """The supervised chat of ``pairs``: its text and each answer's character span."""
@@ -121,14 +136,23 @@ class ProcessorFormat:
     def _process(self, examples: list[dict], side: str, offsets: bool = False):
         images = [e["images"] for e in examples]
         extra = {"return_offsets_mapping": True, "return_text_replacement_offsets": True} if offsets else {}
-        return self.processor(text=[e["text"] for e in examples], images=images if any(images) else None,
-                              padding=True, padding_side=side, return_tensors="pt",
-                              add_special_tokens=not self.template_bos, **extra)
+        return self.processor(
+            text=[e["text"] for e in examples],
+            images=images if any(images) else None,
+            padding=True,
+            padding_side=side,
+            return_tensors="pt",
+            add_special_tokens=not self.template_bos,
+            **extra,
+        )
 
     @staticmethod
     def _annotations(examples: list[dict]) -> dict:
-        return {"valid": torch.tensor([e.get("valid", True) for e in examples]), "meta": [e["meta"] for e in examples],
-                "skipped": sum(e.get("skipped", 0) for e in examples)}
+        return {
+            "valid": torch.tensor([e.get("valid", True) for e in examples]),
+            "meta": [e["meta"] for e in examples],
+            "skipped": sum(e.get("skipped", 0) for e in examples),
+        }
 
     def collate_prompts(self, examples: list[dict]) -> dict:
         """Left-padded prompts: the processor's outputs, ``condition_mask`` (the whole prompt) and the annotations."""
@@ -146,18 +170,23 @@ class ProcessorFormat:
         if not all(fits):
             too_long = [e["meta"].get("key") for e, fit in zip(examples, fits) if not fit]
             if not any(fits):
-                raise ValueError(f"max_length {self.max_length} leaves no room for an answer: the images and first "
-                                 f"question take {int(batch['condition_mask'].sum(1).min())} or more tokens "
-                                 f"(samples {too_long})")
-            log.warning("skipping %d sample(s) whose prompt fills max_length %d: %s", len(too_long), self.max_length,
-                        too_long)
+                raise ValueError(
+                    f"max_length {self.max_length} leaves no room for an answer: the images and first "
+                    f"question take {int(batch['condition_mask'].sum(1).min())} or more tokens "
+                    f"(samples {too_long})"
+                )
+            log.warning(
+                "skipping %d sample(s) whose prompt fills max_length %d: %s", len(too_long), self.max_length, too_long
+            )
             kept = [e for e, fit in zip(examples, fits) if fit]
             kept[0] = {**kept[0], "skipped": kept[0].get("skipped", 0) + len(too_long)}
             return self.collate(kept)
         shape = batch["input_ids"].shape
         if shape[1] > self.max_length:  # every per-token tensor alike
-            batch = {k: v[:, :self.max_length] if isinstance(v, torch.Tensor) and v.shape[:2] == shape else v
-                     for k, v in batch.items()}
+            batch = {
+                k: v[:, : self.max_length] if isinstance(v, torch.Tensor) and v.shape[:2] == shape else v
+                for k, v in batch.items()
+            }
         return {**batch, **self._annotations(examples)}
 
     def _labelled(self, examples: list[dict]) -> dict:
@@ -191,8 +220,10 @@ def load_processor(folder: str, trust_remote_code: bool = False, kwargs: dict | 
 
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code, **(kwargs or {}))
     if getattr(processor, "tokenizer", None) is None or not hasattr(processor, "image_processor"):
-        raise ValueError(f"{folder}: AutoProcessor gave {type(processor).__name__}, not a vision-language processor "
-                         "with a tokenizer and an image processor (is it a vision-language model?)")
+        raise ValueError(
+            f"{folder}: AutoProcessor gave {type(processor).__name__}, not a vision-language processor "
+            "with a tokenizer and an image processor (is it a vision-language model?)"
+        )
     with_pad_token(processor.tokenizer)
     return processor
 

@@ -9,6 +9,7 @@ of images.
   (MAU-GPT's, or a pretrained VLM's processor), their left-padded loader and the last step of
   their images on the device.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -48,8 +49,13 @@ def padding(example: dict, skipped: int = 0) -> dict:
     return {**example, "valid": False, "skipped": skipped, "meta": {**example["meta"], "padding": True}}
 
 
-def exactly_once(plan: Sequence[T], rank: int, world_size: int, read: Callable[[Sequence[T]], Iterable[dict]],
-                 skipped: Callable[[], int] = lambda: 0) -> Iterator[dict]:
+def exactly_once(
+    plan: Sequence[T],
+    rank: int,
+    world_size: int,
+    read: Callable[[Sequence[T]], Iterable[dict]],
+    skipped: Callable[[], int] = lambda: 0,
+) -> Iterator[dict]:
     """The examples of this (rank, worker)'s share of ``plan``, made by ``read(items)`` as they are
     consumed, then padding up to the count every slot yields; an empty share yields padding copies
     of the plan's first example (that item is counted and answered by its own slot)."""
@@ -82,11 +88,19 @@ class PromptDataModule(L.LightningDataModule):
 
     format: ChatFormat
 
-    def setup_prompts(self, tokenizer: str | None, vision_encoder: str | None, image_tokens: int | None,
-                      resize: str = "torch", processor: str | None = None, processor_kwargs: dict | None = None):
+    def setup_prompts(
+        self,
+        tokenizer: str | None,
+        vision_encoder: str | None,
+        image_tokens: int | None,
+        resize: str = "torch",
+        processor: str | None = None,
+        processor_kwargs: dict | None = None,
+    ):
         """Load the model's format (see :func:`~maugpt.data.formats.chat_format`); returns its tokenizer."""
-        self.format = chat_format(tokenizer, vision_encoder, image_tokens, processor, resize=resize,
-                                  processor_kwargs=processor_kwargs)
+        self.format = chat_format(
+            tokenizer, vision_encoder, image_tokens, processor, resize=resize, processor_kwargs=processor_kwargs
+        )
         return self.format.tokenizer
 
     def rank(self) -> tuple[int, int]:
@@ -96,9 +110,13 @@ class PromptDataModule(L.LightningDataModule):
 
     def prompt_loader(self, dataset, batch_size: int, num_workers: int, collate: Callable | None = None) -> DataLoader:
         """Left-padded prompt batches (the format's ``collate_prompts`` unless ``collate``)."""
-        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                          collate_fn=collate or self.format.collate_prompts,
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate or self.format.collate_prompts,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Finish the images on the device they were moved to (MAU-GPT's: normalise the ``uint8`` ones)."""

@@ -7,6 +7,7 @@ and its query image (the ``jpg``/``jpeg``/``png`` member), decodable. A sample w
 is missing, or is a link or another non-file member (which the shard reader does not extract), is
 skipped like one whose image is damaged.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,24 +42,28 @@ def read_index(folder: str | Path) -> dict:
     """A split folder's ``index.json``: ``{"samples": N, "shards": [{"name", "count"}, …]}``."""
     path = Path(folder) / "index.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {folder} is not a MAU-Set split folder written by "
-                                "maugpt (expected shard-*.tar files with index.json)")
+        raise FileNotFoundError(
+            f"{path} is missing: {folder} is not a MAU-Set split folder written by "
+            "maugpt (expected shard-*.tar files with index.json)"
+        )
     try:
         index = json.loads(path.read_text())
     except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); expected {{\"samples\": N, \"shards\": [...]}} "
-                         "as maugpt writes it") from None
+        raise ValueError(
+            f'{path} is not valid JSON ({err}); expected {{"samples": N, "shards": [...]}} as maugpt writes it'
+        ) from None
     if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
-        raise ValueError(f"{path} has no \"shards\" list; expected {{\"samples\": N, \"shards\": [...]}} "
-                         "as maugpt writes it")
+        raise ValueError(f'{path} has no "shards" list; expected {{"samples": N, "shards": [...]}} as maugpt writes it')
     return index
 
 
 def shard_urls(folder: str | Path) -> list[str]:
     """The shards of a split folder, in index order: paths beside ``index.json``, or URLs as written
     there (``https://…``, ``pipe:…``) for shards that live elsewhere."""
-    return [shard["name"] if re.match(r"^[a-z][a-z0-9+]*:", shard["name"]) else str(Path(folder) / shard["name"])
-            for shard in read_index(folder)["shards"]]
+    return [
+        shard["name"] if re.match(r"^[a-z][a-z0-9+]*:", shard["name"]) else str(Path(folder) / shard["name"])
+        for shard in read_index(folder)["shards"]
+    ]
 
 
 def is_query_image(name: str) -> bool:
@@ -92,8 +97,11 @@ def decode_sample(raw: dict, images: Callable[[str], bool] | None = None) -> dic
     if "json" not in sample:
         raise UnusableSample(f"{where} has no json record", "no json record")
     if not any(is_query_image(name) for name in sample):
-        raise UnusableSample(f"{where} has no image (expected a regular jpg, jpeg or png member; "
-                             f"found {sorted(k for k in raw if not k.startswith('__'))})", "no image")
+        raise UnusableSample(
+            f"{where} has no image (expected a regular jpg, jpeg or png member; "
+            f"found {sorted(k for k in raw if not k.startswith('__'))})",
+            "no image",
+        )
     validate_record(sample["json"], where=f"sample in {raw.get('__url__')}")
     return sample
 
@@ -123,8 +131,9 @@ class SkipCounter:
         return count
 
 
-def decode_or_skip(samples: Iterable[dict], counter: SkipCounter,
-                   images: Callable[[str], bool] | None = None) -> Iterator[dict]:
+def decode_or_skip(
+    samples: Iterable[dict], counter: SkipCounter, images: Callable[[str], bool] | None = None
+) -> Iterator[dict]:
     """Decoded samples; one that cannot be used (:func:`decode_sample`) is logged, counted in
     ``counter`` and passed over."""
     for raw in samples:
@@ -137,6 +146,12 @@ def decode_or_skip(samples: Iterable[dict], counter: SkipCounter,
 
 def iter_samples(folder: str | Path, counter: SkipCounter | None = None) -> Iterator[dict]:
     """Every decodable sample of a split folder, in order (for tools and tests)."""
-    raw = wds.WebDataset(shard_urls(folder), shardshuffle=False, handler=wds.warn_and_continue,
-                         nodesplitter=None, workersplitter=None, empty_check=False)
+    raw = wds.WebDataset(
+        shard_urls(folder),
+        shardshuffle=False,
+        handler=wds.warn_and_continue,
+        nodesplitter=None,
+        workersplitter=None,
+        empty_check=False,
+    )
     return decode_or_skip(raw, counter or SkipCounter())

@@ -11,6 +11,7 @@ see :class:`~maugpt.evaluation.mauset.MAUSetScores.add`):
 
 MMAD's tables are already per source dataset × subtask (:mod:`maugpt.mmad.scoring`).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -35,12 +36,18 @@ def defect_label(row: dict) -> str:
 
 def detection_groups(rows: list[dict]) -> dict[str, dict[str, list[bool]]]:
     """``{"source" | "product" | "defect class": {group: [correct, …]}}`` of the discriminative answers."""
-    groups: dict[str, dict[str, list[bool]]] = {"source": defaultdict(list), "product": defaultdict(list),
-                                                "defect class": defaultdict(list)}
+    groups: dict[str, dict[str, list[bool]]] = {
+        "source": defaultdict(list),
+        "product": defaultdict(list),
+        "defect class": defaultdict(list),
+    }
     for row in rows:
         if row.get("style") == "discriminative":
-            for by, group in (("source", row.get("source")), ("product", row.get("product")),
-                              ("defect class", defect_label(row))):
+            for by, group in (
+                ("source", row.get("source")),
+                ("product", row.get("product")),
+                ("defect class", defect_label(row)),
+            ):
                 groups[by][str(group)].append(bool(row["correct"]))
     return groups
 
@@ -68,8 +75,10 @@ def mauset_breakdowns(rows: list[dict]) -> tuple[str, str]:
     one) raises naming the fields; ``maugpt score-mauset --out`` scores such a file again."""
     unscored = next((r for r in rows if ("correct" if r.get("style") == "discriminative" else "rougeL") not in r), None)
     if unscored is not None:
-        raise ValueError(f"prediction {unscored.get('key')!r} has no per-answer scores (correct / rouge / bleu): "
-                         "score the file again with maugpt score-mauset --out")
+        raise ValueError(
+            f"prediction {unscored.get('key')!r} has no per-answer scores (correct / rouge / bleu): "
+            "score the file again with maugpt score-mauset --out"
+        )
     fmt = lambda v: f"{100 * v:.2f}"  # noqa: E731
     markdown, csv = [], ["table,group,metric,value,answers"]
     for by, groups in detection_groups(rows).items():
@@ -82,12 +91,20 @@ def mauset_breakdowns(rows: list[dict]) -> tuple[str, str]:
         markdown.append("")
     groups = open_groups(rows)
     if groups:
-        markdown += ["### Open-ended QA per task × domain (%)", "",
-                     "| task | domain | ROUGE-1 | ROUGE-2 | ROUGE-L | BLEU-4 | answers |", "|---|---|---:|---:|---:|---:|---:|"]
+        markdown += [
+            "### Open-ended QA per task × domain (%)",
+            "",
+            "| task | domain | ROUGE-1 | ROUGE-2 | ROUGE-L | BLEU-4 | answers |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
         for (task, domain), members in sorted(groups.items()):
             scores = open_scores(members)
-            markdown.append(f"| {task} | {domain} | " + " | ".join(fmt(v) for v in scores.values()) + f" | {len(members)} |")
-            csv += [f'open per task x domain,"{task} / {domain}",{name},{value:.6f},{len(members)}'
-                    for name, value in scores.items()]
+            markdown.append(
+                f"| {task} | {domain} | " + " | ".join(fmt(v) for v in scores.values()) + f" | {len(members)} |"
+            )
+            csv += [
+                f'open per task x domain,"{task} / {domain}",{name},{value:.6f},{len(members)}'
+                for name, value in scores.items()
+            ]
         markdown.append("")
     return "\n".join(markdown), "\n".join(csv) + "\n"

@@ -26,6 +26,7 @@ the host's name is bounded only by the system resolver's own limits.
 
 urllib does the HTTP: it keeps the proxy settings from the environment, TLS and redirects.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -37,8 +38,17 @@ import urllib.request
 from email.utils import parsedate_to_datetime
 from time import monotonic
 
-__all__ = ["CONNECTION_ERROR", "OVERALL_DEADLINE", "RETRY_STATUS", "TIMEOUT", "TOO_LARGE", "TRUNCATED", "Failed",
-           "bounded_post", "retry_after"]
+__all__ = [
+    "CONNECTION_ERROR",
+    "OVERALL_DEADLINE",
+    "RETRY_STATUS",
+    "TIMEOUT",
+    "TOO_LARGE",
+    "TRUNCATED",
+    "Failed",
+    "bounded_post",
+    "retry_after",
+]
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 CHUNK = 1 << 16
@@ -59,8 +69,9 @@ class Failed(Exception):
         self.failure, self.detail, self.retry, self.wait = failure, detail, retry, wait
 
 
-def bounded_post(url: str, body: bytes, headers: dict[str, str], *, timeout: float, until: float | None,
-                 max_bytes: int) -> bytes:
+def bounded_post(
+    url: str, body: bytes, headers: dict[str, str], *, timeout: float, until: float | None, max_bytes: int
+) -> bytes:
     """POST ``body`` to ``url`` once and return the reply's body, or raise :class:`Failed`.
 
     Args:
@@ -74,8 +85,9 @@ def bounded_post(url: str, body: bytes, headers: dict[str, str], *, timeout: flo
             return _open_and_read(url, body, headers, watchdog=watchdog, max_bytes=max_bytes)
         except urllib.error.HTTPError as err:  # a status: its body is never read
             err.close()
-            raise Failed(f"HTTP {err.code}", f"HTTP {err.code}", retry=err.code in RETRY_STATUS,
-                         wait=retry_after(err)) from None
+            raise Failed(
+                f"HTTP {err.code}", f"HTTP {err.code}", retry=err.code in RETRY_STATUS, wait=retry_after(err)
+            ) from None
         except (OSError, http.client.HTTPException, ValueError) as err:  # URLError is an OSError
             if isinstance(err, ValueError) and not watchdog.expired:
                 raise  # not the cut socket's doing: a bug to see
@@ -120,8 +132,9 @@ def _read_capped(response: http.client.HTTPResponse, watchdog: _Watchdog, cap: i
     """The reply's body, read in chunks until its end, the watchdog's deadline or ``cap`` bytes."""
     length = response.getheader("Content-Length", "")
     if length.isdigit() and int(length) > cap:
-        raise Failed(TOO_LARGE, f"reply too large: Content-Length {length} bytes, more than max_reply_bytes {cap}",
-                     retry=False)
+        raise Failed(
+            TOO_LARGE, f"reply too large: Content-Length {length} bytes, more than max_reply_bytes {cap}", retry=False
+        )
     chunks, size = [], 0
     while True:
         if watchdog.remaining() <= 0:
@@ -132,8 +145,11 @@ def _read_capped(response: http.client.HTTPResponse, watchdog: _Watchdog, cap: i
         chunks.append(chunk)
         size += len(chunk)
         if size > cap:
-            raise Failed(TOO_LARGE, f"reply too large: more than max_reply_bytes {cap} "
-                                    f"(stopped reading after {size} bytes)", retry=False)
+            raise Failed(
+                TOO_LARGE,
+                f"reply too large: more than max_reply_bytes {cap} (stopped reading after {size} bytes)",
+                retry=False,
+            )
     if response.length:  # read1 returns b"" at a premature end instead of raising
         raise http.client.IncompleteRead(b"".join(chunks), response.length)
     if watchdog.expired:  # a body without a length ends at the close: here the watchdog's, not the server's

@@ -28,6 +28,7 @@ Each unjudged verdict carries a short ``failure`` (``HTTP 503``, ``timeout``, ``
 ``not JSON``, ``unreadable verdict``, ``malformed reply``, ``truncated reply``, ``connection error``,
 ``overall deadline``); :func:`failure_counts` counts them for the summary.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,11 +49,13 @@ from maugpt.evaluation.http import OVERALL_DEADLINE, Failed, bounded_post
 
 log = logging.getLogger(__name__)
 
-SYSTEM = ("You grade answers of an industrial visual-inspection assistant. Compare the assistant's answer "
-          "with the reference answer to the same question about a product image. The answer is correct if "
-          "it states the same facts as the reference (wording may differ); it is incorrect if it contradicts "
-          "the reference, misses its key fact, or names a different defect, location or cause. Reply with "
-          'JSON only: {"correct": true or false, "reason": "<one sentence>"}.')
+SYSTEM = (
+    "You grade answers of an industrial visual-inspection assistant. Compare the assistant's answer "
+    "with the reference answer to the same question about a product image. The answer is correct if "
+    "it states the same facts as the reference (wording may differ); it is incorrect if it contradicts "
+    "the reference, misses its key fact, or names a different defect, location or cause. Reply with "
+    'JSON only: {"correct": true or false, "reason": "<one sentence>"}.'
+)
 USER_TEMPLATE = "Question: {question}\nReference answer: {reference}\nAssistant's answer: {prediction}"
 TEMPLATE_FIELDS = {"question", "reference", "prediction"}
 MAX_REPLY_BYTES = 1 << 20  # a verdict's chat completion is about 1 KB; 1 MiB leaves room for chatty judges
@@ -86,8 +89,10 @@ def check_template(template: str) -> None:
     """A user template names exactly the fields {question}, {reference} and {prediction}."""
     fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     if fields != TEMPLATE_FIELDS:
-        raise ValueError(f"the judge's user template must use the fields {sorted(TEMPLATE_FIELDS)} (each as "
-                         f"{{name}}); it uses {sorted(fields)}")
+        raise ValueError(
+            f"the judge's user template must use the fields {sorted(TEMPLATE_FIELDS)} (each as "
+            f"{{name}}); it uses {sorted(fields)}"
+        )
 
 
 def failure_counts(verdicts: list[Verdict]) -> dict[str, int]:
@@ -118,10 +123,23 @@ class Judge:
         max_reply_bytes: the longest reply read; a longer one is abandoned (unjudged, not retried).
     """
 
-    def __init__(self, base_url: str, model: str, cache: str | Path, *, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 4, retries: int = 4, backoff: float = 1.0, timeout: float = 60.0,
-                 system: str = SYSTEM, template: str = USER_TEMPLATE, max_wait: float = 120.0,
-                 deadline: float | None = None, max_reply_bytes: int = MAX_REPLY_BYTES) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        cache: str | Path,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 4,
+        retries: int = 4,
+        backoff: float = 1.0,
+        timeout: float = 60.0,
+        system: str = SYSTEM,
+        template: str = USER_TEMPLATE,
+        max_wait: float = 120.0,
+        deadline: float | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+    ) -> None:
         check_template(template)
         check_limits(base_url=base_url, timeout=timeout, deadline=deadline, max_reply_bytes=max_reply_bytes)
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -153,8 +171,13 @@ class Judge:
 
     def _body(self, question: str, reference: str, prediction: str) -> bytes:
         user = self.template.format(question=question, reference=reference, prediction=prediction)
-        return json.dumps({"model": self.model, "temperature": 0, "messages": [
-            {"role": "system", "content": self.system}, {"role": "user", "content": user}]}).encode()
+        return json.dumps(
+            {
+                "model": self.model,
+                "temperature": 0,
+                "messages": [{"role": "system", "content": self.system}, {"role": "user", "content": user}],
+            }
+        ).encode()
 
     def _post(self, body: bytes, until: float | None) -> bytes:
         """One attempt: the reply's body, or :class:`Failed`. ``until``: the run's deadline."""
@@ -163,8 +186,7 @@ class Judge:
             headers["Authorization"] = f"Bearer {self.api_key}"
         with self._lock:
             self.requests += 1
-        return bounded_post(self.url, body, headers, timeout=self.timeout, until=until,
-                            max_bytes=self.max_reply_bytes)
+        return bounded_post(self.url, body, headers, timeout=self.timeout, until=until, max_bytes=self.max_reply_bytes)
 
     def _wait(self, failed: Failed, attempt: int) -> float:
         """Seconds before ``attempt`` (1 for the first retry): the server's ``Retry-After`` up to
@@ -207,8 +229,11 @@ class Judge:
     def _out_of_time(self, attempts: int, last: Failed | None, wait: float) -> Verdict:
         if last is None:
             return Verdict(None, f"{self._overall()} passed before the request was sent", OVERALL_DEADLINE)
-        return Verdict(None, f"{self._overall()} leaves no time for attempt {attempts + 1} (a {wait:g} s wait "
-                             f"after {last.detail})", OVERALL_DEADLINE)
+        return Verdict(
+            None,
+            f"{self._overall()} leaves no time for attempt {attempts + 1} (a {wait:g} s wait after {last.detail})",
+            OVERALL_DEADLINE,
+        )
 
     def verdict(self, question: str, reference: str, prediction: str, *, until: float | None = None) -> Verdict:
         """The cached verdict, else the judge's; ``until``: a ``time.monotonic()`` after which no
@@ -230,8 +255,9 @@ class Judge:
         within ``deadline`` seconds when one is set."""
         until = monotonic() + self.deadline if self.deadline else None
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda r: self.verdict(r["question"], r["reference"], r["prediction"],
-                                                        until=until), rows))
+            return list(
+                pool.map(lambda r: self.verdict(r["question"], r["reference"], r["prediction"], until=until), rows)
+            )
 
 
 def check_limits(*, base_url: str, timeout: float, deadline: float | None, max_reply_bytes: int) -> None:
@@ -262,9 +288,15 @@ def judged_accuracy(rows: list[dict], verdicts: list[Verdict]) -> dict[str, dict
     table = {}
     for group, items in groups.items():
         judged = [v.correct for v in items if v.correct is not None]
-        table[group] = {"accuracy": 100.0 * sum(judged) / len(judged) if judged else float("nan"),
-                        "judged": len(judged), "unjudged": len(items) - len(judged)}
+        table[group] = {
+            "accuracy": 100.0 * sum(judged) / len(judged) if judged else float("nan"),
+            "judged": len(judged),
+            "unjudged": len(items) - len(judged),
+        }
     domains = [row for group, row in table.items() if group != POOLED and row["judged"]]
-    table[MACRO] = {"accuracy": sum(r["accuracy"] for r in domains) / len(domains) if domains else float("nan"),
-                    "judged": sum(r["judged"] for r in domains), "unjudged": table[POOLED]["unjudged"]}
+    table[MACRO] = {
+        "accuracy": sum(r["accuracy"] for r in domains) / len(domains) if domains else float("nan"),
+        "judged": sum(r["judged"] for r in domains),
+        "unjudged": table[POOLED]["unjudged"],
+    }
     return table

@@ -15,6 +15,7 @@ most of its rows are macro means). Text metrics, and the reference implementatio
 
 Every state is a torchmetrics state, so scores computed on several ranks equal those of one.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,10 +31,10 @@ from torchmetrics import Metric
 from torchmetrics.functional.text import rouge_score
 from torchmetrics.text import SacreBLEUScore
 
-from maugpt.schema import DOMAINS, TASKS
 from maugpt.evaluation.breakdown import mauset_breakdowns
 from maugpt.evaluation.run import evaluation_folder, write_predictions
 from maugpt.evaluation.true_false import parse_true_false
+from maugpt.schema import DOMAINS, TASKS
 from maugpt.tensorboard import tensorboard
 
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "bleu4")
@@ -104,8 +105,12 @@ class SentenceBleu:
         self.metric.reset()
         self.metric.update([prediction], [[reference]])
         m = self.metric
-        return {"hyp_len": int(m.preds_len), "ref_len": int(m.target_len),
-                "matches": [int(v) for v in m.numerator], "totals": [int(v) for v in m.denominator]}
+        return {
+            "hyp_len": int(m.preds_len),
+            "ref_len": int(m.target_len),
+            "matches": [int(v) for v in m.numerator],
+            "totals": [int(v) for v in m.denominator],
+        }
 
 
 def _group_key(group: str) -> str:
@@ -114,8 +119,10 @@ def _group_key(group: str) -> str:
 
 def metric_settings(bleu_tokenize: str = "none", rouge_stemmer: bool = False) -> str:
     """The line that says what the text metrics are, for the tables."""
-    return (f"ROUGE: rouge-score F1, {'Porter stemming' if rouge_stemmer else 'no stemming'}, averaged over answers; "
-            f"BLEU-4: corpus BLEU = sacrebleu tokenize='{bleu_tokenize}', smooth_method='none'")
+    return (
+        f"ROUGE: rouge-score F1, {'Porter stemming' if rouge_stemmer else 'no stemming'}, averaged over answers; "
+        f"BLEU-4: corpus BLEU = sacrebleu tokenize='{bleu_tokenize}', smooth_method='none'"
+    )
 
 
 class MAUSetScores(nn.Module):
@@ -145,8 +152,9 @@ class MAUSetScores(nn.Module):
         self.sentence_bleu = SentenceBleu(bleu_tokenize)
         self.discriminative = DomainAccuracy()
         self.rouge = nn.ModuleDict({_group_key(g): MeanRouge(rouge_stemmer) for g in self.GROUPS})
-        self.bleu = nn.ModuleDict({_group_key(g): SacreBLEUScore(n_gram=4, tokenize=bleu_tokenize)
-                                   for g in self.GROUPS})
+        self.bleu = nn.ModuleDict(
+            {_group_key(g): SacreBLEUScore(n_gram=4, tokenize=bleu_tokenize) for g in self.GROUPS}
+        )
 
     def add(self, meta: dict, answer: str) -> dict:
         """Score one answer into the totals and return its own scores: ``verdict`` (``"True"``,
@@ -173,12 +181,16 @@ class MAUSetScores(nn.Module):
         counts = self.discriminative.compute()
         correct, total, unparsed = (counts[k].cpu() for k in ("correct", "total", "unparsed"))
         nan = float("nan")
-        results = {"detection_accuracy": float(correct.sum() / total.sum()) if total.sum() else nan,
-                   "detection_unparsed": float(unparsed.sum())}
+        results = {
+            "detection_accuracy": float(correct.sum() / total.sum()) if total.sum() else nan,
+            "detection_unparsed": float(unparsed.sum()),
+        }
         for i, domain in enumerate(DOMAINS):
             results[f"detection_accuracy/{domain}"] = float(correct[i] / total[i]) if total[i] else nan
         present = total > 0
-        results["detection_accuracy_macro"] = float((correct[present] / total[present]).mean()) if present.any() else nan
+        results["detection_accuracy_macro"] = (
+            float((correct[present] / total[present]).mean()) if present.any() else nan
+        )
         results["detection_domains"] = float(present.sum())
         with warnings.catch_warnings():  # torchmetrics warns about groups without answers on a rank
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
@@ -204,23 +216,59 @@ def tables(results: dict[str, float], model: str = "model", settings: str | None
     ``settings`` line, and the same numbers as CSV rows."""
     fmt = lambda v: "—" if v != v else f"{100 * v:.2f}"  # noqa: E731  (NaN: no such question)
     domains = int(results.get("detection_domains", len(DOMAINS)))
-    t2 = ["| model | " + " | ".join(DOMAINS) + f" | macro avg. ({domains} domains) | pooled (all questions) |",
-          "|---" + "|---:" * (len(DOMAINS) + 2) + "|",
-          f"| {model} | " + " | ".join(fmt(results[f"detection_accuracy/{d}"]) for d in DOMAINS)
-          + f" | {fmt(results['detection_accuracy_macro'])} | {fmt(results['detection_accuracy'])} |",
-          "", f"unparsable True/False answers: {int(results['detection_unparsed'])} (counted as wrong)"]
-    rows = [("all", "")] + [(f"task: {t}", f"/task:{t}") for t in TASKS if t != "detection"] \
+    t2 = [
+        "| model | " + " | ".join(DOMAINS) + f" | macro avg. ({domains} domains) | pooled (all questions) |",
+        "|---" + "|---:" * (len(DOMAINS) + 2) + "|",
+        f"| {model} | "
+        + " | ".join(fmt(results[f"detection_accuracy/{d}"]) for d in DOMAINS)
+        + f" | {fmt(results['detection_accuracy_macro'])} | {fmt(results['detection_accuracy'])} |",
+        "",
+        f"unparsable True/False answers: {int(results['detection_unparsed'])} (counted as wrong)",
+    ]
+    rows = (
+        [("all", "")]
+        + [(f"task: {t}", f"/task:{t}") for t in TASKS if t != "detection"]
         + [(f"domain: {d}", f"/domain:{d}") for d in DOMAINS]
+    )
     t4 = ["| answers | ROUGE-1 | ROUGE-2 | ROUGE-L | BLEU-4 |", "|---|---:|---:|---:|---:|"]
-    t4 += [f"| {label} | " + " | ".join(fmt(results[f"{m}{suffix}"]) for m in TEXT_METRICS) + " |" for label, suffix in rows]
-    markdown = "\n".join(["### Discriminative QA accuracy (%)", "", *t2, "", "### Open-ended QA (%)", "", *t4, "",
-                          settings or metric_settings()]) + "\n"
+    t4 += [
+        f"| {label} | " + " | ".join(fmt(results[f"{m}{suffix}"]) for m in TEXT_METRICS) + " |"
+        for label, suffix in rows
+    ]
+    markdown = (
+        "\n".join(
+            [
+                "### Discriminative QA accuracy (%)",
+                "",
+                *t2,
+                "",
+                "### Open-ended QA (%)",
+                "",
+                *t4,
+                "",
+                settings or metric_settings(),
+            ]
+        )
+        + "\n"
+    )
     csv = "metric,value\n" + "".join(f"{name},{value:.6f}\n" for name, value in results.items())
     return markdown, csv
 
 
-PREDICTION_FIELDS = ("key", "qa_index", "source", "domain", "product", "defect_class", "generic_defect", "is_anomalous",
-                     "task", "style", "question", "reference")
+PREDICTION_FIELDS = (
+    "key",
+    "qa_index",
+    "source",
+    "domain",
+    "product",
+    "defect_class",
+    "generic_defect",
+    "is_anomalous",
+    "task",
+    "style",
+    "question",
+    "reference",
+)
 
 
 class MAUSetEvaluation(nn.Module):
@@ -251,8 +299,9 @@ class MAUSetEvaluation(nn.Module):
         return results
 
 
-def write_tables(folder: Path, results: dict[str, float], rows: list[dict], model: str = "model",
-                 settings: str | None = None) -> str:
+def write_tables(
+    folder: Path, results: dict[str, float], rows: list[dict], model: str = "model", settings: str | None = None
+) -> str:
     """``tables.md`` (Tables 2 and 4, then the breakdowns), ``scores.csv`` and ``breakdown.csv``
     into ``folder``; returns the Markdown."""
     markdown, csv = tables(results, model=model, settings=settings)
@@ -264,8 +313,9 @@ def write_tables(folder: Path, results: dict[str, float], rows: list[dict], mode
     return markdown
 
 
-def write_evaluation(trainer: L.Trainer, results: dict[str, float], predictions: list[dict],
-                     settings: str | None = None) -> Path:
+def write_evaluation(
+    trainer: L.Trainer, results: dict[str, float], predictions: list[dict], settings: str | None = None
+) -> Path:
     """Write the test predictions (``predictions.jsonl``, every rank's rows, as MMAD's) and, on rank 0,
     Tables 2 and 4 with the breakdowns (:mod:`~maugpt.evaluation.breakdown`) as Markdown and CSV
     into the run's evaluation folder (a new one each time), and log the tables to TensorBoard."""

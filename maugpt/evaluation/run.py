@@ -4,12 +4,13 @@
 A data module that can be tested by generation defines ``evaluation()`` returning an
 :class:`Evaluation`; the LightningModule never branches on the benchmark.
 """
+
 from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch.distributed as dist
@@ -54,8 +55,9 @@ def gather_rows(trainer: L.Trainer, rows: list[dict]) -> list[dict]:
     return [row for part in gathered for row in part]
 
 
-def write_predictions(trainer: L.Trainer, folder: Path, rows: list[dict],
-                      order: Callable[[dict], Any] | None = None) -> list[dict]:
+def write_predictions(
+    trainer: L.Trainer, folder: Path, rows: list[dict], order: Callable[[dict], Any] | None = None
+) -> list[dict]:
     """Every rank's prediction rows gathered (sorted by ``order`` when given) and written once, by
     rank 0, to ``folder/predictions.jsonl``: one file per test run, whatever the number of ranks.
     Returns the gathered rows (on every rank)."""
@@ -70,8 +72,9 @@ def write_predictions(trainer: L.Trainer, folder: Path, rows: list[dict],
 def predictions_path(folder: Path) -> Path | None:
     """An evaluation folder's ``predictions.jsonl``, or its gzip archive ``predictions.jsonl.gz``
     (a sweep cell keeps its answers compressed: they are committed with the results)."""
-    return next((folder / name for name in ("predictions.jsonl", "predictions.jsonl.gz") if (folder / name).is_file()),
-                None)
+    return next(
+        (folder / name for name in ("predictions.jsonl", "predictions.jsonl.gz") if (folder / name).is_file()), None
+    )
 
 
 def read_text(path: Path, errors: str = "strict") -> str:

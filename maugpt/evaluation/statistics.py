@@ -25,6 +25,7 @@ mean of corpus BLEU, as :func:`summarize` does; the permutation statistic is the
 difference of the per-question seed-averaged statistics, because only a question's pooled
 statistics can be swapped between cells whose seeds are not paired.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -78,8 +79,10 @@ def metric_values(rows: Sequence[Mapping], metric: str) -> tuple[list[str], np.n
     if not chosen:
         raise ValueError(f"no prediction rows for metric {metric!r}")
     if metric == "bleu4":
-        values = np.array([[r["bleu"]["hyp_len"], r["bleu"]["ref_len"], *r["bleu"]["matches"],
-                            *r["bleu"]["totals"]] for r in chosen], dtype=float)
+        values = np.array(
+            [[r["bleu"]["hyp_len"], r["bleu"]["ref_len"], *r["bleu"]["matches"], *r["bleu"]["totals"]] for r in chosen],
+            dtype=float,
+        )
     else:
         field = "correct" if metric.endswith("accuracy") else metric
         values = np.array([float(r[field]) for r in chosen])
@@ -128,13 +131,16 @@ def _counts(idx: np.ndarray, n: int) -> np.ndarray:
 def _seed_mean(values: np.ndarray, metric: str) -> Callable[..., np.ndarray]:
     """statistic(idx (..., n) question indices) = mean over seeds of the metric on those questions."""
     if metric == "bleu4":
+
         def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
             sums = _counts(idx, values.shape[1]) @ values  # (S, resamples, 10): summed statistics
             return corpus_bleu(sums).mean(axis=0)
     else:
         per_question = values.mean(axis=0)  # mean over seeds of a mean = mean of per-question seed means
+
         def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
             return per_question[np.asarray(idx, dtype=np.intp)].mean(axis=-1)
+
     return statistic
 
 
@@ -146,6 +152,7 @@ def _batch(width: int, resamples: int) -> int | None:
 @dataclass(frozen=True)
 class CellSummary:
     """One cell over its seeds: ``mean ± z · sqrt(v_q + std² / runs)`` (see the module docstring)."""
+
     metric: str
     runs: tuple[str, ...]
     per_run: tuple[float, ...]
@@ -162,6 +169,7 @@ class PairedComparison:
     """Cell − reference over the same questions, with its bootstrap interval and permutation p-value
     (the questions' noise), and, where both cells have several seeds, the interval and p-value that
     add the seeds' spread (training noise): ``significant`` is judged on the latter when it exists."""
+
     metric: str
     cell_runs: tuple[str, ...]
     reference_runs: tuple[str, ...]
@@ -177,8 +185,14 @@ class PairedComparison:
     seed_p_value: float = nan
 
 
-def summarize(runs: Mapping[str, Sequence[Mapping]], metric: str, *, confidence: float = 0.95,
-              resamples: int = 2000, seed: int = 0) -> CellSummary:
+def summarize(
+    runs: Mapping[str, Sequence[Mapping]],
+    metric: str,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> CellSummary:
     """Mean, std and interval over the seeds of one cell; ``runs`` maps a run name to its rows."""
     ids, values = align(runs, metric)
     n, seeds = len(ids), len(values)
@@ -186,50 +200,88 @@ def summarize(runs: Mapping[str, Sequence[Mapping]], metric: str, *, confidence:
     mean = float(np.mean(per_run))
     std = float(np.std(per_run, ddof=1)) if seeds > 1 else nan
     # Index trick: resample question indices once for all seeds; scipy hands us (resamples, n).
-    boot = scipy.stats.bootstrap((np.arange(n),), _seed_mean(values, metric), n_resamples=resamples,
-                                 batch=_batch(n, resamples), vectorized=True, method="percentile",
-                                 random_state=np.random.default_rng(seed))
+    boot = scipy.stats.bootstrap(
+        (np.arange(n),),
+        _seed_mean(values, metric),
+        n_resamples=resamples,
+        batch=_batch(n, resamples),
+        vectorized=True,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     seed_var = std**2 / seeds if seeds > 1 else 0.0
     half = float(scipy.stats.norm.ppf(0.5 + confidence / 2)) * sqrt(boot.standard_error**2 + seed_var)
     noise = f"seed variance std²/{seeds}" if seeds > 1 else "seed variance 0 (one seed, not estimable)"
-    method = (f"normal {confidence:.0%}: mean ± z·sqrt(v_q + seed var); v_q bootstrap over {n} questions "
-              f"({resamples} resamples, same questions for every seed); {noise}")
+    method = (
+        f"normal {confidence:.0%}: mean ± z·sqrt(v_q + seed var); v_q bootstrap over {n} questions "
+        f"({resamples} resamples, same questions for every seed); {noise}"
+    )
     return CellSummary(metric, tuple(runs), per_run, mean, std, mean - half, mean + half, n, method)
 
 
-def compare(cell: Mapping[str, Sequence[Mapping]], reference: Mapping[str, Sequence[Mapping]], metric: str, *,
-            confidence: float = 0.95, resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> PairedComparison:
+def compare(
+    cell: Mapping[str, Sequence[Mapping]],
+    reference: Mapping[str, Sequence[Mapping]],
+    metric: str,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> PairedComparison:
     """Paired difference ``cell − reference`` of the seed-mean metric over the questions both answered."""
     # Cells often share run names ("seed 0"): label them so align's messages say which cell is meant.
     labelled = {**{f"{k} (cell)": v for k, v in cell.items()}, **{f"{k} (reference)": v for k, v in reference.items()}}
     ids, values = align(labelled, metric)
-    n, ours, theirs = len(ids), values[:len(cell)], values[len(cell):]
+    n, ours, theirs = len(ids), values[: len(cell)], values[len(cell) :]
     if metric == "bleu4":
         mean_ours, mean_theirs = _seed_mean(ours, metric), _seed_mean(theirs, metric)
+
         def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
             return mean_ours(idx) - mean_theirs(idx)
+
         # x = arange(n), y = arange(n) + n index a stacked array; swapping x_i, y_i swaps question i.
         pooled = np.concatenate([ours.mean(axis=0), theirs.mean(axis=0)])
+
         def swapped(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
             return np.asarray(corpus_bleu(_counts(x, 2 * n) @ pooled) - corpus_bleu(_counts(y, 2 * n) @ pooled))
+
         samples, tested = (np.arange(n), np.arange(n) + n), "corpus BLEU of seed-averaged statistics"
     else:
         a, b = ours.mean(axis=0), theirs.mean(axis=0)
         statistic = _seed_mean((a - b)[None], metric)  # = mean of d_i over the resampled questions
+
         def swapped(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
             return np.mean(x - y, axis=axis)
+
         samples, tested = (a, b), "mean of d_i"
     difference = float(statistic(np.arange(n)))
     # A fresh generator per call, so either result can be reproduced by calling scipy alone.
-    boot = scipy.stats.bootstrap((np.arange(n),), statistic, n_resamples=resamples, batch=_batch(n, resamples),
-                                 vectorized=True, method="percentile", confidence_level=confidence,
-                                 random_state=np.random.default_rng(seed))
-    test = scipy.stats.permutation_test(samples, swapped, permutation_type="samples", vectorized=True,
-                                        n_resamples=resamples, batch=_batch(2 * n, resamples),
-                                        alternative="two-sided", random_state=np.random.default_rng(seed))
+    boot = scipy.stats.bootstrap(
+        (np.arange(n),),
+        statistic,
+        n_resamples=resamples,
+        batch=_batch(n, resamples),
+        vectorized=True,
+        method="percentile",
+        confidence_level=confidence,
+        random_state=np.random.default_rng(seed),
+    )
+    test = scipy.stats.permutation_test(
+        samples,
+        swapped,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=resamples,
+        batch=_batch(2 * n, resamples),
+        alternative="two-sided",
+        random_state=np.random.default_rng(seed),
+    )
     p_value, kind = float(test.pvalue), "exact" if 2**n <= resamples else f"{resamples} random"
-    method = (f"paired over {n} questions: {confidence:.0%} percentile bootstrap ({resamples} resamples); "
-              f"p from a two-sided paired permutation test ({kind} swaps) of the {tested}")
+    method = (
+        f"paired over {n} questions: {confidence:.0%} percentile bootstrap ({resamples} resamples); "
+        f"p from a two-sided paired permutation test ({kind} swaps) of the {tested}"
+    )
     seed_low = seed_high = seed_p = nan
     if len(ours) > 1 and len(theirs) > 1:
         # Both tests above hold the trained models fixed. Another seed gives another model, so the
@@ -240,9 +292,23 @@ def compare(cell: Mapping[str, Sequence[Mapping]], reference: Mapping[str, Seque
         half = scipy.stats.norm.ppf(0.5 + confidence / 2) * error
         seed_low, seed_high = difference - half, difference + half
         seed_p = float(2 * scipy.stats.norm.sf(abs(difference) / error)) if error > 0 else float(difference == 0)
-        method += (f"; with the seeds: normal {confidence:.0%} interval and z-test of the difference with the "
-                   f"variance of the bootstrap plus s²/S of each cell's {len(runs_a)} and {len(runs_b)} seeds")
+        method += (
+            f"; with the seeds: normal {confidence:.0%} interval and z-test of the difference with the "
+            f"variance of the bootstrap plus s²/S of each cell's {len(runs_a)} and {len(runs_b)} seeds"
+        )
     significant = (seed_p if seed_p == seed_p else p_value) < alpha
-    return PairedComparison(metric, tuple(cell), tuple(reference), difference, float(boot.confidence_interval.low),
-                            float(boot.confidence_interval.high), p_value, significant, n, method,
-                            float(seed_low), float(seed_high), seed_p)
+    return PairedComparison(
+        metric,
+        tuple(cell),
+        tuple(reference),
+        difference,
+        float(boot.confidence_interval.low),
+        float(boot.confidence_interval.high),
+        p_value,
+        significant,
+        n,
+        method,
+        float(seed_low),
+        float(seed_high),
+        seed_p,
+    )

@@ -18,25 +18,46 @@ the question first. :func:`parse_true_false` reads the final verdict:
 
 Anything else ("I cannot tell", "There is a scratch") is unparsable: None.
 """
+
 from __future__ import annotations
 
 import re
 
 _ANSWER_MARKER = re.compile(r"\b(?:the answer is|final answer)\b|\b(?:answer|verdict|conclusion)\s*(?:is\s*)?[:\-]")
-_CHOICES = re.compile(r"\b(?:true\s*(?:or|/)\s*false|false\s*(?:or|/)\s*true|yes\s*(?:or|/)\s*no|no\s*(?:or|/)\s*yes)\b")
+_CHOICES = re.compile(
+    r"\b(?:true\s*(?:or|/)\s*false|false\s*(?:or|/)\s*true|yes\s*(?:or|/)\s*no|no\s*(?:or|/)\s*yes)\b"
+)
 _FREE = re.compile(r"\b(?:defect|anomaly|flaw|damage)[\s-]+free\b")
 _TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|[.,;:!?()]")
 _VERDICT = {"true": True, "yes": True, "correct": True, "false": False, "incorrect": False, "untrue": False}
-_CONDITION = {**dict.fromkeys(("defective", "defect", "defects", "anomalous", "anomaly", "anomalies", "abnormal",
-                               "abnormality", "damaged", "faulty", "flawed", "flaw", "flaws"), True),
-              **dict.fromkeys(("normal", "flawless", "good", "intact", "ok", "okay", "nondefective"), False)}
+_CONDITION = {
+    **dict.fromkeys(
+        (
+            "defective",
+            "defect",
+            "defects",
+            "anomalous",
+            "anomaly",
+            "anomalies",
+            "abnormal",
+            "abnormality",
+            "damaged",
+            "faulty",
+            "flawed",
+            "flaw",
+            "flaws",
+        ),
+        True,
+    ),
+    **dict.fromkeys(("normal", "flawless", "good", "intact", "ok", "okay", "nondefective"), False),
+}
 _NEGATION = {"not", "no", "never", "without", "none", "neither", "nor", "hardly", "cannot", "nothing"}
 _CLAUSE_END = set(".,;:!?()")
 
 
 def _negated(tokens: list[str], at: int) -> bool:
     flips = 0
-    for token in reversed(tokens[max(0, at - 3):at]):
+    for token in reversed(tokens[max(0, at - 3) : at]):
         if token in _CLAUSE_END:
             break
         flips += token in _NEGATION or token.endswith("n't")
@@ -56,7 +77,7 @@ def parse_true_false(answer: str, question: str | None = None) -> bool | None:
     text = _FREE.sub(" flawless ", _CHOICES.sub(" ", text))
     markers = list(_ANSWER_MARKER.finditer(text))
     if markers:
-        text = text[markers[-1].end():]
+        text = text[markers[-1].end() :]
     tokens = _TOKEN.findall(text)
     for table in (_VERDICT, _CONDITION):
         for at, token in enumerate(tokens):

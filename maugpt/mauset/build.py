@@ -1,6 +1,8 @@
 """Build MAU-Set shards from the public sources' release folders."""
+
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -10,18 +12,25 @@ from tqdm import tqdm
 
 from maugpt.images import ImageRejected
 from maugpt.mauset.knowledge import Knowledge
-from maugpt.schema import SourceImage
-from maugpt.mauset.writer import prepare_output, source_sample, write_split
 from maugpt.mauset.sources import SOURCES, BuildError, LayoutError
 from maugpt.mauset.sources.common import listing
 from maugpt.mauset.split import split_images
 from maugpt.mauset.stats import format_statistics
 from maugpt.mauset.table1 import paper_subset as draw_paper_subset
+from maugpt.mauset.writer import prepare_output, source_sample, write_split
+from maugpt.schema import SourceImage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BuildError", "LayoutError", "OutputExistsError", "UnknownProductError", "build_mauset", "scan_sources",
-           "skip_unreadable"]
+__all__ = [
+    "BuildError",
+    "LayoutError",
+    "OutputExistsError",
+    "UnknownProductError",
+    "build_mauset",
+    "scan_sources",
+    "skip_unreadable",
+]
 
 
 class OutputExistsError(BuildError, FileExistsError):
@@ -46,8 +55,9 @@ def skipped_entry(item: SourceImage | dict | object, err: BaseException) -> dict
     return {"path": str(getattr(item, "image", item)), "reason": reason}
 
 
-def skip_unreadable(items: Iterable, make: Callable, skipped: list[dict],
-                    errors: tuple[type[BaseException], ...] = UNREADABLE) -> Iterator:
+def skip_unreadable(
+    items: Iterable, make: Callable, skipped: list[dict], errors: tuple[type[BaseException], ...] = UNREADABLE
+) -> Iterator:
     """``make(item)`` for each item; an item raising one of ``errors`` is logged, appended to
     ``skipped`` (:func:`skipped_entry`) and passed over.
 
@@ -67,8 +77,9 @@ def skip_unreadable(items: Iterable, make: Callable, skipped: list[dict],
 RELEASE_SHARE = 0.9
 
 
-def scan_sources(sources: Sequence[str], root: Path, partial: bool = False,
-                 missing: list[str] | None = None) -> list[SourceImage]:
+def scan_sources(
+    sources: Sequence[str], root: Path, partial: bool = False, missing: list[str] | None = None
+) -> list[SourceImage]:
     """All images of ``sources``; with several sources, ``root/<source>`` holds each release.
 
     A source that yields no image fails, naming the layout its builder reads; one that yields fewer
@@ -96,7 +107,8 @@ def scan_sources(sources: Sequence[str], root: Path, partial: bool = False,
                 f"{source}: found {len(found)} images under {folder}, but the full release has "
                 f"{release.release_images:,}: a folder is missing or packaged differently from the layout "
                 f"{release.layout!r}. To build from part of a release on purpose, pass partial=True "
-                "(tools/build_mauset.py --partial true).")
+                "(tools/build_mauset.py --partial true)."
+            )
         images += found
     return images
 
@@ -110,16 +122,33 @@ def check_knowledge(images: Sequence[SourceImage], knowledge: Knowledge) -> dict
             knowledge.product(image.source, image.product)
         except KeyError as err:
             raise UnknownProductError(err.args[0]) from None
-        if image.is_anomalous and knowledge.defect(image.source, image.product, image.defect_class, generic=True).generic:
+        if (
+            image.is_anomalous
+            and knowledge.defect(image.source, image.product, image.defect_class, generic=True).generic
+        ):
             name = f"{image.source}/{image.product}/{image.defect_class}"
             generic[name] = generic.get(name, 0) + 1
     return generic
 
 
-def build_mauset(sources: Sequence[str], root: Path, out: Path, *, seed: int = 0, test: float = 0.2,
-                 val: float = 0.05, max_side: int = 512, image_format: str = "jpg", maxcount: int = 1000,
-                 maxsize: float = 1e9, overwrite: bool = False, knowledge: Knowledge | None = None,
-                 progress: bool = True, partial: bool = False, paper_subset: bool = False) -> dict[str, dict]:
+def build_mauset(
+    sources: Sequence[str],
+    root: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    test: float = 0.2,
+    val: float = 0.05,
+    max_side: int = 512,
+    image_format: str = "jpg",
+    maxcount: int = 1000,
+    maxsize: float = 1e9,
+    overwrite: bool = False,
+    knowledge: Knowledge | None = None,
+    progress: bool = True,
+    partial: bool = False,
+    paper_subset: bool = False,
+) -> dict[str, dict]:
     """Scan the sources, split them (the paper's procedure), build QA, and write shards per split.
 
     Returns the statistics of each split written; they are also saved as ``<split>/stats.json``
@@ -137,8 +166,9 @@ def build_mauset(sources: Sequence[str], root: Path, out: Path, *, seed: int = 0
     missing: list[str] = []
     images = scan_sources(sources, root, partial, missing)
     if missing:
-        print(f"partial build: {len(missing)} folder(s) of the release(s) are missing and left out: "
-              + ", ".join(missing))
+        print(
+            f"partial build: {len(missing)} folder(s) of the release(s) are missing and left out: " + ", ".join(missing)
+        )
     if paper_subset:
         scanned = len(images)
         images, shortfalls = draw_paper_subset(images, seed)
@@ -147,9 +177,11 @@ def build_mauset(sources: Sequence[str], root: Path, out: Path, *, seed: int = 0
             print(f"  {line}")
     generic = check_knowledge(images, knowledge)
     if generic:
-        print(f"{len(generic)} defect class(es) not in the knowledge base get the generic description (records "
-              f"marked generic_defect; add them with --knowledge DIR): "
-              + ", ".join(f"{name} ({count})" for name, count in sorted(generic.items())))
+        print(
+            f"{len(generic)} defect class(es) not in the knowledge base get the generic description (records "
+            f"marked generic_defect; add them with --knowledge DIR): "
+            + ", ".join(f"{name} ({count})" for name, count in sorted(generic.items()))
+        )
     try:
         splits = split_images(images, test=test, val=val, seed=seed)
     except ValueError as err:  # the fractions: checked before the output folder is touched
@@ -164,11 +196,16 @@ def build_mauset(sources: Sequence[str], root: Path, out: Path, *, seed: int = 0
             continue
         bar = tqdm(members, desc=f"{split:>5}", unit="img", disable=not progress)
         skipped: list[dict] = []  # this split's own: write_split reads it once the samples are written
-        samples = skip_unreadable(
-            bar, lambda im: source_sample(im, split, knowledge, seed, max_side, image_format), skipped)
+        read = functools.partial(
+            source_sample, split=split, knowledge=knowledge, seed=seed, max_side=max_side, image_format=image_format
+        )
+        samples = skip_unreadable(bar, read, skipped)
         all_stats[split] = write_split(samples, out / split, maxcount, maxsize, skipped, extra={"missing": missing})
         print(format_statistics(all_stats[split], f"{split} ({', '.join(sources)})"))
         if skipped:
-            print(f"{split}: skipped {len(skipped)} unreadable image(s): "
-                  + "; ".join(f"{e['path']} ({e['reason']})" for e in skipped[:3]) + (" …" if len(skipped) > 3 else ""))
+            print(
+                f"{split}: skipped {len(skipped)} unreadable image(s): "
+                + "; ".join(f"{e['path']} ({e['reason']})" for e in skipped[:3])
+                + (" …" if len(skipped) > 3 else "")
+            )
     return all_stats

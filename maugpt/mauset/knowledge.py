@@ -6,6 +6,7 @@ that a researcher edits data, not code:
 (the five tasks' question pools and answer templates) and ``defects.yaml`` (defect kinds with
 appearance, causes, impact and remedy, and each source's defect classes mapped to a kind).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,8 +71,10 @@ class Knowledge:
         self.root = Path(root)
         self.overlay = Path(overlay) if overlay is not None else None
         if self.overlay is not None and not self.overlay.is_dir():
-            raise FileNotFoundError(f"knowledge overlay {self.overlay} is not a folder (expected products.yaml, "
-                                    "questions.yaml and/or defects.yaml in it)")
+            raise FileNotFoundError(
+                f"knowledge overlay {self.overlay} is not a folder (expected products.yaml, "
+                "questions.yaml and/or defects.yaml in it)"
+            )
         self._products = self._load("products.yaml")
         self._questions = self._load("questions.yaml")
         self._defects = self._load("defects.yaml")
@@ -96,8 +99,10 @@ class Knowledge:
         for source, products in self._products["sources"].items():
             for folder, entry in products.items():
                 if entry["domain"] not in DOMAINS:
-                    raise ValueError(f"products.yaml: {source}/{folder} has domain {entry['domain']!r}; "
-                                     f"expected one of {list(DOMAINS)}")
+                    raise ValueError(
+                        f"products.yaml: {source}/{folder} has domain {entry['domain']!r}; "
+                        f"expected one of {list(DOMAINS)}"
+                    )
         kinds = self._defects["kinds"]
         for source, products in self._defects["classes"].items():
             for product, classes in products.items():
@@ -112,12 +117,16 @@ class Knowledge:
         for domain, questions in self._questions["understanding"].get("expert", {}).items():
             for q in questions:
                 if q.get("aspect") not in ("causes", "impact", "remedy"):
-                    raise ValueError(f"questions.yaml: expert question {q.get('text')!r} ({domain}) needs an aspect: "
-                                     "causes, impact or remedy (its answer comes from that aspect)")
+                    raise ValueError(
+                        f"questions.yaml: expert question {q.get('text')!r} ({domain}) needs an aspect: "
+                        "causes, impact or remedy (its answer comes from that aspect)"
+                    )
                 unknown = sorted(set(q.get("products", [])) - names)
                 if unknown:
-                    raise ValueError(f"questions.yaml: expert question {q['text']!r} ({domain}) names products "
-                                     f"{unknown} that products.yaml does not have (it lists display names)")
+                    raise ValueError(
+                        f"questions.yaml: expert question {q['text']!r} ({domain}) names products "
+                        f"{unknown} that products.yaml does not have (it lists display names)"
+                    )
 
     # -- products -----------------------------------------------------------------------
     def products(self, source: str) -> dict[str, Product]:
@@ -130,8 +139,10 @@ class Knowledge:
     def product(self, source: str, folder: str) -> Product:
         products = self.products(source)
         if folder not in products:
-            raise KeyError(f"{source} product folder {folder!r} is not in {self.root / 'products.yaml'}; "
-                           f"known: {sorted(products)} (add it, with its domain, in a --knowledge overlay)")
+            raise KeyError(
+                f"{source} product folder {folder!r} is not in {self.root / 'products.yaml'}; "
+                f"known: {sorted(products)} (add it, with its domain, in a --knowledge overlay)"
+            )
         return products[folder]
 
     # -- defects --------------------------------------------------------------------------
@@ -145,8 +156,10 @@ class Knowledge:
         elif generic:
             spec = "generic"
         else:
-            raise KeyError(f"defect class {defect_class!r} of {source}/{product} is not in "
-                           f"{self.root / 'defects.yaml'}; known: {sorted(known)} (add it with a --knowledge overlay)")
+            raise KeyError(
+                f"defect class {defect_class!r} of {source}/{product} is not in "
+                f"{self.root / 'defects.yaml'}; known: {sorted(known)} (add it with a --knowledge overlay)"
+            )
         spec = {"kind": spec} if isinstance(spec, str) else spec
         name = spec.get("name", defect_class.replace("_", " "))
         display = self.product(source, product).name
@@ -160,10 +173,15 @@ class Knowledge:
         entry = self._questions[task]
         pool = list(entry["questions"])
         if task == "understanding" and domain is not None:
-            pool += [q for q in entry.get("expert", {}).get(domain, [])
-                     if "products" not in q or product in q["products"]]
-        return [Question(task, entry["style"], q["text"], q["aspect"]) if isinstance(q, dict)
-                else Question(task, entry["style"], q) for q in pool]
+            pool += [
+                q for q in entry.get("expert", {}).get(domain, []) if "products" not in q or product in q["products"]
+            ]
+        return [
+            Question(task, entry["style"], q["text"], q["aspect"])
+            if isinstance(q, dict)
+            else Question(task, entry["style"], q)
+            for q in pool
+        ]
 
     def answer_template(self, task: str, key: str) -> str:
         return self._questions[task]["answers"][key]

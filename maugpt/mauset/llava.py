@@ -1,4 +1,5 @@
 """LLaVA-Pretrain (``blip_laion_cc_sbu_558k.json`` + images) → stage-1 caption shards in MAU-Set's schema."""
+
 from __future__ import annotations
 
 import json
@@ -20,34 +21,59 @@ MALFORMED = (KeyError, ValueError, TypeError, AttributeError)  # a record withou
 def caption_pair(entry: dict) -> tuple[str, str]:
     """``(instruction, caption)`` of one LLaVA record; the ``<image>`` token may sit before or after."""
     turns = entry.get("conversations")
-    if not isinstance(turns, list) or len(turns) < 2 or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
+    if (
+        not isinstance(turns, list)
+        or len(turns) < 2
+        or turns[0].get("from") != "human"
+        or turns[1].get("from") != "gpt"
+    ):
         raise ValueError(f"LLaVA record {entry.get('id')!r}: expected conversations [human, gpt], got {turns!r:.200}")
     question = " ".join(turns[0]["value"].replace(IMAGE_TOKEN, " ").split())
     return question, turns[1]["value"].strip()
 
 
-def llava_sample(entry: dict, images: Path, max_side: int, image_format: str, *,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+def llava_sample(
+    entry: dict, images: Path, max_side: int, image_format: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict:
     """One caption sample; an image :func:`~maugpt.images.open_rgb` rejects raises its ``ImageRejected``."""
     question, caption = caption_pair(entry)
     image = open_rgb(images / entry["image"], max_pixels=max_pixels)
     record = MAUSetRecord(
-        key=f"llava_pretrain/{entry['id']}", source="llava_pretrain", product="", product_name="",
-        domain=GENERAL_DOMAIN, split="train", is_anomalous=False, defect_class=None, defect_name=None, location=None,
-        qa=[{"task": "caption", "style": "open", "question": question, "answer": caption}], origin=entry["image"])
+        key=f"llava_pretrain/{entry['id']}",
+        source="llava_pretrain",
+        product="",
+        product_name="",
+        domain=GENERAL_DOMAIN,
+        split="train",
+        is_anomalous=False,
+        defect_class=None,
+        defect_name=None,
+        location=None,
+        qa=[{"task": "caption", "style": "open", "question": question, "answer": caption}],
+        origin=entry["image"],
+    )
     return make_sample(record, image, image_format, max_side)
 
 
-def convert_llava_pretrain(annotations: str | Path, images: str | Path, out: str | Path, max_side: int = 512,
-                           image_format: str = "jpg", maxcount: int = 5000, limit: int | None = None,
-                           overwrite: bool = False, progress: bool = True,
-                           max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+def convert_llava_pretrain(
+    annotations: str | Path,
+    images: str | Path,
+    out: str | Path,
+    max_side: int = 512,
+    image_format: str = "jpg",
+    maxcount: int = 5000,
+    limit: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> dict:
     """Write ``out/train`` caption shards; records without a usable image (missing, damaged, or
     larger than ``max_pixels`` by its header) or with bad turns are skipped and counted."""
     annotations, images, out = Path(annotations), Path(images), Path(out)
     if not annotations.is_file():
-        raise FileNotFoundError(f"LLaVA-Pretrain annotation file {annotations} does not exist "
-                                "(expected blip_laion_cc_sbu_558k.json)")
+        raise FileNotFoundError(
+            f"LLaVA-Pretrain annotation file {annotations} does not exist (expected blip_laion_cc_sbu_558k.json)"
+        )
     if not images.is_dir():
         raise FileNotFoundError(f"LLaVA-Pretrain image folder {images} does not exist")
     entries = json.loads(annotations.read_text())
@@ -58,9 +84,14 @@ def convert_llava_pretrain(annotations: str | Path, images: str | Path, out: str
 
     bar = tqdm(entries[:limit], desc="llava", unit="img", disable=not progress)
     samples = skip_unreadable(
-        bar, lambda entry: llava_sample(entry, images, max_side, image_format, max_pixels=max_pixels), skipped,
-        errors=UNREADABLE + MALFORMED)
+        bar,
+        lambda entry: llava_sample(entry, images, max_side, image_format, max_pixels=max_pixels),
+        skipped,
+        errors=UNREADABLE + MALFORMED,
+    )
     stats = write_split(samples, out / "train", maxcount, skipped=skipped)
     if skipped:
-        print(f"skipped {len(skipped)} record(s) without a readable image or with malformed turns; first: {skipped[:3]}")
+        print(
+            f"skipped {len(skipped)} record(s) without a readable image or with malformed turns; first: {skipped[:3]}"
+        )
     return stats

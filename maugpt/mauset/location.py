@@ -1,4 +1,5 @@
 """Where a defect is: a normalised box and a region name on a 3 × 3 grid of the image."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -3,6 +3,7 @@
 For each of the five tasks, 1–2 distinct questions are drawn from the task's pool (seeded per
 image), and the answer is written from the record's facts and the defect knowledge base.
 """
+
 from __future__ import annotations
 
 import random
@@ -54,8 +55,14 @@ def and_join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def answer(knowledge: Knowledge, question, product: Product, defect: Defect | None,
-           location: dict | None, defects: list[dict] | None = None) -> str:
+def answer(
+    knowledge: Knowledge,
+    question,
+    product: Product,
+    defect: Defect | None,
+    location: dict | None,
+    defects: list[dict] | None = None,
+) -> str:
     """The reference answer to ``question`` about one image. ``defects`` (the record's, for an image
     with several defect types, most boxes first; ``defect`` is the first) makes classification
     and localization list every type with its count and regions, and description name the others."""
@@ -63,13 +70,22 @@ def answer(knowledge: Knowledge, question, product: Product, defect: Defect | No
     facts = {"product": product.name}
     if defect is None:  # a normal image
         return tidy(knowledge.answer_template(task, "normal").format(**facts))
-    facts.update(defect=defect.name, appearance=defect.appearance, causes=defect.causes,
-                 impact=defect.impact, remedy=defect.remedy)
+    facts.update(
+        defect=defect.name,
+        appearance=defect.appearance,
+        causes=defect.causes,
+        impact=defect.impact,
+        remedy=defect.remedy,
+    )
     if defects is not None and len(defects) > 1 and task in ("classification", "localization", "description"):
-        facts.update(count=len(defects), defects=and_join([f"{d['name']} ({d['count']})" for d in defects]),
-                     others=and_join([d["name"] for d in defects[1:]]),
-                     locations="; ".join(f"the {d['name']} ({d['count']}) in the {and_join(list(dict.fromkeys(d['regions'])))}"
-                                         for d in defects))
+        facts.update(
+            count=len(defects),
+            defects=and_join([f"{d['name']} ({d['count']})" for d in defects]),
+            others=and_join([d["name"] for d in defects[1:]]),
+            locations="; ".join(
+                f"the {d['name']} ({d['count']}) in the {and_join(list(dict.fromkeys(d['regions'])))}" for d in defects
+            ),
+        )
         text = knowledge.answer_template(task, "abnormal_several").format(**facts)
     elif task == "understanding":
         text = knowledge.answer_template(task, question.aspect).format(**facts)
@@ -82,16 +98,28 @@ def answer(knowledge: Knowledge, question, product: Product, defect: Defect | No
     return tidy(text[0].upper() + text[1:])
 
 
-def build_qa(knowledge: Knowledge, product: Product, defect: Defect | None, location: dict | None,
-             rng: random.Random, per_task: tuple[int, int] = (1, 2), defects: list[dict] | None = None) -> list[dict]:
+def build_qa(
+    knowledge: Knowledge,
+    product: Product,
+    defect: Defect | None,
+    location: dict | None,
+    rng: random.Random,
+    per_task: tuple[int, int] = (1, 2),
+    defects: list[dict] | None = None,
+) -> list[dict]:
     """1–2 QA pairs for each of the five tasks, in task order (``defects``: see :func:`answer`)."""
     pairs = []
     for task in TASKS:
         pool = knowledge.questions(task, product.domain, product.name)
         for question in rng.sample(pool, rng.randint(*per_task)):
-            pairs.append({"task": task, "style": question.style,
-                          "question": question_text(question, product),
-                          "answer": answer(knowledge, question, product, defect, location, defects)})
+            pairs.append(
+                {
+                    "task": task,
+                    "style": question.style,
+                    "question": question_text(question, product),
+                    "answer": answer(knowledge, question, product, defect, location, defects),
+                }
+            )
     return pairs
 
 

@@ -3,6 +3,7 @@
 Splitting the two classes separately keeps every source's normal/abnormal ratio the same in
 every split, which the sources' own splits (often all-normal training sets) do not.
 """
+
 from __future__ import annotations
 
 import random
@@ -11,8 +12,9 @@ from collections import defaultdict
 from maugpt.schema import SourceImage
 
 
-def split_images(images: list[SourceImage], test: float = 0.2, val: float = 0.0,
-                 seed: int = 0) -> dict[str, list[SourceImage]]:
+def split_images(
+    images: list[SourceImage], test: float = 0.2, val: float = 0.0, seed: int = 0
+) -> dict[str, list[SourceImage]]:
     """Assign each image to "train", "val" or "test".
 
     Within each (source, normal/abnormal) group, sorted by key and shuffled with ``seed``, the
@@ -38,8 +40,11 @@ def split_images(images: list[SourceImage], test: float = 0.2, val: float = 0.0,
         group = sorted(group, key=lambda im: im.key)
         random.Random(f"{seed}:{source}:{anomalous}").shuffle(group)
         n_test, n_val = round(len(group) * test), round(len(group) * val)
-        for split, members in (("test", group[:n_test]), ("val", group[n_test:n_test + n_val]),
-                               ("train", group[n_test + n_val:])):
+        for split, members in (
+            ("test", group[:n_test]),
+            ("val", group[n_test : n_test + n_val]),
+            ("train", group[n_test + n_val :]),
+        ):
             part[split] += members
             if anomalous:
                 followed.update({(source, im.group): split for im in members if im.group is not None})

@@ -1,4 +1,5 @@
 """Counts of a MAU-Set split: per source, domain, product, defect class and task."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -7,8 +8,9 @@ from collections.abc import Iterable
 
 def split_statistics(records: Iterable[dict]) -> dict:
     """Counts over decoded records (products and defect classes keyed ``source/product[/class]``)."""
-    counts = {k: Counter() for k in ("source", "domain", "product", "defect_class", "generic_defect_class", "task",
-                                     "style")}
+    counts = {
+        k: Counter() for k in ("source", "domain", "product", "defect_class", "generic_defect_class", "task", "style")
+    }
     images = normal = qa = 0
     for r in records:
         images += 1
@@ -28,16 +30,24 @@ def split_statistics(records: Iterable[dict]) -> dict:
             qa += 1
             counts["task"][pair["task"]] += 1
             counts["style"][pair["style"]] += 1
-    return {"images": images, "normal": normal, "abnormal": images - normal, "qa_pairs": qa,
-            "products": len(counts["product"]), "defect_classes": len(counts["defect_class"]),
-            **{k: dict(sorted(v.items())) for k, v in counts.items()}}
+    return {
+        "images": images,
+        "normal": normal,
+        "abnormal": images - normal,
+        "qa_pairs": qa,
+        "products": len(counts["product"]),
+        "defect_classes": len(counts["defect_class"]),
+        **{k: dict(sorted(v.items())) for k, v in counts.items()},
+    }
 
 
 def format_statistics(stats: dict, title: str) -> str:
     """A plain-text table of one split's statistics."""
-    lines = [f"== {title}: {stats['images']} images ({stats['normal']} normal, {stats['abnormal']} abnormal), "
-             f"{stats['qa_pairs']} QA pairs, {stats['products']} products, {stats['defect_classes']} defect classes"
-             + (f", {stats['skipped_unreadable']} unreadable skipped" if stats.get("skipped_unreadable") else "")]
+    lines = [
+        f"== {title}: {stats['images']} images ({stats['normal']} normal, {stats['abnormal']} abnormal), "
+        f"{stats['qa_pairs']} QA pairs, {stats['products']} products, {stats['defect_classes']} defect classes"
+        + (f", {stats['skipped_unreadable']} unreadable skipped" if stats.get("skipped_unreadable") else "")
+    ]
     for section in ("source", "domain", "task", "style", "product", "defect_class", "generic_defect_class"):
         entries = stats[section]
         if not entries:

@@ -7,6 +7,7 @@ with high contrast and a pixel mask, so that a person sees them and a small mode
 them. Records go through the same QA construction as the real builders (source "synthetic").
 Everything is seeded: the same seed gives the same images, masks and questions.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,9 +21,9 @@ from PIL import Image, ImageDraw
 from maugpt.mauset.knowledge import Knowledge
 from maugpt.mauset.location import location_from_mask
 from maugpt.mauset.qa import build_caption_qa, build_qa, image_rng, tidy
-from maugpt.schema import MAUSetRecord, SourceImage
-from maugpt.mauset.writer import make_sample, prepare_output, write_split
 from maugpt.mauset.split import split_images
+from maugpt.mauset.writer import make_sample, prepare_output, write_split
+from maugpt.schema import MAUSetRecord, SourceImage
 
 SOURCE = "synthetic"
 
@@ -42,7 +43,7 @@ class Canvas:
 def _blur(field: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of a 2-D float field (edges padded by reflection)."""
     radius = int(3 * sigma) + 1
-    kernel = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma**2))
+    kernel = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
     kernel /= kernel.sum()
     padded = np.pad(field, radius, mode="reflect")
     rows = np.stack([np.convolve(row, kernel, mode="valid") for row in padded])
@@ -146,8 +147,10 @@ def screw(rng, s):
     for x in np.arange(x1 + 3, x2 - 2, step):
         draw.line([(x, y - s * 0.07), (x + 2, y + s * 0.07)], fill=(80, 80, 85), width=max(1, s // 100))
     # a removable section: three turns of the thread with the shaft under them
-    sections = [(int(x - 1), int(y - s * 0.07), int(x + 3 * step), int(y + s * 0.07))
-                for x in np.arange(x1 + 3, x2 - 3 * step, step)]
+    sections = [
+        (int(x - 1), int(y - s * 0.07), int(x + 3 * step), int(y + s * 0.07))
+        for x in np.arange(x1 + 3, x2 - 3 * step, step)
+    ]
     return Canvas(image, (int(s * 0.12), int(y - s * 0.12), int(x2), int(y + s * 0.12)), (230, 230, 230), sections)
 
 
@@ -186,13 +189,17 @@ def lens(rng, s):
     y, x = np.mgrid[0:s, 0:s] / s
     d = np.hypot(x - 0.5, y - 0.5)
     glass = np.where(d < 0.4, 0.55 + 0.35 * (1 - d / 0.4), 0.12)
-    return Canvas(_rgb(_tinted(glass, (170, 200, 235))), (int(s * 0.2), int(s * 0.2), int(s * 0.8), int(s * 0.8)), (20, 24, 30))
+    return Canvas(
+        _rgb(_tinted(glass, (170, 200, 235))), (int(s * 0.2), int(s * 0.2), int(s * 0.8), int(s * 0.8)), (20, 24, 30)
+    )
 
 
 # -- defects: each draws on the image and the mask ---------------------------------------------
 def _spot(rng, area, margin):
     x1, y1, x2, y2 = area
-    return rng.uniform(x1 + margin, max(x1 + margin + 1, x2 - margin)), rng.uniform(y1 + margin, max(y1 + margin + 1, y2 - margin))
+    return rng.uniform(x1 + margin, max(x1 + margin + 1, x2 - margin)), rng.uniform(
+        y1 + margin, max(y1 + margin + 1, y2 - margin)
+    )
 
 
 def _line(rng, canvas, draws, color, s):
@@ -305,9 +312,18 @@ def broken(rng, canvas, draws, s):
 
 
 DEFECTS: dict[str, Callable] = {
-    "scratch": scratch, "crack": crack, "hole": hole, "blowhole": blowhole, "stain": stain, "color": color,
-    "contamination": contamination, "missing_part": missing_part, "bent": bent, "open": open_circuit,
-    "short": short_circuit, "break": broken,
+    "scratch": scratch,
+    "crack": crack,
+    "hole": hole,
+    "blowhole": blowhole,
+    "stain": stain,
+    "color": color,
+    "contamination": contamination,
+    "missing_part": missing_part,
+    "bent": bent,
+    "open": open_circuit,
+    "short": short_circuit,
+    "break": broken,
 }
 
 PRODUCTS: dict[str, tuple[Callable, tuple[str, ...]]] = {
@@ -328,7 +344,9 @@ PRODUCTS: dict[str, tuple[Callable, tuple[str, ...]]] = {
 }
 
 
-def render(product: str, defect: str | None, size: int, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray | None]:
+def render(
+    product: str, defect: str | None, size: int, rng: np.random.Generator
+) -> tuple[Image.Image, np.ndarray | None]:
     """One image of ``product`` (normal if ``defect`` is None) and the defect's pixel mask."""
     draw_product, defects = PRODUCTS[product]
     canvas = draw_product(rng, size)
@@ -358,24 +376,32 @@ def plan(images: int, seed: int, anomaly_fraction: float) -> list[SourceImage]:
         anomalous = bool(rng.random() < anomaly_fraction)
         defects = PRODUCTS[product][1]
         defect = defects[(i // len(names)) % len(defects)] if anomalous else None
-        planned.append(SourceImage(SOURCE, product, f"{SOURCE}/{product}/{i:06d}", Path(f"{i:06d}"),
-                                   anomalous, defect))
+        planned.append(SourceImage(SOURCE, product, f"{SOURCE}/{product}/{i:06d}", Path(f"{i:06d}"), anomalous, defect))
     return planned
 
 
-def synthetic_sample(item: SourceImage, split: str, knowledge: Knowledge, seed: int, size: int,
-                     image_format: str, references: int) -> dict:
+def synthetic_sample(
+    item: SourceImage, split: str, knowledge: Knowledge, seed: int, size: int, image_format: str, references: int
+) -> dict:
     rng = np.random.default_rng([seed, int(item.image.name)])
     image, mask = render(item.product, item.defect_class, size, rng)
     product = knowledge.product(SOURCE, item.product)
     defect = knowledge.defect(SOURCE, item.product, item.defect_class) if item.is_anomalous else None
     location = location_from_mask(mask) if mask is not None else None
     record = MAUSetRecord(
-        key=item.key, source=SOURCE, product=item.product, product_name=product.name, domain=product.domain,
-        split=split, is_anomalous=item.is_anomalous, defect_class=item.defect_class,
-        defect_name=defect.name if defect else None, location=location,
+        key=item.key,
+        source=SOURCE,
+        product=item.product,
+        product_name=product.name,
+        domain=product.domain,
+        split=split,
+        is_anomalous=item.is_anomalous,
+        defect_class=item.defect_class,
+        defect_name=defect.name if defect else None,
+        location=location,
         qa=build_qa(knowledge, product, defect, location, image_rng(seed, item.key)),
-        origin=f"procedural seed {seed} image {item.image.name}")
+        origin=f"procedural seed {seed} image {item.image.name}",
+    )
     refs = [render(item.product, None, size, rng)[0] for _ in range(references)]
     return make_sample(record, image, image_format, size, mask, refs)
 
@@ -387,30 +413,51 @@ def caption(item: SourceImage, knowledge: Knowledge, location: dict | None) -> s
     if not item.is_anomalous:
         return tidy(f"A {kind} {product.name} on an inspection station.")
     where = f" in the {location['region']} of the image" if location else ""
-    return tidy(f"A {kind} {product.name} with a {knowledge.defect(SOURCE, item.product, item.defect_class).name}{where}.")
+    return tidy(
+        f"A {kind} {product.name} with a {knowledge.defect(SOURCE, item.product, item.defect_class).name}{where}."
+    )
 
 
-def caption_sample(item: SourceImage, split: str, knowledge: Knowledge, seed: int, size: int,
-                   image_format: str) -> dict:
+def caption_sample(
+    item: SourceImage, split: str, knowledge: Knowledge, seed: int, size: int, image_format: str
+) -> dict:
     rng = np.random.default_rng([seed, int(item.image.name), 1])
     image, mask = render(item.product, item.defect_class, size, rng)
     product = knowledge.product(SOURCE, item.product)
     location = location_from_mask(mask) if mask is not None else None
     record = MAUSetRecord(
-        key=item.key.replace(SOURCE, "synthetic_caption", 1), source="synthetic_caption", product=item.product,
-        product_name=product.name, domain=product.domain, split=split, is_anomalous=item.is_anomalous,
+        key=item.key.replace(SOURCE, "synthetic_caption", 1),
+        source="synthetic_caption",
+        product=item.product,
+        product_name=product.name,
+        domain=product.domain,
+        split=split,
+        is_anomalous=item.is_anomalous,
         defect_class=item.defect_class,
         defect_name=knowledge.defect(SOURCE, item.product, item.defect_class).name if item.is_anomalous else None,
-        location=location, origin=f"procedural seed {seed} image {item.image.name}",
-        qa=build_caption_qa(knowledge, caption(item, knowledge, location), image_rng(seed, item.key)))
+        location=location,
+        origin=f"procedural seed {seed} image {item.image.name}",
+        qa=build_caption_qa(knowledge, caption(item, knowledge, location), image_rng(seed, item.key)),
+    )
     return make_sample(record, image, image_format, size)
 
 
-def build_synthetic(out: str | Path, images: int = 700, seed: int = 0, image_size: int = 224,
-                    captions: int | None = None, anomaly_fraction: float = 0.5, test: float = 0.2,
-                    val: float = 0.05, references: int = 0, image_format: str = "png",
-                    maxcount: int = 1000, overwrite: bool = False, knowledge: Knowledge | None = None,
-                    progress: bool = True) -> dict[str, dict]:
+def build_synthetic(
+    out: str | Path,
+    images: int = 700,
+    seed: int = 0,
+    image_size: int = 224,
+    captions: int | None = None,
+    anomaly_fraction: float = 0.5,
+    test: float = 0.2,
+    val: float = 0.05,
+    references: int = 0,
+    image_format: str = "png",
+    maxcount: int = 1000,
+    overwrite: bool = False,
+    knowledge: Knowledge | None = None,
+    progress: bool = True,
+) -> dict[str, dict]:
     """Write ``out/mauset/{train,val,test}`` (QA shards) and ``out/captions/{train,val}`` (stage 1).
 
     Returns the statistics per written folder, keyed ``"mauset/train"`` and so on.

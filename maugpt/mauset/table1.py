@@ -9,6 +9,7 @@ what the product has, the rest spread over the others), then a seeded random dra
 product. Where a release has fewer images than the paper counts, all are kept and the shortfall
 is reported.
 """
+
 from __future__ import annotations
 
 import random
@@ -16,7 +17,6 @@ from collections import defaultdict
 
 from maugpt.mauset.sources import SOURCES, BuildError
 from maugpt.schema import SourceImage
-
 
 
 def equal_shares(available: dict[str, int], total: int) -> dict[str, int]:
@@ -48,8 +48,10 @@ def paper_subset(images: list[SourceImage], seed: int = 0) -> tuple[list[SourceI
             products = {p: len(g) for (s, a, p), g in groups.items() if s == source and a == anomalous}
             have = sum(products.values())
             if have < wanted:
-                shortfalls.append(f"{source} {'abnormal' if anomalous else 'normal'}: the release has {have}, "
-                                  f"the paper counts {wanted}; all {have} kept")
+                shortfalls.append(
+                    f"{source} {'abnormal' if anomalous else 'normal'}: the release has {have}, "
+                    f"the paper counts {wanted}; all {have} kept"
+                )
             for product, share in equal_shares(products, wanted).items():
                 members = groups[(source, anomalous, product)]
                 rng = random.Random(f"{seed}:{source}:{anomalous}:{product}")

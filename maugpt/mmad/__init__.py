@@ -1,11 +1,19 @@
 """MMAD (the paper's Table 5) in one place: the questions and their official scoring (`scoring`),
 the official query scripts' prompts (`prompts`) and the prompt data module (`data`)."""
+
 from __future__ import annotations
 
 from maugpt.mmad.scoring import MMADQuestion, MMADScores, extract_letter, load_questions, match_predictions, score
 
-__all__ = ["MMADDataModule", "MMADQuestion", "MMADScores", "extract_letter", "load_questions", "match_predictions",
-           "score"]
+__all__ = [
+    "MMADDataModule",
+    "MMADQuestion",
+    "MMADScores",
+    "extract_letter",
+    "load_questions",
+    "match_predictions",
+    "score",
+]
 
 
 def __getattr__(name: str):

@@ -9,6 +9,7 @@ file's order or shuffled, the answer remapped). The answers are scored by
 script's letter extraction and decoding) and by option likelihood. Format: the release's ``mmad.json``
 (Jiang et al. 2024, "MMAD"), read by :func:`maugpt.mmad.scoring.load_questions`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from maugpt.data.formats import ChatFormat
 from maugpt.data.prompts import PromptDataModule, exactly_once
 from maugpt.images import DEFAULT_MAX_PIXELS, open_rgb
-from maugpt.mmad.scoring import MMADEvaluation, MMADQuestion, load_questions, present_options, read_mmad
 from maugpt.mmad.prompts import DEFAULT, INSTRUCTION, SCRIPTS, query_script
+from maugpt.mmad.scoring import MMADEvaluation, MMADQuestion, load_questions, present_options, read_mmad
 
 log = logging.getLogger(__name__)
 Item = tuple[MMADQuestion, list[Path], str]  # the question as shown, its images (templates, query), the user turn
@@ -38,8 +39,16 @@ class MMADPrompts(IterableDataset):
     with the error: it is scored as unparsable, never dropped from the plan.
     """
 
-    def __init__(self, items: list[Item], format: ChatFormat, system: str | None = None, rank: int = 0,
-                 world_size: int = 1, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        items: list[Item],
+        format: ChatFormat,
+        system: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.items, self.format = items, format
         self.system, self.rank, self.world_size, self.max_pixels = system, rank, world_size, max_pixels
 
@@ -56,13 +65,23 @@ class MMADPrompts(IterableDataset):
         if cache.get("paths") != paths:  # an image's questions are consecutive: decode it once
             cache.update(paths=paths, result=self.pixels(paths))
         pixels, error = cache["result"]
-        meta = {"image": question.image, "question_index": question.index, "dataset": question.dataset,
-                "subtask": question.subtask,
-                "question": question.question, "options": question.options, "answer": question.answer}
+        meta = {
+            "image": question.image,
+            "question_index": question.index,
+            "dataset": question.dataset,
+            "subtask": question.subtask,
+            "question": question.question,
+            "options": question.options,
+            "answer": question.answer,
+        }
         if error:
             meta["error"] = error
-        return {**self.format.prompt_text(text, pixels, self.system), "meta": meta, "valid": True,
-                "skipped": int(error is not None)}  # counted per question, whatever the slots
+        return {
+            **self.format.prompt_text(text, pixels, self.system),
+            "meta": meta,
+            "valid": True,
+            "skipped": int(error is not None),
+        }  # counted per question, whatever the slots
 
     def __iter__(self) -> Iterator[dict]:
         yield from exactly_once(self.items, self.rank, self.world_size, self.examples)
@@ -111,22 +130,39 @@ class MMADDataModule(PromptDataModule):
             :mod:`maugpt.images`; MMAD's images are far smaller than the 50 M default).
     """
 
-    def __init__(self, data_root: str, tokenizer: str | None = None, vision_encoder: str | None = None,
-                 image_tokens: int | None = 576,
-                 questions: str | None = None, shots: int = 1, templates: Literal["random", "similar"] = "random",
-                 prompt: Literal["llava", "qwen", "internvl", "gpt4v"] = DEFAULT,
-                 decoding: Literal["official", "greedy"] = "official", shuffle_options: bool | None = None,
-                 seed: int = 0, instruction: str | None = None, datasets: list[str] | None = None,
-                 limit: int | None = None, unparsable: Literal["wrong", "official"] = "wrong",
-                 last_letter: bool | None = None, batch_size: int = 8, num_workers: int = 2,
-                 processor: str | None = None, processor_kwargs: dict | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        data_root: str,
+        tokenizer: str | None = None,
+        vision_encoder: str | None = None,
+        image_tokens: int | None = 576,
+        questions: str | None = None,
+        shots: int = 1,
+        templates: Literal["random", "similar"] = "random",
+        prompt: Literal["llava", "qwen", "internvl", "gpt4v"] = DEFAULT,
+        decoding: Literal["official", "greedy"] = "official",
+        shuffle_options: bool | None = None,
+        seed: int = 0,
+        instruction: str | None = None,
+        datasets: list[str] | None = None,
+        limit: int | None = None,
+        unparsable: Literal["wrong", "official"] = "wrong",
+        last_letter: bool | None = None,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        processor: str | None = None,
+        processor_kwargs: dict | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         super().__init__()
         if shots < 0:
             raise ValueError(f"shots must be 0 or more, got {shots}")
-        for name, value, allowed in (("templates", templates, ("random", "similar")),
-                                     ("prompt", prompt, tuple(SCRIPTS)), ("decoding", decoding, ("official", "greedy")),
-                                     ("unparsable", unparsable, ("wrong", "official"))):
+        for name, value, allowed in (
+            ("templates", templates, ("random", "similar")),
+            ("prompt", prompt, tuple(SCRIPTS)),
+            ("decoding", decoding, ("official", "greedy")),
+            ("unparsable", unparsable, ("wrong", "official")),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
         self.save_hyperparameters()
@@ -149,9 +185,11 @@ class MMADDataModule(PromptDataModule):
         if h.datasets:
             unknown = sorted(set(h.datasets) - {q.dataset for q in questions})
             if unknown:
-                raise ValueError(f"datasets {unknown} are not in {path}; it holds {sorted({q.dataset for q in questions})}")
+                raise ValueError(
+                    f"datasets {unknown} are not in {path}; it holds {sorted({q.dataset for q in questions})}"
+                )
             questions = [q for q in questions if q.dataset in h.datasets]
-        questions = questions[:h.limit] if h.limit is not None else questions
+        questions = questions[: h.limit] if h.limit is not None else questions
         if not questions:
             raise ValueError(f"{path}: no question left to ask (datasets={h.datasets}, limit={h.limit})")
         conversations: dict[str, list[MMADQuestion]] = defaultdict(list)  # each image's questions as shown
@@ -163,39 +201,60 @@ class MMADDataModule(PromptDataModule):
         for q in questions:
             listed = entries[q.image].get(field) if h.shots else []
             if not isinstance(listed, list) or len(listed) < h.shots:
-                raise ValueError(f"{path}: entry {q.image!r} field {field!r} needs at least {h.shots} template "
-                                 f"path(s) for {h.shots}-shot prompts, got {listed!r}")
-            asked = conversations[q.image][:q.index + 1]
-            self.items.append((asked[-1], [root / p for p in listed[:h.shots]] + [root / q.image],
-                               self.script.render(asked, h.shots, instruction)))
+                raise ValueError(
+                    f"{path}: entry {q.image!r} field {field!r} needs at least {h.shots} template "
+                    f"path(s) for {h.shots}-shot prompts, got {listed!r}"
+                )
+            asked = conversations[q.image][: q.index + 1]
+            self.items.append(
+                (
+                    asked[-1],
+                    [root / p for p in listed[: h.shots]] + [root / q.image],
+                    self.script.render(asked, h.shots, instruction),
+                )
+            )
         missing = sorted(str(p) for p in {p for _, paths, _ in self.items for p in paths} if not p.is_file())
         if missing:
-            raise FileNotFoundError(f"{len(missing)} MMAD image(s) missing under {root} (e.g. {', '.join(missing[:3])}): "
-                                    "data_root must hold the images the mmad.json keys and templates name")
-        tokenizer = self.setup_prompts(h.tokenizer, h.vision_encoder, h.image_tokens, processor=h.processor,
-                                       processor_kwargs=h.processor_kwargs)
+            raise FileNotFoundError(
+                f"{len(missing)} MMAD image(s) missing under {root} (e.g. {', '.join(missing[:3])}): "
+                "data_root must hold the images the mmad.json keys and templates name"
+            )
+        tokenizer = self.setup_prompts(
+            h.tokenizer, h.vision_encoder, h.image_tokens, processor=h.processor, processor_kwargs=h.processor_kwargs
+        )
         self.system = instruction if self.script.system_instruction else None
         letters = [chr(ord("A") + i) for i in range(max(len(q.options) for q, _, _ in self.items))]
         ids = [tokenizer(letter, add_special_tokens=False).input_ids for letter in letters]
         if any(len(i) != 1 for i in ids):
-            raise ValueError(f"option-likelihood scoring needs each option letter to be one token; the tokenizer "
-                             f"splits them as {dict(zip(letters, ids))}")
+            raise ValueError(
+                f"option-likelihood scoring needs each option letter to be one token; the tokenizer "
+                f"splits them as {dict(zip(letters, ids))}"
+            )
         self.choice_ids = torch.tensor([i[0] for i in ids])
-        log.info("MMAD: %d questions on %d images, %d-shot, %s prompts", len(self.items),
-                 len({q.image for q, _, _ in self.items}), h.shots, self.script.name)
+        log.info(
+            "MMAD: %d questions on %d images, %d-shot, %s prompts",
+            len(self.items),
+            len({q.image for q, _, _ in self.items}),
+            h.shots,
+            self.script.name,
+        )
 
     def evaluation(self) -> MMADEvaluation:
         h = self.hparams
         order = f"shuffled options (seed {h.seed})" if self.shuffle else "options in the file's order"
         shots = f"{h.shots}-shot ({h.templates} templates)" if h.shots else "0-shot"
-        decoding = (self.script.decoding if h.decoding == "official"
-                    else {"do_sample": False})  # greedy: the model's max_new_tokens
+        decoding = (
+            self.script.decoding if h.decoding == "official" else {"do_sample": False}
+        )  # greedy: the model's max_new_tokens
         used = "official decoding" if h.decoding == "official" else "greedy decoding (the model's max_new_tokens)"
-        setting = (f"{shots}, {order}, {used}\n\n{self.script.describe()}"
-                   + ("" if self.last_letter == self.script.last_letter else
-                      f"; letter overridden: {'last' if self.last_letter else 'first'}"))
-        return MMADEvaluation([q for q, _, _ in self.items], h.unparsable, self.last_letter,
-                              self.script.closest_option, setting, decoding)
+        setting = f"{shots}, {order}, {used}\n\n{self.script.describe()}" + (
+            ""
+            if self.last_letter == self.script.last_letter
+            else f"; letter overridden: {'last' if self.last_letter else 'first'}"
+        )
+        return MMADEvaluation(
+            [q for q, _, _ in self.items], h.unparsable, self.last_letter, self.script.closest_option, setting, decoding
+        )
 
     def _collate(self, examples: list[dict]) -> dict:
         return {**self.format.collate_prompts(examples), "choice_ids": self.choice_ids}

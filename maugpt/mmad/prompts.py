@@ -19,6 +19,7 @@ here per question; an answer the ``gpt4v``/``internvl`` scripts could not parse 
 ``IndexError``) is unparsable; images go through our model's transform (the GPT and LLaVA scripts
 first re-encode them as JPEG at most 512 px).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -30,9 +31,11 @@ from maugpt.tokenizer import IMAGE_TOKEN
 COMMIT = "f9a0e6fd5f7d2477cbb5169620549ed899ef6307"
 # gpt4v.py's module-level ``instruction`` (a triple-quoted string: newlines at both ends), which
 # every open-source script imports.
-INSTRUCTION = ("\nYou are an industrial inspector who checks products by images. You should judge whether there is "
-               "a defect in the query image and answer the questions about it.\nAnswer with the option's letter "
-               "from the given choices directly.\n")
+INSTRUCTION = (
+    "\nYou are an industrial inspector who checks products by images. You should judge whether there is "
+    "a defect in the query image and answer the questions about it.\nAnswer with the option's letter "
+    "from the given choices directly.\n"
+)
 DIRECTLY = "Answer with the option's letter from the given choices directly."
 
 
@@ -49,30 +52,59 @@ def _gpt4v(asked: list[MMADQuestion], shots: int, instruction: str) -> str:
     # GPT4Query.get_query: the user turn's content parts, sent back to back; generate_answer sends
     # the image's questions 1..i for question i and keeps the last letter of the reply.
     intro = f"Following is {shots} image of normal sample, which can be used as a template to compare." if shots else ""
-    return (intro + IMAGE_TOKEN * shots + "Following is the query image: " + IMAGE_TOKEN
-            + "Following is the question list: " + "".join(numbered(q) for q in asked))
+    return (
+        intro
+        + IMAGE_TOKEN * shots
+        + "Following is the query image: "
+        + IMAGE_TOKEN
+        + "Following is the question list: "
+        + "".join(numbered(q) for q in asked)
+    )
 
 
 def _qwen(asked: list[MMADQuestion], shots: int, instruction: str) -> str:
     # QwenQuery.get_query through Qwen-VL's tokenizer.from_list_format, which joins text parts as
     # they are and writes each image as "Picture k: <img>…</img>\n".
     picture = lambda k: f"Picture {k}: {IMAGE_TOKEN}\n"  # noqa: E731
-    intro = (f"Following is/are {shots} image of normal sample, which can be used as a template to compare the "
-             "image being queried.") if shots else ""
-    return (instruction + DIRECTLY + intro + "".join(picture(k + 1) for k in range(shots))
-            + "Following is the query image: " + picture(shots + 1) + "Following is the question list: "
-            + numbered(asked[-1]))
+    intro = (
+        (
+            f"Following is/are {shots} image of normal sample, which can be used as a template to compare the "
+            "image being queried."
+        )
+        if shots
+        else ""
+    )
+    return (
+        instruction
+        + DIRECTLY
+        + intro
+        + "".join(picture(k + 1) for k in range(shots))
+        + "Following is the query image: "
+        + picture(shots + 1)
+        + "Following is the question list: "
+        + numbered(asked[-1])
+    )
 
 
 def _internvl(asked: list[MMADQuestion], shots: int, instruction: str) -> str:
     # InternVLQuery.get_query: payload + conversation_text.
     incontext = ""
     if shots:
-        incontext = ("Following is/are {} image of normal sample, which can be used as a template to compare the "
-                     "image being queried.".format(shots) + ("\n" + f" {IMAGE_TOKEN}\n") * shots)
-    payload = (instruction + incontext + "\n" + "Following is the query image: " + "\n" + f"{IMAGE_TOKEN} " + "\n"
-               + "Following is the question list. Answer with the option's letter from the given choices directly: "
-               + "\n")
+        incontext = (
+            f"Following is/are {shots} image of normal sample, which can be used as a template to compare the "
+            "image being queried." + ("\n" + f" {IMAGE_TOKEN}\n") * shots
+        )
+    payload = (
+        instruction
+        + incontext
+        + "\n"
+        + "Following is the query image: "
+        + "\n"
+        + f"{IMAGE_TOKEN} "
+        + "\n"
+        + "Following is the question list. Answer with the option's letter from the given choices directly: "
+        + "\n"
+    )
     return payload + numbered(asked[-1]) + "\n"
 
 
@@ -105,30 +137,64 @@ class QueryScript:
 
     def describe(self) -> str:
         sampled = self.decoding.get("do_sample")
-        knobs = ", ".join(f"{k} {v}" for k, v in self.decoding.items() if k not in ("do_sample", "max_new_tokens")
-                          and v is not None)
+        knobs = ", ".join(
+            f"{k} {v}" for k, v in self.decoding.items() if k not in ("do_sample", "max_new_tokens") and v is not None
+        )
         decoding = (f"sampled ({knobs})" if sampled else "greedy") + f", {self.decoding['max_new_tokens']} new tokens"
-        return (f"query script {self.name} ({self.script} @ {COMMIT[:8]}): "
-                f"{'first' if not self.last_letter else 'last'} letter A–E, "
-                f"{'else the closest option text' if self.closest_option else 'no fallback'}; "
-                f"official decoding: {decoding}")
+        return (
+            f"query script {self.name} ({self.script} @ {COMMIT[:8]}): "
+            f"{'first' if not self.last_letter else 'last'} letter A–E, "
+            f"{'else the closest option text' if self.closest_option else 'no fallback'}; "
+            f"official decoding: {decoding}"
+        )
 
 
-SCRIPTS: dict[str, QueryScript] = {s.name: s for s in (
-    # The OpenAI API's defaults (temperature 1, top-p 1): the script sets only max_tokens.
-    QueryScript("gpt4v", "GPT4/gpt4v.py", _gpt4v, shuffle_options=False, last_letter=True, closest_option=False,
-                decoding={"do_sample": True, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 600},
-                system_instruction=True, history=True),
-    # model.generation_config = Qwen-VL-Chat's generation_config.json (top_k 0: off).
-    QueryScript("qwen", "Transformers/qwen_query.py", _qwen, shuffle_options=False, last_letter=True,
-                closest_option=True, decoding={"do_sample": True, "top_k": 0, "top_p": 0.3, "max_new_tokens": 512}),
-    QueryScript("internvl", "Transformers/internvl_query.py", _internvl, shuffle_options=False, last_letter=True,
-                closest_option=False, decoding={"do_sample": False, "max_new_tokens": 128}),
-    # The script's argparse defaults: temperature 0.2 (so do_sample), top_p None, num_beams 1.
-    QueryScript("llava", "LLaVA_Query/llava_query.py", _llava, shuffle_options=True, last_letter=False,
-                closest_option=True, decoding={"do_sample": True, "temperature": 0.2, "top_p": None,
-                                               "num_beams": 1, "max_new_tokens": 64}),
-)}
+SCRIPTS: dict[str, QueryScript] = {
+    s.name: s
+    for s in (
+        # The OpenAI API's defaults (temperature 1, top-p 1): the script sets only max_tokens.
+        QueryScript(
+            "gpt4v",
+            "GPT4/gpt4v.py",
+            _gpt4v,
+            shuffle_options=False,
+            last_letter=True,
+            closest_option=False,
+            decoding={"do_sample": True, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 600},
+            system_instruction=True,
+            history=True,
+        ),
+        # model.generation_config = Qwen-VL-Chat's generation_config.json (top_k 0: off).
+        QueryScript(
+            "qwen",
+            "Transformers/qwen_query.py",
+            _qwen,
+            shuffle_options=False,
+            last_letter=True,
+            closest_option=True,
+            decoding={"do_sample": True, "top_k": 0, "top_p": 0.3, "max_new_tokens": 512},
+        ),
+        QueryScript(
+            "internvl",
+            "Transformers/internvl_query.py",
+            _internvl,
+            shuffle_options=False,
+            last_letter=True,
+            closest_option=False,
+            decoding={"do_sample": False, "max_new_tokens": 128},
+        ),
+        # The script's argparse defaults: temperature 0.2 (so do_sample), top_p None, num_beams 1.
+        QueryScript(
+            "llava",
+            "LLaVA_Query/llava_query.py",
+            _llava,
+            shuffle_options=True,
+            last_letter=False,
+            closest_option=True,
+            decoding={"do_sample": True, "temperature": 0.2, "top_p": None, "num_beams": 1, "max_new_tokens": 64},
+        ),
+    )
+}
 DEFAULT = "llava"
 
 

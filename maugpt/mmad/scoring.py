@@ -22,6 +22,7 @@ Two handlings, reported under their names:
   letter, even an empty one, to the closest option text where the script passes its options
   (see :mod:`maugpt.mmad.prompts`).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -35,10 +36,20 @@ from typing import Literal
 
 from torch import nn
 
-SUBTASKS = ("Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
-            "Defect Analysis", "Object Classification", "Object Analysis")
-QUESTION_TYPES = {**{t: t for t in SUBTASKS[:-1]}, "Object Structure": "Object Analysis",
-                  "Object Details": "Object Analysis"}
+SUBTASKS = (
+    "Anomaly Detection",
+    "Defect Classification",
+    "Defect Localization",
+    "Defect Description",
+    "Defect Analysis",
+    "Object Classification",
+    "Object Analysis",
+)
+QUESTION_TYPES = {
+    **{t: t for t in SUBTASKS[:-1]},
+    "Object Structure": "Object Analysis",
+    "Object Details": "Object Analysis",
+}
 _LETTER = re.compile(r"\b([A-E])\b")
 
 
@@ -90,10 +101,12 @@ def load_questions(path: str | Path, entries: dict[str, dict] | None = None) -> 
             if q["type"] not in QUESTION_TYPES:
                 raise ValueError(f"{where}: field 'type' is {q['type']!r}; expected one of {sorted(QUESTION_TYPES)}")
             if q["Answer"] not in q["Options"]:
-                raise ValueError(f"{where}: field 'Answer' {q['Answer']!r} is not one of the options "
-                                 f"{sorted(q['Options'])}")
-            questions.append(MMADQuestion(key, index, q["Question"], dict(q["Options"]), q["Answer"],
-                                          QUESTION_TYPES[q["type"]]))
+                raise ValueError(
+                    f"{where}: field 'Answer' {q['Answer']!r} is not one of the options {sorted(q['Options'])}"
+                )
+            questions.append(
+                MMADQuestion(key, index, q["Question"], dict(q["Options"]), q["Answer"], QUESTION_TYPES[q["type"]])
+            )
     return questions
 
 
@@ -113,14 +126,17 @@ def _as_presented(question: MMADQuestion, options: object, line: int) -> MMADQue
     """``question`` with the option letters a prediction saw (``options``: letter → text, a
     re-lettering of the file's options); the answer follows its option text."""
     if not isinstance(options, dict) or sorted(options.values()) != sorted(question.options.values()):
-        raise ValueError(f"prediction {line}: 'options' {options!r} are not the options of {question.image} "
-                         f"#{question.index} ({question.options})")
+        raise ValueError(
+            f"prediction {line}: 'options' {options!r} are not the options of {question.image} "
+            f"#{question.index} ({question.options})"
+        )
     correct = question.options[question.answer]
     return replace(question, options=dict(options), answer=next(k for k, v in options.items() if v == correct))
 
 
-def extract_letter(response: str, options: dict[str, str], last: bool = True, closest_option: bool = True,
-                   official: bool = False) -> str | None:
+def extract_letter(
+    response: str, options: dict[str, str], last: bool = True, closest_option: bool = True, official: bool = False
+) -> str | None:
     """The official answer extraction (``GPT4Query.parse_answer``): the last (or first) standalone
     letter A–E of the response; without one and with ``closest_option``, the letter of the option
     text closest to the response (difflib, cutoff 0: some option always matches). An empty or
@@ -162,14 +178,20 @@ def match_predictions(questions: list[MMADQuestion], predictions: list[dict]) ->
             duplicates.append(f"line {line}: {q.image} #{q.index}")
             continue
         seen.add((q.image, q.index))
-        pairs.append((_as_presented(q, p["options"], line) if "options" in p else q,
-                      None if p.get("error") else p["answer"]))
+        pairs.append(
+            (_as_presented(q, p["options"], line) if "options" in p else q, None if p.get("error") else p["answer"])
+        )
     missing = [f"{q.image} #{q.index}" for q in questions if (q.image, q.index) not in seen]
-    problems = [(name, items) for name, items in (("unknown", unknown), ("duplicate", duplicates),
-                                                  ("unanswered", missing)) if items]
+    problems = [
+        (name, items)
+        for name, items in (("unknown", unknown), ("duplicate", duplicates), ("unanswered", missing))
+        if items
+    ]
     if problems:
-        raise ValueError("predictions do not match the questions: " + "; ".join(
-            f"{len(items)} {name} (e.g. {', '.join(items[:3])})" for name, items in problems))
+        raise ValueError(
+            "predictions do not match the questions: "
+            + "; ".join(f"{len(items)} {name} (e.g. {', '.join(items[:3])})" for name, items in problems)
+        )
     return pairs
 
 
@@ -199,8 +221,10 @@ class MMADScores:
     @property
     def handling_note(self) -> str:
         if self.handling == "official":
-            return (f"unparsable answers: {self.unparsable} (official summary: {self.dropped} records dropped, "
-                    f"{self.skipped} records right after them never checked)")
+            return (
+                f"unparsable answers: {self.unparsable} (official summary: {self.dropped} records dropped, "
+                f"{self.skipped} records right after them never checked)"
+            )
         return f"unparsable answers: {self.unparsable} ({self.handling})"
 
     def markdown(self) -> str:
@@ -210,7 +234,9 @@ class MMADScores:
         cell = lambda v: "—" if v != v else f"{v:.2f}"  # noqa: E731  (NaN: subtask absent)
         for dataset, row in sorted(self.table.items()):
             values = [row.get(s, float("nan")) for s in SUBTASKS]
-            lines.append(f"| {dataset} | " + " | ".join(cell(v) for v in values) + f" | {self.row_average(dataset):.2f} |")
+            lines.append(
+                f"| {dataset} | " + " | ".join(cell(v) for v in values) + f" | {self.row_average(dataset):.2f} |"
+            )
         means = [self.subtask_average(s) for s in SUBTASKS]
         lines.append("| **average** | " + " | ".join(cell(v) for v in means) + f" | {self.average:.2f} |")
         lines.append(f"\n{self.handling_note}")
@@ -219,8 +245,15 @@ class MMADScores:
     def csv(self) -> str:
         rows = ["dataset," + ",".join(SUBTASKS) + ",average"]
         for dataset, row in sorted(self.table.items()):
-            rows.append(",".join([dataset, *(f"{row[s]:.4f}" if s in row else "" for s in SUBTASKS),
-                                  f"{self.row_average(dataset):.4f}"]))
+            rows.append(
+                ",".join(
+                    [
+                        dataset,
+                        *(f"{row[s]:.4f}" if s in row else "" for s in SUBTASKS),
+                        f"{self.row_average(dataset):.4f}",
+                    ]
+                )
+            )
         rows.append(",".join(["average", *(f"{self.subtask_average(s):.4f}" for s in SUBTASKS), f"{self.average:.4f}"]))
         return "\n".join(rows) + "\n"
 
@@ -264,27 +297,43 @@ def _official_table(records: list[tuple[MMADQuestion, str | None]]) -> tuple[dic
             position += 2
             continue
         for key in [(question.dataset, question.subtask)] + (
-                [(question.dataset, _group(question))] if question.subtask == "Anomaly Detection" else []):
+            [(question.dataset, _group(question))] if question.subtask == "Anomaly Detection" else []
+        ):
             hits[key]["correct"] += letter == question.answer
             hits[key]["total"] += 1
         position += 1
     rate = lambda h: h["correct"] / h["total"] if h["total"] else 0.0  # noqa: E731  (official: 0 when empty)
-    table = {d: {s: 100.0 * ((rate(hits[(d, "normal")]) + rate(hits[(d, "anomalous")])) / 2
-                             if s == "Anomaly Detection" else rate(hits[(d, s)])) for s in subtasks}
-             for d in datasets}
+    table = {
+        d: {
+            s: 100.0
+            * (
+                (rate(hits[(d, "normal")]) + rate(hits[(d, "anomalous")])) / 2
+                if s == "Anomaly Detection"
+                else rate(hits[(d, s)])
+            )
+            for s in subtasks
+        }
+        for d in datasets
+    }
     return table, dropped, skipped
 
 
-def score(pairs: list[tuple[MMADQuestion, str | None]], unparsable: Literal["wrong", "official"] = "wrong",
-          last_letter: bool = True, closest_option: bool = True) -> MMADScores:
+def score(
+    pairs: list[tuple[MMADQuestion, str | None]],
+    unparsable: Literal["wrong", "official"] = "wrong",
+    last_letter: bool = True,
+    closest_option: bool = True,
+) -> MMADScores:
     """Score (question, raw answer) pairs, in the order the answers were recorded (it matters to the
     official handling); ``last_letter`` and ``closest_option`` are the query script's extraction
     (:func:`extract_letter`). See the module docstring for the two handlings."""
     if unparsable not in ("wrong", "official"):
         raise ValueError(f"unparsable must be 'wrong' or 'official', got {unparsable!r}")
     official = unparsable == "official"
-    records = [(q, None if response is None else extract_letter(response, q.options, last_letter, closest_option,
-                                                                 official)) for q, response in pairs]
+    records = [
+        (q, None if response is None else extract_letter(response, q.options, last_letter, closest_option, official))
+        for q, response in pairs
+    ]
     bad = sum(letter is None for _, letter in records)
     letters = [letter for _, letter in records]
     if official:
@@ -293,8 +342,9 @@ def score(pairs: list[tuple[MMADQuestion, str | None]], unparsable: Literal["wro
     return MMADScores(_corrected_table(records), bad, 0, "unparsable = wrong", letters=letters)
 
 
-def score_rows(rows: list[dict], pairs: list[tuple[MMADQuestion, str | None]], scores: MMADScores,
-               prefix: str = "") -> None:
+def score_rows(
+    rows: list[dict], pairs: list[tuple[MMADQuestion, str | None]], scores: MMADScores, prefix: str = ""
+) -> None:
     """Give each prediction row (in the order of ``pairs``) its own result: ``<prefix>letter`` (the
     extracted letter, None: unparsable) and ``<prefix>correct`` (that letter is the right one)."""
     for row, (question, _), letter in zip(rows, pairs, scores.letters, strict=True):
@@ -322,12 +372,20 @@ class MMADEvaluation(nn.Module):
             (``MAUGPTModule.test_step`` passes them on).
     """
 
-    MODES = {"generation": "generated answers through the query script's letter extraction",
-             "likelihood": "option likelihood (the option letter most probable as the first answer token)"}
+    MODES = {
+        "generation": "generated answers through the query script's letter extraction",
+        "likelihood": "option likelihood (the option letter most probable as the first answer token)",
+    }
 
-    def __init__(self, questions: list[MMADQuestion], unparsable: Literal["wrong", "official"] = "wrong",
-                 last_letter: bool = True, closest_option: bool = True, setting: str = "",
-                 generate_kwargs: dict | None = None) -> None:
+    def __init__(
+        self,
+        questions: list[MMADQuestion],
+        unparsable: Literal["wrong", "official"] = "wrong",
+        last_letter: bool = True,
+        closest_option: bool = True,
+        setting: str = "",
+        generate_kwargs: dict | None = None,
+    ) -> None:
         super().__init__()
         self.questions, self.unparsable, self.setting = questions, unparsable, setting
         self.last_letter, self.closest_option = last_letter, closest_option
@@ -341,11 +399,20 @@ class MMADEvaluation(nn.Module):
         likely = ""
         if choice_logprobs is not None and not error:
             likely = max(meta["options"], key=lambda letter: choice_logprobs[ord(letter) - ord("A")])
-        self.rows.append({"image": meta["image"], "question_index": meta["question_index"],
-                          "dataset": meta["dataset"], "subtask": meta["subtask"],
-                          "question": meta["question"], "options": meta["options"], "correct_letter": meta["answer"],
-                          "answer": "" if error else answer, "likelihood_answer": likely,
-                          **({"error": error} if error else {})})
+        self.rows.append(
+            {
+                "image": meta["image"],
+                "question_index": meta["question_index"],
+                "dataset": meta["dataset"],
+                "subtask": meta["subtask"],
+                "question": meta["question"],
+                "options": meta["options"],
+                "correct_letter": meta["answer"],
+                "answer": "" if error else answer,
+                "likelihood_answer": likely,
+                **({"error": error} if error else {}),
+            }
+        )
 
     def finish(self, trainer) -> dict[str, float]:
         """Score both modes on rank 0; ``predictions.jsonl`` gets every answer with its own
@@ -371,15 +438,18 @@ class MMADEvaluation(nn.Module):
         results: dict[str, float] = {}
         unreadable = sum("error" in r for r in rows)
         first, _, details = self.setting.partition("\n\n")
-        sections = [f"MMAD: {len(rows)} questions; {first}; questions with unreadable images: {unreadable}"
-                    + (f"\n\n{details}" if details else "")]
+        sections = [
+            f"MMAD: {len(rows)} questions; {first}; questions with unreadable images: {unreadable}"
+            + (f"\n\n{details}" if details else "")
+        ]
         for mode, title in self.MODES.items():
             if mode == "likelihood" and not any(r["likelihood_answer"] for r in rows):
                 continue
             field = "answer" if mode == "generation" else "likelihood_answer"
             pairs = match_predictions(self.questions, [{**r, "answer": r[field]} for r in rows])
-            scores = score(pairs, self.unparsable if mode == "generation" else "wrong", self.last_letter,
-                           self.closest_option)
+            scores = score(
+                pairs, self.unparsable if mode == "generation" else "wrong", self.last_letter, self.closest_option
+            )
             score_rows(rows, pairs, scores, "" if mode == "generation" else "likelihood_")
             sections.append(f"### {mode.capitalize()}: {title} (accuracy %)\n\n{scores.markdown()}")
             (folder / f"mmad_{mode}.csv").write_text(scores.csv())

@@ -1,4 +1,5 @@
 """The MAU-GPT model: vision encoder, projector, LLM with adapters."""
+
 from maugpt.model.mau_gpt import MAUGPT
 from maugpt.model.projector import build_projector
 from maugpt.model.vision import VisionEncoder

@@ -1,4 +1,5 @@
 """MAU-GPT: frozen vision encoder → trainable projector → frozen causal LLM with adapters (LLaVA style)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,12 +28,17 @@ def model_inputs(batch: dict, **overrides: Tensor | None) -> dict:
     return {**{k: v for k, v in batch.items() if k not in BATCH_ANNOTATIONS}, **overrides}
 
 
-def set_forward_context(net: nn.Module, attention_mask: Tensor, condition_mask: Tensor | None,
-                        sample_labels: Tensor | None) -> None:
+def set_forward_context(
+    net: nn.Module, attention_mask: Tensor, condition_mask: Tensor | None, sample_labels: Tensor | None
+) -> None:
     """Give ``net``'s adapters (if it has any) the masks of the next forward (see ``AdapterContext``)."""
     if net.adapter is not None:
-        adapter_context(net.llm).set(token_mask=attention_mask.bool(), condition_mask=condition_mask,
-                                     sample_labels=sample_labels, record=net.record_diagnostics)
+        adapter_context(net.llm).set(
+            token_mask=attention_mask.bool(),
+            condition_mask=condition_mask,
+            sample_labels=sample_labels,
+            record=net.record_diagnostics,
+        )
 
 
 def generation_context(net: nn.Module, attention_mask: Tensor, condition_mask: Tensor | None):
@@ -44,8 +50,9 @@ def generation_context(net: nn.Module, attention_mask: Tensor, condition_mask: T
     return adapter_context(net.llm).generation(condition_mask=condition.bool())
 
 
-def load_frozen(auto_class, path: str, pretrained: bool, dtype: torch.dtype, attn_implementation: str,
-                trust_remote_code: bool) -> nn.Module:
+def load_frozen(
+    auto_class, path: str, pretrained: bool, dtype: torch.dtype, attn_implementation: str, trust_remote_code: bool
+) -> nn.Module:
     """A transformers model (``auto_class``: ``AutoModelForCausalLM``, ``AutoModelForImageTextToText``)
     with its weights (or, with ``pretrained`` False, from its config: meta-device checks), frozen."""
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
@@ -77,10 +84,21 @@ class MAUGPT(nn.Module):
         compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` to debug).
     """
 
-    def __init__(self, llm: str, vision_encoder: str, projector: str = "mlp2x_gelu", adapter: Adapter | None = None,
-                 feature_layer: int = -2, vision_pretrained: bool | str = True, llm_pretrained: bool = True,
-                 llm_dtype: str = "float32", attn_implementation: str = "sdpa", trust_remote_code: bool = False,
-                 compile_llm: str = "none", compile_backend: str = "inductor") -> None:
+    def __init__(
+        self,
+        llm: str,
+        vision_encoder: str,
+        projector: str = "mlp2x_gelu",
+        adapter: Adapter | None = None,
+        feature_layer: int = -2,
+        vision_pretrained: bool | str = True,
+        llm_pretrained: bool = True,
+        llm_dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+        compile_llm: str = "none",
+        compile_backend: str = "inductor",
+    ) -> None:
         super().__init__()
         if llm_dtype not in DTYPES:
             raise ValueError(f"llm_dtype must be one of {sorted(DTYPES)}, got {llm_dtype!r}")
@@ -115,8 +133,10 @@ class MAUGPT(nn.Module):
         slots = input_ids == self.image_token_id
         expected = images * self.vision.tokens
         if (slots.sum(1) != expected).any():
-            raise ValueError(f"each row needs {images} × {self.vision.tokens} <image> slots, found "
-                             f"{slots.sum(1).tolist()}: the data's image_tokens must match the vision encoder")
+            raise ValueError(
+                f"each row needs {images} × {self.vision.tokens} <image> slots, found "
+                f"{slots.sum(1).tolist()}: the data's image_tokens must match the vision encoder"
+            )
         embeddings = self.llm.get_input_embeddings()(input_ids.masked_fill(slots, 0))
         return embeddings.masked_scatter(slots.unsqueeze(-1), projected.to(embeddings.dtype).reshape(-1))
 
@@ -124,8 +144,15 @@ class MAUGPT(nn.Module):
     def projector_dtype(self) -> torch.dtype:
         return next(self.projector.parameters()).dtype
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor, labels: Tensor | None = None,
-                condition_mask: Tensor | None = None, sample_labels: Tensor | None = None):
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        pixel_values: Tensor,
+        labels: Tensor | None = None,
+        condition_mask: Tensor | None = None,
+        sample_labels: Tensor | None = None,
+    ):
         """Teacher-forced forward; returns the LLM's output (``loss`` when ``labels`` are given).
 
         Takes a batch's model inputs only (:func:`model_inputs` drops its annotations): an
@@ -136,8 +163,15 @@ class MAUGPT(nn.Module):
         return self.llm(inputs_embeds=embeddings, attention_mask=attention_mask, labels=labels, use_cache=False)
 
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor,
-                 condition_mask: Tensor | None = None, max_new_tokens: int = 64, **kwargs) -> Tensor:
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        pixel_values: Tensor,
+        condition_mask: Tensor | None = None,
+        max_new_tokens: int = 64,
+        **kwargs,
+    ) -> Tensor:
         """Batched, KV-cached generation from left-padded prompts, greedy unless ``kwargs`` say otherwise
         (e.g. an MMAD query script's sampling); returns the new tokens.
 
@@ -145,10 +179,17 @@ class MAUGPT(nn.Module):
         """
         embeddings = self.embed(input_ids, pixel_values)
         # The image placeholder is never a word of an answer.
-        options = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
-                   "eos_token_id": self.tokenizer.eos_token_id, "suppress_tokens": [self.image_token_id],
-                   "synced_gpus": self.synced_generation, **kwargs,
-                   "inputs_embeds": embeddings, "attention_mask": attention_mask, "max_new_tokens": max_new_tokens}
+        options = {
+            "do_sample": False,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "suppress_tokens": [self.image_token_id],
+            "synced_gpus": self.synced_generation,
+            **kwargs,
+            "inputs_embeds": embeddings,
+            "attention_mask": attention_mask,
+            "max_new_tokens": max_new_tokens,
+        }
         with generation_context(self, attention_mask, condition_mask):
             return self.llm.generate(**options)
 

@@ -7,6 +7,7 @@ into), ``projector`` (the vision-to-text connector, trained in stage 1), ``visio
 ``forward(**batch)`` and ``generate(**prompts)`` returning only the new tokens. The batches come
 from the model's own processor (:class:`~maugpt.data.processor.ProcessorFormat`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,8 @@ VISION_TOWERS = ("vision_tower", "vision_model", "visual")
 
 
 def find_module(model: nn.Module, suffixes: tuple[str, ...], what: str, given: str | None = None) -> str:
-    """The dotted name of ``model``'s submodule ``given``, or else of the first one whose name ends with one of ``suffixes``."""
+    """The dotted name of ``model``'s submodule ``given``, or else of the first one whose name ends
+    with one of ``suffixes``."""
     names = [name for name, _ in model.named_modules()]
     if given is not None:
         if given not in names:
@@ -50,9 +52,17 @@ class PretrainedVLM(nn.Module):
         processor_kwargs: passed to ``AutoProcessor.from_pretrained``.
     """
 
-    def __init__(self, vlm: str, adapter: Adapter | None = None, pretrained: bool = True, dtype: str = "float32",
-                 attn_implementation: str = "sdpa", trust_remote_code: bool = False,
-                 projector: str | None = None, processor_kwargs: dict | None = None) -> None:
+    def __init__(
+        self,
+        vlm: str,
+        adapter: Adapter | None = None,
+        pretrained: bool = True,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+        projector: str | None = None,
+        processor_kwargs: dict | None = None,
+    ) -> None:
         from transformers import AutoModelForImageTextToText
 
         from maugpt.data.processor import load_processor
@@ -62,16 +72,24 @@ class PretrainedVLM(nn.Module):
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.processor = load_processor(vlm, trust_remote_code, processor_kwargs)
         self.tokenizer = self.processor.tokenizer
-        self.vlm = load_frozen(AutoModelForImageTextToText, vlm, pretrained, DTYPES[dtype], attn_implementation,
-                               trust_remote_code)
+        self.vlm = load_frozen(
+            AutoModelForImageTextToText, vlm, pretrained, DTYPES[dtype], attn_implementation, trust_remote_code
+        )
         # Names, not attributes: the parts stay registered once, under vlm (checkpoint keys, FSDP).
         self.projector_name = find_module(self.vlm, PROJECTORS, "vision-to-text projector", projector)
         self.vision_name = find_module(self.vlm, VISION_TOWERS, "vision encoder")
         self.projector.requires_grad_(True)  # stage 1 trains it; inject() freezes only the language model
-        self.image_token_ids = sorted({i for i in (getattr(self.processor, "image_token_id", None),
-                                                   getattr(self.vlm.config, "image_token_id", None),
-                                                   getattr(self.vlm.config, "image_token_index", None))
-                                       if isinstance(i, int)})
+        self.image_token_ids = sorted(
+            {
+                i
+                for i in (
+                    getattr(self.processor, "image_token_id", None),
+                    getattr(self.vlm.config, "image_token_id", None),
+                    getattr(self.vlm.config, "image_token_index", None),
+                )
+                if isinstance(i, int)
+            }
+        )
         self.adapter = adapter
         self.record_diagnostics = False
         self.synced_generation = False
@@ -95,30 +113,53 @@ class PretrainedVLM(nn.Module):
     def image_tokens(self) -> None:
         return None  # the processor expands each image itself (a count per image for some families)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None,
-                condition_mask: Tensor | None = None, sample_labels: Tensor | None = None, **vision_inputs: Tensor):
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        labels: Tensor | None = None,
+        condition_mask: Tensor | None = None,
+        sample_labels: Tensor | None = None,
+        **vision_inputs: Tensor,
+    ):
         """Teacher-forced forward over a processor batch (``vision_inputs``: its ``pixel_values``,
         ``image_grid_thw`` … as the processor named them); ``loss`` when ``labels`` are given."""
         set_forward_context(self, attention_mask, condition_mask, sample_labels)
-        return self.vlm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False,
-                        **self._cast(vision_inputs))
+        return self.vlm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            use_cache=False,
+            **self._cast(vision_inputs),
+        )
 
     def _cast(self, inputs: dict) -> dict:
         dtype = next(self.vision.parameters()).dtype
         return {k: v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
 
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, attention_mask: Tensor, condition_mask: Tensor | None = None,
-                 max_new_tokens: int = 64, **kwargs) -> Tensor:
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        condition_mask: Tensor | None = None,
+        max_new_tokens: int = 64,
+        **kwargs,
+    ) -> Tensor:
         """Batched, KV-cached generation from left-padded prompts; greedy unless ``kwargs`` say
         otherwise. ``kwargs`` hold the processor's image inputs and any ``generate()`` options; the
         model's ``generation_config`` gives its stop tokens and anything else it sets (e.g.
         Qwen2.5-VL's repetition penalty). Returns only the new tokens. AMoE-LoRA's condition is fixed
         at the prefill."""
-        options = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id,
-                   "suppress_tokens": self.image_token_ids or None, "synced_gpus": self.synced_generation,
-                   **self._cast(kwargs),
-                   "input_ids": input_ids, "attention_mask": attention_mask, "max_new_tokens": max_new_tokens}
+        options = {
+            "do_sample": False,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "suppress_tokens": self.image_token_ids or None,
+            "synced_gpus": self.synced_generation,
+            **self._cast(kwargs),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "max_new_tokens": max_new_tokens,
+        }
         with generation_context(self, attention_mask, condition_mask):
-            return self.vlm.generate(**options)[:, input_ids.shape[1]:]
-
+            return self.vlm.generate(**options)[:, input_ids.shape[1] :]

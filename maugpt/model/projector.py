@@ -1,4 +1,5 @@
 """The trainable projector from vision features to the LLM's embedding space."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """The LLM's repeated units, the pieces FSDP shards and ``torch.compile`` compiles one by one."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -21,8 +22,10 @@ def decoder_layers(llm: nn.Module) -> list[nn.Module]:
     names = set(getattr(llm, "_no_split_modules", None) or ())
     layers = [m for m in llm.modules() if type(m).__name__ in names]
     if not layers:
-        raise ValueError(f"{type(llm).__name__} names no decoder-layer classes (_no_split_modules = {sorted(names)}): "
-                         "cannot choose FSDP or compile units")
+        raise ValueError(
+            f"{type(llm).__name__} names no decoder-layer classes (_no_split_modules = {sorted(names)}): "
+            "cannot choose FSDP or compile units"
+        )
     return layers
 
 

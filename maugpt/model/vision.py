@@ -1,4 +1,5 @@
 """The frozen vision encoder: a timm ViT or ConvNeXt returning patch features from one layer."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,9 @@ class VisionEncoder(nn.Module):
     def __init__(self, encoder: str, pretrained: bool | str = True, feature_layer: int = -2) -> None:
         super().__init__()
         checkpoint = pretrained if isinstance(pretrained, str) else None
-        self.model = timm.create_model(timm_name(encoder), pretrained=bool(pretrained) and checkpoint is None,
-                                       num_classes=0)
+        self.model = timm.create_model(
+            timm_name(encoder), pretrained=bool(pretrained) and checkpoint is None, num_classes=0
+        )
         if checkpoint is not None:
             timm.models.load_checkpoint(self.model, checkpoint, strict=True)
         depth = len(getattr(self.model, "blocks", None) or getattr(self.model, "stages", []))
@@ -55,7 +57,8 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         if hasattr(self.model, "blocks"):
-            return self.model.forward_intermediates(pixels, indices=[self.layer], output_fmt="NLC",
-                                                    intermediates_only=True)[0]
+            return self.model.forward_intermediates(
+                pixels, indices=[self.layer], output_fmt="NLC", intermediates_only=True
+            )[0]
         feature = self.model.forward_intermediates(pixels, indices=[self.layer], intermediates_only=True)[0]
         return feature.flatten(2).transpose(1, 2)

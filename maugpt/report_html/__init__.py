@@ -12,6 +12,7 @@ by ascending ROUGE-L) and filters them by domain, task, product and outcome; the
 (``page.html#outcome=incorrect&domain=Mechanical+Parts``) sets the filters on load, so that a
 filtered view can be shared.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,25 @@ from pathlib import Path
 
 from maugpt.evaluation.run import predictions_path
 from maugpt.report_html.images import load_thumbs
-from maugpt.report_html.pages import (Evaluation, ThumbSheet, cell_page, evaluation_page, nav, sweep_page,
-                                      sweep_questions, sweep_title)
+from maugpt.report_html.pages import (
+    Evaluation,
+    ThumbSheet,
+    cell_page,
+    evaluation_page,
+    nav,
+    sweep_page,
+    sweep_questions,
+    sweep_title,
+)
 from maugpt.report_html.template import CSS, PAGE, SCRIPT, esc
 
 
 def read_source(source: Path, data_dir: Path | None) -> tuple[dict | None, list[Evaluation]]:
     """The sweep's record (None unless ``source`` is a sweep) and the evaluations to give pages to."""
-    expected = ("expected an evaluation folder (predictions.jsonl), a run folder (evaluation*/predictions.jsonl) "
-                "or a sweep folder (sweep.json)")
+    expected = (
+        "expected an evaluation folder (predictions.jsonl), a run folder (evaluation*/predictions.jsonl) "
+        "or a sweep folder (sweep.json)"
+    )
     if not source.is_dir():
         raise ValueError(f"{source} is not a folder: {expected}")
     if (source / "sweep.json").is_file():
@@ -42,22 +53,39 @@ def read_source(source: Path, data_dir: Path | None) -> tuple[dict | None, list[
             folder = source / "cells" / c["name"] / "evaluation"
             label = c.get("label", c["name"]) + (f" (seed {c['seed']})" if c.get("seed") is not None else "")
             if predictions_path(folder) is not None:
-                evaluations.append(Evaluation.read(folder, page=cell_page(c), title=f"{spec.get('name', source.name)}: "
-                                                   f"{label}", data_dir=data_dir, label=label))
+                evaluations.append(
+                    Evaluation.read(
+                        folder,
+                        page=cell_page(c),
+                        title=f"{spec.get('name', source.name)}: {label}",
+                        data_dir=data_dir,
+                        label=label,
+                    )
+                )
         return {**record, "spec": spec, "cell_list": cells}, evaluations
     if predictions_path(source) is not None:
-        return None, [Evaluation.read(source, page=f"{source.name}.html", title=f"Evaluation {source}",
-                                      data_dir=data_dir)]
+        return None, [
+            Evaluation.read(source, page=f"{source.name}.html", title=f"Evaluation {source}", data_dir=data_dir)
+        ]
     folders = sorted(p for p in source.glob("evaluation*") if predictions_path(p) is not None)
     if not folders:
-        raise ValueError(f"{source} is neither an evaluation folder (predictions.jsonl), a run folder "
-                         "(evaluation*/predictions.jsonl) nor a sweep folder (sweep.json)")
-    return None, [Evaluation.read(f, page=f"{f.name}.html", title=f"Evaluation {f}", data_dir=data_dir)
-                  for f in folders]
+        raise ValueError(
+            f"{source} is neither an evaluation folder (predictions.jsonl), a run folder "
+            "(evaluation*/predictions.jsonl) nor a sweep folder (sweep.json)"
+        )
+    return None, [
+        Evaluation.read(f, page=f"{f.name}.html", title=f"Evaluation {f}", data_dir=data_dir) for f in folders
+    ]
 
 
-def write_html(source: str | Path, out: str | Path, *, data_dir: str | Path | None = None, max_gallery: int = 2000,
-               overwrite: bool = False) -> list[Path]:
+def write_html(
+    source: str | Path,
+    out: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    max_gallery: int = 2000,
+    overwrite: bool = False,
+) -> list[Path]:
     """Write the HTML pages of an evaluation, run or sweep folder into ``out``; return their paths.
 
     Args:
@@ -98,12 +126,23 @@ def write_html(source: str | Path, out: str | Path, *, data_dir: str | Path | No
             return ThumbSheet(None, "no cell has an evaluation yet")
         return ThumbSheet(thumbs.get((e.kind, e.images)) if e.images is not None else None, e.image_note)
 
-    made = {e.page: (e.title, *evaluation_page(e, shown=shown[e.page], sheet=sheet(e), links=nav(pages, e.page)))
-            for e in evaluations}
+    made = {
+        e.page: (e.title, *evaluation_page(e, shown=shown[e.page], sheet=sheet(e), links=nav(pages, e.page)))
+        for e in evaluations
+    }
     if sweep:
-        made["index.html"] = (pages[0][1], *sweep_page(source, sweep, evaluations=evaluations, questions=questions,
-                                                       shown=max_gallery, sheet=sheet(lead),
-                                                       links=nav(pages, "index.html")))
+        made["index.html"] = (
+            pages[0][1],
+            *sweep_page(
+                source,
+                sweep,
+                evaluations=evaluations,
+                questions=questions,
+                shown=max_gallery,
+                sheet=sheet(lead),
+                links=nav(pages, "index.html"),
+            ),
+        )
     out.mkdir(parents=True, exist_ok=True)
     for page, _ in pages:
         title, body, css = made[page]

@@ -1,4 +1,5 @@
 """One answered question as a gallery entry: its scores, outcome and sort order, from a predictions row."""
+
 from __future__ import annotations
 
 import json
@@ -31,13 +32,19 @@ class Answer:
 
 
 def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) else None
+    return (
+        float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else None
+    )
 
 
 def _right_or_wrong(correct: object) -> tuple[float | None, str]:
-    return (1.0 if correct else 0.0, "correct" if correct else "incorrect") if isinstance(correct, bool) \
+    return (
+        (1.0 if correct else 0.0, "correct" if correct else "incorrect")
+        if isinstance(correct, bool)
         else (None, "unscored")
+    )
 
 
 def mauset_answer(row: dict) -> Answer:
@@ -53,17 +60,33 @@ def mauset_answer(row: dict) -> Answer:
         rouge = {k: _number(row.get(k)) for k in ("rouge1", "rouge2", "rougeL")}
         score = rouge["rougeL"]
         outcome = "unscored" if score is None else "correct" if score >= ROUGE_CORRECT else "incorrect"
-        scores = f"score {DASH}" if score is None else " · ".join(
-            f"{name} {DASH if v is None else f'{v:.3f}'}"
-            for name, v in zip(("ROUGE-1", "ROUGE-2", "ROUGE-L"), rouge.values()))
+        scores = (
+            f"score {DASH}"
+            if score is None
+            else " · ".join(
+                f"{name} {DASH if v is None else f'{v:.3f}'}"
+                for name, v in zip(("ROUGE-1", "ROUGE-2", "ROUGE-L"), rouge.values())
+            )
+        )
     defect = "normal" if row.get("is_anomalous") is False else row.get("defect_class") or DASH
     details = f"{row.get('source') or DASH} · defect: {defect}" + (" (generic)" if row.get("generic_defect") else "")
     # Older rows have no qa_index: the question's text tells a record's questions apart instead.
-    return Answer(qid=label if index is not None else f"{key}#{row.get('question', '')}", label=label, image=key,
-                  domain=str(row.get("domain") or DASH), task=str(row.get("task") or DASH),
-                  product=str(row.get("product") or DASH), style=style, question=str(row.get("question", DASH)),
-                  reference=str(row.get("reference", DASH)), prediction=str(row.get("prediction", DASH)),
-                  score=score, outcome=outcome, scores=scores, details=details)
+    return Answer(
+        qid=label if index is not None else f"{key}#{row.get('question', '')}",
+        label=label,
+        image=key,
+        domain=str(row.get("domain") or DASH),
+        task=str(row.get("task") or DASH),
+        product=str(row.get("product") or DASH),
+        style=style,
+        question=str(row.get("question", DASH)),
+        reference=str(row.get("reference", DASH)),
+        prediction=str(row.get("prediction", DASH)),
+        score=score,
+        outcome=outcome,
+        scores=scores,
+        details=details,
+    )
 
 
 def mmad_answer(row: dict) -> Answer:
@@ -72,20 +95,29 @@ def mmad_answer(row: dict) -> Answer:
     options = row.get("options") if isinstance(row.get("options"), dict) else {}
     letter = row.get("correct_letter")
     score, outcome = _right_or_wrong(row.get("correct"))
-    scores = f"score {DASH}" if score is None else \
-        f"letter: {row.get('letter') or DASH} · {'right' if score else 'wrong'}"
+    scores = (
+        f"score {DASH}" if score is None else f"letter: {row.get('letter') or DASH} · {'right' if score else 'wrong'}"
+    )
     if row.get("likelihood_letter"):
         right = "right" if row.get("likelihood_correct") else "wrong"
         scores += f" · likelihood: {row['likelihood_letter']} ({right})"
     parts = image.split("/")  # "MVTec-AD/bottle/test/…": the product is the second folder
-    return Answer(qid=f"{image}#{index}", label=f"{image}#{index}", image=image,
-                  domain=str(row.get("dataset") or DASH), task=str(row.get("subtask") or DASH),
-                  product=parts[1] if len(parts) > 2 else DASH, style="multiple choice",
-                  question=str(row.get("question", DASH)),
-                  reference=f"{letter}. {options.get(letter, DASH)}" if letter else DASH,
-                  prediction=str(row.get("answer", DASH)) + (f"  [error: {row['error']}]" if row.get("error") else ""),
-                  score=score, outcome=outcome, scores=scores,
-                  details="  ".join(f"{k}. {v}" for k, v in options.items()))
+    return Answer(
+        qid=f"{image}#{index}",
+        label=f"{image}#{index}",
+        image=image,
+        domain=str(row.get("dataset") or DASH),
+        task=str(row.get("subtask") or DASH),
+        product=parts[1] if len(parts) > 2 else DASH,
+        style="multiple choice",
+        question=str(row.get("question", DASH)),
+        reference=f"{letter}. {options.get(letter, DASH)}" if letter else DASH,
+        prediction=str(row.get("answer", DASH)) + (f"  [error: {row['error']}]" if row.get("error") else ""),
+        score=score,
+        outcome=outcome,
+        scores=scores,
+        details="  ".join(f"{k}. {v}" for k, v in options.items()),
+    )
 
 
 def answer(row: dict) -> Answer:

@@ -1,4 +1,5 @@
 """Thumbnails of the test images with the defect outlined, read through the pixel limit."""
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,10 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 from maugpt.report_html.markdown import data_uri
 from maugpt.report_html.template import OUTLINE, THUMB_SIZE
 
-def thumbnail(image: Image.Image, *, mask: Image.Image | None = None,
-              boxes: list[list[float]] = (), size: int = THUMB_SIZE) -> Image.Image:
+
+def thumbnail(
+    image: Image.Image, *, mask: Image.Image | None = None, boxes: list[list[float]] = (), size: int = THUMB_SIZE
+) -> Image.Image:
     """A copy of ``image`` at most ``size`` pixels a side (never enlarged) with the defect outlined in
     :data:`OUTLINE`: the contour of ``mask`` (pixels above 0) or else the ``boxes`` (x1, y1, x2, y2 in [0, 1])."""
     thumb = image.convert("RGB")
@@ -46,8 +49,11 @@ def record_boxes(record: dict, orientation: int) -> list[list[float]]:
     location = record.get("location")
     if not boxes and isinstance(location, dict) and location.get("box"):
         boxes = [location["box"]]
-    return [list(orient_box(b, orientation, (1, 1))) for b in boxes
-            if isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)]
+    return [
+        list(orient_box(b, orientation, (1, 1)))
+        for b in boxes
+        if isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
+    ]
 
 
 @dataclass
@@ -69,8 +75,14 @@ def mauset_thumbs(split: Path, keys: set[str]) -> Thumbs:
     from maugpt.images import DEFAULT_MAX_PIXELS, ORIENTATION, ImageRejected, open_mask, open_rgb
 
     thumbs = Thumbs()
-    raw = wds.WebDataset(shard_urls(split), shardshuffle=False, handler=wds.warn_and_continue,
-                         nodesplitter=None, workersplitter=None, empty_check=False)
+    raw = wds.WebDataset(
+        shard_urls(split),
+        shardshuffle=False,
+        handler=wds.warn_and_continue,
+        nodesplitter=None,
+        workersplitter=None,
+        empty_check=False,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for sample in raw:
             try:
@@ -135,8 +147,9 @@ def image_source(folder: Path, kind: str, data_dir: Path | None) -> tuple[Path |
     if kind == "mmad":
         return (data_dir, "") if data_dir.is_dir() else (None, f"MMAD data_root {data_dir} is not a folder")
     split = data_dir if (data_dir / "index.json").is_file() else data_dir / "test"
-    return (split, "") if (split / "index.json").is_file() else \
-        (None, f"{split} holds no MAU-Set shards (no index.json)")
+    return (
+        (split, "") if (split / "index.json").is_file() else (None, f"{split} holds no MAU-Set shards (no index.json)")
+    )
 
 
 def load_thumbs(wanted: dict[tuple[str, Path], set[str]]) -> dict[tuple[str, Path], Thumbs]:

@@ -1,4 +1,5 @@
 """The Markdown tables of ``tables.md``/``report.md`` as HTML, and files embedded as data URIs."""
+
 from __future__ import annotations
 
 import base64
@@ -32,8 +33,11 @@ def markdown_html(text: str) -> str:
         elif line.startswith("|") and separator and all(set(c) <= set(":-") and "-" in c for c in separator):
             flush()
             right = [' class="r"' if c.endswith(":") else "" for c in separator]
-            row = lambda tag, cells: "<tr>" + "".join(  # noqa: E731
-                f"<{tag}{right[j] if j < len(right) else ''}>{esc(c)}</{tag}>" for j, c in enumerate(cells)) + "</tr>"
+
+            def row(tag: str, cells: list[str], right: list[str] = right) -> str:
+                aligned = (f"<{tag}{right[j] if j < len(right) else ''}>{esc(c)}</{tag}>" for j, c in enumerate(cells))
+                return "<tr>" + "".join(aligned) + "</tr>"
+
             rows, i = [row("th", _cells(line))], i + 2
             while i < len(lines) and lines[i].strip().startswith("|"):
                 rows.append(row("td", _cells(lines[i])))
@@ -60,9 +64,12 @@ def embedded_files(folder: Path, names: list[str]) -> str:
         if path.stat().st_size > MAX_EMBED_BYTES:
             notes.append(f"{path.name} left out: larger than {MAX_EMBED_BYTES:,} bytes")
         elif path.suffix == ".png":
-            parts.append(f'<figure><img src="{data_uri(path.read_bytes(), "image/png")}" alt="{esc(path.name)}">'
-                         f"<figcaption>{esc(path.name)}</figcaption></figure>")
+            parts.append(
+                f'<figure><img src="{data_uri(path.read_bytes(), "image/png")}" alt="{esc(path.name)}">'
+                f"<figcaption>{esc(path.name)}</figcaption></figure>"
+            )
         else:
-            parts.append(f'<a download="{esc(path.name)}" href="{data_uri(path.read_bytes(), "text/csv")}">'
-                         f"{esc(path.name)}</a> ")
+            parts.append(
+                f'<a download="{esc(path.name)}" href="{data_uri(path.read_bytes(), "text/csv")}">{esc(path.name)}</a> '
+            )
     return "\n".join(parts + [f'<p class="note">{esc(n)}</p>' for n in notes])

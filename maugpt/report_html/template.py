@@ -1,9 +1,9 @@
 """The page's frame: its constants, CSS, JavaScript (filters, the URL hash) and HTML template."""
+
 from __future__ import annotations
 
 import html
 import string
-
 
 #: Longest side of a gallery thumbnail, in pixels.
 THUMB_SIZE = 160

@@ -1,7 +1,9 @@
 """TensorBoard callbacks: throughput, the adapters' diagnostics (router load and entropy, each
 component's output and gradient norms), the hypernetwork cores, example answers as text, and the
-hyper-parameters with their final metrics for the HParams view; plus the prediction writer of ``maugpt predict`` and a sweep cell's files: its test metrics and the mark of
-a fit that ended normally."""
+hyper-parameters with their final metrics for the HParams view; plus the prediction writer of
+``maugpt predict`` and a sweep cell's files: its test metrics and the mark of a fit that ended
+normally."""
+
 from __future__ import annotations
 
 import json
@@ -156,8 +158,11 @@ class HypernetworkCores(L.Callback):
         if not pl_module.model.record_diagnostics:
             return
         pl_module.model.record_diagnostics = False
-        found = [(n, d["core"]) for n, d in adapter_diagnostics(pl_module.model.llm).items()
-                 if "core" in d and self.layer in n]
+        found = [
+            (n, d["core"])
+            for n, d in adapter_diagnostics(pl_module.model.llm).items()
+            if "core" in d and self.layer in n
+        ]
         if not found:
             return
         cores = found[0][1].flatten(1).float().cpu()
@@ -169,9 +174,13 @@ class HypernetworkCores(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         writer = tensorboard(trainer)
         if writer is not None and self._cores and trainer.is_global_zero:
-            writer.add_embedding(torch.stack(self._cores), metadata=self._labels,
-                                 metadata_header=["product", "defect_class", "domain"],
-                                 tag=f"hypernetwork_cores/{self.layer}", global_step=trainer.global_step)
+            writer.add_embedding(
+                torch.stack(self._cores),
+                metadata=self._labels,
+                metadata_header=["product", "defect_class", "domain"],
+                tag=f"hypernetwork_cores/{self.layer}",
+                global_step=trainer.global_step,
+            )
         self._cores, self._labels = [], []
 
 
@@ -200,8 +209,9 @@ class ExampleAnswers(L.Callback):
         writer = tensorboard(trainer)
         if trainer.sanity_checking or writer is None:
             return
-        batch = trainer.datamodule.on_after_batch_transfer(move_data_to_device(self.prompts(trainer),
-                                                                               pl_module.device), 0)
+        batch = trainer.datamodule.on_after_batch_transfer(
+            move_data_to_device(self.prompts(trainer), pl_module.device), 0
+        )
         answers = pl_module.generate_answers(batch, self.max_new_tokens)
         if not trainer.is_global_zero:
             return
@@ -228,19 +238,23 @@ class HParamsSummary(L.Callback):
     def _params(self, trainer, pl_module) -> dict:
         parts = {"model": pl_module.hparams, "data": trainer.datamodule.hparams if trainer.datamodule else {}}
         # LightningCLI adds private entries (_class_path, _instantiator): not hyper-parameters
-        return {f"{part}/{k}": v for part, hparams in parts.items() for k, v in hparams.items()
-                if not k.startswith("_")}
+        return {
+            f"{part}/{k}": v for part, hparams in parts.items() for k, v in hparams.items() if not k.startswith("_")
+        }
 
     def _write(self, trainer, pl_module) -> None:
         logger = tensorboard_logger(trainer)
         if logger is None or not trainer.is_global_zero:
             return
-        values = {f"hparams/{m}": float(trainer.callback_metrics[m]) for m in self.metrics
-                  if m in trainer.callback_metrics}
+        values = {
+            f"hparams/{m}": float(trainer.callback_metrics[m]) for m in self.metrics if m in trainer.callback_metrics
+        }
         if not self._declared:
             # The HParams plugin lists a metric only if it is declared with the hyper-parameters.
-            logger.log_hyperparams(self._params(trainer, pl_module),
-                                   {f"hparams/{m}": values.get(f"hparams/{m}", float("nan")) for m in self.metrics})
+            logger.log_hyperparams(
+                self._params(trainer, pl_module),
+                {f"hparams/{m}": values.get(f"hparams/{m}", float("nan")) for m in self.metrics},
+            )
             self._declared = True
         elif values:
             logger.log_metrics(values, trainer.global_step)
@@ -344,8 +358,9 @@ class MetricsJson(L.Callback):
             if not written:
                 raise FileNotFoundError(f"MetricsJson: the test wrote no evaluation folder under {run}")
             target = Path(self.evaluation)
-            shutil.copytree(written[-1].parent, target, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("predictions.jsonl"))
+            shutil.copytree(
+                written[-1].parent, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("predictions.jsonl")
+            )
             write_gzip(target / "predictions.jsonl.gz", written[-1].read_bytes())  # committed: 10× smaller
         write_json_atomically(Path(self.path), {name: float(v) for name, v in trainer.callback_metrics.items()})
 

@@ -1,4 +1,5 @@
 """Checkpoint files written atomically and read without unpickling arbitrary objects."""
+
 from __future__ import annotations
 
 import os
@@ -86,8 +87,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if cause is None:
                 raise
             reason = (cause.strerror or str(cause)).lower()
-            raise CheckpointNotSaved(cause.errno, f"could not save checkpoint {path}: {reason}"
-                                     f"{free_space(path.parent)}; the previous {path.name}, if any, is kept") from err
+            raise CheckpointNotSaved(
+                cause.errno,
+                f"could not save checkpoint {path}: {reason}"
+                f"{free_space(path.parent)}; the previous {path.name}, if any, is kept",
+            ) from err
         finally:
             if tmp.is_symlink() or tmp.exists():
                 tmp.unlink()

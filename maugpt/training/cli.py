@@ -1,4 +1,5 @@
 """``maugpt fit|validate|test|predict --config …``: LightningCLI over MAU-GPT and its data."""
+
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+
 from maugpt.compat import HookedLightningCLI
 from maugpt.training.preemption import Preemption
 
@@ -35,7 +37,7 @@ def checkpoint_model(args: list[str]) -> list[str]:
     hparams.pop("_instantiator", None)
     hparams["init_from"] = None
     model = json.dumps({"class_path": class_path, "init_args": hparams})
-    return [*args[:command + 1], "--model", model, *args[command + 1:]]
+    return [*args[: command + 1], "--model", model, *args[command + 1 :]]
 
 
 class MAUGPTCLI(HookedLightningCLI):
@@ -50,8 +52,9 @@ class MAUGPTCLI(HookedLightningCLI):
         parser.link_arguments("model.init_args.vision_encoder", "data.init_args.vision_encoder")
         parser.link_arguments("model.init_args.vlm", "data.init_args.processor")  # PretrainedVLMModule
         parser.link_arguments("model.init_args.processor_kwargs", "data.init_args.processor_kwargs")
-        parser.link_arguments("model", "data.init_args.image_tokens", compute_fn=lambda model: model.image_tokens,
-                              apply_on="instantiate")
+        parser.link_arguments(
+            "model", "data.init_args.image_tokens", compute_fn=lambda model: model.image_tokens, apply_on="instantiate"
+        )
 
     def parse_arguments(self, parser, args) -> None:
         if isinstance(args, dict):
@@ -77,6 +80,13 @@ def run(args: list[str] | None = None, subcommand: bool = True) -> MAUGPTCLI:
     and data (the recipe tests build the 4B model on the meta device this way). Every run has a
     :class:`~maugpt.training.preemption.Preemption` callback (a fit stopped by a signal saves first).
     """
-    return MAUGPTCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                     save_config_kwargs={"overwrite": True}, args=args, auto_configure_optimizers=False,
-                     run=subcommand)
+    return MAUGPTCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+        run=subcommand,
+    )

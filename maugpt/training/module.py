@@ -6,6 +6,7 @@ Stage 1 trains the projector alone (captions); stage 2 trains the adapters and t
 the adapter, never from editing code. Checkpoints hold only the trainable tensors and the
 optimizer state: the frozen encoder and LLM are rebuilt from their own files.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,12 @@ from maugpt.adapters import Adapter, auxiliary_loss
 from maugpt.model import MAUGPT
 from maugpt.model.mau_gpt import FirstTokenLogprobs, model_inputs
 from maugpt.training.schedule import (
-    OptimizerCallable, SchedulerCallable, WarmupCosine, component_config, default_optimizer)
+    OptimizerCallable,
+    SchedulerCallable,
+    WarmupCosine,
+    component_config,
+    default_optimizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +65,22 @@ class StagedModule(L.LightningModule):
             (see :mod:`maugpt.training.schedule`).
     """
 
-    def __init__(self, stage: Literal[1, 2] = 2, adapter: Adapter | None = None, init_from: str | None = None,
-                 lr: float = 2e-4, projector_lr: float | None = None, weight_decay: float = 0.0,
-                 warmup_ratio: float = 0.03, gradient_checkpointing: bool = False,
-                 nonfinite: Literal["stop", "skip"] = "stop", max_new_tokens: int = 64,
-                 loss_reduction: Literal["token", "example"] = "token", optimizer: OptimizerCallable | None = None,
-                 scheduler: SchedulerCallable | None = None) -> None:
+    def __init__(
+        self,
+        stage: Literal[1, 2] = 2,
+        adapter: Adapter | None = None,
+        init_from: str | None = None,
+        lr: float = 2e-4,
+        projector_lr: float | None = None,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.03,
+        gradient_checkpointing: bool = False,
+        nonfinite: Literal["stop", "skip"] = "stop",
+        max_new_tokens: int = 64,
+        loss_reduction: Literal["token", "example"] = "token",
+        optimizer: OptimizerCallable | None = None,
+        scheduler: SchedulerCallable | None = None,
+    ) -> None:
         super().__init__()
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
@@ -73,8 +89,10 @@ class StagedModule(L.LightningModule):
         if stage == 2 and adapter is None:
             raise ValueError("stage 2 trains an adapter: set model.adapter (e.g. configs/adapters/amoe_lora.yaml)")
         if init_from is not None and not Path(init_from).is_file():
-            raise FileNotFoundError(f"init_from checkpoint {init_from} does not exist: run the previous stage first "
-                                    "(its checkpoint is written under the run's checkpoints/ folder)")
+            raise FileNotFoundError(
+                f"init_from checkpoint {init_from} does not exist: run the previous stage first "
+                "(its checkpoint is written under the run's checkpoints/ folder)"
+            )
         # Collects the subclass's arguments too (Lightning reads every __init__ frame of the call).
         self.save_hyperparameters(ignore=["adapter", "optimizer", "scheduler"])
         self.hparams["adapter"] = adapter.to_config() if adapter is not None else None
@@ -138,11 +156,14 @@ class StagedModule(L.LightningModule):
         state = super().state_dict(*args, **kwargs)
         trainable = set(self.trainable_names())
         prefix = kwargs.get("prefix", "")
-        return type(state)((k, v) for k, v in state.items() if k[len(prefix):] in trainable)
+        return type(state)((k, v) for k, v in state.items() if k[len(prefix) :] in trainable)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["maugpt"] = {"stage": self.hparams.stage, "trainable": self.trainable_names(),
-                                "adapter": self.hparams.adapter}
+        checkpoint["maugpt"] = {
+            "stage": self.hparams.stage,
+            "trainable": self.trainable_names(),
+            "adapter": self.hparams.adapter,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Loading is not strict (the frozen parts are not in the file), so check here that the file
@@ -155,7 +176,8 @@ class StagedModule(L.LightningModule):
                 f"the checkpoint's trainable tensors do not fit this model ({len(held - own)} not in the model, e.g. "
                 f"{sorted(held - own)[:2]}; {len(own - held)} missing, e.g. {sorted(own - held)[:2]}): it was saved "
                 f"by stage {saved.get('stage')} with adapter {saved.get('adapter')}, this model is stage "
-                f"{self.hparams.stage} with adapter {self.hparams.adapter}")
+                f"{self.hparams.stage} with adapter {self.hparams.adapter}"
+            )
 
     # -- steps ----------------------------------------------------------------------------------
     def lm_loss(self, batch: dict) -> Tensor:
@@ -175,8 +197,10 @@ class StagedModule(L.LightningModule):
         loss = lm_loss + aux if aux is not None else lm_loss
         if not torch.isfinite(loss):
             if self.hparams.nonfinite == "stop":
-                raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step} "
-                                         f"(batch {batch_idx}); set model.nonfinite: skip to skip such batches")
+                raise FloatingPointError(
+                    f"non-finite loss {loss.item()} at global step {self.global_step} "
+                    f"(batch {batch_idx}); set model.nonfinite: skip to skip such batches"
+                )
             self.skipped_nonfinite += 1
             self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
             return None
@@ -197,15 +221,18 @@ class StagedModule(L.LightningModule):
     def generate_answers(self, batch: dict, max_new_tokens: int | None = None, **generate_kwargs) -> list[str]:
         """Answers to a batch of left-padded prompts: greedy unless ``generate_kwargs`` ask for sampling
         (``max_new_tokens`` defaults to the model's)."""
-        tokens = self.model.generate(**model_inputs(batch), max_new_tokens=max_new_tokens or self.hparams.max_new_tokens,
-                                     **generate_kwargs)
+        tokens = self.model.generate(
+            **model_inputs(batch), max_new_tokens=max_new_tokens or self.hparams.max_new_tokens, **generate_kwargs
+        )
         return self.model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
     def on_test_start(self) -> None:
         data = self.trainer.datamodule
         if data is None or not hasattr(data, "evaluation"):
-            raise ValueError("maugpt test needs a data module with an evaluation() (MAUSetDataModule, "
-                             f"MMADDataModule); got {type(data).__name__}")
+            raise ValueError(
+                "maugpt test needs a data module with an evaluation() (MAUSetDataModule, "
+                f"MMADDataModule); got {type(data).__name__}"
+            )
         self.evaluation = data.evaluation()  # None: batches are scored by their loss
         if self.evaluation is not None:
             self.evaluation.to(self.device)
@@ -232,9 +259,11 @@ class StagedModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         answers = self.generate_answers(batch)
-        return [{**meta, "prediction": answer.strip() if valid else None}
-                for meta, answer, valid in zip(batch["meta"], answers, batch["valid"].tolist())
-                if not meta.get("padding")]  # a slot filler of an uneven split across ranks
+        return [
+            {**meta, "prediction": answer.strip() if valid else None}
+            for meta, answer, valid in zip(batch["meta"], answers, batch["valid"].tolist())
+            if not meta.get("padding")
+        ]  # a slot filler of an uneven split across ranks
 
     # -- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -242,13 +271,29 @@ class StagedModule(L.LightningModule):
         projector_ids = {id(p) for p in projector}
         rest = [(n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in projector_ids]
         decay = self.hparams.weight_decay
-        groups = [{"params": projector, "lr": self.hparams.projector_lr or self.hparams.lr, "weight_decay": 0.0,
-                   "name": "projector"}]
+        groups = [
+            {
+                "params": projector,
+                "lr": self.hparams.projector_lr or self.hparams.lr,
+                "weight_decay": 0.0,
+                "name": "projector",
+            }
+        ]
         if rest:
-            groups += [{"params": [p for _, p in rest if p.dim() > 1], "lr": self.hparams.lr, "weight_decay": decay,
-                        "name": "adapter"},
-                       {"params": [p for _, p in rest if p.dim() <= 1], "lr": self.hparams.lr, "weight_decay": 0.0,
-                        "name": "adapter_no_decay"}]
+            groups += [
+                {
+                    "params": [p for _, p in rest if p.dim() > 1],
+                    "lr": self.hparams.lr,
+                    "weight_decay": decay,
+                    "name": "adapter",
+                },
+                {
+                    "params": [p for _, p in rest if p.dim() <= 1],
+                    "lr": self.hparams.lr,
+                    "weight_decay": 0.0,
+                    "name": "adapter_no_decay",
+                },
+            ]
         optimizer = (self.optimizer_factory or default_optimizer)([g for g in groups if g["params"]])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if self.scheduler_factory is None:
@@ -286,15 +331,36 @@ class MAUGPTModule(StagedModule):
         compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` to debug).
     """
 
-    def __init__(self, llm: str, vision_encoder: str, projector: str = "mlp2x_gelu", feature_layer: int = -2,
-                 vision_pretrained: bool | str = True, llm_pretrained: bool = True, llm_dtype: str = "float32",
-                 attn_implementation: str = "sdpa", trust_remote_code: bool = False,
-                 compile_llm: Literal["none", "decoder_layers", "adapters"] = "none",
-                 compile_backend: str = "inductor", **kwargs) -> None:
+    def __init__(
+        self,
+        llm: str,
+        vision_encoder: str,
+        projector: str = "mlp2x_gelu",
+        feature_layer: int = -2,
+        vision_pretrained: bool | str = True,
+        llm_pretrained: bool = True,
+        llm_dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+        compile_llm: Literal["none", "decoder_layers", "adapters"] = "none",
+        compile_backend: str = "inductor",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
 
     def build(self, adapter: Adapter | None) -> MAUGPT:
         h = self.hparams
-        return MAUGPT(h.llm, h.vision_encoder, h.projector, adapter, h.feature_layer, h.vision_pretrained,
-                      h.llm_pretrained, h.llm_dtype, h.attn_implementation, h.trust_remote_code, h.compile_llm,
-                      h.compile_backend)
+        return MAUGPT(
+            h.llm,
+            h.vision_encoder,
+            h.projector,
+            adapter,
+            h.feature_layer,
+            h.vision_pretrained,
+            h.llm_pretrained,
+            h.llm_dtype,
+            h.attn_implementation,
+            h.trust_remote_code,
+            h.compile_llm,
+            h.compile_backend,
+        )

@@ -18,6 +18,7 @@ restored just before the first resumed step, so that dropout draws what an unint
 would have drawn: with the data stream's exact replay (``maugpt.data.datamodule.EpochLoader``) a
 resumed fit ends with the weights of an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,9 +52,17 @@ def rng_states() -> dict:
     """The states of torch's (CPU and every CUDA device), numpy's and Python's global generators,
     as tensors and plain containers (loadable with ``weights_only=True``)."""
     numpy_state = np.random.get_state(legacy=False)
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                                                 "pos": int(numpy_state["state"]["pos"])}}}
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            **numpy_state,
+            "state": {
+                "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                "pos": int(numpy_state["state"]["pos"]),
+            },
+        },
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -65,10 +74,14 @@ def set_rng_states(states: dict) -> None:
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy_state = states["numpy"]
-    np.random.set_state({**numpy_state, "state": {"key": numpy_state["state"]["key"].numpy().astype(np.uint32),
-                                                  "pos": numpy_state["state"]["pos"]}})
+    np.random.set_state(
+        {
+            **numpy_state,
+            "state": {"key": numpy_state["state"]["key"].numpy().astype(np.uint32), "pos": numpy_state["state"]["pos"]},
+        }
+    )
     if "cuda" in states and torch.cuda.is_available():
-        for device, state in enumerate(states["cuda"][:torch.cuda.device_count()]):  # fewer devices now: theirs
+        for device, state in enumerate(states["cuda"][: torch.cuda.device_count()]):  # fewer devices now: theirs
             torch.cuda.set_rng_state(state, device)
 
 
@@ -85,7 +98,7 @@ def requeue_job_id(trainer: L.Trainer, signum: int = signal.SIGUSR1) -> str | No
 def resume_command(checkpoint: Path, argv: list[str] | None = None) -> str:
     """``maugpt fit …`` as this process was started, resuming from ``checkpoint``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    args = args[args.index("fit"):] if "fit" in args else ["fit", *args]
+    args = args[args.index("fit") :] if "fit" in args else ["fit", *args]
     kept, skip = [], False
     for arg in args:
         if skip or arg.startswith("--ckpt_path="):
@@ -138,8 +151,11 @@ class Preemption(L.Callback):
         self.received = signum
         # os.write, not print: a handler that interrupts a write to stderr must not write through
         # the same buffered stream (Python raises "reentrant call" there).
-        os.write(2, f"maugpt fit: received {signal.Signals(signum).name}: saving last.ckpt after this step "
-                    "(Ctrl+C again stops at once)\n".encode())
+        os.write(
+            2,
+            f"maugpt fit: received {signal.Signals(signum).name}: saving last.ckpt after this step "
+            "(Ctrl+C again stops at once)\n".encode(),
+        )
         launcher = self._trainer.strategy.launcher if self._trainer is not None else None
         if signum != signal.SIGINT and hasattr(launcher, "kill"):
             # The ranks this process started stop at the same step. Not SIGINT: a terminal's Ctrl+C
@@ -161,8 +177,9 @@ class Preemption(L.Callback):
             set_rng_states(self._pending_rng)
             self._pending_rng = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if steps_optimizer(trainer):
             self.stop_if_asked(trainer)
 
@@ -181,8 +198,12 @@ class Preemption(L.Callback):
         planned = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
         name = signal.Signals(signum).name
         if trainer.is_global_zero:
-            print(f"maugpt fit: stopped by {name} after step {trainer.global_step} of {planned}; saved {path}\n"
-                  f"resume with: {resume_command(path)}", file=sys.stderr, flush=True)
+            print(
+                f"maugpt fit: stopped by {name} after step {trainer.global_step} of {planned}; saved {path}\n"
+                f"resume with: {resume_command(path)}",
+                file=sys.stderr,
+                flush=True,
+            )
             if (job := requeue_job_id(trainer, signum)) is not None:
                 requeue(job, "maugpt fit")
         raise Preempted(signum, path)
@@ -201,4 +222,3 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
     if callback is not None and getattr(callback, "dirpath", None):
         return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
-

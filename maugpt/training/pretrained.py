@@ -6,6 +6,7 @@ parsing and scorers as MAU-GPT; with an adapter it fine-tunes the VLM's language
 AMoE-LoRA from one YAML (configs/baselines/). The data goes through the model's own processor: the
 CLI links ``vlm`` to the data's ``processor``.
 """
+
 from __future__ import annotations
 
 from maugpt.adapters import Adapter
@@ -30,12 +31,28 @@ class PretrainedVLMModule(StagedModule):
             ``{max_pixels: 1003520}`` caps Qwen2.5-VL's image tokens at 1280 per image.
     """
 
-    def __init__(self, vlm: str, pretrained: bool = True, dtype: str = "float32", attn_implementation: str = "sdpa",
-                 trust_remote_code: bool = False, projector: str | None = None,
-                 processor_kwargs: dict | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        vlm: str,
+        pretrained: bool = True,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+        projector: str | None = None,
+        processor_kwargs: dict | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
 
     def build(self, adapter: Adapter | None) -> PretrainedVLM:
         h = self.hparams
-        return PretrainedVLM(h.vlm, adapter, h.pretrained, h.dtype, h.attn_implementation, h.trust_remote_code,
-                             h.projector, h.processor_kwargs)
+        return PretrainedVLM(
+            h.vlm,
+            adapter,
+            h.pretrained,
+            h.dtype,
+            h.attn_implementation,
+            h.trust_remote_code,
+            h.projector,
+            h.processor_kwargs,
+        )

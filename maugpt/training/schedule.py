@@ -7,6 +7,7 @@
 :class:`WarmupCosine` (the default) and e.g. ``torch.optim.lr_scheduler.CosineAnnealingLR``
 (``T_max`` = the total steps) fit the second.
 """
+
 from __future__ import annotations
 
 import functools
@@ -68,5 +69,7 @@ def component_config(component: Callable | None) -> dict[str, Any] | None:
     if not isinstance(component, type):
         return None
     plain = all(isinstance(v, (bool, int, float, str, type(None), list, tuple)) for v in args.values())
-    return {"class_path": f"{component.__module__}.{component.__qualname__}",
-            "init_args": {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()} if plain else {}}
+    return {
+        "class_path": f"{component.__module__}.{component.__qualname__}",
+        "init_args": {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()} if plain else {},
+    }

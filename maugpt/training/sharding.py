@@ -8,6 +8,7 @@ is ``(data_parallel, tensor_parallel)``; MAU-GPT has no tensor-parallel plan, so
 shards over its devices, and a 2-D mesh is used as HSDP (replicate across ``data_parallel``,
 shard across ``tensor_parallel``, i.e. shard within a node and replicate across nodes).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,8 +30,9 @@ def shard_mesh(mesh: DeviceMesh) -> DeviceMesh:
     return mesh
 
 
-def shard_model(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None = None,
-                reshard_after_forward: bool = True) -> None:
+def shard_model(
+    model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None = None, reshard_after_forward: bool = True
+) -> None:
     """Apply FSDP2 to a :class:`~maugpt.model.MAUGPT` in place.
 
     Args:
@@ -68,13 +70,16 @@ class AdapterWrapPolicy(ModuleWrapPolicy):
     def __init__(self) -> None:
         super().__init__(set())
 
-    def _run_policy(self, root_module: nn.Module, ignored_modules: set[nn.Module],
-                    root_kwargs: dict[str, Any]) -> dict[nn.Module, dict[str, Any]]:
+    def _run_policy(
+        self, root_module: nn.Module, ignored_modules: set[nn.Module], root_kwargs: dict[str, Any]
+    ) -> dict[nn.Module, dict[str, Any]]:
         return {unit: dict(root_kwargs) for unit in fsdp1_units(root_module) if unit not in ignored_modules}
 
     def __call__(self, *args: Any, **kwargs: Any) -> bool:
-        raise TypeError("AdapterWrapPolicy reads its units from the root module: pass it to FSDP as a policy "
-                        "object, not as a per-module callable")
+        raise TypeError(
+            "AdapterWrapPolicy reads its units from the root module: pass it to FSDP as a policy "
+            "object, not as a per-module callable"
+        )
 
 
 def fsdp1_units(model: nn.Module) -> list[nn.Module]:

@@ -1,4 +1,5 @@
 """AMoE-LoRA's anomaly-aware expert: one generated pair per sample, conditioned on the prompt."""
+
 from __future__ import annotations
 
 import pytest
@@ -98,7 +99,9 @@ def test_a_mask_of_the_wrong_shape_names_the_layer_and_both_shapes():
     layer = random_layer()
     layer.name = "model.layers.0.self_attn.q_proj"
     with layer.context.use(condition_mask=torch.ones(2, 7, dtype=torch.bool)):
-        with pytest.raises(ValueError, match=r"condition_mask has shape \(2, 7\) .*'model.layers.0.self_attn.q_proj'.*\(2, 5, 16\)"):
+        with pytest.raises(
+            ValueError, match=r"condition_mask has shape \(2, 7\) .*'model.layers.0.self_attn.q_proj'.*\(2, 5, 16\)"
+        ):
             layer(torch.randn(2, 5, 16, dtype=torch.float64))
 
 

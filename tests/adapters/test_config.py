@@ -1,4 +1,5 @@
 """Adapters are chosen by class_path / init_args, as LightningCLI YAML files do."""
+
 from __future__ import annotations
 
 import textwrap
@@ -8,7 +9,7 @@ import pytest
 import yaml
 from jsonargparse import ArgumentParser
 
-from maugpt.adapters import AMoELoRA, Adapter, LoRA, LoRAMoE
+from maugpt.adapters import Adapter, AMoELoRA, LoRA, LoRAMoE
 
 
 def parse(text: str) -> Adapter:
@@ -17,13 +18,21 @@ def parse(text: str) -> Adapter:
     return parser.instantiate(parser.parse_string(text)).adapter
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("adapter:\n  class_path: maugpt.adapters.LoRA\n  init_args: {rank: 64, alpha: 128}\n",
-     LoRA(rank=64, alpha=128)),
-    ("adapter:\n  class_path: maugpt.adapters.LoRAMoE\n", LoRAMoE()),
-    ("adapter:\n  class_path: maugpt.adapters.AMoELoRA\n  init_args:\n    experts: 16\n    rank: 4\n"
-     "    targets: [q_proj, v_proj]\n", AMoELoRA(experts=16, rank=4, targets=["q_proj", "v_proj"])),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "adapter:\n  class_path: maugpt.adapters.LoRA\n  init_args: {rank: 64, alpha: 128}\n",
+            LoRA(rank=64, alpha=128),
+        ),
+        ("adapter:\n  class_path: maugpt.adapters.LoRAMoE\n", LoRAMoE()),
+        (
+            "adapter:\n  class_path: maugpt.adapters.AMoELoRA\n  init_args:\n    experts: 16\n    rank: 4\n"
+            "    targets: [q_proj, v_proj]\n",
+            AMoELoRA(experts=16, rank=4, targets=["q_proj", "v_proj"]),
+        ),
+    ],
+)
 def test_yaml_selects_and_configures_the_adapter(text, expected):
     adapter = parse(text)
     assert type(adapter) is type(expected) and adapter == expected

@@ -1,5 +1,6 @@
 """The hand-written backward passes: checked against finite differences and against autograd
 through the literal equations (``reference.py``), in float64 to 1e-10."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,11 +8,11 @@ import torch
 from torch import nn
 
 from maugpt.adapters import AMoELoRA, LoRA, LoRAMoE, localized_balance_loss
-from maugpt.adapters.fused import DownProjection, HypernetworkCore, LoRAUp, MixtureDelta, MixtureSpec
 from maugpt.adapters.anomaly_aware import Hypernetwork
+from maugpt.adapters.fused import DownProjection, HypernetworkCore, LoRAUp, MixtureDelta, MixtureSpec
 from maugpt.adapters.reference import hypernetwork_reference, reference_forward
 
-N, R, D, O, BATCH, T = 3, 2, 5, 4, 2, 3
+N, R, D, OUT, BATCH, T = 3, 2, 5, 4, 2, 3
 M = BATCH * T
 
 
@@ -24,23 +25,30 @@ def test_down_projection_backward_matches_finite_differences(pad):
     args = (double(M, D, seed=1), pad, double(D, 4, seed=2), double(D, 1, seed=3), double(D, N, seed=4))
     assert torch.autograd.gradcheck(DownProjection.apply, args)
     z = DownProjection.apply(*args)
-    assert z.shape == (M, 4 + 1 + N + pad) and torch.equal(z[:, 4 + 1 + N:], torch.zeros(M, pad, dtype=z.dtype))
+    assert z.shape == (M, 4 + 1 + N + pad) and torch.equal(z[:, 4 + 1 + N :], torch.zeros(M, pad, dtype=z.dtype))
 
 
 def test_lora_up_backward_matches_finite_differences():
-    args = (double(M, O, seed=0), double(M, R, seed=1), double(R, O, seed=2), 1.5)
+    args = (double(M, OUT, seed=0), double(M, R, seed=1), double(R, OUT, seed=2), 1.5)
     assert torch.autograd.gradcheck(LoRAUp.apply, args)
 
 
 def mixture_inputs(anomaly: bool, router_in_z: bool, pad_z: int):
     width = N * R + (R if anomaly else 0) + (N if router_in_z else 0) + pad_z
-    inputs = [double(M, O, seed=0), double(M, width, seed=1), None if router_in_z else double(M, N, seed=2),
-              double(N * R, O, seed=3)]
-    return inputs + ([double(R, O, seed=4), double(BATCH, R, R, seed=5)] if anomaly else [None, None])
+    inputs = [
+        double(M, OUT, seed=0),
+        double(M, width, seed=1),
+        None if router_in_z else double(M, N, seed=2),
+        double(N * R, OUT, seed=3),
+    ]
+    return inputs + ([double(R, OUT, seed=4), double(BATCH, R, R, seed=5)] if anomaly else [None, None])
 
 
-@pytest.mark.parametrize(("anomaly", "own_scale"), [(False, None), (True, None), (True, 1.9)],
-                         ids=["loramoe", "amoe_lora", "amoe_lora_own_scale"])  # own_scale: s_a apart from s
+@pytest.mark.parametrize(
+    ("anomaly", "own_scale"),
+    [(False, None), (True, None), (True, 1.9)],
+    ids=["loramoe", "amoe_lora", "amoe_lora_own_scale"],
+)  # own_scale: s_a apart from s
 @pytest.mark.parametrize(("router_in_z", "pads"), [(True, (0, 0)), (False, (3, 5))], ids=["clean", "dropout_padded"])
 def test_mixture_delta_backward_matches_finite_differences(anomaly, own_scale, router_in_z, pads):
     spec = MixtureSpec(N, R, 0.7, anomaly, router_in_z, pads[1], own_scale)
@@ -59,8 +67,14 @@ def test_padding_changes_nothing_but_the_widths():
 
 
 def test_hypernetwork_core_backward_matches_finite_differences():
-    args = (double(BATCH, D, seed=0) * 3, double(7, D, seed=1), double(7, seed=2), double(R * R, 7, seed=3),
-            double(R * R, seed=4), R)
+    args = (
+        double(BATCH, D, seed=0) * 3,
+        double(7, D, seed=1),
+        double(7, seed=2),
+        double(R * R, 7, seed=3),
+        double(R * R, seed=4),
+        R,
+    )
     assert torch.autograd.gradcheck(HypernetworkCore.apply, args)
 
 
@@ -95,11 +109,15 @@ def gradients(layer, x, out):
     return dict(zip(named, grads))
 
 
-@pytest.mark.parametrize("adapter", [
-    LoRAMoE(experts=4, rank=3, dropout=0.0, balance_weight=0.0),
-    AMoELoRA(experts=4, rank=3, hyper_hidden=8),
-    AMoELoRA(experts=4, rank=3, hyper_hidden=8, scaling="total_rank", anomaly_alpha=5.0),
-], ids=["loramoe", "amoe_lora", "amoe_lora_total_rank"])
+@pytest.mark.parametrize(
+    "adapter",
+    [
+        LoRAMoE(experts=4, rank=3, dropout=0.0, balance_weight=0.0),
+        AMoELoRA(experts=4, rank=3, hyper_hidden=8),
+        AMoELoRA(experts=4, rank=3, hyper_hidden=8, scaling="total_rank", anomaly_alpha=5.0),
+    ],
+    ids=["loramoe", "amoe_lora", "amoe_lora_total_rank"],
+)
 def test_every_gradient_equals_autograd_through_the_literal_equations(adapter):
     layer, x = layer_and_input(adapter)
     mask = torch.rand(3, 7, generator=torch.Generator().manual_seed(1)) > 0.3

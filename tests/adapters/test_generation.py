@@ -1,10 +1,11 @@
 """KV-cached decoding must give the logits of a full forward pass, for every adapter."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from maugpt.adapters import AMoELoRA, AdapterContext, AnomalyAware, LoRA, LoRAMoE, adapter_context, inject
+from maugpt.adapters import AdapterContext, AMoELoRA, AnomalyAware, LoRA, LoRAMoE, adapter_context, inject
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
 ADAPTERS = {
@@ -47,8 +48,7 @@ def decode_with_cache(model, ctx, ids, mask, freeze: bool):
     for _ in range(NEW - 1):
         token = steps[-1].argmax(-1, keepdim=True)
         seq, mask = torch.cat([seq, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
-        out = model(token, attention_mask=mask, position_ids=positions(mask)[:, -1:],
-                    cache=out.cache, use_cache=True)
+        out = model(token, attention_mask=mask, position_ids=positions(mask)[:, -1:], cache=out.cache, use_cache=True)
         steps.append(out.logits[:, -1])
     ctx.clear()
     return seq, mask, torch.stack(steps, 1)
@@ -85,8 +85,14 @@ def test_hugging_face_generate_uses_the_condition_fixed_at_prefill():
     model, ctx = adapted_model("amoe_lora")
     ids, mask = left_padded_prompts()
     with torch.no_grad(), ctx.generation(condition_mask=mask.bool()):
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=NEW,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     assert ctx.frozen_cores == {}  # leaving the block forgets the cores
     full_mask = torch.cat([mask, torch.ones(2, NEW, dtype=mask.dtype)], 1)
     with torch.no_grad():

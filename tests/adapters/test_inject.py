@@ -1,4 +1,5 @@
 """Injection by name pattern, freezing, saving and loading the adapter alone, unwrapping."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,16 +7,31 @@ import torch
 from torch import nn
 
 from maugpt.adapters import (
-    ALL_PROJECTIONS, AMoELoRA, LoRA, LoRAMoE, adapter_layers, adapter_state_dict, inject, load_adapter,
-    read_adapter_config, save_adapter, unwrap,
+    ALL_PROJECTIONS,
+    AMoELoRA,
+    LoRA,
+    LoRAMoE,
+    adapter_layers,
+    adapter_state_dict,
+    inject,
+    load_adapter,
+    read_adapter_config,
+    save_adapter,
+    unwrap,
 )
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-@pytest.mark.parametrize("adapter, per_block", [
-    (LoRA(), 7), (LoRAMoE(), 3), (AMoELoRA(experts=4, rank=2), 7),
-], ids=["lora", "loramoe", "amoe_lora"])
+@pytest.mark.parametrize(
+    "adapter, per_block",
+    [
+        (LoRA(), 7),
+        (LoRAMoE(), 3),
+        (AMoELoRA(experts=4, rank=2), 7),
+    ],
+    ids=["lora", "loramoe", "amoe_lora"],
+)
 def test_injects_into_real_architectures(arch, adapter, per_block):
     model = tiny_causal_lm(arch)
     names = inject(model, adapter)
@@ -55,9 +71,11 @@ def test_injection_works_on_any_module_with_linear_layers():
     assert net(torch.randn(3, 5, 8)).shape == (3, 5, 4)
 
 
-@pytest.mark.parametrize("adapter", [LoRA(rank=4), LoRAMoE(experts=4, rank=2, dropout=0.0),
-                                     AMoELoRA(experts=4, rank=2, hyper_hidden=8)],
-                         ids=["lora", "loramoe", "amoe_lora"])
+@pytest.mark.parametrize(
+    "adapter",
+    [LoRA(rank=4), LoRAMoE(experts=4, rank=2, dropout=0.0), AMoELoRA(experts=4, rank=2, hyper_hidden=8)],
+    ids=["lora", "loramoe", "amoe_lora"],
+)
 def test_save_then_load_reproduces_the_outputs(tmp_path, adapter):
     ids = torch.randint(1, 96, (2, 7), generator=torch.Generator().manual_seed(0))
     trained = tiny_causal_lm()

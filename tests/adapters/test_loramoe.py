@@ -1,4 +1,5 @@
 """LoRAMoE: the stacked mixture, the localized balancing constraint, the router diagnostics."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,16 +7,26 @@ import torch
 from torch import nn
 
 from maugpt.adapters import (
-    AMoELoRA, LoRAMoE, adapter_context, adapter_diagnostics, adapter_layers, auxiliary_loss, inject,
+    AMoELoRA,
+    LoRAMoE,
+    adapter_context,
+    adapter_diagnostics,
+    adapter_layers,
+    auxiliary_loss,
+    inject,
     localized_balance_loss,
 )
 from maugpt.adapters.reference import reference_forward
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
 # Router weights of 2 samples × 2 tokens × 2 experts, and their per-sample importance Q.
-W = torch.tensor([[[0.8, 0.2], [0.6, 0.4]],    # Q_0 = [1.4, 0.6]
-                  [[0.3, 0.7], [0.5, 0.5]]],   # Q_1 = [0.8, 1.2]
-                 dtype=torch.float64)
+W = torch.tensor(
+    [
+        [[0.8, 0.2], [0.6, 0.4]],  # Q_0 = [1.4, 0.6]
+        [[0.3, 0.7], [0.5, 0.5]],
+    ],  # Q_1 = [0.8, 1.2]
+    dtype=torch.float64,
+)
 
 
 def test_balance_loss_matches_a_hand_computed_value():
@@ -38,8 +49,11 @@ def test_balance_loss_ignores_padding_tokens():
     assert localized_balance_loss(padded, None, labels, delta=0.5).item() != pytest.approx(expected.item(), rel=1e-3)
 
 
-@pytest.mark.parametrize("adapter", [LoRAMoE(experts=4, rank=3, dropout=0.0), AMoELoRA(experts=4, rank=3, hyper_hidden=8)],
-                         ids=["loramoe", "amoe_lora"])
+@pytest.mark.parametrize(
+    "adapter",
+    [LoRAMoE(experts=4, rank=3, dropout=0.0), AMoELoRA(experts=4, rank=3, hyper_hidden=8)],
+    ids=["loramoe", "amoe_lora"],
+)
 def test_stacked_mixture_equals_the_per_expert_loop(adapter):
     torch.manual_seed(0)
     layer = adapter.wrap(nn.Linear(24, 40)).double()
@@ -56,7 +70,9 @@ def test_stacked_mixture_equals_the_per_expert_loop(adapter):
 
 def test_layer_balance_loss_is_the_function_on_its_router_weights_times_beta():
     torch.manual_seed(0)
-    layer = LoRAMoE(experts=4, rank=2, dropout=0.0, balance_delta=0.2, balance_weight=0.5).wrap(nn.Linear(16, 8)).double()
+    layer = (
+        LoRAMoE(experts=4, rank=2, dropout=0.0, balance_delta=0.2, balance_weight=0.5).wrap(nn.Linear(16, 8)).double()
+    )
     x = torch.randn(2, 5, 16, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     labels = torch.tensor([0, 1])

@@ -1,4 +1,5 @@
 """What every adapter must satisfy, checked for all three through the same protocol."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,15 @@ import torch
 from torch import nn
 
 from maugpt.adapters import (
-    AMoELoRA, AnomalyAware, LoRA, LoRAMoE, adapter_context, adapter_layers, auxiliary_loss, count_parameters, inject,
+    AMoELoRA,
+    AnomalyAware,
+    LoRA,
+    LoRAMoE,
+    adapter_context,
+    adapter_layers,
+    auxiliary_loss,
+    count_parameters,
+    inject,
 )
 from maugpt.adapters.anomaly_aware import AnomalyAwareLinear
 from tests.conftest import randomize_adapters, tiny_causal_lm
@@ -15,7 +24,9 @@ ADAPTERS = {
     "lora": lambda: LoRA(rank=4, alpha=8),
     "loramoe": lambda: LoRAMoE(experts=4, rank=2, dropout=0.0),
     "amoe_lora": lambda: AMoELoRA(experts=4, rank=2, hyper_hidden=8),
-    "amoe_lora_total_rank": lambda: AMoELoRA(experts=4, rank=2, hyper_hidden=8, scaling="total_rank", anomaly_alpha=3.0),
+    "amoe_lora_total_rank": lambda: AMoELoRA(
+        experts=4, rank=2, hyper_hidden=8, scaling="total_rank", anomaly_alpha=3.0
+    ),
     "anomaly_aware": lambda: AnomalyAware(rank=2, hyper_hidden=8),
 }
 
@@ -64,11 +75,15 @@ def test_parameter_counts_match_their_formulas():
     base = nn.Linear(d_in, d_out)
     assert LoRA(rank=r).wrap(base).parameter_counts() == {"lora": r * (d_in + d_out)}
     assert LoRAMoE(experts=n, rank=r).wrap(base).parameter_counts() == {
-        "generalist": n * r * (d_in + d_out), "router": d_in * n}
+        "generalist": n * r * (d_in + d_out),
+        "router": d_in * n,
+    }
     assert AMoELoRA(experts=n, rank=r, hyper_hidden=h).wrap(base).parameter_counts() == {
-        "generalist": n * r * (d_in + d_out), "router": d_in * n,
+        "generalist": n * r * (d_in + d_out),
+        "router": d_in * n,
         # W_a, W_b, then the hypernetwork's two linear layers with their biases
-        "anomaly_aware": r * (d_in + d_out) + (d_in * h + h) + (h * r * r + r * r)}
+        "anomaly_aware": r * (d_in + d_out) + (d_in * h + h) + (h * r * r + r * r),
+    }
 
 
 def test_experts_times_rank_64_keeps_the_generalist_count_fixed_across_the_grid():
@@ -79,23 +94,26 @@ def test_experts_times_rank_64_keeps_the_generalist_count_fixed_across_the_grid(
     assert [c["router"] for c in counts] == [32 * n for n, _ in grid]
 
 
-@pytest.mark.parametrize("make, argument", [
-    (lambda: LoRA(rank=0), "rank"),
-    (lambda: LoRA(rank=-2), "rank"),
-    (lambda: LoRA(alpha=0), "alpha"),
-    (lambda: LoRA(alpha=-1.0), "alpha"),
-    (lambda: LoRA(dropout=1.0), "dropout"),
-    (lambda: LoRA(targets=[]), "targets"),
-    (lambda: LoRAMoE(experts=0), "experts"),
-    (lambda: LoRAMoE(rank=0), "rank"),
-    (lambda: LoRAMoE(alpha=0), "alpha"),
-    (lambda: LoRAMoE(balance_weight=-1), "balance_weight"),
-    (lambda: LoRAMoE(balance_delta=1.0), "balance_delta"),
-    (lambda: AMoELoRA(experts=-1), "experts"),
-    (lambda: AMoELoRA(rank=0), "rank"),
-    (lambda: AMoELoRA(alpha=-8), "alpha"),
-    (lambda: AMoELoRA(hyper_hidden=0), "hyper_hidden"),
-])
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda: LoRA(rank=0), "rank"),
+        (lambda: LoRA(rank=-2), "rank"),
+        (lambda: LoRA(alpha=0), "alpha"),
+        (lambda: LoRA(alpha=-1.0), "alpha"),
+        (lambda: LoRA(dropout=1.0), "dropout"),
+        (lambda: LoRA(targets=[]), "targets"),
+        (lambda: LoRAMoE(experts=0), "experts"),
+        (lambda: LoRAMoE(rank=0), "rank"),
+        (lambda: LoRAMoE(alpha=0), "alpha"),
+        (lambda: LoRAMoE(balance_weight=-1), "balance_weight"),
+        (lambda: LoRAMoE(balance_delta=1.0), "balance_delta"),
+        (lambda: AMoELoRA(experts=-1), "experts"),
+        (lambda: AMoELoRA(rank=0), "rank"),
+        (lambda: AMoELoRA(alpha=-8), "alpha"),
+        (lambda: AMoELoRA(hyper_hidden=0), "hyper_hidden"),
+    ],
+)
 def test_invalid_hyper_parameters_raise_naming_the_argument(make, argument):
     with pytest.raises(ValueError, match=rf"^{argument} must be"):
         make()

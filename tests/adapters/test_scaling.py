@@ -1,11 +1,12 @@
 """The mixtures' scale conventions and the per-component output norms, against hand computations."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from maugpt.adapters import AMoELoRA, Adapter, AnomalyAware, LoRA, LoRAMoE
+from maugpt.adapters import Adapter, AMoELoRA, AnomalyAware, LoRA, LoRAMoE
 
 N, R, ALPHA, D_IN, D_OUT = 4, 3, 6.0, 10, 12
 
@@ -32,14 +33,20 @@ def test_each_convention_scales_the_generalist_experts_as_stated(kind):
 
 def test_the_anomaly_aware_scale_is_alpha_over_r_unless_set_apart():
     assert AMoELoRA(experts=N, rank=R, alpha=ALPHA).wrap(nn.Linear(D_IN, D_OUT)).anomaly_scale == 2.0
-    layer = AMoELoRA(experts=N, rank=R, alpha=ALPHA, scaling="total_rank", anomaly_alpha=9.0).wrap(nn.Linear(D_IN, D_OUT))
+    layer = AMoELoRA(experts=N, rank=R, alpha=ALPHA, scaling="total_rank", anomaly_alpha=9.0).wrap(
+        nn.Linear(D_IN, D_OUT)
+    )
     assert (layer.scale, layer.anomaly_scale) == (8.0, 3.0)  # the generalist convention leaves s_a alone
 
 
-@pytest.mark.parametrize("adapter", [
-    LoRAMoE(experts=N, rank=R, alpha=ALPHA, dropout=0.0, scaling="total_rank"),
-    AMoELoRA(experts=N, rank=R, alpha=ALPHA, scaling="total_rank", anomaly_alpha=9.0),
-], ids=["loramoe", "amoe_lora"])
+@pytest.mark.parametrize(
+    "adapter",
+    [
+        LoRAMoE(experts=N, rank=R, alpha=ALPHA, dropout=0.0, scaling="total_rank"),
+        AMoELoRA(experts=N, rank=R, alpha=ALPHA, scaling="total_rank", anomaly_alpha=9.0),
+    ],
+    ids=["loramoe", "amoe_lora"],
+)
 def test_a_fresh_adapter_changes_nothing_under_either_convention(adapter):
     layer = adapter.wrap(nn.Linear(D_IN, D_OUT)).double()
     x = inputs()
@@ -48,8 +55,11 @@ def test_a_fresh_adapter_changes_nothing_under_either_convention(adapter):
 
 def test_with_uniform_routing_a_total_rank_mixture_is_one_lora_of_rank_n_r():
     """``N·(α/r)·(1/N)·B A x = (α/r) B A x``: a LoRA of rank N·r whose α keeps α/r (α' = N·α)."""
-    mixture = randomized(LoRAMoE(experts=N, rank=R, alpha=ALPHA, dropout=0.0, balance_weight=0.0,
-                                 scaling="total_rank").wrap(nn.Linear(D_IN, D_OUT)).double())
+    mixture = randomized(
+        LoRAMoE(experts=N, rank=R, alpha=ALPHA, dropout=0.0, balance_weight=0.0, scaling="total_rank")
+        .wrap(nn.Linear(D_IN, D_OUT))
+        .double()
+    )
     lora = LoRA(rank=N * R, alpha=N * ALPHA).wrap(nn.Linear(D_IN, D_OUT)).double()
     with torch.no_grad():
         mixture.router.zero_()  # every ω_i = 1/N
@@ -66,8 +76,11 @@ def test_with_uniform_routing_a_total_rank_mixture_is_one_lora_of_rank_n_r():
 
 
 def test_the_anomaly_aware_expert_is_scaled_by_its_own_alpha():
-    layer = randomized(AMoELoRA(experts=N, rank=R, alpha=ALPHA, hyper_hidden=8, anomaly_alpha=9.0)
-                       .wrap(nn.Linear(D_IN, D_OUT)).double())
+    layer = randomized(
+        AMoELoRA(experts=N, rank=R, alpha=ALPHA, hyper_hidden=8, anomaly_alpha=9.0)
+        .wrap(nn.Linear(D_IN, D_OUT))
+        .double()
+    )
     with torch.no_grad():
         layer.B.zero_()  # no generalist output
         layer.anomaly_aware.hypernetwork.out.weight.zero_()  # H = I for every sample
@@ -79,16 +92,21 @@ def test_the_anomaly_aware_expert_is_scaled_by_its_own_alpha():
 
 @pytest.mark.parametrize("scaling", ["paper", "total_rank"])
 def test_the_recorded_output_norms_are_each_components_mean_token_norm(scaling):
-    layer = randomized(AMoELoRA(experts=N, rank=R, alpha=ALPHA, hyper_hidden=8, scaling=scaling,
-                                anomaly_alpha=5.0).wrap(nn.Linear(D_IN, D_OUT)).double())
+    layer = randomized(
+        AMoELoRA(experts=N, rank=R, alpha=ALPHA, hyper_hidden=8, scaling=scaling, anomaly_alpha=5.0)
+        .wrap(nn.Linear(D_IN, D_OUT))
+        .double()
+    )
     x = inputs()
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     with layer.context.use(token_mask=mask, record=True):
         out = layer(x)
     # by hand: the router (Eq. 1), each expert's term (Eq. 3) and the per-sample pair (Eq. 4-5)
     omega = torch.softmax(x @ layer.router, -1)
-    generalist = sum(layer.scale * omega[..., i:i + 1] * (x @ layer.A[:, i * R:(i + 1) * R]) @ layer.B[i * R:(i + 1) * R]
-                     for i in range(N))
+    generalist = sum(
+        layer.scale * omega[..., i : i + 1] * (x @ layer.A[:, i * R : (i + 1) * R]) @ layer.B[i * R : (i + 1) * R]
+        for i in range(N)
+    )
     condition = torch.stack([x[b][mask[b]].mean(0) for b in range(2)])
     H = layer.anomaly_aware.hypernetwork(condition)
     anomaly = (5.0 / R) * torch.bmm(x @ layer.anomaly_aware.W_a @ H, H @ layer.anomaly_aware.W_b)

@@ -1,10 +1,20 @@
 """``share_input``: one down-projection GEMM for q/k/v and gate/up, the same parameters and outputs."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from maugpt.adapters import AMoELoRA, AnomalyAware, LoRA, LoRAMoE, adapter_context, adapter_layers, adapter_state_dict, inject
+from maugpt.adapters import (
+    AMoELoRA,
+    AnomalyAware,
+    LoRA,
+    LoRAMoE,
+    adapter_context,
+    adapter_layers,
+    adapter_state_dict,
+    inject,
+)
 from maugpt.adapters import base as adapter_base
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
@@ -53,11 +63,20 @@ def test_shared_down_projections_train_exactly_like_per_module_ones(kind):
 
 def test_siblings_are_the_projections_that_read_one_input():
     model = adapted("amoe_lora", True)
-    groups = {name.rsplit(".", 1)[-1]: tuple(s.name.rsplit(".", 1)[-1] for s in layer.siblings)
-              for name, layer in adapter_layers(model) if name.startswith("model.layers.0.")}
-    assert groups == {"q_proj": ("q_proj", "k_proj", "v_proj"), "k_proj": ("q_proj", "k_proj", "v_proj"),
-                      "v_proj": ("q_proj", "k_proj", "v_proj"), "o_proj": (),
-                      "gate_proj": ("gate_proj", "up_proj"), "up_proj": ("gate_proj", "up_proj"), "down_proj": ()}
+    groups = {
+        name.rsplit(".", 1)[-1]: tuple(s.name.rsplit(".", 1)[-1] for s in layer.siblings)
+        for name, layer in adapter_layers(model)
+        if name.startswith("model.layers.0.")
+    }
+    assert groups == {
+        "q_proj": ("q_proj", "k_proj", "v_proj"),
+        "k_proj": ("q_proj", "k_proj", "v_proj"),
+        "v_proj": ("q_proj", "k_proj", "v_proj"),
+        "o_proj": (),
+        "gate_proj": ("gate_proj", "up_proj"),
+        "up_proj": ("gate_proj", "up_proj"),
+        "down_proj": (),
+    }
     alone = tiny_causal_lm()
     inject(alone, AMoELoRA(experts=2, rank=2, targets=["q_proj", "o_proj"], share_input=True))
     assert all(layer.siblings == () for _, layer in adapter_layers(alone))  # q_proj has no adapted sibling

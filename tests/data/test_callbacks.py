@@ -1,4 +1,5 @@
 """The skipped-sample count reaches the logger at the end of each epoch."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -32,9 +33,18 @@ def test_counts_are_summed_per_epoch_and_reset(tmp_path, caplog):
     batches = [{"x": torch.ones(2), "skipped": s} for s in (0, 2, 1)]
     loader = DataLoader(batches, batch_size=None)
     probe = Probe()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[SkippedSamplesLogger()],
-                        default_root_dir=tmp_path, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[SkippedSamplesLogger()],
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(probe, loader, DataLoader(batches[:2], batch_size=None))
     assert [v for n, v in probe.logged if n == "data/skipped_train"] == [3.0, 3.0]
     assert [v for n, v in probe.logged if n == "data/skipped_val"] == [2.0, 2.0]

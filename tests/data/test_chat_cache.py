@@ -1,4 +1,5 @@
 """The chat caches give exactly the uncached tokens, and switch themselves off where they cannot."""
+
 from __future__ import annotations
 
 import logging
@@ -46,11 +47,15 @@ def test_an_added_token_that_strips_its_neighbours_turns_the_segment_cache_off(t
     assert segments.encode(probe)[0].tolist() == encoding.ids  # the uncached path, exact
 
 
-@pytest.mark.parametrize("template", [
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}",
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n{% endfor %}",
-    "{% for m in messages %}{% if m['content'] %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{% endif %}{% endfor %}",
-], ids=["trims", "rewrites", "branches_on_empty"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}",
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n{% endfor %}",
+        "{% for m in messages %}{% if m['content'] %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{% endif %}{% endfor %}",
+    ],
+    ids=["trims", "rewrites", "branches_on_empty"],
+)
 def test_templates_that_do_not_copy_contents_verbatim_turn_the_template_cache_off(tokenizer, template):
     tokenizer.chat_template = template
     renderer = TemplateRenderer(tokenizer)
@@ -60,8 +65,10 @@ def test_templates_that_do_not_copy_contents_verbatim_turn_the_template_cache_of
 
 
 def test_a_difference_the_probes_missed_is_caught_by_the_periodic_check(tokenizer, caplog):
-    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-                               "{% if 'defect' in m['content'] %} [flagged]{% endif %}<|im_end|>\n{% endfor %}")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+        "{% if 'defect' in m['content'] %} [flagged]{% endif %}<|im_end|>\n{% endfor %}"
+    )
     renderer = TemplateRenderer(tokenizer, verify_every=2)
     assert renderer.enabled  # no probe says "defect"
     messages = [{"role": "user", "content": "any defect?"}]
@@ -77,6 +84,8 @@ def test_the_piece_cache_is_bounded(tokenizer):
     segments = SegmentTokenizer(tokenizer, max_entries=3, probes=PROBES)
     for word in ("alpha", "beta", "gamma", "delta", "epsilon"):
         ids, starts = segments.encode(f"<|im_start|>{word}<|im_end|>")
-        assert ids.tolist() == tokenizer.backend_tokenizer.encode(f"<|im_start|>{word}<|im_end|>",
-                                                                  add_special_tokens=False).ids
+        assert (
+            ids.tolist()
+            == tokenizer.backend_tokenizer.encode(f"<|im_start|>{word}<|im_end|>", add_special_tokens=False).ids
+        )
         assert len(segments.pieces) <= 3

@@ -1,4 +1,5 @@
 """MAUSetDataModule: equal batch counts per rank, exactly-once evaluation, packing, filters, bad input."""
+
 from __future__ import annotations
 
 import io
@@ -16,18 +17,29 @@ from maugpt.data.reader import iter_samples
 
 
 def datamodule(synthetic_dir, tokenizer_dir, vision_dir, **kwargs):
-    args = dict(data_dir=str(synthetic_dir / "mauset"), tokenizer=str(tokenizer_dir), vision_encoder=str(vision_dir),
-                image_tokens=4, batch_size=3, num_workers=2, max_length=1024, shuffle_buffer=8)
+    args = dict(
+        data_dir=str(synthetic_dir / "mauset"),
+        tokenizer=str(tokenizer_dir),
+        vision_encoder=str(vision_dir),
+        image_tokens=4,
+        batch_size=3,
+        num_workers=2,
+        max_length=1024,
+        shuffle_buffer=8,
+    )
     return MAUSetDataModule(**{**args, **kwargs})
 
 
 def loader(dm, dataset, batch_size):
-    return DataLoader(dataset, batch_size=batch_size, num_workers=2,
-                      collate_fn=lambda b: collate(b, dm.format.pad_token_id))
+    return DataLoader(
+        dataset, batch_size=batch_size, num_workers=2, collate_fn=lambda b: collate(b, dm.format.pad_token_id)
+    )
 
 
 @pytest.mark.parametrize("packing", ["conversation", "qa"])
-def test_validation_on_two_ranks_with_two_workers_sees_every_example_once(synthetic_dir, tokenizer_dir, vision_dir, packing):
+def test_validation_on_two_ranks_with_two_workers_sees_every_example_once(
+    synthetic_dir, tokenizer_dir, vision_dir, packing
+):
     dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, packing=packing)
     records = [s["json"] for s in iter_samples(synthetic_dir / "mauset" / "val")]
     expected = Counter((r["key"], i) for r in records for i in range(len(r["qa"])))
@@ -50,9 +62,21 @@ def test_training_gives_every_rank_the_same_number_of_full_batches(synthetic_dir
         batches = []
         for _ in range(2):  # two epochs
             from maugpt.data.datamodule import EpochLoader
+
             dataset = dm.train_dataset(rank, 2)
-            batches.append(list(EpochLoader(dataset, 5, lambda: 0, batch_size=3, num_workers=2, drop_last=True,
-                                            collate_fn=lambda b: collate(b, dm.format.pad_token_id))))
+            batches.append(
+                list(
+                    EpochLoader(
+                        dataset,
+                        5,
+                        lambda: 0,
+                        batch_size=3,
+                        num_workers=2,
+                        drop_last=True,
+                        collate_fn=lambda b: collate(b, dm.format.pad_token_id),
+                    )
+                )
+            )
         assert [len(b) for b in batches] == [5, 5]
         for batch in batches[0]:
             assert batch["input_ids"].shape[0] == 3 and batch["pixel_values"].shape[1:] == (1, 32, 32, 3)
@@ -72,11 +96,14 @@ def test_default_epoch_length_is_about_one_pass(synthetic_dir, tokenizer_dir, vi
 
 
 def test_filters_by_task_domain_and_source(synthetic_dir, tokenizer_dir, vision_dir):
-    dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, packing="qa", tasks=["detection"],
-                    domains=["Electronic Components"])
+    dm = datamodule(
+        synthetic_dir, tokenizer_dir, vision_dir, packing="qa", tasks=["detection"], domains=["Electronic Components"]
+    )
     dm.setup()
     records = [s["json"] for s in iter_samples(synthetic_dir / "mauset" / "val")]
-    expected = sum(1 for r in records if r["domain"] == "Electronic Components" for qa in r["qa"] if qa["task"] == "detection")
+    expected = sum(
+        1 for r in records if r["domain"] == "Electronic Components" for qa in r["qa"] if qa["task"] == "detection"
+    )
     examples = [e for e in dm.eval_dataset("val") if e["valid"]]
     assert len(examples) == expected > 0
     assert all(e["meta"]["tasks"] == ["detection"] and e["meta"]["domain"] == "Electronic Components" for e in examples)
@@ -86,14 +113,20 @@ def test_filters_by_task_domain_and_source(synthetic_dir, tokenizer_dir, vision_
         datamodule(synthetic_dir, tokenizer_dir, vision_dir, tasks=["detect"])
 
 
-def test_a_corrupt_image_in_a_shard_is_skipped_counted_and_keeps_counts_equal(synthetic_dir, tokenizer_dir, vision_dir, tmp_path):
-    import tarfile, io
+def test_a_corrupt_image_in_a_shard_is_skipped_counted_and_keeps_counts_equal(
+    synthetic_dir, tokenizer_dir, vision_dir, tmp_path
+):
+    import io
+    import tarfile
+
     data = tmp_path / "mauset"
     shutil.copytree(synthetic_dir / "mauset", data)
     shard = sorted((data / "val").glob("shard-*.tar"))[0]
     with tarfile.open(shard) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    broken = next(m.name for m, _ in members if m.name.endswith(".png") and "mask" not in m.name and "ref" not in m.name)
+    broken = next(
+        m.name for m, _ in members if m.name.endswith(".png") and "mask" not in m.name and "ref" not in m.name
+    )
     with tarfile.open(shard, "w") as tar:
         for member, payload in members:
             payload = b"\x89PNG broken" if member.name == broken else payload
@@ -119,7 +152,9 @@ def test_pipe_urls_need_explicit_permission(synthetic_dir, tokenizer_dir, vision
 
 def test_a_folder_without_shards_names_what_it_expected(tokenizer_dir, vision_dir, tmp_path):
     dm = MAUSetDataModule(str(tmp_path), str(tokenizer_dir), str(vision_dir))
-    with pytest.raises(FileNotFoundError, match=r"train/index.json is missing: .*\(expected shard-\*\.tar files with index\.json\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"train/index.json is missing: .*\(expected shard-\*\.tar files with index\.json\)"
+    ):
         dm.train_dataloader()
 
 
@@ -129,15 +164,40 @@ def test_the_datamodule_is_configurable_as_a_lightningcli_subclass(synthetic_dir
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(L.LightningDataModule, "data")
-    config = parser.parse_args(["--data", "maugpt.data.MAUSetDataModule", "--data.data_dir", str(synthetic_dir / "mauset"),
-                                "--data.tokenizer", str(tokenizer_dir), "--data.vision_encoder", str(vision_dir),
-                                "--data.packing", "qa", "--data.tasks", "[detection, localization]"])
+    config = parser.parse_args(
+        [
+            "--data",
+            "maugpt.data.MAUSetDataModule",
+            "--data.data_dir",
+            str(synthetic_dir / "mauset"),
+            "--data.tokenizer",
+            str(tokenizer_dir),
+            "--data.vision_encoder",
+            str(vision_dir),
+            "--data.packing",
+            "qa",
+            "--data.tasks",
+            "[detection, localization]",
+        ]
+    )
     dm = parser.instantiate(config).data
     assert isinstance(dm, MAUSetDataModule) and dm.hparams.packing == "qa"
     assert dm.hparams.tasks == ["detection", "localization"]
     with pytest.raises(Exception, match="packing"):
-        parser.parse_args(["--data", "maugpt.data.MAUSetDataModule", "--data.data_dir", "x", "--data.tokenizer", "t",
-                           "--data.vision_encoder", "v", "--data.packing", "pairs"])
+        parser.parse_args(
+            [
+                "--data",
+                "maugpt.data.MAUSetDataModule",
+                "--data.data_dir",
+                "x",
+                "--data.tokenizer",
+                "t",
+                "--data.vision_encoder",
+                "v",
+                "--data.packing",
+                "pairs",
+            ]
+        )
 
 
 def test_fewer_examples_than_worker_slots_still_give_equal_batch_counts(synthetic_dir, tokenizer_dir, vision_dir):
@@ -175,8 +235,11 @@ def test_a_rank_whose_shards_are_all_unreadable_fails_naming_them(synthetic_dir,
     for shard in shards[1:]:
         shard.unlink()  # missing, though index.json lists it
     dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, data_dir=str(data))
-    with pytest.raises(RuntimeError, match=rf"rank 0: none of its {len(shards)} training shard\(s\) can be read: "
-                                           r".*shard-\d+\.tar \((ReadError|FileNotFoundError)"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"rank 0: none of its {len(shards)} training shard\(s\) can be read: "
+        r".*shard-\d+\.tar \((ReadError|FileNotFoundError)",
+    ):
         next(iter(dm.train_dataset()))
 
 
@@ -189,8 +252,11 @@ def test_one_readable_shard_keeps_the_stream_going(synthetic_dir, tokenizer_dir,
     dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, data_dir=str(data))
     stream = iter(dm.train_dataset())
     examples = [next(stream) for _ in range(30)]  # more than the good shard holds: it is drawn again and again
-    assert {e["meta"]["key"] for e in examples} <= {s["json"]["key"] for s in iter_samples(synthetic_dir / "mauset" / "train")
-                                                  if s["__url__"].endswith(shards[0].name)}
+    assert {e["meta"]["key"] for e in examples} <= {
+        s["json"]["key"]
+        for s in iter_samples(synthetic_dir / "mauset" / "train")
+        if s["__url__"].endswith(shards[0].name)
+    }
 
 
 def test_an_evaluation_shortfall_against_index_json_is_named(synthetic_dir, tokenizer_dir, vision_dir, tmp_path):
@@ -204,7 +270,7 @@ def test_an_evaluation_shortfall_against_index_json_is_named(synthetic_dir, toke
     with tarfile.open(first) as tar:
         members = tar.getmembers()
     cut = next(m for m in members if m.name.endswith(".json") and m.name.startswith(members[6].name.split(".")[0]))
-    first.write_bytes(first.read_bytes()[:cut.offset_data + 10])
+    first.write_bytes(first.read_bytes()[: cut.offset_data + 10])
     with tarfile.open(second) as tar:
         kept = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     dropped = next(m.name for m, _ in kept if m.name.endswith(".json"))
@@ -213,11 +279,14 @@ def test_an_evaluation_shortfall_against_index_json_is_named(synthetic_dir, toke
             if member.name != dropped:
                 tar.addfile(member, io.BytesIO(content))
     dm = datamodule(synthetic_dir, tokenizer_dir, vision_dir, data_dir=str(data))
-    found_first = sum(1 for m in members[:members.index(cut)] if m.name.endswith(".json"))
-    with pytest.raises(ValueError, match=rf"{index['shards'][0]['count'] - found_first + 1} of the {index['samples']} "
-                                         rf"samples that index\.json lists cannot be evaluated: .*{first.name} has "
-                                         rf"{found_first} of {index['shards'][0]['count']} readable records; "
-                                         rf".*{second.name} has {index['shards'][1]['count'] - 1} of .*allow_missing_eval"):
+    found_first = sum(1 for m in members[: members.index(cut)] if m.name.endswith(".json"))
+    with pytest.raises(
+        ValueError,
+        match=rf"{index['shards'][0]['count'] - found_first + 1} of the {index['samples']} "
+        rf"samples that index\.json lists cannot be evaluated: .*{first.name} has "
+        rf"{found_first} of {index['shards'][0]['count']} readable records; "
+        rf".*{second.name} has {index['shards'][1]['count'] - 1} of .*allow_missing_eval",
+    ):
         dm.eval_dataset("test")
     lenient = datamodule(synthetic_dir, tokenizer_dir, vision_dir, data_dir=str(data), allow_missing_eval=True)
     planned = lenient.eval_dataset("test").plan

@@ -1,4 +1,5 @@
 """Chat encoding: the template, image slots, labels on answers only, truncation."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,10 @@ def tokenizer(tokenizer_dir):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-PAIRS = [("Is there any defect in this image of a screw? Answer True or False.", "True"),
-         ("What type of defect does this screw have?", "The screw has a scratch defect.")]
+PAIRS = [
+    ("Is there any defect in this image of a screw? Answer True or False.", "True"),
+    ("What type of defect does this screw have?", "The screw has a scratch defect."),
+]
 
 
 def test_labels_are_the_answers_and_their_turn_ends_exactly(tokenizer):
@@ -27,11 +30,16 @@ def test_labels_are_the_answers_and_their_turn_ends_exactly(tokenizer):
     assert tokenizer.decode(supervised) == "True<|im_end|>\nThe screw has a scratch defect.<|im_end|>\n"
     full = tokenizer.decode([t for t in ids if t != image_id])
     assert full == tokenizer.apply_chat_template(
-        [{"role": "user", "content": "<image>\n<image>\n" + PAIRS[0][0]}, {"role": "assistant", "content": "True"},
-         {"role": "user", "content": PAIRS[1][0]}, {"role": "assistant", "content": PAIRS[1][1]}],
-        tokenize=False).replace("<image>", "")
+        [
+            {"role": "user", "content": "<image>\n<image>\n" + PAIRS[0][0]},
+            {"role": "assistant", "content": "True"},
+            {"role": "user", "content": PAIRS[1][0]},
+            {"role": "assistant", "content": PAIRS[1][1]},
+        ],
+        tokenize=False,
+    ).replace("<image>", "")
     # The condition (prompt) ends where the first answer starts.
-    assert tokenizer.decode(ids[encoded.condition_end:encoded.condition_end + 1]) == "True"
+    assert tokenizer.decode(ids[encoded.condition_end : encoded.condition_end + 1]) == "True"
 
 
 def test_truncation_drops_whole_pairs_then_cuts_inside_the_answer(tokenizer):
@@ -66,9 +74,11 @@ def test_images_are_padded_to_square_then_transformed_by_the_timm_config(vision_
 
 
 def test_transform_matches_timms_own_float_transform(vision_dir):
+    import json
+
+    import numpy as np
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
-    import json, numpy as np
 
     config = json.loads((vision_dir / "config.json").read_text())["pretrained_cfg"]
     reference = create_transform(**resolve_data_config(pretrained_cfg=config), is_training=False)
@@ -80,8 +90,8 @@ def test_transform_matches_timms_own_float_transform(vision_dir):
 
 @pytest.mark.parametrize("size", [(48, 48), (61, 37), (30, 90), (32, 32)])
 def test_torch_resize_is_pil_compatible_within_one_level(vision_dir, size):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     # Noise is the worst case for interpolation differences; real images differ on fewer pixels.
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8))
@@ -105,11 +115,21 @@ def test_collate_pads_right_and_masks_padding(tokenizer):
     examples = []
     for pairs in (PAIRS, PAIRS[:1]):
         e = encoder.encode(pairs)
-        examples.append({"input_ids": e.input_ids, "labels": e.labels, "condition_end": e.condition_end,
-                         "pixel_values": torch.zeros(1, 4, 4, 3, dtype=torch.uint8), "meta": {}, "skipped": 1})
+        examples.append(
+            {
+                "input_ids": e.input_ids,
+                "labels": e.labels,
+                "condition_end": e.condition_end,
+                "pixel_values": torch.zeros(1, 4, 4, 3, dtype=torch.uint8),
+                "meta": {},
+                "skipped": 1,
+            }
+        )
     batch = collate(examples, pad_token_id=tokenizer.pad_token_id)
     n0, n1 = len(examples[0]["input_ids"]), len(examples[1]["input_ids"])
     assert batch["input_ids"].shape == (2, n0) and batch["attention_mask"].sum(1).tolist() == [n0, n1]
-    assert (batch["labels"][1, n1:] == IGNORE_INDEX).all() and (batch["input_ids"][1, n1:] == tokenizer.pad_token_id).all()
+    assert (batch["labels"][1, n1:] == IGNORE_INDEX).all() and (
+        batch["input_ids"][1, n1:] == tokenizer.pad_token_id
+    ).all()
     assert batch["condition_mask"].sum(1).tolist() == [examples[0]["condition_end"], examples[1]["condition_end"]]
     assert batch["pixel_values"].shape == (2, 1, 4, 4, 3) and batch["skipped"] == 2 and batch["valid"].all()

@@ -1,5 +1,6 @@
 """ProcessorFormat on the shrunk published files of five VLM families: the exact prompts their
 templates and processors make, answer labels, the condition mask, and bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,33 +18,57 @@ QUESTION = "Is the bottle defective? Answer True or False."
 # between blank lines), SmolVLM (longest edge 64: 2×2 tiles of 32 px + the global image, 4 tokens
 # each, with its row/column markup).
 PROMPTS = {
-    "llava-1.5": ("USER: <image>\n" + QUESTION + " ASSISTANT:",
-                  "<s>USER: " + "<image>" * 4 + "\n" + QUESTION + " ASSISTANT:"),
-    "qwen2.5-vl": ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                   "<|vision_start|><|image_pad|><|vision_end|>" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n",
-                   "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                   "<|vision_start|>" + "<|image_pad|>" * 4 + "<|vision_end|>" + QUESTION
-                   + "<|im_end|>\n<|im_start|>assistant\n"),
-    "internvl": ("<|im_start|>user\n<IMG_CONTEXT>\n" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n",
-                 "<|im_start|>user\n<img>" + "<IMG_CONTEXT>" * 20 + "</img>\n" + QUESTION
-                 + "<|im_end|>\n<|im_start|>assistant\n"),
-    "gemma-3": ("<bos><start_of_turn>user\n<start_of_image>" + QUESTION + "<end_of_turn>\n<start_of_turn>model\n",
-                "<bos><start_of_turn>user\n\n\n<start_of_image>" + "<image_soft_token>" * 4 + "<end_of_image>\n\n"
-                + QUESTION + "<end_of_turn>\n<start_of_turn>model\n"),
-    "smolvlm": ("<|im_start|>User:<image>" + QUESTION + "<end_of_utterance>\nAssistant:",
-                "<|im_start|>User:" + "".join(f"<fake_token_around_image><row_{r}_col_{c}>" + "<image>" * 4
-                                              + ("\n" if c == 2 else "") for r in (1, 2) for c in (1, 2))
-                + "\n<fake_token_around_image><global-img>" + "<image>" * 4 + "<fake_token_around_image>" + QUESTION
-                + "<end_of_utterance>\nAssistant:"),
+    "llava-1.5": (
+        "USER: <image>\n" + QUESTION + " ASSISTANT:",
+        "<s>USER: " + "<image>" * 4 + "\n" + QUESTION + " ASSISTANT:",
+    ),
+    "qwen2.5-vl": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|>" + "<|image_pad|>" * 4 + "<|vision_end|>" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    "internvl": (
+        "<|im_start|>user\n<IMG_CONTEXT>\n" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\n<img>"
+        + "<IMG_CONTEXT>" * 20
+        + "</img>\n"
+        + QUESTION
+        + "<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    "gemma-3": (
+        "<bos><start_of_turn>user\n<start_of_image>" + QUESTION + "<end_of_turn>\n<start_of_turn>model\n",
+        "<bos><start_of_turn>user\n\n\n<start_of_image>"
+        + "<image_soft_token>" * 4
+        + "<end_of_image>\n\n"
+        + QUESTION
+        + "<end_of_turn>\n<start_of_turn>model\n",
+    ),
+    "smolvlm": (
+        "<|im_start|>User:<image>" + QUESTION + "<end_of_utterance>\nAssistant:",
+        "<|im_start|>User:"
+        + "".join(
+            f"<fake_token_around_image><row_{r}_col_{c}>" + "<image>" * 4 + ("\n" if c == 2 else "")
+            for r in (1, 2)
+            for c in (1, 2)
+        )
+        + "\n<fake_token_around_image><global-img>"
+        + "<image>" * 4
+        + "<fake_token_around_image>"
+        + QUESTION
+        + "<end_of_utterance>\nAssistant:",
+    ),
 }
 # The supervised tokens of a two-turn chat: each answer and the turn end after it (LLaVA-1.5's
 # template writes no stop token: </s> is put after each answer, as Vicuna's separator was; Gemma-3
 # stops on <end_of_turn>, its generation_config's second EOS).
-LABELS = {"llava-1.5": " True</s> At the top left.</s> ",
-          "qwen2.5-vl": "True<|im_end|>\nAt the top left.<|im_end|>\n",
-          "internvl": "True<|im_end|>\nAt the top left.<|im_end|>\n",
-          "gemma-3": "True<end_of_turn>\nAt the top left.<end_of_turn>\n",
-          "smolvlm": " True<end_of_utterance>\nAt the top left.<end_of_utterance>\n"}
+LABELS = {
+    "llava-1.5": " True</s> At the top left.</s> ",
+    "qwen2.5-vl": "True<|im_end|>\nAt the top left.<|im_end|>\n",
+    "internvl": "True<|im_end|>\nAt the top left.<|im_end|>\n",
+    "gemma-3": "True<end_of_turn>\nAt the top left.<end_of_turn>\n",
+    "smolvlm": " True<end_of_utterance>\nAt the top left.<end_of_utterance>\n",
+}
 PAIRS = [(QUESTION, "True"), ("Where is the defect?", "At the top left.")]
 
 
@@ -91,9 +116,11 @@ def test_an_mmad_user_turn_keeps_its_text_and_image_order(formats):
     chat = formats["qwen2.5-vl"]
     content = "Instruction\nFollowing is 1 image of normal sample:<image>\nTest image: \n<image>\nQuestion?"
     prompt = chat.prompt_text(content, chat.images([image(), image()]), system="Inspect.")
-    assert prompt["text"] == ("<|im_start|>system\nInspect.<|im_end|>\n<|im_start|>user\nInstruction\nFollowing is 1 "
-                              "image of normal sample:<|vision_start|><|image_pad|><|vision_end|>\nTest image: \n"
-                              "<|vision_start|><|image_pad|><|vision_end|>\nQuestion?<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt["text"] == (
+        "<|im_start|>system\nInspect.<|im_end|>\n<|im_start|>user\nInstruction\nFollowing is 1 "
+        "image of normal sample:<|vision_start|><|image_pad|><|vision_end|>\nTest image: \n"
+        "<|vision_start|><|image_pad|><|vision_end|>\nQuestion?<|im_end|>\n<|im_start|>assistant\n"
+    )
     with pytest.raises(ValueError, match="2 <image> placeholder"):
         chat.prompt_text(content, chat.images([image()]))
 

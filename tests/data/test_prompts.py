@@ -1,4 +1,5 @@
 """The prompt data modules' shared parts: each item exactly once, equal counts per rank."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,8 +36,9 @@ def test_a_folder_split_over_two_ranks_answers_each_image_once(tiny_base, tmp_pa
 
     for name in ("a.png", "b.png", "c.png"):
         image(tmp_path / "images" / name, size=(40, 40))
-    data = ImageFolderQuestions(str(tmp_path / "images"), "Is it defective?", str(tiny_base["llm"]),
-                                str(tiny_base["vision"]), image_tokens=4)
+    data = ImageFolderQuestions(
+        str(tmp_path / "images"), "Is it defective?", str(tiny_base["llm"]), str(tiny_base["vision"]), image_tokens=4
+    )
     data.setup()
     per_rank = []
     for rank in range(2):
@@ -46,8 +48,10 @@ def test_a_folder_split_over_two_ranks_answers_each_image_once(tiny_base, tmp_pa
     answered = [Path(m["image"]).name for examples in per_rank for m, _ in examples if not m.get("padding")]
     assert answered == ["a.png", "b.png", "c.png"]
     # rank 0 holds a (and pads with a copy of it), rank 1 b and c
-    assert per_rank[0][1] == ({"image": str(tmp_path / "images" / "a.png"), "question": "Is it defective?",
-                               "padding": True}, False)
+    assert per_rank[0][1] == (
+        {"image": str(tmp_path / "images" / "a.png"), "question": "Is it defective?", "padding": True},
+        False,
+    )
 
 
 def test_predict_writes_no_row_for_a_padding_slot(tiny_base, monkeypatch):
@@ -57,7 +61,11 @@ def test_predict_writes_no_row_for_a_padding_slot(tiny_base, monkeypatch):
 
     module = MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=1)
     monkeypatch.setattr(module, "generate_answers", lambda batch: [" yes", " no", " no"])
-    batch = {"meta": [{"image": "a"}, {"image": "b", "error": "unreadable"}, {"image": "b", "padding": True}],
-             "valid": torch.tensor([True, False, False])}
-    assert module.predict_step(batch, 0) == [{"image": "a", "prediction": "yes"},
-                                             {"image": "b", "error": "unreadable", "prediction": None}]
+    batch = {
+        "meta": [{"image": "a"}, {"image": "b", "error": "unreadable"}, {"image": "b", "padding": True}],
+        "valid": torch.tensor([True, False, False]),
+    }
+    assert module.predict_step(batch, 0) == [
+        {"image": "a", "prediction": "yes"},
+        {"image": "b", "error": "unreadable", "prediction": None},
+    ]

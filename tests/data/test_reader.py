@@ -1,4 +1,5 @@
 """The shard reader's one rule of a usable sample, shared by ``maugpt inspect`` and the data modules."""
+
 from __future__ import annotations
 
 import io
@@ -49,7 +50,8 @@ def linked(synthetic_dir, tmp_path):
 
 
 def test_a_sample_whose_image_is_a_link_is_skipped_alike_by_inspect_the_reader_and_the_data_module(
-        linked, tokenizer_dir, vision_dir, capsys):
+    linked, tokenizer_dir, vision_dir, capsys
+):
     data, record, linked_key = linked
     folder = data / "train"
     counter = SkipCounter()
@@ -62,8 +64,9 @@ def test_a_sample_whose_image_is_a_link_is_skipped_alike_by_inspect_the_reader_a
     assert f"== {folder}: 1 images (" in shown and f"1 {label}" in shown and ", 1 unreadable skipped" in shown
     assert f"-- skipped 1 sample(s) that cannot be used (1 no image); first: sample {linked_key!r}" in shown
 
-    dm = MAUSetDataModule(str(data), str(tokenizer_dir), str(vision_dir), image_tokens=4, batch_size=2,
-                          num_workers=0, shuffle_buffer=2)
+    dm = MAUSetDataModule(
+        str(data), str(tokenizer_dir), str(vision_dir), image_tokens=4, batch_size=2, num_workers=0, shuffle_buffer=2
+    )
     evaluated = list(dm.eval_dataset("train"))  # the whole sample once; the linked one flagged and counted
     assert [e["meta"]["key"] for e in evaluated if e["valid"]] == [record["key"]]
     assert sum(e["skipped"] for e in evaluated) == 1

@@ -1,4 +1,5 @@
 """The judge client against a local chat-completions server started by the test."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -69,8 +70,11 @@ class ChatServer:
                 reference = user.split("Reference answer: ")[1].split("\n")[0]
                 prediction = user.split("Assistant's answer: ")[1]
                 verdict = json.dumps({"correct": prediction == reference, "reason": "compared"})
-                content = {"garbage": "garbage", "chatter": "Scores {1} and {'x': 2} set {} aside: " + verdict,
-                           "huge": "x" * 5000 + verdict}.get(failure, "```json\n" + verdict + "\n```")
+                content = {
+                    "garbage": "garbage",
+                    "chatter": "Scores {1} and {'x': 2} set {} aside: " + verdict,
+                    "huge": "x" * 5000 + verdict,
+                }.get(failure, "```json\n" + verdict + "\n```")
                 reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
                 if failure == "html":
                     reply = b"<html>busy</html>"
@@ -89,8 +93,16 @@ class ChatServer:
         self.httpd.shutdown()
 
 
-ROWS = [{"question": f"q{i}", "reference": "a crack", "prediction": "a crack" if i % 2 else "a scratch",
-         "domain": "Mechanical Parts" if i < 4 else "Consumer Products", "style": "open"} for i in range(6)]
+ROWS = [
+    {
+        "question": f"q{i}",
+        "reference": "a crack",
+        "prediction": "a crack" if i % 2 else "a scratch",
+        "domain": "Mechanical Parts" if i < 4 else "Consumer Products",
+        "style": "open",
+    }
+    for i in range(6)
+]
 ROWS.append({**ROWS[5], "question": "q6"})  # Consumer Products: 2 of 3 right; Mechanical Parts: 2 of 4
 
 
@@ -120,10 +132,15 @@ def test_verdicts_accuracy_concurrency_and_cache(tmp_path, monkeypatch):
         server.close()
 
 
-@pytest.mark.parametrize("change", [
-    {"model": "another-model"}, {"system": SYSTEM + " Be strict."},
-    {"template": "Q: {question}\nReference answer: {reference}\nAssistant's answer: {prediction}"},
-    {"base_url": "other endpoint"}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "another-model"},
+        {"system": SYSTEM + " Be strict."},
+        {"template": "Q: {question}\nReference answer: {reference}\nAssistant's answer: {prediction}"},
+        {"base_url": "other endpoint"},
+    ],
+)
 def test_a_verdict_is_reused_only_for_the_same_endpoint_model_and_prompt(server, tmp_path, change):
     Judge(server.url, "judge-model", tmp_path / "cache.jsonl").judge(ROWS[:1])
     assert server.calls == 1
@@ -137,8 +154,11 @@ def test_a_verdict_is_reused_only_for_the_same_endpoint_model_and_prompt(server,
 
 
 def test_a_template_must_name_the_three_fields(tmp_path):
-    with pytest.raises(ValueError, match=r"must use the fields \['prediction', 'question', 'reference'\].*"
-                                         r"it uses \['answer', 'question', 'reference'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"must use the fields \['prediction', 'question', 'reference'\].*"
+        r"it uses \['answer', 'question', 'reference'\]",
+    ):
         Judge("http://127.0.0.1:9/v1", "m", tmp_path / "c.jsonl", template="{question} {reference} {answer}")
 
 
@@ -221,12 +241,19 @@ def test_failures_and_unreadable_replies_are_unjudged_never_correct(tmp_path):
         server.close()
 
 
-@pytest.mark.parametrize("content, correct", [
-    ('{"correct": true, "reason": "same"}', True), ('Sure! {"correct": false}', False),
-    ('{"correct": "yes"}', None), ("CORRECT", None), ("{not json}", None),
-    ('Rubric {a} {"b": 1}: {"correct": true}', True),  # braces before the verdict
-    ('{"correct": true} on reflection {"correct": false, "reason": "missed the location"}', False),  # the last one
-    ('{"verdict": {"correct": true}}', True)])
+@pytest.mark.parametrize(
+    "content, correct",
+    [
+        ('{"correct": true, "reason": "same"}', True),
+        ('Sure! {"correct": false}', False),
+        ('{"correct": "yes"}', None),
+        ("CORRECT", None),
+        ("{not json}", None),
+        ('Rubric {a} {"b": 1}: {"correct": true}', True),  # braces before the verdict
+        ('{"correct": true} on reflection {"correct": false, "reason": "missed the location"}', False),  # the last one
+        ('{"verdict": {"correct": true}}', True),
+    ],
+)
 def test_reply_parsing(content, correct):
     assert parse_verdict(content).correct is correct
 
@@ -237,16 +264,27 @@ def test_judge_tool_skips_without_an_endpoint_and_judges_with_one(server, tmp_pa
     predictions.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     tool = Path(__file__).parents[2] / "tools" / "judge.py"
     env = {k: v for k, v in os.environ.items() if k != "MAUGPT_JUDGE_BASE_URL"}
-    skipped = subprocess.run([sys.executable, str(tool), str(predictions)], capture_output=True, text=True,
-                             timeout=120, env=env)
+    skipped = subprocess.run(
+        [sys.executable, str(tool), str(predictions)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert skipped.returncode == 0 and skipped.stdout.strip().splitlines() == [
-        "judge skipped: no endpoint configured (pass --base_url or set MAUGPT_JUDGE_BASE_URL)"]
-    judged = subprocess.run([sys.executable, str(tool), str(predictions), "--base_url", server.url, "--model", "m"],
-                            capture_output=True, text=True, timeout=120, env=env)
+        "judge skipped: no endpoint configured (pass --base_url or set MAUGPT_JUDGE_BASE_URL)"
+    ]
+    judged = subprocess.run(
+        [sys.executable, str(tool), str(predictions), "--base_url", server.url, "--model", "m"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert judged.returncode == 0, judged.stderr
     lines = judged.stdout.splitlines()
-    assert lines[2:6] == ["| Consumer Products | 66.67 | 3 | 0 |", "| Mechanical Parts | 50.00 | 4 | 0 |",
-                          "| mean of domains (macro) | 58.33 | 7 | 0 |", "| all answers (pooled) | 57.14 | 7 | 0 |"]
+    assert lines[2:6] == [
+        "| Consumer Products | 66.67 | 3 | 0 |",
+        "| Mechanical Parts | 50.00 | 4 | 0 |",
+        "| mean of domains (macro) | 58.33 | 7 | 0 |",
+        "| all answers (pooled) | 57.14 | 7 | 0 |",
+    ]
     assert server.calls == 7  # the True/False row is not judged
     assert (tmp_path / "judge-m.jsonl").is_file()
 
@@ -257,21 +295,29 @@ def test_judge_tool_fails_when_too_many_answers_stay_unjudged(tmp_path):
     tool = Path(__file__).parents[2] / "tools" / "judge.py"
     server = ChatServer(failures=[400])  # one answer of seven is refused
     try:
-        strict = subprocess.run([sys.executable, str(tool), str(predictions), "--base_url", server.url,
-                                 "--concurrency", "1"], capture_output=True, text=True, timeout=120)
+        strict = subprocess.run(
+            [sys.executable, str(tool), str(predictions), "--base_url", server.url, "--concurrency", "1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert strict.returncode == 1
         assert "| all answers (pooled) | 66.67 | 6 | 1 |" in strict.stdout  # q0 (wrong) unjudged: 4 of 6
-        assert ("WARNING: 1 of 7 answers (14.3 %) stayed unjudged, more than --max_unjudged 0.01"
-                in strict.stderr)
+        assert "WARNING: 1 of 7 answers (14.3 %) stayed unjudged, more than --max_unjudged 0.01" in strict.stderr
         server.failures = [400]
-        lenient = subprocess.run([sys.executable, str(tool), str(predictions), "--base_url", server.url,
-                                  "--max_unjudged", "0.2"], capture_output=True, text=True, timeout=120)
+        lenient = subprocess.run(
+            [sys.executable, str(tool), str(predictions), "--base_url", server.url, "--max_unjudged", "0.2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert lenient.returncode == 0 and "WARNING" not in lenient.stderr
     finally:
         server.close()
 
 
 # Deadlines and size caps, against raw servers that misbehave on the wire.
+
 
 class RawServer:
     """A TCP server on 127.0.0.1: reads each HTTP request whole, then hands the connection to
@@ -307,8 +353,7 @@ class RawServer:
         """Whether the server has counted that many connections and whole requests within ``timeout``
         seconds (generous: only a loaded machine makes it wait at all)."""
         with self.counted:
-            return self.counted.wait_for(lambda: self.connections >= connections and self.requests >= requests,
-                                         timeout)
+            return self.counted.wait_for(lambda: self.connections >= connections and self.requests >= requests, timeout)
 
     def _handle(self, connection: socket.socket) -> None:
         with connection:
@@ -352,21 +397,25 @@ def never_answer(server: RawServer, connection: socket.socket) -> None:
     server.stop.wait(30)
 
 
-TRICKLED_HEAD = {"headers": b"HTTP/1.1 200 OK\r\n",
-                 "body": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
-                 # no length: the body ends at the close, so a cut must not pass for its end
-                 "unsized body": b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"}
+TRICKLED_HEAD = {
+    "headers": b"HTTP/1.1 200 OK\r\n",
+    "body": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+    # no length: the body ends at the close, so a cut must not pass for its end
+    "unsized body": b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n",
+}
 
 
 def trickle(where: str) -> Callable[[RawServer, socket.socket], None]:
     """A reply that sends one byte every 0.2 s, in its headers or in its body (sized, or ending at
     the close): each byte comes well within the socket timeout, so only a total deadline ends it."""
+
     def reply(server: RawServer, connection: socket.socket) -> None:
         server.send(connection, TRICKLED_HEAD[where])
         for _ in range(1000):
             if server.stop.wait(0.2):
                 return
             server.send(connection, b"x")
+
     return reply
 
 
@@ -379,6 +428,7 @@ def huge(with_length: bool) -> Callable[[RawServer, socket.socket], None]:
         server.send(connection, f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n{length}\r\n".encode())
         for _ in range(HUGE >> 16):
             server.send(connection, b" " * (1 << 16))
+
     return reply
 
 
@@ -406,7 +456,8 @@ def test_a_server_that_never_answers_is_cut_at_the_timeout(raw_server, tmp_path)
     judge = Judge(server.url, "m", tmp_path / "c.jsonl", timeout=0.5, retries=0)
     verdict, seconds = timed_verdict(judge)
     assert verdict == judge_module.Verdict(
-        None, "judge request failed after 1 attempt(s): timeout: no complete reply within 0.5 s", "timeout")
+        None, "judge request failed after 1 attempt(s): timeout: no complete reply within 0.5 s", "timeout"
+    )
     assert seconds < 10  # returns at the deadline, not after 5 × 60 s
     assert server.wait_for(connections=1, requests=1) and server.connections == 1 and server.requests == 1
 
@@ -417,21 +468,27 @@ def test_a_server_trickling_a_byte_every_fifth_of_a_second_is_cut_at_the_timeout
     judge = Judge(server.url, "m", tmp_path / "c.jsonl", timeout=0.5, retries=0)
     verdict, seconds = timed_verdict(judge)
     assert verdict == judge_module.Verdict(
-        None, "judge request failed after 1 attempt(s): timeout: no complete reply within 0.5 s", "timeout")
+        None, "judge request failed after 1 attempt(s): timeout: no complete reply within 0.5 s", "timeout"
+    )
     assert seconds < 10  # a socket timeout of 0.5 s alone would wait for all 1,000 bytes (200 s)
     assert server.hung_up.wait(5)  # the client closed the connection mid-reply
 
 
-@pytest.mark.parametrize("with_length, detail", [
-    (True, f"reply too large: Content-Length {HUGE} bytes, more than max_reply_bytes 4096"),
-    (False, "reply too large: more than max_reply_bytes 4096 (stopped reading after 4097 bytes)")])
+@pytest.mark.parametrize(
+    "with_length, detail",
+    [
+        (True, f"reply too large: Content-Length {HUGE} bytes, more than max_reply_bytes 4096"),
+        (False, "reply too large: more than max_reply_bytes 4096 (stopped reading after 4097 bytes)"),
+    ],
+)
 def test_a_reply_over_the_cap_is_abandoned_unread(raw_server, tmp_path, with_length, detail):
     server = raw_server(huge(with_length))
     judge = Judge(server.url, "m", tmp_path / "c.jsonl", max_reply_bytes=4096, retries=3)
     verdict, seconds = timed_verdict(judge)
     # not retried: the same prompt would bring the same reply
-    assert verdict == judge_module.Verdict(None, f"judge request failed after 1 attempt(s): {detail}",
-                                           "reply too large")
+    assert verdict == judge_module.Verdict(
+        None, f"judge request failed after 1 attempt(s): {detail}", "reply too large"
+    )
     assert server.hung_up.wait(5) and server.sent < HUGE  # the client hung up long before the end
     assert server.connections == 1 and seconds < 10
 
@@ -443,7 +500,8 @@ def test_http_errors_and_non_json_replies_are_counted_by_reason(tmp_path):
         verdicts = judge.judge(ROWS[:4])
         assert [(v.reason, v.failure) for v in verdicts[:2]] == [
             ("judge request failed after 2 attempt(s): HTTP 503", "HTTP 503"),
-            ("judge request failed after 2 attempt(s): reply is not JSON (17 bytes)", "not JSON")]
+            ("judge request failed after 2 attempt(s): reply is not JSON (17 bytes)", "not JSON"),
+        ]
         assert verdicts[2].failure == "unreadable verdict" and verdicts[3] == judge_module.Verdict(True, "compared")
         assert failure_counts(verdicts) == {"HTTP 503": 1, "not JSON": 1, "unreadable verdict": 1}
         assert server.calls == 6
@@ -457,8 +515,10 @@ def test_the_overall_deadline_leaves_the_pending_answers_unjudged(raw_server, tm
     start = time.monotonic()
     verdicts = judge.judge(ROWS[:6])
     assert time.monotonic() - start < 10  # cut at the run's 0.5 s, long before the request's 30 s
-    during, before = ("overall deadline (0.5 s) passed during attempt 1",
-                      "overall deadline (0.5 s) passed before the request was sent")
+    during, before = (
+        "overall deadline (0.5 s) passed during attempt 1",
+        "overall deadline (0.5 s) passed before the request was sent",
+    )
     assert [v.reason for v in verdicts] == [during] * 2 + [before] * 4  # two in flight, four never sent
     assert failure_counts(verdicts) == {"overall deadline": 6}
     # both cut requests reached the server whole; the four never sent opened no connection
@@ -466,9 +526,13 @@ def test_the_overall_deadline_leaves_the_pending_answers_unjudged(raw_server, tm
     assert server.connections == 2 and server.requests == 2
 
 
-@pytest.mark.parametrize("failures, waits, detail", [
-    ([(503, "0.01"), (503, "30")], [0.01], "leaves no time for attempt 3 (a 30 s wait after HTTP 503)"),
-    ([503], [], "leaves no time for attempt 2 (a 10 s wait after HTTP 503)")])  # the backoff's 10 s
+@pytest.mark.parametrize(
+    "failures, waits, detail",
+    [
+        ([(503, "0.01"), (503, "30")], [0.01], "leaves no time for attempt 3 (a 30 s wait after HTTP 503)"),
+        ([503], [], "leaves no time for attempt 2 (a 10 s wait after HTTP 503)"),
+    ],
+)  # the backoff's 10 s
 def test_a_retry_is_not_waited_for_past_the_overall_deadline(tmp_path, monkeypatch, failures, waits, detail):
     clock = Clock()
     monkeypatch.setattr(judge_module, "time", clock)
@@ -482,12 +546,18 @@ def test_a_retry_is_not_waited_for_past_the_overall_deadline(tmp_path, monkeypat
         server.close()
 
 
-@pytest.mark.parametrize("limits, message", [
-    ({"timeout": 0}, "the judge's timeout is the seconds one request may take, more than 0; got 0"),
-    ({"deadline": -1}, "the judge's deadline is the seconds a whole run may take, 0 for no limit; got -1"),
-    ({"max_reply_bytes": 0}, "the judge's max_reply_bytes is a number of bytes, more than 0; got 0"),
-    ({"base_url": "api.example.com/v1"},
-     "the judge's base_url must be an http:// or https:// URL; got 'api.example.com/v1'")])
+@pytest.mark.parametrize(
+    "limits, message",
+    [
+        ({"timeout": 0}, "the judge's timeout is the seconds one request may take, more than 0; got 0"),
+        ({"deadline": -1}, "the judge's deadline is the seconds a whole run may take, 0 for no limit; got -1"),
+        ({"max_reply_bytes": 0}, "the judge's max_reply_bytes is a number of bytes, more than 0; got 0"),
+        (
+            {"base_url": "api.example.com/v1"},
+            "the judge's base_url must be an http:// or https:// URL; got 'api.example.com/v1'",
+        ),
+    ],
+)
 def test_limits_and_the_endpoint_are_checked(tmp_path, limits, message):
     with pytest.raises(ValueError) as raised:
         Judge(**{"base_url": "http://127.0.0.1:9/v1", "model": "m", "cache": tmp_path / "c.jsonl", **limits})
@@ -502,17 +572,24 @@ def test_the_judge_command_prints_why_answers_stayed_unjudged(tmp_path, capsys):
     try:
         with pytest.raises(SystemExit) as exited:
             # 2 s: ample for a local reply on a loaded machine; the stalled request waits for it in full
-            commands.judge(predictions, base_url=server.url, model="m", concurrency=1, retries=0, timeout=2,
-                           max_reply_bytes=4096)
+            commands.judge(
+                predictions, base_url=server.url, model="m", concurrency=1, retries=0, timeout=2, max_reply_bytes=4096
+            )
     finally:
         server.close()
     assert exited.value.code == 1
     out, err = capsys.readouterr()
     assert out.splitlines() == [
-        "| answers | LLM-judged accuracy % (m) | judged | unjudged |", "|---|---:|---:|---:|",
-        "| Consumer Products | 100.00 | 1 | 2 |", "| Mechanical Parts | 0.00 | 1 | 3 |",
-        "| mean of domains (macro) | 50.00 | 2 | 5 |", "| all answers (pooled) | 50.00 | 2 | 5 |",
+        "| answers | LLM-judged accuracy % (m) | judged | unjudged |",
+        "|---|---:|---:|---:|",
+        "| Consumer Products | 100.00 | 1 | 2 |",
+        "| Mechanical Parts | 0.00 | 1 | 3 |",
+        "| mean of domains (macro) | 50.00 | 2 | 5 |",
+        "| all answers (pooled) | 50.00 | 2 | 5 |",
         "unjudged by reason: 2 HTTP 503, 1 not JSON, 1 reply too large, 1 timeout",
-        f"requests sent: 7; verdict cache: {tmp_path / 'judge-m.jsonl'}"]
-    assert ("WARNING: 5 of 7 answers (71.4 %) stayed unjudged, more than --max_unjudged 0.01; they are left out of "
-            "the accuracies above. Run again to ask for them (verdicts already given are cached).") in err.splitlines()
+        f"requests sent: 7; verdict cache: {tmp_path / 'judge-m.jsonl'}",
+    ]
+    assert (
+        "WARNING: 5 of 7 answers (71.4 %) stayed unjudged, more than --max_unjudged 0.01; they are left out of "
+        "the accuracies above. Run again to ask for them (verdicts already given are cached)."
+    ) in err.splitlines()

@@ -1,5 +1,6 @@
 """MAU-Set scores: hand-worked values on fixed strings, the reference implementations (rouge-score,
 sacrebleu), 2 ranks equal to 1, and the written tables."""
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,10 @@ def open_qa(domain: str, task: str, reference: str) -> dict:
 
 
 ANSWERS = [
-    (disc(IND, "True"), "True, there is a scratch."),        # right
-    (disc(IND, "False"), "Yes."),                             # wrong (yes = True)
-    (disc(IND, "True"), "I cannot tell."),                    # unparsable → wrong
-    (disc(ELEC, "False"), "false"),                           # right
+    (disc(IND, "True"), "True, there is a scratch."),  # right
+    (disc(IND, "False"), "Yes."),  # wrong (yes = True)
+    (disc(IND, "True"), "I cannot tell."),  # unparsable → wrong
+    (disc(ELEC, "False"), "false"),  # right
     (open_qa(IND, "classification", "the nut has a crack defect"), "the nut has a crack defect"),
     (open_qa(ELEC, "localization", "the crack is in the top left"), "a crack at the bottom"),
 ]
@@ -64,24 +65,46 @@ def test_rouge_and_bleu_against_hand_computed_values():
     assert r["rouge2/task:localization"] == 0.0 and r["rougeL/task:localization"] == pytest.approx(1 / 3)
     assert r["bleu4/task:localization"] == 0.0  # no 4-gram in common
     # overall ROUGE is the mean over answers; corpus BLEU pools n-gram counts
-    assert r["rouge1"] == pytest.approx((1 + 1 / 3) / 2) and r["rougeL/domain:Electronic Components"] == pytest.approx(1 / 3)
+    assert r["rouge1"] == pytest.approx((1 + 1 / 3) / 2) and r["rougeL/domain:Electronic Components"] == pytest.approx(
+        1 / 3
+    )
     assert math.isnan(r["rouge1/task:description"])
 
 
 QUESTION = "Is there any defect in this image of a bottle? Answer True or False."
 
 
-@pytest.mark.parametrize("answer, verdict", [
-    ("False", False), ("YES", True), ("Yes.", True), ("no", False), ("True, there is a scratch.", True),
-    (QUESTION + " Answer: False", False),  # an echoed question: its words are not the answer
-    ("True or False: False", False),  # the offered choices are not the answer
-    ("It is not true.", False), ("untrue", False), ("The answer is not False.", True), ("Incorrect.", False),
-    ("Correct", True), ("Defective", True), ("Anomalous", True), ("The bottle is abnormal.", True),
-    ("Normal", False), ("The product is defect-free.", False), ("The bottle is not normal.", True),
-    ("No, it is not defective.", False), ("There is no visible defect on the bottle.", False),
-    ("No defect.", False), ("It isn't damaged.", False),
-    ("False. It is True that the surface is clean", False),  # the first verdict word, then the explanation
-    ("I cannot tell.", None), ("There is a scratch.", None), ("", None)])
+@pytest.mark.parametrize(
+    "answer, verdict",
+    [
+        ("False", False),
+        ("YES", True),
+        ("Yes.", True),
+        ("no", False),
+        ("True, there is a scratch.", True),
+        (QUESTION + " Answer: False", False),  # an echoed question: its words are not the answer
+        ("True or False: False", False),  # the offered choices are not the answer
+        ("It is not true.", False),
+        ("untrue", False),
+        ("The answer is not False.", True),
+        ("Incorrect.", False),
+        ("Correct", True),
+        ("Defective", True),
+        ("Anomalous", True),
+        ("The bottle is abnormal.", True),
+        ("Normal", False),
+        ("The product is defect-free.", False),
+        ("The bottle is not normal.", True),
+        ("No, it is not defective.", False),
+        ("There is no visible defect on the bottle.", False),
+        ("No defect.", False),
+        ("It isn't damaged.", False),
+        ("False. It is True that the surface is clean", False),  # the first verdict word, then the explanation
+        ("I cannot tell.", None),
+        ("There is a scratch.", None),
+        ("", None),
+    ],
+)
 def test_true_false_parsing_reads_the_final_verdict(answer, verdict):
     assert parse_true_false(answer) is verdict
 
@@ -106,10 +129,18 @@ def _corpus(seed: int = 0, n: int = 60) -> tuple[list[str], list[str]]:
 def test_each_answer_gets_its_own_verdict_or_scores():
     scores = MAUSetScores()
     own = [scores.add(meta, answer) for meta, answer in ANSWERS]
-    assert own[:4] == [{"verdict": "True", "correct": True}, {"verdict": "True", "correct": False},
-                       {"verdict": None, "correct": False}, {"verdict": "False", "correct": True}]
-    assert own[4] == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0,
-                      "bleu": {"hyp_len": 6, "ref_len": 6, "matches": [6, 5, 4, 3], "totals": [6, 5, 4, 3]}}
+    assert own[:4] == [
+        {"verdict": "True", "correct": True},
+        {"verdict": "True", "correct": False},
+        {"verdict": None, "correct": False},
+        {"verdict": "False", "correct": True},
+    ]
+    assert own[4] == {
+        "rouge1": 1.0,
+        "rouge2": 1.0,
+        "rougeL": 1.0,
+        "bleu": {"hyp_len": 6, "ref_len": 6, "matches": [6, 5, 4, 3], "totals": [6, 5, 4, 3]},
+    }
     # "a crack at the bottom" vs "the crack is in the top left": the hand-worked F1s above; 2 unigrams match
     assert own[5]["rouge1"] == pytest.approx(1 / 3) and own[5]["rouge2"] == 0.0
     assert own[5]["bleu"] == {"hyp_len": 5, "ref_len": 7, "matches": [2, 0, 0, 0], "totals": [5, 4, 3, 2]}
@@ -136,8 +167,10 @@ def test_rouge_equals_rouge_score(stemmer):
 def test_bleu_equals_sacrebleu_without_smoothing(tokenize):
     references, predictions = _corpus(seed=1)
     scores = MAUSetScores(bleu_tokenize=tokenize)
-    own = [scores.add(open_qa(ELEC, "localization", reference), prediction)["bleu"]
-           for reference, prediction in zip(references, predictions)]
+    own = [
+        scores.add(open_qa(ELEC, "localization", reference), prediction)["bleu"]
+        for reference, prediction in zip(references, predictions)
+    ]
     expected = sacrebleu.corpus_bleu(predictions, [references], tokenize=tokenize, smooth_method="none").score / 100
     assert scores.compute()["bleu4"] == pytest.approx(expected, abs=1e-6) and expected > 0.3
     # the answers' own statistics, summed, are the corpus BLEU's: a subset can be scored without the texts
@@ -205,8 +238,10 @@ def test_tables_lay_out_table_2_and_table_4():
     assert "unparsable True/False answers: 1 (counted as wrong)" in lines
     assert "detection_accuracy,0.500000" in csv.splitlines()
     assert "detection_accuracy_macro,0.666667" in csv.splitlines()
-    assert lines[-1] == ("ROUGE: rouge-score F1, no stemming, averaged over answers; "
-                         "BLEU-4: corpus BLEU = sacrebleu tokenize='none', smooth_method='none'")
+    assert lines[-1] == (
+        "ROUGE: rouge-score F1, no stemming, averaged over answers; "
+        "BLEU-4: corpus BLEU = sacrebleu tokenize='none', smooth_method='none'"
+    )
 
 
 def test_maugpt_test_writes_predictions_and_tables_without_overwriting(tiny_base, synthetic_dir, tmp_path):
@@ -227,11 +262,25 @@ def test_maugpt_test_writes_predictions_and_tables_without_overwriting(tiny_base
     rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
     questions = [qa for s in iter_samples(synthetic_dir / "mauset" / "test") for qa in s["json"]["qa"]]
     assert len(rows) == len(questions) and len({(r["key"], r["qa_index"]) for r in rows}) == len(rows)
-    common = {"key", "qa_index", "source", "domain", "product", "defect_class", "generic_defect", "is_anomalous",
-              "task", "style",
-              "question", "reference", "prediction"}
-    assert {frozenset(r) for r in rows} == {frozenset(common | {"verdict", "correct"}),
-                                            frozenset(common | {"rouge1", "rouge2", "rougeL", "bleu"})}
+    common = {
+        "key",
+        "qa_index",
+        "source",
+        "domain",
+        "product",
+        "defect_class",
+        "generic_defect",
+        "is_anomalous",
+        "task",
+        "style",
+        "question",
+        "reference",
+        "prediction",
+    }
+    assert {frozenset(r) for r in rows} == {
+        frozenset(common | {"verdict", "correct"}),
+        frozenset(common | {"rouge1", "rouge2", "rougeL", "bleu"}),
+    }
     assert all(r["correct"] == (r["verdict"] == r["reference"]) for r in rows if r["style"] == "discriminative")
     markdown = (folder / "tables.md").read_text()
     assert markdown.startswith("### Discriminative QA accuracy (%)") and "| task: localization |" in markdown
@@ -239,20 +288,54 @@ def test_maugpt_test_writes_predictions_and_tables_without_overwriting(tiny_base
     assert f"detection_accuracy,{accuracy:.6f}" in (folder / "scores.csv").read_text()
     # the standalone tool scores the written predictions to the same numbers; with 13a, the setting is written
     tool = Path(__file__).parents[2] / "tools" / "score_mauset.py"
-    again = subprocess.run([sys.executable, str(tool), str(folder), "--out", str(tmp_path / "re")],
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, str(tool), str(folder), "--out", str(tmp_path / "re")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "re" / "scores.csv").read_text() == (folder / "scores.csv").read_text()
     rescored = [json.loads(line) for line in (tmp_path / "re" / "predictions.jsonl").read_text().splitlines()]
     assert rescored == rows  # the same per-answer scores from the written answers alone
     assert (tmp_path / "re" / "tables.md").read_text().replace("| model |", "") == markdown.replace("| model |", "")
-    other = subprocess.run([sys.executable, str(tool), str(folder / "predictions.jsonl"), "--bleu_tokenize", "13a",
-                            "--out", str(tmp_path / "re")], capture_output=True, text=True, timeout=120)
-    assert other.returncode != 0 and "already holds one of tables.md, scores.csv, breakdown.csv, predictions.jsonl" in other.stderr
-    other = subprocess.run([sys.executable, str(tool), str(folder / "predictions.jsonl"), "--bleu_tokenize", "13a"],
-                           capture_output=True, text=True, timeout=120)
+    other = subprocess.run(
+        [
+            sys.executable,
+            str(tool),
+            str(folder / "predictions.jsonl"),
+            "--bleu_tokenize",
+            "13a",
+            "--out",
+            str(tmp_path / "re"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        other.returncode != 0
+        and "already holds one of tables.md, scores.csv, breakdown.csv, predictions.jsonl" in other.stderr
+    )
+    other = subprocess.run(
+        [sys.executable, str(tool), str(folder / "predictions.jsonl"), "--bleu_tokenize", "13a"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert other.returncode == 0 and "sacrebleu tokenize='13a'" in other.stdout
-    run(["test", "--config", config, "--ckpt_path", last, "--trainer.logger", "false",
-         "--trainer.default_root_dir", str(folder.parent)])
+    run(
+        [
+            "test",
+            "--config",
+            config,
+            "--ckpt_path",
+            last,
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(folder.parent),
+        ]
+    )
     assert (folder / "tables.md").read_text() == markdown  # the earlier tables stay
     assert (folder.parent / "evaluation-2" / "tables.md").is_file()

@@ -1,4 +1,5 @@
 """What test runs share: one predictions file per run, whatever the number of ranks."""
+
 from __future__ import annotations
 
 import json

@@ -1,20 +1,22 @@
 """Intervals and paired tests of maugpt.evaluation.statistics, checked against numpy, scipy and sacrebleu."""
+
 import numpy as np
 import pytest
 import sacrebleu
 from sacrebleu.metrics import BLEU
 from scipy import stats
 
-from maugpt.evaluation.statistics import (METRICS, align, compare, corpus_bleu, metric_values, question_id,
-                                          summarize)
+from maugpt.evaluation.statistics import METRICS, align, compare, corpus_bleu, metric_values, question_id, summarize
 
 N = 200
 
 
 def rows(correct, *, shuffle=None):
     """Discriminative MAU-Set rows, one per question; ``shuffle`` seeds a random row order."""
-    out = [{"key": f"img{i // 3}", "qa_index": i % 3, "style": "discriminative", "correct": bool(c)}
-           for i, c in enumerate(correct)]
+    out = [
+        {"key": f"img{i // 3}", "qa_index": i % 3, "style": "discriminative", "correct": bool(c)}
+        for i, c in enumerate(correct)
+    ]
     if shuffle is not None:
         np.random.default_rng(shuffle).shuffle(out)
     return out
@@ -40,15 +42,30 @@ def seed_averaged(runs):
 
 
 def test_corpus_bleu_matches_sacrebleu():
-    hyps = ["the cat sat on the mat today", "a scratch on the left edge", "no defect", "the screw is bent",
-            "there is a crack near the top of the bottle"]
-    refs = ["the cat sat on a mat", "a small scratch on the left edge of the part", "no defect is visible",
-            "the screw head is bent", "there is a crack near the top of the bottle"]
-    per_sentence = np.array(BLEU(smooth_method="none", tokenize="none")._extract_corpus_statistics(hyps, [refs]),
-                            dtype=float)
+    hyps = [
+        "the cat sat on the mat today",
+        "a scratch on the left edge",
+        "no defect",
+        "the screw is bent",
+        "there is a crack near the top of the bottle",
+    ]
+    refs = [
+        "the cat sat on a mat",
+        "a small scratch on the left edge of the part",
+        "no defect is visible",
+        "the screw head is bent",
+        "there is a crack near the top of the bottle",
+    ]
+    per_sentence = np.array(
+        BLEU(smooth_method="none", tokenize="none")._extract_corpus_statistics(hyps, [refs]), dtype=float
+    )
     for chosen in ([0, 1, 2, 3, 4], [0, 1], [1, 4], [2], [4], [0, 3]):
-        expected = sacrebleu.corpus_bleu([hyps[i] for i in chosen], [[refs[i] for i in chosen]],
-                                         smooth_method="none", tokenize="none").score / 100
+        expected = (
+            sacrebleu.corpus_bleu(
+                [hyps[i] for i in chosen], [[refs[i] for i in chosen]], smooth_method="none", tokenize="none"
+            ).score
+            / 100
+        )
         assert corpus_bleu(per_sentence[chosen].sum(axis=0)) == pytest.approx(expected, abs=1e-9)
     assert corpus_bleu(per_sentence[2]) == 0.0  # "no defect" has no 3-gram: BLEU-4 is 0 unsmoothed
     assert 0 < corpus_bleu(per_sentence[1]) < 1  # shorter than its reference: brevity penalty < 1
@@ -84,18 +101,25 @@ def test_difference_interval_and_p_value_of_a_known_improvement():
     a, b = seed_averaged(CELL), seed_averaged(REFERENCE)
     d = a - b
     assert sorted(np.unique(np.round(d, 9))) == pytest.approx([-1 / 3, 0, 1 / 6, 1])
-    boot = stats.bootstrap((d,), np.mean, n_resamples=2000, method="percentile",
-                           random_state=np.random.default_rng(0))
+    boot = stats.bootstrap((d,), np.mean, n_resamples=2000, method="percentile", random_state=np.random.default_rng(0))
     assert (result.low, result.high) == (boot.confidence_interval.low, boot.confidence_interval.high)
-    test = stats.permutation_test((a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
-                                  vectorized=True, n_resamples=2000, random_state=np.random.default_rng(0))
+    test = stats.permutation_test(
+        (a, b),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=2000,
+        random_state=np.random.default_rng(0),
+    )
     assert result.p_value == test.pvalue
     # With the seeds: the bootstrap's variance plus each cell's variance of a seed mean, s²/S.
     runs_a = [np.mean([r["correct"] for r in run]) for run in CELL.values()]
     runs_b = [np.mean([r["correct"] for r in run]) for run in REFERENCE.values()]
     error = np.sqrt(boot.standard_error**2 + np.var(runs_a, ddof=1) / 2 + np.var(runs_b, ddof=1) / 3)
     assert result.seed_p_value == pytest.approx(2 * stats.norm.sf(0.10 / error), rel=1e-12)
-    assert (result.seed_low, result.seed_high) == pytest.approx((0.10 - 1.959963985 * error, 0.10 + 1.959963985 * error))
+    assert (result.seed_low, result.seed_high) == pytest.approx(
+        (0.10 - 1.959963985 * error, 0.10 + 1.959963985 * error)
+    )
     # The reversed comparison mirrors it.
     reverse = compare(REFERENCE, CELL, "detection_accuracy")
     assert reverse.difference == pytest.approx(-0.10, abs=1e-12) and reverse.significant
@@ -135,8 +159,9 @@ def test_summarize_matches_numpy_and_scipy():
     assert summary.questions == N and summary.runs == ("seed 0", "seed 1", "seed 2", "seed 3")
     # Interval = mean ± z sqrt(v_q + s²/S), v_q the bootstrap variance of the seed-averaged question means.
     values = align(REFERENCE | {"seed 3": rows(hits(range(95)))}, "detection_accuracy")[1]
-    boot = stats.bootstrap((values.mean(axis=0),), np.mean, n_resamples=2000, method="percentile",
-                           random_state=np.random.default_rng(0))
+    boot = stats.bootstrap(
+        (values.mean(axis=0),), np.mean, n_resamples=2000, method="percentile", random_state=np.random.default_rng(0)
+    )
     half = stats.norm.ppf(0.975) * np.sqrt(boot.standard_error**2 + summary.std**2 / 4)
     assert (summary.low, summary.high) == pytest.approx((summary.mean - half, summary.mean + half), rel=1e-9)
     assert "4" in summary.method and "one seed" not in summary.method
@@ -146,8 +171,14 @@ def test_one_run_interval_is_the_bootstrap_interval():
     one = summarize({"only": CELL["seed 0"]}, "detection_accuracy", confidence=0.9)
     values = hits(range(120), 150, 151).astype(float)
     assert np.isnan(one.std) and one.mean == pytest.approx(0.61) and "one seed" in one.method
-    boot = stats.bootstrap((values,), np.mean, n_resamples=2000, method="percentile", confidence_level=0.9,
-                           random_state=np.random.default_rng(0))
+    boot = stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=2000,
+        method="percentile",
+        confidence_level=0.9,
+        random_state=np.random.default_rng(0),
+    )
     # Same resampled questions, so the standard error is scipy's exactly ...
     assert one.high - one.mean == pytest.approx(stats.norm.ppf(0.95) * boot.standard_error, rel=1e-9)
     # ... and the normal interval is within resampling noise (steps of 1/200, quantile error) of the percentile one.
@@ -161,8 +192,12 @@ def open_rows(scores, *, bleu=None):
     for i, s in enumerate(scores):
         row = {"key": f"img{i}", "qa_index": 0, "style": "open", "rouge1": s, "rouge2": s / 2, "rougeL": s}
         if bleu is not None:
-            row["bleu"] = {"hyp_len": int(bleu[i][0]), "ref_len": int(bleu[i][1]),
-                           "matches": [int(x) for x in bleu[i][2:6]], "totals": [int(x) for x in bleu[i][6:]]}
+            row["bleu"] = {
+                "hyp_len": int(bleu[i][0]),
+                "ref_len": int(bleu[i][1]),
+                "matches": [int(x) for x in bleu[i][2:6]],
+                "totals": [int(x) for x in bleu[i][6:]],
+            }
         out.append(row)
     return out + rows([True])  # a discriminative row the open-ended metrics must ignore
 
@@ -189,11 +224,14 @@ def test_bleu_goes_through_summarize_and_compare():
         for j in rng.choice(len(tokens), k, replace=False):
             tokens[j] = "zzz"
         return " ".join(tokens)
+
     bleu = BLEU(smooth_method="none", tokenize="none")
     hyps = {name: [corrupt(r, k) for r in refs] for name, k in (("good 0", 1), ("good 1", 2), ("bad", 4))}
     runs = {name: open_rows(np.zeros(40), bleu=bleu._extract_corpus_statistics(h, [refs])) for name, h in hyps.items()}
-    expected = {name: sacrebleu.corpus_bleu(h, [refs], smooth_method="none", tokenize="none").score / 100
-                for name, h in hyps.items()}
+    expected = {
+        name: sacrebleu.corpus_bleu(h, [refs], smooth_method="none", tokenize="none").score / 100
+        for name, h in hyps.items()
+    }
     summary = summarize({k: runs[k] for k in ("good 0", "good 1")}, "bleu4")
     assert summary.per_run == pytest.approx([expected["good 0"], expected["good 1"]], abs=1e-9)
     assert summary.low < summary.mean < summary.high
@@ -219,8 +257,11 @@ def test_mismatched_questions_are_named():
 
 def test_mmad_rows():
     def mmad(correct):
-        return [{"image": f"MVTec/bottle/{i}.png", "question_index": i % 4, "correct": c, "answer": "A"}
-                for i, c in enumerate(correct)]
+        return [
+            {"image": f"MVTec/bottle/{i}.png", "question_index": i % 4, "correct": c, "answer": "A"}
+            for i, c in enumerate(correct)
+        ]
+
     better, worse = hits(range(150)), hits(range(100))
     summary = summarize({"s0": mmad(better), "s1": mmad(better)}, "mmad_accuracy")
     assert summary.per_run == (0.75, 0.75) and summary.std == 0.0

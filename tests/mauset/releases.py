@@ -1,4 +1,5 @@
 """Tiny trees in each source's official release layout, written by the tests themselves."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -95,8 +96,10 @@ def deeppcb(root: Path) -> dict:
         (base / f"group{group}/{group}_not").mkdir(parents=True, exist_ok=True)
         (base / f"group{group}/{group}_not/{stem}.txt").write_text(text)
     image(base / "group00041/00041/00041002_temp.jpg", size=(40, 40), mode="L")  # a template without a pair
-    (base / "trainval.txt").write_text("group00041/00041/00041000.jpg group00041/00041_not/00041000.txt\n"
-                                       "group00041/00041/00041001.jpg group00041/00041_not/00041001.txt\n")
+    (base / "trainval.txt").write_text(
+        "group00041/00041/00041000.jpg group00041/00041_not/00041000.txt\n"
+        "group00041/00041/00041001.jpg group00041/00041_not/00041001.txt\n"
+    )
     (base / "test.txt").write_text("group12000/12000/12000000.jpg group12000/12000_not/12000000.txt\n")
     # every type on a board counts: open, short, mousebite, pin-hole and spur
     return {"images": 7, "anomalous": 3, "products": 1, "defect_classes": 5}
@@ -119,10 +122,18 @@ def magnetic_tile(root: Path) -> dict:
         for i in range(n):
             image(base / f"MT_{cls}/Imgs/exp{i}_num_{i}.jpg", size=(30, 40), mode="L")
             empty = cls == "Uneven"
-            mask(base / f"MT_{cls}/Imgs/exp{i}_num_{i}.png", size=(30, 40), value=90,
-                 box=None if empty else (2, 2, 6, 6))
+            mask(
+                base / f"MT_{cls}/Imgs/exp{i}_num_{i}.png", size=(30, 40), value=90, box=None if empty else (2, 2, 6, 6)
+            )
     return {"images": 7, "anomalous": 4, "products": 1, "defect_classes": 3}
 
 
-RELEASES = {"mvtec_ad": mvtec_ad, "mpdd": mpdd, "btad": btad, "dagm": dagm, "deeppcb": deeppcb,
-            "ksdd2": ksdd2, "magnetic_tile": magnetic_tile}
+RELEASES = {
+    "mvtec_ad": mvtec_ad,
+    "mpdd": mpdd,
+    "btad": btad,
+    "dagm": dagm,
+    "deeppcb": deeppcb,
+    "ksdd2": ksdd2,
+    "magnetic_tile": magnetic_tile,
+}

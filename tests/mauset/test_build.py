@@ -1,4 +1,5 @@
 """Building shards from release trees: QA per task, the split, statistics, and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,11 @@ from collections import Counter
 
 import pytest
 
+from maugpt.data.reader import SkipCounter, iter_samples, read_index
 from maugpt.mauset.build import build_mauset
 from maugpt.mauset.knowledge import Knowledge
-from maugpt.schema import TASKS
-from maugpt.data.reader import SkipCounter, iter_samples, read_index
-from maugpt.schema import SourceImage
 from maugpt.mauset.split import split_images
+from maugpt.schema import TASKS, SourceImage
 from tests.mauset.releases import RELEASES
 
 
@@ -63,11 +63,17 @@ def test_every_image_gets_one_or_two_questions_per_task(tmp_path):
 def test_locations_come_from_masks_and_boxes(tmp_path):
     build_all(tmp_path, test=0.0, val=0.0)
     records = {s["json"]["key"]: s["json"] for s in iter_samples(tmp_path / "out" / "train")}
-    assert records["mvtec_ad/bottle/test/broken_large/000"]["location"] == {"box": [0.75, 0.067, 0.95, 0.267], "region": "top right"}
+    assert records["mvtec_ad/bottle/test/broken_large/000"]["location"] == {
+        "box": [0.75, 0.067, 0.95, 0.267],
+        "region": "top right",
+    }
     assert records["mvtec_ad/bottle/test/contamination/000"]["location"]["region"] == "center"
     assert records["mvtec_ad/grid/test/bent/000"]["location"]["region"] == "bottom left"
     # Magnetic Tile's masks hold 90, not 255: still a defect; DeepPCB's union of boxes.
-    assert records["magnetic_tile/magnetic_tile/blowhole/exp0_num_0"]["location"] == {"box": [0.067, 0.05, 0.2, 0.15], "region": "top left"}
+    assert records["magnetic_tile/magnetic_tile/blowhole/exp0_num_0"]["location"] == {
+        "box": [0.067, 0.05, 0.2, 0.15],
+        "region": "top left",
+    }
     assert records["deeppcb/pcb/test/00041000"]["location"]["box"] == [0.05, 0.05, 0.875, 0.7]
     uneven = records["magnetic_tile/magnetic_tile/uneven/exp0_num_0"]
     assert uneven["is_anomalous"] and uneven["location"] is None
@@ -86,11 +92,20 @@ def test_the_same_seed_builds_the_same_records(tmp_path):
 
 
 def test_split_keeps_each_sources_normal_abnormal_ratio():
-    images = [SourceImage("x", "p", f"x/{i}", None, is_anomalous=i < 10) for i in range(50)] + \
-             [SourceImage("y", "p", f"y/{i}", None, is_anomalous=i < 20) for i in range(20)]
+    images = [SourceImage("x", "p", f"x/{i}", None, is_anomalous=i < 10) for i in range(50)] + [
+        SourceImage("y", "p", f"y/{i}", None, is_anomalous=i < 20) for i in range(20)
+    ]
     splits = split_images(images, test=0.2, val=0.1, seed=3)
-    count = lambda split, src, anomalous: sum(im.source == src and im.is_anomalous == anomalous for im in splits[split])
-    assert [count("test", "x", True), count("test", "x", False), count("val", "x", True), count("val", "x", False)] == [2, 8, 1, 4]
+
+    def count(split: str, src: str, anomalous: bool) -> int:
+        return sum(im.source == src and im.is_anomalous == anomalous for im in splits[split])
+
+    assert [count("test", "x", True), count("test", "x", False), count("val", "x", True), count("val", "x", False)] == [
+        2,
+        8,
+        1,
+        4,
+    ]
     assert [count("test", "y", True), count("val", "y", True), count("train", "y", True)] == [4, 2, 14]
     assert sum(len(v) for v in splits.values()) == 70
     assert split_images(images, test=0.2, val=0.1, seed=3) == splits
@@ -118,19 +133,38 @@ def test_an_unreadable_source_image_is_skipped_and_counted(tmp_path, caplog):
 
 
 def test_a_corrupt_sample_in_a_shard_is_skipped_and_counted(tmp_path):
-    import tarfile, io
+    import io
+    import tarfile
+
     shard = tmp_path / "split" / "shard-000000.tar"
     shard.parent.mkdir()
-    good = {"key": "k1", "source": "mpdd", "product": "p", "product_name": "p", "domain": "Mechanical Parts",
-            "split": "test", "is_anomalous": False, "defect_class": None, "defect_name": None, "location": None,
-            "qa": [], "origin": "p/good/1.png"}
+    good = {
+        "key": "k1",
+        "source": "mpdd",
+        "product": "p",
+        "product_name": "p",
+        "domain": "Mechanical Parts",
+        "split": "test",
+        "is_anomalous": False,
+        "defect_class": None,
+        "defect_name": None,
+        "location": None,
+        "qa": [],
+        "origin": "p/good/1.png",
+    }
     from PIL import Image
+
     jpeg = io.BytesIO()
     Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")
     # k1 is whole (a sample is usable only with its record and its image); the others are not
-    members = {"k1.json": json.dumps(good).encode(), "k1.jpg": jpeg.getvalue(),
-               "k2.json": b"{broken", "k3.json": json.dumps({**good, "key": "k3"}).encode(),
-               "k3.jpg": b"\xff\xd8 not really a jpeg", "k4.pyd": b"cos\nsystem\n(S'echo pwned'\ntR."}
+    members = {
+        "k1.json": json.dumps(good).encode(),
+        "k1.jpg": jpeg.getvalue(),
+        "k2.json": b"{broken",
+        "k3.json": json.dumps({**good, "key": "k3"}).encode(),
+        "k3.jpg": b"\xff\xd8 not really a jpeg",
+        "k4.pyd": b"cos\nsystem\n(S'echo pwned'\ntR.",
+    }
     with tarfile.open(shard, "w") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
@@ -152,35 +186,54 @@ QA_PER_TASK = {
     "dagm": {"classification": 9, "description": 8, "detection": 11, "localization": 8, "understanding": 7},
     "deeppcb": {"classification": 11, "description": 12, "detection": 10, "localization": 11, "understanding": 9},
     "ksdd2": {"classification": 7, "description": 8, "detection": 7, "localization": 5, "understanding": 7},
-    "magnetic_tile": {"classification": 13, "description": 10, "detection": 12, "localization": 10, "understanding": 11},
+    "magnetic_tile": {
+        "classification": 13,
+        "description": 10,
+        "detection": 12,
+        "localization": 10,
+        "understanding": 11,
+    },
 }
 
 
 @pytest.mark.parametrize("source", sorted(RELEASES))
 def test_each_source_builds_its_exact_counts(tmp_path, source):
     expected = RELEASES[source](tmp_path / "release")
-    stats = build_mauset([source], tmp_path / "release", tmp_path / "out", progress=False, test=0.0, val=0.0,
-                         max_side=32, partial=True)["train"]
-    assert (stats["images"], stats["abnormal"], stats["products"], stats["defect_classes"]) == \
-        (expected["images"], expected["anomalous"], expected["products"], expected["defect_classes"])
+    stats = build_mauset(
+        [source], tmp_path / "release", tmp_path / "out", progress=False, test=0.0, val=0.0, max_side=32, partial=True
+    )["train"]
+    assert (stats["images"], stats["abnormal"], stats["products"], stats["defect_classes"]) == (
+        expected["images"],
+        expected["anomalous"],
+        expected["products"],
+        expected["defect_classes"],
+    )
     assert stats["task"] == QA_PER_TASK[source]
     assert stats["qa_pairs"] == sum(QA_PER_TASK[source].values())
-    assert stats["style"] == {"discriminative": QA_PER_TASK[source]["detection"],
-                              "open": stats["qa_pairs"] - QA_PER_TASK[source]["detection"]}
+    assert stats["style"] == {
+        "discriminative": QA_PER_TASK[source]["detection"],
+        "open": stats["qa_pairs"] - QA_PER_TASK[source]["detection"],
+    }
 
 
 def test_a_scan_far_below_the_release_fails_unless_partial(tmp_path):
     expected = RELEASES["mvtec_ad"](tmp_path / "release")
-    with pytest.raises(ValueError, match=rf"mvtec_ad: found {expected['images']} images under .*release, but the "
-                                         r"full release has 5,354: a folder is missing .*--partial true"):
+    with pytest.raises(
+        ValueError,
+        match=rf"mvtec_ad: found {expected['images']} images under .*release, but the "
+        r"full release has 5,354: a folder is missing .*--partial true",
+    ):
         build_mauset(["mvtec_ad"], tmp_path / "release", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # failed before writing anything
 
 
 def test_a_source_with_no_image_fails_naming_its_layout(tmp_path):
     (tmp_path / "dagm" / "Class1" / "Training").mkdir(parents=True)  # a class folder, but not the release's
-    with pytest.raises(FileNotFoundError, match=r"dagm: .* does not have the expected layout\.\n  expected: "
-                                                r"\[DAGM/\]Class<k>/\{Train,Test\}.*\n  found: no image: Class1/"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"dagm: .* does not have the expected layout\.\n  expected: "
+        r"\[DAGM/\]Class<k>/\{Train,Test\}.*\n  found: no image: Class1/",
+    ):
         build_mauset(["dagm"], tmp_path / "dagm", tmp_path / "out", progress=False, partial=True)
 
 
@@ -191,15 +244,27 @@ def test_the_older_dagm_packaging_is_named(tmp_path):
         image(tmp_path / "dagm" / f"Class{k}" / "0001.PNG", mode="L")
         image(tmp_path / "dagm" / f"Class{k}_def" / "1.png", mode="L")
         (tmp_path / "dagm" / f"Class{k}_def" / "labels.txt").write_text("1\t0\t1.png\t20\t10\t0.5\t30\t30\n")
-    with pytest.raises(FileNotFoundError, match=r"found: the older DAGM packaging \(Class1_def, Class2_def, … beside "
-                                                r"Class<k>/.*get the 2007 competition release"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"found: the older DAGM packaging \(Class1_def, Class2_def, … beside "
+        r"Class<k>/.*get the 2007 competition release",
+    ):
         build_mauset(["dagm"], tmp_path / "dagm", tmp_path / "out", progress=False, partial=True)
 
 
 def test_the_paper_subset_is_drawn_before_the_split(tmp_path, capsys):
     expected = RELEASES["magnetic_tile"](tmp_path / "release")
-    stats = build_mauset(["magnetic_tile"], tmp_path / "release", tmp_path / "out", progress=False, test=0.0,
-                         val=0.0, max_side=32, partial=True, paper_subset=True)["train"]
+    stats = build_mauset(
+        ["magnetic_tile"],
+        tmp_path / "release",
+        tmp_path / "out",
+        progress=False,
+        test=0.0,
+        val=0.0,
+        max_side=32,
+        partial=True,
+        paper_subset=True,
+    )["train"]
     out = capsys.readouterr().out
     assert stats["images"] == expected["images"]  # the fixture is smaller than the paper's counts: all kept
     assert f"paper subset (Table 1 counts): {expected['images']} of {expected['images']} images kept" in out
@@ -214,8 +279,9 @@ def test_an_unseen_defect_class_builds_with_the_generic_description_marked_and_l
     for i in range(2):  # a class folder the knowledge base has never heard of
         image(root / f"bottle/test/bubble/{i:03d}.png")
         mask(root / f"bottle/ground_truth/bubble/{i:03d}_mask.png")
-    stats = build_mauset(["mvtec_ad"], root, tmp_path / "out", progress=False, test=0.0, val=0.0, max_side=32,
-                         partial=True)["train"]
+    stats = build_mauset(
+        ["mvtec_ad"], root, tmp_path / "out", progress=False, test=0.0, val=0.0, max_side=32, partial=True
+    )["train"]
     assert stats["generic_defect_class"] == {"mvtec_ad/bottle/bubble": 2}
     assert "1 defect class(es) not in the knowledge base get the generic description" in capsys.readouterr().out
     records = [s["json"] for s in iter_samples(tmp_path / "out" / "train")]
@@ -240,41 +306,84 @@ def test_a_knowledge_overlay_adds_a_product_and_its_classes(tmp_path):
     overlay = tmp_path / "mine"
     overlay.mkdir()
     (overlay / "products.yaml").write_text(
-        "sources:\n  mvtec_ad:\n    gear: {name: spur gear, domain: Mechanical Parts, kind: object}\n")
+        "sources:\n  mvtec_ad:\n    gear: {name: spur gear, domain: Mechanical Parts, kind: object}\n"
+    )
     (overlay / "defects.yaml").write_text(
-        "classes:\n  mvtec_ad:\n    gear: {chipped_tooth: {kind: teeth, name: chipped tooth}}\n")
+        "classes:\n  mvtec_ad:\n    gear: {chipped_tooth: {kind: teeth, name: chipped tooth}}\n"
+    )
     knowledge = Knowledge(overlay=overlay)
     assert len(knowledge.products("mvtec_ad")) == 16 and knowledge.product("mvtec_ad", "bottle").name == "bottle"
-    stats = build_mauset(["mvtec_ad"], root, tmp_path / "out", progress=False, test=0.0, val=0.0, max_side=32,
-                         partial=True, knowledge=knowledge)["train"]
+    stats = build_mauset(
+        ["mvtec_ad"],
+        root,
+        tmp_path / "out",
+        progress=False,
+        test=0.0,
+        val=0.0,
+        max_side=32,
+        partial=True,
+        knowledge=knowledge,
+    )["train"]
     assert stats["product"]["mvtec_ad/gear"] == 4 and stats["generic_defect_class"] == {}
     gear = [s["json"] for s in iter_samples(tmp_path / "out" / "train") if s["json"]["product"] == "gear"]
-    assert {r["domain"] for r in gear} == {"Mechanical Parts"} and {r["defect_name"] for r in gear} == {None, "chipped tooth"}
+    assert {r["domain"] for r in gear} == {"Mechanical Parts"} and {r["defect_name"] for r in gear} == {
+        None,
+        "chipped tooth",
+    }
     with pytest.raises(FileNotFoundError, match="knowledge overlay .*nowhere is not a folder"):
         Knowledge(overlay=tmp_path / "nowhere")
 
 
 def test_deeppcb_boards_carry_every_defect_type_and_stay_with_their_templates(tmp_path):
     RELEASES["deeppcb"](tmp_path / "release")
-    stats = build_mauset(["deeppcb"], tmp_path / "release", tmp_path / "out", progress=False, test=0.0, val=0.0,
-                         max_side=32, partial=True)["train"]
-    assert stats["defect_class"] == {"deeppcb/pcb/mousebite": 1, "deeppcb/pcb/open": 1, "deeppcb/pcb/pin_hole": 1,
-                                     "deeppcb/pcb/short": 1, "deeppcb/pcb/spur": 1}
+    stats = build_mauset(
+        ["deeppcb"],
+        tmp_path / "release",
+        tmp_path / "out",
+        progress=False,
+        test=0.0,
+        val=0.0,
+        max_side=32,
+        partial=True,
+    )["train"]
+    assert stats["defect_class"] == {
+        "deeppcb/pcb/mousebite": 1,
+        "deeppcb/pcb/open": 1,
+        "deeppcb/pcb/pin_hole": 1,
+        "deeppcb/pcb/short": 1,
+        "deeppcb/pcb/spur": 1,
+    }
     board = next(s["json"] for s in iter_samples(tmp_path / "out" / "train") if s["json"]["key"].endswith("00041000"))
     # boxes (2,2,10,10) open; (20,20,30,28) and (25,2,35,9) short, on a 40 x 40 board
     assert board["defects"] == [
-        {"class": "short", "name": "short circuit", "count": 2, "boxes": [[0.5, 0.5, 0.75, 0.7], [0.625, 0.05, 0.875, 0.225]],
-         "regions": ["center", "top right"]},
-        {"class": "open", "name": "open circuit", "count": 1, "boxes": [[0.05, 0.05, 0.25, 0.25]], "regions": ["top left"]}]
+        {
+            "class": "short",
+            "name": "short circuit",
+            "count": 2,
+            "boxes": [[0.5, 0.5, 0.75, 0.7], [0.625, 0.05, 0.875, 0.225]],
+            "regions": ["center", "top right"],
+        },
+        {
+            "class": "open",
+            "name": "open circuit",
+            "count": 1,
+            "boxes": [[0.05, 0.05, 0.25, 0.25]],
+            "regions": ["top left"],
+        },
+    ]
     answers = {qa["task"]: qa["answer"] for qa in board["qa"]}
-    assert answers["classification"] == ("The printed circuit board has 2 kinds of defect: short circuit (2) and "
-                                         "open circuit (1).")
-    assert answers["localization"] == ("The printed circuit board has defects in several places: the short circuit (2) "
-                                       "in the center and top right; the open circuit (1) in the top left of the image.")
+    assert answers["classification"] == (
+        "The printed circuit board has 2 kinds of defect: short circuit (2) and open circuit (1)."
+    )
+    assert answers["localization"] == (
+        "The printed circuit board has defects in several places: the short circuit (2) "
+        "in the center and top right; the open circuit (1) in the top left of the image."
+    )
     assert answers["description"].endswith("It also has open circuit defects.")
     single = next(s["json"] for s in iter_samples(tmp_path / "out" / "train") if s["json"]["key"].endswith("00041001"))
-    assert [qa["answer"] for qa in single["qa"] if qa["task"] == "classification"][0] == \
-        "The printed circuit board has a mousebite defect."  # one type: the usual answer
+    assert [qa["answer"] for qa in single["qa"] if qa["task"] == "classification"][
+        0
+    ] == "The printed circuit board has a mousebite defect."  # one type: the usual answer
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -283,8 +392,9 @@ def test_a_board_and_its_template_are_always_in_the_same_split(tmp_path, seed):
 
     RELEASES["deeppcb"](tmp_path)
     images = SOURCES["deeppcb"].scan(tmp_path)
-    split_of = {im.key: name for name, members in split_images(images, test=0.34, val=0.34, seed=seed).items()
-                for im in members}
+    split_of = {
+        im.key: name for name, members in split_images(images, test=0.34, val=0.34, seed=seed).items() for im in members
+    }
     assert len(split_of) == len(images)
     for board in (im for im in images if im.is_anomalous):
         assert split_of[f"deeppcb/pcb/temp/{board.group}_temp"] == split_of[board.key]
@@ -299,13 +409,16 @@ def test_an_unreadable_image_is_named_in_the_stats_of_the_split_it_was_assigned_
     assigned = split_images(SOURCES["mvtec_ad"].scan(root), test=0.25, val=0.0, seed=0)
     broken = next(im.image for im in assigned["test"] if "/test/" in str(im.image))
     broken.write_bytes(b"not a png")
-    stats = build_mauset(["mvtec_ad"], root, tmp_path / "out", progress=False, test=0.25, val=0.0, max_side=32,
-                         partial=True)
+    stats = build_mauset(
+        ["mvtec_ad"], root, tmp_path / "out", progress=False, test=0.25, val=0.0, max_side=32, partial=True
+    )
     on_disk = {split: json.loads((tmp_path / "out" / split / "stats.json").read_text()) for split in ("train", "test")}
     assert on_disk == stats
     assert on_disk["test"]["skipped_unreadable"] == 1 and on_disk["test"]["images"] == len(assigned["test"]) - 1
     [entry] = on_disk["test"]["skipped_unreadable_files"]
-    assert entry["path"] == str(broken) and entry["reason"].startswith("not an image: Pillow recognises no image format")
+    assert entry["path"] == str(broken) and entry["reason"].startswith(
+        "not an image: Pillow recognises no image format"
+    )
     assert on_disk["train"]["skipped_unreadable"] == 0 and on_disk["train"]["skipped_unreadable_files"] == []
     assert on_disk["train"]["images"] == len(assigned["train"])
 
@@ -317,17 +430,32 @@ def test_a_partial_build_leaves_out_a_missing_class_folder_and_lists_it(tmp_path
 
     expected = RELEASES["magnetic_tile"](tmp_path / "release")
     shutil.rmtree(tmp_path / "release" / "Magnetic-Tile-Defect" / "MT_Break")  # its one image
-    with pytest.raises(LayoutError, match=r"found: MT_Break/Imgs is missing \(a deliberate subset builds with "
-                                          r"partial=True, --partial true\)") as err:
+    with pytest.raises(
+        LayoutError,
+        match=r"found: MT_Break/Imgs is missing \(a deliberate subset builds with "
+        r"partial=True, --partial true\)",
+    ) as err:
         build_mauset(["magnetic_tile"], tmp_path / "release", tmp_path / "refused", progress=False)
     assert isinstance(err.value, BuildError) and not (tmp_path / "refused").exists()
-    stats = build_mauset(["magnetic_tile"], tmp_path / "release", tmp_path / "out", progress=False, test=0.0,
-                         val=0.0, max_side=32, partial=True)["train"]
-    assert "partial build: 1 folder(s) of the release(s) are missing and left out: magnetic_tile: MT_Break/Imgs" \
+    stats = build_mauset(
+        ["magnetic_tile"],
+        tmp_path / "release",
+        tmp_path / "out",
+        progress=False,
+        test=0.0,
+        val=0.0,
+        max_side=32,
+        partial=True,
+    )["train"]
+    assert (
+        "partial build: 1 folder(s) of the release(s) are missing and left out: magnetic_tile: MT_Break/Imgs"
         in capsys.readouterr().out
+    )
     assert stats["missing"] == ["magnetic_tile: MT_Break/Imgs"]
     assert json.loads((tmp_path / "out" / "train" / "stats.json").read_text())["missing"] == stats["missing"]
-    assert stats["images"] == expected["images"] - 1 and "magnetic_tile/magnetic_tile/Break" not in stats["defect_class"]
+    assert (
+        stats["images"] == expected["images"] - 1 and "magnetic_tile/magnetic_tile/Break" not in stats["defect_class"]
+    )
 
 
 def test_the_mistakes_a_user_can_fix_are_build_errors(tmp_path):

@@ -1,4 +1,5 @@
 """Every question and answer the builders can write, scanned for doubled words and a/an errors."""
+
 from __future__ import annotations
 
 import re
@@ -6,10 +7,9 @@ import re
 import pytest
 
 from maugpt.mauset.knowledge import Knowledge
-from maugpt.schema import TASKS
 from maugpt.mauset.qa import answer, question_text, tidy
-from maugpt.schema import SourceImage
 from maugpt.mauset.synthetic import SOURCE, caption
+from maugpt.schema import TASKS, SourceImage
 
 DOUBLED = re.compile(r"\b(\w+)\s+\1\b", re.IGNORECASE)
 ARTICLE = re.compile(r"\b(a|an)\s+([a-z]\w*)", re.IGNORECASE)
@@ -17,7 +17,7 @@ LOCATION = {"region": "top left", "box": [0.1, 0.2, 0.3, 0.4]}
 
 
 def article_errors(text: str) -> list[str]:
-    """"a" before a vowel letter or "an" before a consonant, with the few words whose sound differs."""
+    """ "a" before a vowel letter or "an" before a consonant, with the few words whose sound differs."""
     errors = []
     for article, word in ARTICLE.findall(text):
         w = word.lower()
@@ -36,8 +36,11 @@ def every_text(knowledge: Knowledge) -> list[str]:
         for folder, product in knowledge.products(source).items():
             known = classes.get(source, {}).get(folder) or classes.get(source, {}).get("*") or {}
             defects = [knowledge.defect(source, folder, c) for c in known] + [None]
-            several = [{"name": d.name, "count": n, "regions": ["top left", "center"][:n]}
-                       for d, n in zip(defects[:2], (2, 1)) if d is not None]  # as a DeepPCB board's record
+            several = [
+                {"name": d.name, "count": n, "regions": ["top left", "center"][:n]}
+                for d, n in zip(defects[:2], (2, 1))
+                if d is not None
+            ]  # as a DeepPCB board's record
             for task in TASKS:
                 for question in knowledge.questions(task, product.domain, product.name):
                     texts.append(question_text(question, product))
@@ -66,13 +69,21 @@ def test_synthetic_captions_are_tidy_too():
     assert not [t for t in texts if DOUBLED.search(t) or article_errors(t)]
 
 
-@pytest.mark.parametrize("text, tidied", [
-    ("The tile has a oil stain defect.", "The tile has an oil stain defect."),
-    ("A integrated circuit", "An integrated circuit"), ("an scratch", "a scratch"),
-    ("The magnetic tile has a uneven surface defect.", "The magnetic tile has an uneven surface defect."),
-    ("The sheet has a texture defect defect.", "The sheet has a texture defect."),
-    ("on the commutator surface surface, such as", "on the commutator surface, such as"),
-    ("a unit", "a unit"), ("an hour", "an hour"), ("a PCB", "a PCB"), ("an LED", "an LED")])
+@pytest.mark.parametrize(
+    "text, tidied",
+    [
+        ("The tile has a oil stain defect.", "The tile has an oil stain defect."),
+        ("A integrated circuit", "An integrated circuit"),
+        ("an scratch", "a scratch"),
+        ("The magnetic tile has a uneven surface defect.", "The magnetic tile has an uneven surface defect."),
+        ("The sheet has a texture defect defect.", "The sheet has a texture defect."),
+        ("on the commutator surface surface, such as", "on the commutator surface, such as"),
+        ("a unit", "a unit"),
+        ("an hour", "an hour"),
+        ("a PCB", "a PCB"),
+        ("an LED", "an LED"),
+    ],
+)
 def test_tidy(text, tidied):
     assert tidy(text) == tidied
 
@@ -82,22 +93,29 @@ def test_every_product_has_expert_questions_of_its_own():
     general = {q.text for q in knowledge.questions("understanding")}
     products = {p.name: p for s in knowledge._products["sources"] for p in knowledge.products(s).values()}
     assert len(products) >= 35
-    pools = {name: {q.text for q in knowledge.questions("understanding", p.domain, name)} - general
-             for name, p in products.items()}
-    domain_wide = {domain: {q["text"] for q in qs if "products" not in q}
-                   for domain, qs in knowledge._questions["understanding"]["expert"].items()}
+    pools = {
+        name: {q.text for q in knowledge.questions("understanding", p.domain, name)} - general
+        for name, p in products.items()
+    }
+    domain_wide = {
+        domain: {q["text"] for q in qs if "products" not in q}
+        for domain, qs in knowledge._questions["understanding"]["expert"].items()
+    }
     for name, pool in pools.items():
         own = pool - domain_wide[products[name].domain]
         assert len(own) >= 2, name  # specific to this product (or its group: DAGM's textures, BTAD's products)
     # a product's questions never reach another product of the same domain
     assert not {q for q in pools["bottle"] if "{product} still hold and protect" in q} & pools["capsule"]
-    assert all(q.aspect in ("causes", "impact", "remedy") for q in knowledge.questions("understanding", "Mechanical Parts",
-                                                                                       "screw"))
+    assert all(
+        q.aspect in ("causes", "impact", "remedy")
+        for q in knowledge.questions("understanding", "Mechanical Parts", "screw")
+    )
 
 
 def test_an_expert_question_naming_an_unknown_product_is_refused(tmp_path):
     (tmp_path / "questions.yaml").write_text(
         "understanding:\n  expert:\n    Mechanical Parts:\n"
-        "      - {aspect: impact, products: [sprocket], text: 'Will the {product} mesh?'}\n")
+        "      - {aspect: impact, products: [sprocket], text: 'Will the {product} mesh?'}\n"
+    )
     with pytest.raises(ValueError, match=r"names products \['sprocket'\] that products.yaml does not have"):
         Knowledge(overlay=tmp_path)

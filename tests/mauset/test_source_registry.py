@@ -1,5 +1,6 @@
 """A source is one registration: a toy source defined in this file alone (its products and defect
 classes in a knowledge overlay) is built end to end, and every list of sources derives from the registry."""
+
 from __future__ import annotations
 
 import typing
@@ -30,11 +31,18 @@ def scan_toy(root: Path, missing: list[str] | None = None) -> list[SourceImage]:
         for folder in sorted(p for p in product.iterdir() if p.is_dir() and p.name != "masks"):
             normal = folder.name == "good"
             for path in images_in(folder):
-                found.append(SourceImage(
-                    source="toy", product=product.name, image=path, root=root,
-                    key=f"toy/{product.name}/{folder.name}/{path.stem}", is_anomalous=not normal,
-                    defect_class=None if normal else folder.name,
-                    mask=None if normal else product / "masks" / folder.name / path.name))
+                found.append(
+                    SourceImage(
+                        source="toy",
+                        product=product.name,
+                        image=path,
+                        root=root,
+                        key=f"toy/{product.name}/{folder.name}/{path.stem}",
+                        is_anomalous=not normal,
+                        defect_class=None if normal else folder.name,
+                        mask=None if normal else product / "masks" / folder.name / path.name,
+                    )
+                )
     return found
 
 
@@ -59,15 +67,24 @@ def toy_release(root: Path) -> Path:
 def toy_knowledge(folder: Path) -> Knowledge:
     folder.mkdir()
     (folder / "products.yaml").write_text(
-        "sources:\n  toy:\n    widget: {name: toy widget, domain: Mechanical Parts, kind: object}\n")
+        "sources:\n  toy:\n    widget: {name: toy widget, domain: Mechanical Parts, kind: object}\n"
+    )
     (folder / "defects.yaml").write_text("classes:\n  toy:\n    widget: {dent: {kind: hole, name: dent}}\n")
     return Knowledge(overlay=folder)
 
 
 def test_a_source_registered_in_one_file_builds_end_to_end(toy_source, tmp_path):
     root = toy_release(tmp_path / "toy")
-    stats = build_mauset(["toy"], root, tmp_path / "out", knowledge=toy_knowledge(tmp_path / "knowledge"),
-                         test=0.25, val=0.0, max_side=32, progress=False)
+    stats = build_mauset(
+        ["toy"],
+        root,
+        tmp_path / "out",
+        knowledge=toy_knowledge(tmp_path / "knowledge"),
+        test=0.25,
+        val=0.0,
+        max_side=32,
+        progress=False,
+    )
     assert sum(s["images"] for s in stats.values()) == 8 and sum(s["abnormal"] for s in stats.values()) == 3
     records = [sample["json"] for split in stats for sample in iter_samples(tmp_path / "out" / split)]
     assert {r["source"] for r in records} == {"toy"} and {r["product_name"] for r in records} == {"toy widget"}
@@ -81,8 +98,11 @@ def test_every_list_of_sources_is_the_registry(toy_source, tmp_path):
     assert typing.get_args(commands.SourceChoice) == (*list(SOURCES)[:7], "all")
     with pytest.raises(BuildError, match=r"unknown source\(s\) \['nope'\]; expected some of \['btad', .*'toy'\]"):
         build_mauset(["nope"], tmp_path, tmp_path / "out", progress=False)
-    with pytest.raises(BuildError, match="toy: found 2 images under .* but the full release has 8: .* layout "
-                                         r"'<product>/\{good,<defect>\}"):
+    with pytest.raises(
+        BuildError,
+        match="toy: found 2 images under .* but the full release has 8: .* layout "
+        r"'<product>/\{good,<defect>\}",
+    ):
         image(tmp_path / "small" / "widget" / "good" / "0.png")
         image(tmp_path / "small" / "widget" / "good" / "1.png")
         build_mauset(["toy"], tmp_path / "small", tmp_path / "out", progress=False)

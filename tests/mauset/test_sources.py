@@ -1,4 +1,5 @@
 """Each source builder reads a tiny tree in its release layout with exact expected counts."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,12 @@ def test_scanner_finds_every_image_with_its_label(tmp_path, source):
     assert len(images) == expected["images"]
     assert sum(im.is_anomalous for im in images) == expected["anomalous"]
     assert len({im.product for im in images}) == expected["products"]
-    present = {(im.product, cls) for im in images if im.is_anomalous
-               for cls in ([d[0] for d in im.defects] if im.defects else [im.defect_class])}
+    present = {
+        (im.product, cls)
+        for im in images
+        if im.is_anomalous
+        for cls in ([d[0] for d in im.defects] if im.defects else [im.defect_class])
+    }
     assert len(present) == expected["defect_classes"]
     assert len({im.key for im in images}) == len(images)
     knowledge = Knowledge()
@@ -52,9 +57,13 @@ def test_deeppcb_rejects_a_malformed_annotation_line(tmp_path):
 def test_ksdd2_all_zero_masks_are_normal(tmp_path):
     RELEASES["ksdd2"](tmp_path)
     labels = {im.key: im.is_anomalous for im in SOURCES["ksdd2"].scan(tmp_path)}
-    assert labels == {"ksdd2/commutator/train/10": False, "ksdd2/commutator/train/11": True,
-                      "ksdd2/commutator/train/12": False, "ksdd2/commutator/test/20": True,
-                      "ksdd2/commutator/test/21": False}
+    assert labels == {
+        "ksdd2/commutator/train/10": False,
+        "ksdd2/commutator/train/11": True,
+        "ksdd2/commutator/train/12": False,
+        "ksdd2/commutator/test/20": True,
+        "ksdd2/commutator/test/21": False,
+    }
 
 
 @pytest.mark.parametrize("source", sorted(RELEASES))
@@ -73,16 +82,22 @@ def test_a_partial_scan_lists_the_required_folders_it_lacks_instead_of_failing(t
 
     RELEASES["ksdd2"](tmp_path / "ksdd2")
     shutil.rmtree(tmp_path / "ksdd2" / "KSDD2" / "test")
-    with pytest.raises(LayoutError, match=r"(?s)ksdd2: .* does not have the expected layout.*found: test/ is missing "
-                                          r"beside train/ \(a deliberate subset builds with partial=True"):
+    with pytest.raises(
+        LayoutError,
+        match=r"(?s)ksdd2: .* does not have the expected layout.*found: test/ is missing "
+        r"beside train/ \(a deliberate subset builds with partial=True",
+    ):
         SOURCES["ksdd2"].scan(tmp_path / "ksdd2")
     missing: list[str] = []
     assert len(SOURCES["ksdd2"].scan(tmp_path / "ksdd2", missing=missing)) == 3 and missing == ["test/"]
 
     RELEASES["deeppcb"](tmp_path / "deeppcb")
     shutil.rmtree(tmp_path / "deeppcb" / "PCBData" / "group12000")  # the one board of test.txt, and its template
-    with pytest.raises(LayoutError, match=r"test.txt:1 names group12000/12000/12000000.jpg, but "
-                                          r"group12000/12000/12000000_test.jpg does not exist"):
+    with pytest.raises(
+        LayoutError,
+        match=r"test.txt:1 names group12000/12000/12000000.jpg, but "
+        r"group12000/12000/12000000_test.jpg does not exist",
+    ):
         SOURCES["deeppcb"].scan(tmp_path / "deeppcb")
     missing = []
     images = SOURCES["deeppcb"].scan(tmp_path / "deeppcb", missing=missing)
@@ -102,6 +117,9 @@ def test_a_board_without_its_annotation_file_is_named(tmp_path):
     RELEASES["deeppcb"](tmp_path)
     (tmp_path / "PCBData/group00041/00041_not/00041001.txt").unlink()
     for missing in (None, []):  # a partial build does not excuse it: the board cannot be labelled
-        with pytest.raises(LayoutError, match=r"trainval.txt:2 names the annotation group00041/00041_not/00041001.txt "
-                                              r"of group00041/00041/00041001_test.jpg, but it does not exist"):
+        with pytest.raises(
+            LayoutError,
+            match=r"trainval.txt:2 names the annotation group00041/00041_not/00041001.txt "
+            r"of group00041/00041/00041001_test.jpg, but it does not exist",
+        ):
             SOURCES["deeppcb"].scan(tmp_path, missing=missing)

@@ -1,13 +1,14 @@
 """The synthetic MAU-Set: coverage, determinism, visible defects, and its shards."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from maugpt.mauset.knowledge import Knowledge
-from maugpt.schema import DOMAINS
 from maugpt.data.reader import iter_samples
+from maugpt.mauset.knowledge import Knowledge
 from maugpt.mauset.synthetic import PRODUCTS, build_synthetic, render
+from maugpt.schema import DOMAINS
 
 
 def test_products_cover_all_six_domains_with_at_least_three_defects_each():
@@ -44,8 +45,17 @@ def test_the_same_seed_gives_the_same_shards(tmp_path):
 
 
 def test_synthetic_shards_hold_masks_references_and_caption_pairs(tmp_path):
-    stats = build_synthetic(tmp_path, images=42, seed=0, image_size=48, references=1, progress=False,
-                            anomaly_fraction=0.5, test=0.2, val=0.0)
+    stats = build_synthetic(
+        tmp_path,
+        images=42,
+        seed=0,
+        image_size=48,
+        references=1,
+        progress=False,
+        anomaly_fraction=0.5,
+        test=0.2,
+        val=0.0,
+    )
     assert stats["mauset/train"]["images"] + stats["mauset/test"]["images"] == 42
     assert stats["mauset/train"]["products"] == 14
     samples = list(iter_samples(tmp_path / "mauset" / "train"))
@@ -60,8 +70,10 @@ def test_synthetic_shards_hold_masks_references_and_caption_pairs(tmp_path):
             assert x1 <= xs.min() / 48 + 0.03 and (xs.max() + 1) / 48 <= x2 + 0.03  # box and stored mask agree
     captions = [s["json"] for s in iter_samples(tmp_path / "captions" / "train")]
     assert len(captions) == stats["captions/train"]["images"] > 0
-    assert all(len(c["qa"]) == 1 and c["qa"][0]["task"] == "caption" and c["qa"][0]["answer"].startswith("A ")
-               for c in captions)
+    assert all(
+        len(c["qa"]) == 1 and c["qa"][0]["task"] == "caption" and c["qa"][0]["answer"].startswith("A ")
+        for c in captions
+    )
 
 
 def test_refuses_a_non_empty_output_folder(tmp_path):

@@ -1,11 +1,12 @@
 """The paper-subset draw: Table 1's counts per source and label, even over products, deterministic."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from maugpt.schema import SourceImage
 from maugpt.mauset.sources import SOURCES
 from maugpt.mauset.table1 import equal_shares, paper_subset
+from maugpt.schema import SourceImage
 
 
 def release(source: str, counts: dict[str, tuple[int, int]]) -> list[SourceImage]:
@@ -13,8 +14,16 @@ def release(source: str, counts: dict[str, tuple[int, int]]) -> list[SourceImage
     images = []
     for product, (normal, abnormal) in counts.items():
         for i in range(normal + abnormal):
-            images.append(SourceImage(source, product, f"{source}/{product}/{i}", Path(f"{i}.png"),
-                                      is_anomalous=i >= normal, defect_class="defect" if i >= normal else None))
+            images.append(
+                SourceImage(
+                    source,
+                    product,
+                    f"{source}/{product}/{i}",
+                    Path(f"{i}.png"),
+                    is_anomalous=i >= normal,
+                    defect_class="defect" if i >= normal else None,
+                )
+            )
     return images
 
 

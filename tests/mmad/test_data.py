@@ -1,5 +1,6 @@
 """The MMAD data module on a hand-made MMAD tree (images + mmad.json in the release layout), and
 ``maugpt test`` on it end to end."""
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,14 @@ import torch
 from PIL import Image
 
 from maugpt.mmad.data import MMADDataModule, MMADPrompts
-from maugpt.mmad.scoring import load_questions, present_options
 from maugpt.mmad.prompts import SCRIPTS
+from maugpt.mmad.scoring import load_questions, present_options
 from tests.mmad.test_scoring import MMAD
 
-TEMPLATES = {"DS-MVTec": ["MVTec-AD/bottle/train/good/000.png", "MVTec-AD/bottle/train/good/001.png"],
-             "VisA": ["VisA/candle/train/good/000.png", "VisA/candle/train/good/001.png"]}
+TEMPLATES = {
+    "DS-MVTec": ["MVTec-AD/bottle/train/good/000.png", "MVTec-AD/bottle/train/good/001.png"],
+    "VisA": ["VisA/candle/train/good/000.png", "VisA/candle/train/good/001.png"],
+}
 QUESTIONS = sum(len(e["conversation"]) for e in MMAD.values())  # 13
 MMAD_KEYS = list(MMAD)
 
@@ -29,8 +32,12 @@ def write_tree(root: Path, entries: dict | None = None) -> Path:
     rng = np.random.default_rng(0)
     for key, entry in entries.items():
         templates = TEMPLATES[key.split("/")[0]]
-        entry.update(image_path=key.split("/", 2)[2], mask_path=None, random_templates=templates,
-                     similar_templates=templates[::-1])
+        entry.update(
+            image_path=key.split("/", 2)[2],
+            mask_path=None,
+            random_templates=templates,
+            similar_templates=templates[::-1],
+        )
         for path in [key, *templates]:
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (24, 36, 3), dtype=np.uint8)).save(root / path)
@@ -44,8 +51,9 @@ def mmad_root(tmp_path) -> Path:
 
 
 def data_module(root: Path, tokenizer_dir, vision_dir, **kwargs) -> MMADDataModule:
-    args = dict(tokenizer=str(tokenizer_dir), vision_encoder=str(vision_dir), image_tokens=3, batch_size=4,
-                num_workers=0)
+    args = dict(
+        tokenizer=str(tokenizer_dir), vision_encoder=str(vision_dir), image_tokens=3, batch_size=4, num_workers=0
+    )
     module = MMADDataModule(str(root), **{**args, **kwargs})
     module.setup("test")
     return module
@@ -53,24 +61,35 @@ def data_module(root: Path, tokenizer_dir, vision_dir, **kwargs) -> MMADDataModu
 
 # The scripts' texts, written out from jam-cc/MMAD @ f9a0e6fd (evaluation/examples/): the
 # instruction of GPT4/gpt4v.py (a triple-quoted string), then each script's own assembly.
-OFFICIAL_INSTRUCTION = ("\nYou are an industrial inspector who checks products by images. You should judge whether "
-                        "there is a defect in the query image and answer the questions about it.\n"
-                        "Answer with the option's letter from the given choices directly.\n")
+OFFICIAL_INSTRUCTION = (
+    "\nYou are an industrial inspector who checks products by images. You should judge whether "
+    "there is a defect in the query image and answer the questions about it.\n"
+    "Answer with the option's letter from the given choices directly.\n"
+)
 Q1 = "Question 1: Anomaly Detection? \nA. Yes.\nB. No.\n"
 Q2 = "Question 2: Defect Classification? \nA. first\nB. second\nC. third\nD. fourth\n"
 EXPECTED = {  # user turns for broken_large/000.png's second question, 1-shot
-    "gpt4v": ("Following is 1 image of normal sample, which can be used as a template to compare.<image>"
-              "Following is the query image: <image>Following is the question list: " + Q1 + Q2),
-    "qwen": (OFFICIAL_INSTRUCTION + "Answer with the option's letter from the given choices directly."
-             "Following is/are 1 image of normal sample, which can be used as a template to compare the image being "
-             "queried.Picture 1: <image>\nFollowing is the query image: Picture 2: <image>\n"
-             "Following is the question list: " + Q2),
-    "internvl": (OFFICIAL_INSTRUCTION + "Following is/are 1 image of normal sample, which can be used as a template "
-                 "to compare the image being queried.\n <image>\n\nFollowing is the query image: \n<image> \n"
-                 "Following is the question list. Answer with the option's letter from the given choices directly: \n"
-                 + Q2 + "\n"),
-    "llava": (OFFICIAL_INSTRUCTION + "\nFollowing is 1 image of normal sample:<image>\nTest image: \n<image>\n"
-              "Following is new question list: \nDefect Classification? \nA. first\nB. second\nC. third\nD. fourth\n"),
+    "gpt4v": (
+        "Following is 1 image of normal sample, which can be used as a template to compare.<image>"
+        "Following is the query image: <image>Following is the question list: " + Q1 + Q2
+    ),
+    "qwen": (
+        OFFICIAL_INSTRUCTION + "Answer with the option's letter from the given choices directly."
+        "Following is/are 1 image of normal sample, which can be used as a template to compare the image being "
+        "queried.Picture 1: <image>\nFollowing is the query image: Picture 2: <image>\n"
+        "Following is the question list: " + Q2
+    ),
+    "internvl": (
+        OFFICIAL_INSTRUCTION + "Following is/are 1 image of normal sample, which can be used as a template "
+        "to compare the image being queried.\n <image>\n\nFollowing is the query image: \n<image> \n"
+        "Following is the question list. Answer with the option's letter from the given choices directly: \n"
+        + Q2
+        + "\n"
+    ),
+    "llava": (
+        OFFICIAL_INSTRUCTION + "\nFollowing is 1 image of normal sample:<image>\nTest image: \n<image>\n"
+        "Following is new question list: \nDefect Classification? \nA. first\nB. second\nC. third\nD. fourth\n"
+    ),
 }
 
 
@@ -85,9 +104,11 @@ def test_zero_shot_prompts_have_only_the_query_image():
     question = [present_options(load_questions("unused", MMAD)[6])]  # broken_large/001.png, question 0
     assert SCRIPTS["llava"].render(question, 0, OFFICIAL_INSTRUCTION) == (
         OFFICIAL_INSTRUCTION + "\nTest image: \n<image>\nFollowing is new question list: \n"
-        "Anomaly Detection? \nA. Yes.\nB. No.\n")
+        "Anomaly Detection? \nA. Yes.\nB. No.\n"
+    )
     assert SCRIPTS["gpt4v"].render(question, 0, OFFICIAL_INSTRUCTION) == (
-        "Following is the query image: <image>Following is the question list: " + Q1)
+        "Following is the query image: <image>Following is the question list: " + Q1
+    )
     for name, script in SCRIPTS.items():
         assert script.render(question, 0, OFFICIAL_INSTRUCTION).count("<image>") == 1, name
         assert script.render(question, 2, OFFICIAL_INSTRUCTION).count("<image>") == 3, name
@@ -95,10 +116,18 @@ def test_zero_shot_prompts_have_only_the_query_image():
 
 def test_the_scripts_extraction_and_decoding():
     assert {n: (s.shuffle_options, s.last_letter, s.closest_option) for n, s in SCRIPTS.items()} == {
-        "gpt4v": (False, True, False), "qwen": (False, True, True), "internvl": (False, True, False),
-        "llava": (True, False, True)}
-    assert SCRIPTS["llava"].decoding == {"do_sample": True, "temperature": 0.2, "top_p": None, "num_beams": 1,
-                                         "max_new_tokens": 64}
+        "gpt4v": (False, True, False),
+        "qwen": (False, True, True),
+        "internvl": (False, True, False),
+        "llava": (True, False, True),
+    }
+    assert SCRIPTS["llava"].decoding == {
+        "do_sample": True,
+        "temperature": 0.2,
+        "top_p": None,
+        "num_beams": 1,
+        "max_new_tokens": 64,
+    }
     assert SCRIPTS["internvl"].decoding == {"do_sample": False, "max_new_tokens": 128}
     assert SCRIPTS["qwen"].decoding == {"do_sample": True, "top_k": 0, "top_p": 0.3, "max_new_tokens": 512}
     assert SCRIPTS["gpt4v"].decoding["max_new_tokens"] == 600 and SCRIPTS["gpt4v"].system_instruction
@@ -117,18 +146,35 @@ def test_the_data_module_uses_the_scripts_settings(mmad_root, tokenizer_dir, vis
     assert evaluation.setting.endswith("letter overridden: first")
     gpt4v = data_module(mmad_root, tokenizer_dir, vision_dir, prompt="gpt4v", shots=0)
     question, _, text = gpt4v.items[4]  # broken_large/000.png #2: its questions 1-3 in one list
-    assert question.index == 2 and text.count("Question ") == 3 and text.endswith("Question 3: Object Structure? \n"
-                                                                                   "A. first\nB. second\nC. third\nD. fourth\n")
-    prompt = gpt4v.format.tokenizer.decode(MMADPrompts(gpt4v.items, gpt4v.format, gpt4v.system)
-                                         .example(question, gpt4v.items[4][1], text, {})["input_ids"])
+    assert (
+        question.index == 2
+        and text.count("Question ") == 3
+        and text.endswith("Question 3: Object Structure? \nA. first\nB. second\nC. third\nD. fourth\n")
+    )
+    prompt = gpt4v.format.tokenizer.decode(
+        MMADPrompts(gpt4v.items, gpt4v.format, gpt4v.system).example(question, gpt4v.items[4][1], text, {})["input_ids"]
+    )
     assert prompt.startswith("<|im_start|>system\n" + OFFICIAL_INSTRUCTION + "<|im_end|>\n<|im_start|>user\n")
     with pytest.raises(ValueError, match=r"prompt must be one of \['gpt4v', 'qwen', 'internvl', 'llava'\], got 'blip'"):
         data_module(mmad_root, tokenizer_dir, vision_dir, prompt="blip")
 
 
 def test_options_are_relettered_and_shuffled_with_the_answer_remapped():
-    question = load_questions("unused", {"X/a/good/0.png": {"conversation": [{
-        "Question": "q", "Options": {"B": "bee", "C": "sea", "D": "dee"}, "Answer": "C", "type": "Object Details"}]}})[0]
+    question = load_questions(
+        "unused",
+        {
+            "X/a/good/0.png": {
+                "conversation": [
+                    {
+                        "Question": "q",
+                        "Options": {"B": "bee", "C": "sea", "D": "dee"},
+                        "Answer": "C",
+                        "type": "Object Details",
+                    }
+                ]
+            }
+        },
+    )[0]
     kept = present_options(question)
     assert kept.options == {"A": "bee", "B": "sea", "C": "dee"} and kept.answer == "B"
     orders = {tuple(present_options(question, shuffle=True, seed=s).options.values()) for s in range(20)}
@@ -143,8 +189,9 @@ def test_the_data_module_asks_every_question_with_its_templates(mmad_root, token
     data = data_module(mmad_root, tokenizer_dir, vision_dir, shots=1, templates="similar", prompt="qwen")
     batches = list(data.test_dataloader())
     rows = [(m, v) for b in batches for m, v in zip(b["meta"], b["valid"].tolist())]
-    assert [(m["image"], m["question_index"]) for m, _ in rows] == \
-        [(q.image, q.index) for q in load_questions(mmad_root / "mmad.json")]
+    assert [(m["image"], m["question_index"]) for m, _ in rows] == [
+        (q.image, q.index) for q in load_questions(mmad_root / "mmad.json")
+    ]
     assert all(valid for _, valid in rows)
     first = batches[0]
     assert first["pixel_values"].shape == (4, 2, 32, 32, 3) and first["pixel_values"].dtype == torch.uint8
@@ -202,35 +249,76 @@ def test_maugpt_test_on_mmad_writes_both_scoring_modes(mmad_root, tiny_base, syn
     run(["fit", "--config", config])
     last = str(tmp_path / "stage2" / "checkpoints" / "last.ckpt")
     recipe = Path(__file__).parents[2] / "configs" / "eval" / "mmad.yaml"
-    cli = run(["test", "--config", str(recipe), "--ckpt_path", last, "--data.init_args.data_root", str(mmad_root),
-               "--data.init_args.num_workers", "0", "--data.init_args.shuffle_options", "true",
-               "--trainer.default_root_dir", str(tmp_path / "mmad"), "--trainer.logger", "false",
-               "--trainer.enable_progress_bar", "false", "--model.init_args.max_new_tokens", "4"])
+    cli = run(
+        [
+            "test",
+            "--config",
+            str(recipe),
+            "--ckpt_path",
+            last,
+            "--data.init_args.data_root",
+            str(mmad_root),
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.shuffle_options",
+            "true",
+            "--trainer.default_root_dir",
+            str(tmp_path / "mmad"),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--model.init_args.max_new_tokens",
+            "4",
+        ]
+    )
     assert cli.model.hparams.max_new_tokens == 4  # the command line wins over the checkpoint's 64
     folder = tmp_path / "mmad" / "evaluation"
     rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
-    assert [(r["image"], r["question_index"]) for r in rows] == \
-        [(q.image, q.index) for q in load_questions(mmad_root / "mmad.json")]
+    assert [(r["image"], r["question_index"]) for r in rows] == [
+        (q.image, q.index) for q in load_questions(mmad_root / "mmad.json")
+    ]
     assert all(r["likelihood_answer"] in r["options"] for r in rows)
     for r in rows:  # each answer's own result, in the letters it was shown
         assert r["letter"] in (None, *r["options"]) and r["correct"] == (r["letter"] == r["correct_letter"])
         assert r["likelihood_letter"] == r["likelihood_answer"]
         assert r["likelihood_correct"] == (r["likelihood_answer"] == r["correct_letter"])
         assert r["dataset"] == r["image"].split("/")[0]
-    assert any(list(r["options"].values()) != list(MMAD[r["image"]]["conversation"][r["question_index"]]["Options"]
-                                                   .values()) for r in rows)  # shuffled
+    assert any(
+        list(r["options"].values()) != list(MMAD[r["image"]]["conversation"][r["question_index"]]["Options"].values())
+        for r in rows
+    )  # shuffled
     markdown = (folder / "tables.md").read_text()
-    assert markdown.startswith(f"MMAD: {QUESTIONS} questions; 1-shot (random templates), shuffled options (seed 0), "
-                               "official decoding; questions with unreadable images: 0\n\nquery script llava")
+    assert markdown.startswith(
+        f"MMAD: {QUESTIONS} questions; 1-shot (random templates), shuffled options (seed 0), "
+        "official decoding; questions with unreadable images: 0\n\nquery script llava"
+    )
     assert "### Generation:" in markdown and "### Likelihood:" in markdown
     metrics = cli.trainer.callback_metrics
     tool = Path(__file__).parents[2] / "tools" / "score_mmad.py"
     for mode, field in (("generation", "answer"), ("likelihood", "likelihood_answer")):
         # the written predictions score the same with the standalone tool
-        done = subprocess.run([sys.executable, str(tool), "--questions", str(mmad_root / "mmad.json"),
-                               "--predictions", str(folder / "predictions.jsonl"), "--field", field, "--script", "llava",
-                               "--csv", str(tmp_path / f"{mode}.csv"), "--scored", str(tmp_path / f"{mode}.jsonl")],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(tool),
+                "--questions",
+                str(mmad_root / "mmad.json"),
+                "--predictions",
+                str(folder / "predictions.jsonl"),
+                "--field",
+                field,
+                "--script",
+                "llava",
+                "--csv",
+                str(tmp_path / f"{mode}.csv"),
+                "--scored",
+                str(tmp_path / f"{mode}.jsonl"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         assert (tmp_path / f"{mode}.csv").read_text() == (folder / f"mmad_{mode}.csv").read_text()
         rescored = [json.loads(line) for line in (tmp_path / f"{mode}.jsonl").read_text().splitlines()]
@@ -238,12 +326,38 @@ def test_maugpt_test_on_mmad_writes_both_scoring_modes(mmad_root, tiny_base, syn
         average = float((folder / f"mmad_{mode}.csv").read_text().splitlines()[-1].split(",")[-1])
         assert metrics[f"test/mmad/{mode}/average"].item() == pytest.approx(average, abs=1e-4)
     # Two processes (DDP, gloo): each asks its share, rank 0 gathers and scores every question once.
-    two = subprocess.run([sys.executable, "-m", "maugpt.cli", "test", "--config", str(recipe), "--ckpt_path", last,
-                          "--data.init_args.data_root", str(mmad_root), "--data.init_args.num_workers", "0",
-                          "--data.init_args.batch_size", "3", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                          "--trainer.accelerator", "cpu", "--trainer.logger", "false",
-                          "--trainer.default_root_dir", str(tmp_path / "mmad2")],
-                         capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maugpt.cli",
+            "test",
+            "--config",
+            str(recipe),
+            "--ckpt_path",
+            last,
+            "--data.init_args.data_root",
+            str(mmad_root),
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.batch_size",
+            "3",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path / "mmad2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[2],
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     gathered = [json.loads(line) for line in (tmp_path / "mmad2" / "evaluation" / "predictions.jsonl").open()]
     assert [(r["image"], r["question_index"]) for r in gathered] == [(r["image"], r["question_index"]) for r in rows]
@@ -251,12 +365,12 @@ def test_maugpt_test_on_mmad_writes_both_scoring_modes(mmad_root, tiny_base, syn
     assert tables.startswith(f"MMAD: {QUESTIONS} questions;") and "### Likelihood:" in tables  # all ranks' rows
 
 
-def test_more_slots_than_questions_pad_without_counting_unreadable_questions_twice(mmad_root, tokenizer_dir,
-                                                                                   vision_dir):
+def test_more_slots_than_questions_pad_without_counting_unreadable_questions_twice(
+    mmad_root, tokenizer_dir, vision_dir
+):
     (mmad_root / MMAD_KEYS[0]).write_bytes(b"not a png")  # the first question's image: also the padding's
     data = data_module(mmad_root, tokenizer_dir, vision_dir, shots=0)
-    slots = [list(MMADPrompts(data.items, data.format, rank=r, world_size=16))
-             for r in range(16)]
+    slots = [list(MMADPrompts(data.items, data.format, rank=r, world_size=16)) for r in range(16)]
     assert [len(s) for s in slots] == [1] * 16
     assert sum(e["valid"] for s in slots for e in s) == QUESTIONS
     assert sum(e["skipped"] for s in slots for e in s) == 2  # the image's 2 questions, not the padding copies

@@ -1,6 +1,7 @@
 """PretrainedVLM on five families' tiny random models: adapters go into the language model only, a
 fresh adapter leaves every output as it was, and one fine-tuning step moves exactly the trainable
 tensors."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,11 +14,18 @@ from maugpt.model.mau_gpt import model_inputs
 from maugpt.training.pretrained import PretrainedVLMModule
 from tests.conftest import VLM_FAMILIES
 
-ADAPTERS = {"lora": lambda: LoRA(rank=4, alpha=8), "loramoe": lambda: LoRAMoE(experts=2, rank=2, dropout=0.0),
-            "amoe_lora": lambda: AMoELoRA(experts=2, rank=2, hyper_hidden=8)}
-PROJECTOR = {"llava-1.5": "model.multi_modal_projector", "qwen2.5-vl": "model.visual.merger",
-             "internvl": "model.multi_modal_projector", "gemma-3": "model.multi_modal_projector",
-             "smolvlm": "model.connector"}
+ADAPTERS = {
+    "lora": lambda: LoRA(rank=4, alpha=8),
+    "loramoe": lambda: LoRAMoE(experts=2, rank=2, dropout=0.0),
+    "amoe_lora": lambda: AMoELoRA(experts=2, rank=2, hyper_hidden=8),
+}
+PROJECTOR = {
+    "llava-1.5": "model.multi_modal_projector",
+    "qwen2.5-vl": "model.visual.merger",
+    "internvl": "model.multi_modal_projector",
+    "gemma-3": "model.multi_modal_projector",
+    "smolvlm": "model.connector",
+}
 
 
 def batches(folder, prompts: bool = False) -> dict:
@@ -26,8 +34,10 @@ def batches(folder, prompts: bool = False) -> dict:
     if prompts:
         examples = [chat.prompt("Is it defective?", chat.images([im])) for im in images]
         return chat.collate_prompts([{**e, "meta": {}} for e in examples])
-    examples = [chat.conversation([("Is it defective?", answer)], chat.images([im]))
-                for im, answer in zip(images, ("True", "False, it is a normal bottle."))]
+    examples = [
+        chat.conversation([("Is it defective?", answer)], chat.images([im]))
+        for im, answer in zip(images, ("True", "False, it is a normal bottle."))
+    ]
     return chat.collate([{**e, "meta": {}} for e in examples])
 
 
@@ -106,8 +116,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_vlm, family):
     modules = []
     for checkpointing in (True, False):
         torch.manual_seed(0)
-        modules.append(PretrainedVLMModule(folder, stage=2, adapter=AMoELoRA(experts=2, rank=2, hyper_hidden=8),
-                                           gradient_checkpointing=checkpointing).train())
+        modules.append(
+            PretrainedVLMModule(
+                folder,
+                stage=2,
+                adapter=AMoELoRA(experts=2, rank=2, hyper_hidden=8),
+                gradient_checkpointing=checkpointing,
+            ).train()
+        )
     recomputed, plain = modules
     assert recomputed.model.llm.is_activation_checkpointing and not plain.model.llm.is_activation_checkpointing
     plain.load_state_dict(recomputed.state_dict(), strict=False)

@@ -1,4 +1,5 @@
 """``compile_llm``: the adapters trace without graph breaks, and compiled equals eager."""
+
 from __future__ import annotations
 
 import pytest
@@ -90,7 +91,9 @@ def test_an_inductor_compiled_adapter_agrees_with_eager():
 
 
 def test_bad_compile_targets_are_named():
-    with pytest.raises(ValueError, match=r"compile_llm must be one of \['none', 'decoder_layers', 'adapters'\], got 'all'"):
+    with pytest.raises(
+        ValueError, match=r"compile_llm must be one of \['none', 'decoder_layers', 'adapters'\], got 'all'"
+    ):
         MAUGPT(llm="no/such/model", vision_encoder="no-such-encoder", compile_llm="all")
     with pytest.raises(ValueError, match="'adapters' but the LLM has no adapter layers"):
         compile_llm(tiny_causal_lm(), "adapters")

@@ -4,6 +4,7 @@ Every rank trains a sharded stage-2 model on its half of fixed global batches; r
 an unsharded copy on the whole batches and writes the losses, the largest difference between the
 two models' trainable tensors and both generations to ``out`` (JSON). Used by test_fsdp.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ from tests.conftest import randomize_adapters
 
 def build(args) -> MAUGPTModule:
     torch.manual_seed(0)
-    module = MAUGPTModule(args.llm, args.vision, stage=2, adapter=AMoELoRA(experts=4, rank=2, hyper_hidden=8),
-                          loss_reduction="example")
+    module = MAUGPTModule(
+        args.llm, args.vision, stage=2, adapter=AMoELoRA(experts=4, rank=2, hyper_hidden=8), loss_reduction="example"
+    )
     randomize_adapters(module.model.llm, std=0.05)  # larger weights make 3 SGD steps chaotic
     return module
 
@@ -63,8 +65,13 @@ def train(module: MAUGPTModule, data: list[dict]) -> list[float]:
 
 def generate(module: MAUGPTModule, batch: dict, max_new_tokens: int) -> list[list[int]]:
     """New tokens per row, trailing padding removed (ranks that finish early stop appending)."""
-    tokens = module.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                   batch["condition_mask"], max_new_tokens=max_new_tokens)
+    tokens = module.model.generate(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["pixel_values"],
+        batch["condition_mask"],
+        max_new_tokens=max_new_tokens,
+    )
     pad = module.model.tokenizer.pad_token_id
     rows = tokens.tolist()
     for row in rows:
@@ -105,10 +112,13 @@ def main() -> None:
         result = {
             "fsdp_losses": [loss.item() / world for loss in losses],
             "losses": [loss.item() for loss in reference_losses],
-            "trainable": sorted(own), "gathered": sorted(state),
+            "trainable": sorted(own),
+            "gathered": sorted(state),
             "max_param_diff": max((state[n] - own[n]).abs().max().item() for n in own),
             "fsdp_generated": [row for rows in everyone for row in rows],
-            "generated": generate(build(args), {k: v for k, v in prompts.items() if k != "skipped"}, 4 + 8 * (world - 1)),
+            "generated": generate(
+                build(args), {k: v for k, v in prompts.items() if k != "skipped"}, 4 + 8 * (world - 1)
+            ),
             "lengths": [4 + 8 * r for r in range(world) for _ in range(4 // world)],
         }
         with open(args.out, "w") as f:

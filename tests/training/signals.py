@@ -1,4 +1,5 @@
 """A callback for the preemption tests: the fit process signals itself at a chosen step."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """TensorBoard callbacks: what reaches the event files."""
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,8 @@ def test_router_components_throughput_and_cores_reach_tensorboard(tiny_base, syn
     config["trainer"]["callbacks"] += [
         {"class_path": "maugpt.training.callbacks.ThroughputMonitor"},
         {"class_path": "maugpt.training.callbacks.AdapterMonitor", "init_args": {"every_n_steps": 2}},
-        {"class_path": "maugpt.training.callbacks.HypernetworkCores", "init_args": {"max_samples": 5}}]
+        {"class_path": "maugpt.training.callbacks.HypernetworkCores", "init_args": {"max_samples": 5}},
+    ]
     open(path, "w").write(yaml.safe_dump(config))
     run(["fit", "--config", path])
     log_dir = next((tmp_path / "tb" / "stage2").glob("version_*"))
@@ -28,9 +30,17 @@ def test_router_components_throughput_and_cores_reach_tensorboard(tiny_base, syn
     assert [v.step for v in events.Scalars(layers[0])] == [0, 2]  # the steps whose forwards were recorded
     assert any(t.startswith("expert_load/") for t in events.Tags()["histograms"])
     # each component against the frozen output, and each component's gradient norm, at steps 0 and 2
-    for tag in ["output_norm/frozen", "output_norm/generalist", "output_norm/anomaly_aware",
-                "output_ratio/generalist", "output_ratio/anomaly_aware", "grad_norm/generalist",
-                "grad_norm/router", "grad_norm/anomaly_aware", "grad_norm/projector"]:
+    for tag in [
+        "output_norm/frozen",
+        "output_norm/generalist",
+        "output_norm/anomaly_aware",
+        "output_ratio/generalist",
+        "output_ratio/anomaly_aware",
+        "grad_norm/generalist",
+        "grad_norm/router",
+        "grad_norm/anomaly_aware",
+        "grad_norm/projector",
+    ]:
         values = events.Scalars(tag)
         assert len(values) == 2 and all(v.value >= 0 for v in values), tag
     assert [v.step for v in events.Scalars("grad_norm/generalist")] == [0, 2]  # before those steps' updates
@@ -49,7 +59,8 @@ def test_example_answers_and_hparams_reach_tensorboard(tiny_base, synthetic_dir,
     config["trainer"]["limit_val_batches"] = 1
     config["trainer"]["callbacks"] += [
         {"class_path": "maugpt.training.callbacks.ExampleAnswers", "init_args": {"examples": 3}},
-        {"class_path": "maugpt.training.callbacks.HParamsSummary"}]
+        {"class_path": "maugpt.training.callbacks.HParamsSummary"},
+    ]
     open(path, "w").write(yaml.safe_dump(config))
     run(["fit", "--config", path])
     log_dir = next((tmp_path / "tb" / "stage2").glob("version_*"))
@@ -63,7 +74,10 @@ def test_example_answers_and_hparams_reach_tensorboard(tiny_base, synthetic_dir,
     plugin = events.PluginTagToContent("hparams")
     experiment = HParamsPluginData.FromString(plugin["_hparams_/experiment"]).experiment
     assert [m.name.tag for m in experiment.metric_infos] == [
-        "hparams/val/loss", "hparams/test/detection_accuracy", "hparams/test/rougeL"]
+        "hparams/val/loss",
+        "hparams/test/detection_accuracy",
+        "hparams/test/rougeL",
+    ]
     hparams = HParamsPluginData.FromString(plugin["_hparams_/session_start_info"]).session_start_info.hparams
     assert hparams["model/adapter/class_path"].string_value == "maugpt.adapters.amoe_lora.AMoELoRA"
     assert hparams["model/adapter/init_args/experts"].number_value == 4

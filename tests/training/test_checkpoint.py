@@ -1,4 +1,5 @@
 """Atomic checkpoint writes and safe loads."""
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,12 @@ def test_kill_9_during_fit_then_ckpt_path_last_continues_from_the_saved_step(tin
     config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 3
     open(path, "w").write(yaml.safe_dump(config))
     last = tmp_path / "stage2" / "checkpoints" / "last.ckpt"
-    fit = subprocess.Popen([sys.executable, "-m", "maugpt.cli", "fit", "--config", path], cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fit = subprocess.Popen(
+        [sys.executable, "-m", "maugpt.cli", "fit", "--config", path],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and fit.poll() is None:
         if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= 6:
@@ -87,12 +92,14 @@ def test_a_checkpoint_of_another_adapter_is_refused_naming_both(tiny_base):
     from maugpt.adapters import LoRA
     from maugpt.training.module import MAUGPTModule
 
-    amoe = MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2,
-                        adapter=amoe_adapter(), feature_layer=-1)
+    amoe = MAUGPTModule(
+        str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2, adapter=amoe_adapter(), feature_layer=-1
+    )
     saved = {}
     amoe.on_save_checkpoint(saved)
-    lora = MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2, adapter=LoRA(rank=4, alpha=8),
-                        feature_layer=-1)
+    lora = MAUGPTModule(
+        str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2, adapter=LoRA(rank=4, alpha=8), feature_layer=-1
+    )
     lora.on_load_checkpoint({"state_dict": dict.fromkeys(lora.trainable_names())})  # its own: accepted
     amoe.on_load_checkpoint(saved)
     with pytest.raises(ValueError) as err:
@@ -121,8 +128,9 @@ def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(tiny_base, 
     (last.parent / f".last.ckpt.tmp-{os.getpid()}").symlink_to("/dev/full")
     with pytest.raises(SystemExit) as stopped:
         main(["fit", "--config", path, "--trainer.max_epochs", "2", "--ckpt_path", str(last)])
-    assert str(stopped.value.code).startswith(f"maugpt fit: could not save checkpoint {last}: no space left on "
-                                              f"device (")
+    assert str(stopped.value.code).startswith(
+        f"maugpt fit: could not save checkpoint {last}: no space left on device ("
+    )
     assert str(stopped.value.code).endswith(f" MiB free in {last.parent}); the previous last.ckpt, if any, is kept")
     assert last.read_bytes() == before
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # the temporary link is gone

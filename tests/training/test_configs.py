@@ -1,4 +1,5 @@
 """Every shipped training recipe parses with the CLI; the 4B one builds on the meta device (no downloads)."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,8 +14,9 @@ from maugpt.training.cli import run
 CONFIGS = Path(__file__).parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["tiny/stage1.yaml", "tiny/stage2.yaml", "mau-gpt-4b/stage1.yaml",
-                                  "mau-gpt-4b/stage2.yaml"])
+@pytest.mark.parametrize(
+    "name", ["tiny/stage1.yaml", "tiny/stage2.yaml", "mau-gpt-4b/stage1.yaml", "mau-gpt-4b/stage2.yaml"]
+)
 def test_recipe_parses(name, capsys):
     with pytest.raises(SystemExit) as done:
         run(["fit", "--config", str(CONFIGS / name), "--print_config"])
@@ -36,8 +38,16 @@ def test_a_mistyped_key_names_the_key(capsys):
 @pytest.mark.parametrize("adapter", ["lora", "loramoe", "amoe_lora"])
 def test_stage_2_swaps_adapters_from_their_recipes(adapter, capsys):
     with pytest.raises(SystemExit):
-        run(["fit", "--config", str(CONFIGS / "tiny/stage2.yaml"), "--model.init_args.adapter",
-             str(CONFIGS / "adapters" / f"{adapter}.yaml"), "--print_config"])
+        run(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "tiny/stage2.yaml"),
+                "--model.init_args.adapter",
+                str(CONFIGS / "adapters" / f"{adapter}.yaml"),
+                "--print_config",
+            ]
+        )
     printed = yaml.safe_load(capsys.readouterr().out)
     recipe = yaml.safe_load((CONFIGS / "adapters" / f"{adapter}.yaml").read_text())
     assert printed["model"]["init_args"]["adapter"]["class_path"] == recipe["class_path"]
@@ -52,7 +62,10 @@ def test_4b_recipe_parses_and_names_hub_models(name, capsys):
         run(["fit", "--config", str(CONFIGS / name), "--config", str(CONFIGS / "strategy/fsdp.yaml"), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     model = printed["model"]["init_args"]
-    assert (model["llm"], model["vision_encoder"]) == ("Qwen/Qwen2.5-3B-Instruct", "vit_so400m_patch14_siglip_384.webli")
+    assert (model["llm"], model["vision_encoder"]) == (
+        "Qwen/Qwen2.5-3B-Instruct",
+        "vit_so400m_patch14_siglip_384.webli",
+    )
     assert printed["trainer"]["strategy"]["class_path"].endswith("ModelParallelStrategy")
     global_batch = printed["trainer"]["devices"] * printed["data"]["init_args"]["batch_size"]
     assert global_batch == (256 if model["stage"] == 1 else 128)
@@ -61,8 +74,16 @@ def test_4b_recipe_parses_and_names_hub_models(name, capsys):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp1"])
 def test_strategy_recipes_compose_with_a_stage_recipe(strategy, capsys):
     with pytest.raises(SystemExit):
-        run(["fit", "--config", str(CONFIGS / "tiny/stage2.yaml"), "--config", str(CONFIGS / f"strategy/{strategy}.yaml"),
-             "--print_config"])
+        run(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "tiny/stage2.yaml"),
+                "--config",
+                str(CONFIGS / f"strategy/{strategy}.yaml"),
+                "--print_config",
+            ]
+        )
     printed = yaml.safe_load(capsys.readouterr().out)["trainer"]["strategy"]
     recipe = yaml.safe_load((CONFIGS / f"strategy/{strategy}.yaml").read_text())["trainer"]["strategy"]
     assert printed["class_path"] == recipe["class_path"]
@@ -76,10 +97,27 @@ def test_4b_stage_2_builds_on_the_meta_device_with_the_expected_parameter_count(
     shutil.copytree(tiny_base["llm"], llm)
     shutil.copy(FIXTURES / "Qwen2.5-3B-Instruct" / "config.json", llm / "config.json")
     with torch.device("meta"):
-        cli = run(["--config", str(CONFIGS / "mau-gpt-4b/stage2.yaml"), "--model.init_args.llm", str(llm),
-                   "--model.init_args.init_from", "null", "--model.init_args.llm_pretrained", "false",
-                   "--model.init_args.vision_pretrained", "false", "--trainer.accelerator", "cpu",
-                   "--trainer.devices", "1", "--trainer.logger", "false"], subcommand=False)
+        cli = run(
+            [
+                "--config",
+                str(CONFIGS / "mau-gpt-4b/stage2.yaml"),
+                "--model.init_args.llm",
+                str(llm),
+                "--model.init_args.init_from",
+                "null",
+                "--model.init_args.llm_pretrained",
+                "false",
+                "--model.init_args.vision_pretrained",
+                "false",
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.devices",
+                "1",
+                "--trainer.logger",
+                "false",
+            ],
+            subcommand=False,
+        )
     model = cli.model.model
     frozen_llm = sum(p.numel() for p in model.llm.parameters() if not p.requires_grad)
     assert frozen_llm == 3_085_938_688  # Qwen2.5-3B's published size (tied embeddings)
@@ -100,8 +138,16 @@ def test_4b_stage_2_builds_on_the_meta_device_with_the_expected_parameter_count(
 
 def test_the_mmad_eval_recipe_composes_with_a_training_recipe(capsys):
     with pytest.raises(SystemExit):
-        run(["test", "--config", str(CONFIGS / "mau-gpt-4b/stage2.yaml"), "--config", str(CONFIGS / "eval/mmad.yaml"),
-             "--print_config"])
+        run(
+            [
+                "test",
+                "--config",
+                str(CONFIGS / "mau-gpt-4b/stage2.yaml"),
+                "--config",
+                str(CONFIGS / "eval/mmad.yaml"),
+                "--print_config",
+            ]
+        )
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["class_path"] == "maugpt.mmad.data.MMADDataModule"
     assert printed["data"]["init_args"]["shots"] == 1 and printed["data"]["init_args"]["templates"] == "random"

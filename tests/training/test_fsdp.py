@@ -1,4 +1,5 @@
 """FSDP2 on CPU (gloo, 2 processes): equal to one process, and through the CLI with checkpoints and resume."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,28 @@ def launch(command: list[str], timeout: int = 300) -> subprocess.CompletedProces
 def test_fsdp_with_two_processes_matches_one_process_on_the_same_global_batch(tiny_base, synthetic_dir, tmp_path):
     out = tmp_path / "result.json"
     # --standalone: a free port of its own, so a port still held by an earlier run cannot break it
-    launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--module",
-            "tests.training.fsdp_worker", "--llm", str(tiny_base["llm"]), "--vision", str(tiny_base["vision"]),
-            "--shards", str(synthetic_dir / "mauset"), "--out", str(out), "--steps", "3"])
+    launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "--module",
+            "tests.training.fsdp_worker",
+            "--llm",
+            str(tiny_base["llm"]),
+            "--vision",
+            str(tiny_base["vision"]),
+            "--shards",
+            str(synthetic_dir / "mauset"),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+        ]
+    )
     result = json.loads(out.read_text())
     assert result["gathered"] == result["trainable"]  # the full state dict holds every trainable tensor
     assert len(result["losses"]) == 3 and result["losses"][0] != result["losses"][-1]
@@ -61,8 +81,9 @@ def test_fsdp1_policy_isolates_the_frozen_linear_layers_of_the_adapters(tiny_bas
     from maugpt.training.module import MAUGPTModule
     from maugpt.training.sharding import AdapterWrapPolicy
 
-    module = MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2,
-                          adapter=AMoELoRA(experts=4, rank=2, hyper_hidden=8))
+    module = MAUGPTModule(
+        str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2, adapter=AMoELoRA(experts=4, rank=2, hyper_hidden=8)
+    )
     policy = AdapterWrapPolicy()
     units = list(policy._run_policy(module, set(), {"device_id": None}))
     bases = [layer.base for _, layer in adapter_layers(module.model.llm)]
@@ -99,8 +120,7 @@ def test_fsdp1_wraps_each_decoder_layer_and_each_frozen_base_as_a_unit():
     inject(model, LoRA(rank=2, targets=["q_proj"]))
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
     try:
-        wrapped = FSDP(model, auto_wrap_policy=AdapterWrapPolicy(), device_id=torch.device("cpu"),
-                       use_orig_params=True)
+        wrapped = FSDP(model, auto_wrap_policy=AdapterWrapPolicy(), device_id=torch.device("cpu"), use_orig_params=True)
         units = [n.replace("_fsdp_wrapped_module.", "") for n, m in wrapped.named_modules() if isinstance(m, FSDP)]
         wrapped(torch.randn(2, 8)).sum().backward()
         grads = {n.replace("_fsdp_wrapped_module.", ""): p.grad is not None for n, p in wrapped.named_parameters()}

@@ -1,4 +1,5 @@
 """MAUGPTModule end to end on the tiny base: stages, checkpoints, resume, generation, faults."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,9 @@ def test_stage_1_trains_the_projector_and_stage_2_the_adapter_and_projector(tiny
     assert stage1.trainable_names() and all(n.startswith("model.projector.") for n in stage1.trainable_names())
     stage2 = module(tiny_base, stage=2, adapter=AMoELoRA(experts=4, rank=2, hyper_hidden=8))
     names = stage2.trainable_names()
-    adapter = {f"model.llm.{layer}.{k}" for layer, l in adapter_layers(stage2.model.llm) for k in l.adapter_parameters()}
+    adapter = {
+        f"model.llm.{name}.{k}" for name, layer in adapter_layers(stage2.model.llm) for k in layer.adapter_parameters()
+    }
     projector = {n for n in names if n.startswith("model.projector.")}
     assert set(names) == adapter | projector and adapter and projector
     assert stage2.parameter_summary()["vision"] == 0
@@ -40,8 +43,9 @@ def test_both_stages_run_end_to_end_and_checkpoint_only_trainable_tensors(tiny_b
     last1 = tmp_path / "stage1" / "checkpoints" / "last.ckpt"
     state1 = torch.load(last1, weights_only=True)["state_dict"]
     assert set(state1) == set(cli1.model.trainable_names()) and cli1.trainer.global_step == 3
-    cli2 = run(["fit", "--config", stage_config(tmp_path, tiny_base, synthetic_dir, 2, adapter=AMOE,
-                                                init_from=str(last1))])
+    cli2 = run(
+        ["fit", "--config", stage_config(tmp_path, tiny_base, synthetic_dir, 2, adapter=AMOE, init_from=str(last1))]
+    )
     state2 = torch.load(tmp_path / "stage2" / "checkpoints" / "last.ckpt", weights_only=True)
     assert set(state2["state_dict"]) == set(cli2.model.trainable_names())
     assert state2["maugpt"]["stage"] == 2 and state2["optimizer_states"]
@@ -77,22 +81,33 @@ def test_kv_cached_generation_equals_the_full_forward_through_the_whole_model(ti
     with torch.no_grad():
         embeds = model.embed(prompt, pixels)
         from maugpt.adapters import adapter_context
+
         with adapter_context(model.llm).generation(condition_mask=mask):
-            gen = out(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=4, do_sample=False, output_logits=True,
-                      return_dict_in_generate=True, pad_token_id=model.tokenizer.pad_token_id, eos_token_id=None,
-                      suppress_tokens=[model.image_token_id])
+            gen = out(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                max_new_tokens=4,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=model.tokenizer.pad_token_id,
+                eos_token_id=None,
+                suppress_tokens=[model.image_token_id],
+            )
         assert torch.equal(gen.sequences, model.generate(prompt, mask, pixels, max_new_tokens=4, eos_token_id=None))
         full_ids = torch.cat([prompt, gen.sequences[:, :-1]], dim=1)
         condition = torch.zeros_like(full_ids, dtype=torch.bool)
-        condition[:, :prompt.shape[1]] = True
+        condition[:, : prompt.shape[1]] = True
         full = model(full_ids, torch.ones_like(full_ids, dtype=torch.bool), pixels, condition_mask=condition).logits
-    torch.testing.assert_close(torch.stack(gen.logits, 1), full[:, prompt.shape[1] - 1:].float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(gen.logits, 1), full[:, prompt.shape[1] - 1 :].float(), rtol=1e-5, atol=1e-5)
 
 
 def test_image_slots_must_match_the_encoder(tiny_base):
     model = module(tiny_base, stage=1).model
     ids = torch.full((1, model.image_tokens - 1), model.image_token_id)
-    with pytest.raises(ValueError, match=rf"each row needs 1 × {model.image_tokens} <image> slots, found \[{model.image_tokens - 1}\]"):
+    with pytest.raises(
+        ValueError, match=rf"each row needs 1 × {model.image_tokens} <image> slots, found \[{model.image_tokens - 1}\]"
+    ):
         model.embed(ids, torch.zeros(1, 1, 3, 96, 96))
 
 
@@ -109,8 +124,15 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(tiny_base, synthetic_di
     monkeypatch.setattr(MAUGPT, "forward", poisoned)
     with pytest.raises(FloatingPointError, match="non-finite loss nan at global step 0"):
         run(["fit", "--config", stage_config(tmp_path, tiny_base, synthetic_dir, 1)])
-    cli = run(["fit", "--config", stage_config(tmp_path, tiny_base, synthetic_dir, 1, nonfinite="skip"),
-               "--trainer.default_root_dir", str(tmp_path / "skip")])
+    cli = run(
+        [
+            "fit",
+            "--config",
+            stage_config(tmp_path, tiny_base, synthetic_dir, 1, nonfinite="skip"),
+            "--trainer.default_root_dir",
+            str(tmp_path / "skip"),
+        ]
+    )
     assert cli.model.skipped_nonfinite == 3
 
 
@@ -123,10 +145,14 @@ def test_example_loss_reduction_weighs_every_example_equally(tiny_base):
     labels = torch.full_like(ids, -100)
     labels[0, -2:] = ids[0, -2:]  # a one-word answer
     labels[1, -9:] = ids[1, -9:]  # a long answer
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool), "labels": labels,
-             "pixel_values": torch.randn(2, 1, 3, 96, 96)}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+        "labels": labels,
+        "pixel_values": torch.randn(2, 1, 3, 96, 96),
+    }
     with torch.no_grad():
-        per_example = [token.lm_loss({k: v[i:i + 1] for k, v in batch.items()}) for i in range(2)]
+        per_example = [token.lm_loss({k: v[i : i + 1] for k, v in batch.items()}) for i in range(2)]
         assert example.lm_loss(batch).item() == pytest.approx((per_example[0] + per_example[1]).item() / 2, rel=1e-5)
         # the token mean weighs the long answer 4.5 times more
         expected_token = (per_example[0] * 2 + per_example[1] * 9) / 11
@@ -138,8 +164,15 @@ def test_the_model_takes_the_batch_without_annotations_and_rejects_unknown_keys(
 
     stage1 = module(tiny_base, stage=1)
     ids = torch.cat([torch.full((1, stage1.image_tokens), stage1.model.image_token_id), torch.arange(5, 9)[None]], 1)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool), "labels": ids,
-             "pixel_values": torch.randn(1, 1, 3, 96, 96), "valid": torch.tensor([True]), "meta": [{}], "skipped": 0}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+        "labels": ids,
+        "pixel_values": torch.randn(1, 1, 3, 96, 96),
+        "valid": torch.tensor([True]),
+        "meta": [{}],
+        "skipped": 0,
+    }
     assert sorted(model_inputs(batch, labels=None)) == ["attention_mask", "input_ids", "labels", "pixel_values"]
     assert model_inputs(batch, labels=None)["labels"] is None and batch["labels"] is ids  # the batch is untouched
     with torch.no_grad():
@@ -164,11 +197,19 @@ def test_test_step_decodes_with_the_benchmarks_settings(tiny_base, monkeypatch):
 
     monkeypatch.setattr(stage2.model, "generate", generate)
     stage2.evaluation = Evaluation()
-    batch = {"input_ids": torch.ones(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 3, dtype=torch.long),
-             "pixel_values": torch.zeros(1, 1, 3, 32, 32), "meta": [{"key": "k"}], "valid": torch.tensor([True])}
+    batch = {
+        "input_ids": torch.ones(1, 3, dtype=torch.long),
+        "attention_mask": torch.ones(1, 3, dtype=torch.long),
+        "pixel_values": torch.zeros(1, 1, 3, 32, 32),
+        "meta": [{"key": "k"}],
+        "valid": torch.tensor([True]),
+    }
     stage2.test_step(batch, 0)
-    assert {k: seen[0][k] for k in ("do_sample", "temperature", "max_new_tokens")} == \
-        {"do_sample": True, "temperature": 0.2, "max_new_tokens": 64}
+    assert {k: seen[0][k] for k in ("do_sample", "temperature", "max_new_tokens")} == {
+        "do_sample": True,
+        "temperature": 0.2,
+        "max_new_tokens": 64,
+    }
     assert seen[1] == {"key": "k"}
     stage2.evaluation = type("Plain", (), {"add": Evaluation.add})()  # no settings: the model's own
     stage2.test_step(batch, 0)

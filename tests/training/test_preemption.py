@@ -1,5 +1,6 @@
 """A fit stopped by SIGTERM, SIGINT or SIGUSR1 saves at the step boundary, says so, exits 128 + the
 signal and resumes to the weights of an uninterrupted run (bit-equal on CPU)."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,9 @@ ROOT = Path(__file__).parents[2]
 LORAMOE = {"class_path": "maugpt.adapters.LoRAMoE", "init_args": {"experts": 4, "rank": 2, "dropout": 0.1}}
 
 
-def config(tmp_path: Path, tiny_base, synthetic_dir, *, steps: int, signal_at: tuple | None = None,
-           workers: int = 2, **trainer) -> str:
+def config(
+    tmp_path: Path, tiny_base, synthetic_dir, *, steps: int, signal_at: tuple | None = None, workers: int = 2, **trainer
+) -> str:
     """A stage-2 fit of ``steps`` batches per epoch with 2 loader workers; ``signal_at``: (step,
     signal name) sends the fit process that signal when a training batch starts at that global
     step; ``trainer``: more trainer settings."""
@@ -34,15 +36,25 @@ def config(tmp_path: Path, tiny_base, synthetic_dir, *, steps: int, signal_at: t
     raw["data"]["init_args"]["num_workers"] = workers
     raw["trainer"].update(trainer)
     if signal_at is not None:
-        raw["trainer"]["callbacks"].append({"class_path": "tests.training.signals.SignalAtStep",
-                                            "init_args": {"step": signal_at[0], "signal": signal_at[1]}})
+        raw["trainer"]["callbacks"].append(
+            {
+                "class_path": "tests.training.signals.SignalAtStep",
+                "init_args": {"step": signal_at[0], "signal": signal_at[1]},
+            }
+        )
     Path(path).write_text(yaml.safe_dump(raw))
     return path
 
 
 def fit(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "maugpt.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "maugpt.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
 
 
 def trainable(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -54,14 +66,17 @@ def trainable(checkpoint: Path) -> dict[str, torch.Tensor]:
 # first batch comes from the other of the two workers.
 # epoch end: 2 epochs of 3 batches; SIGTERM during the last batch of epoch 0 stops after it; the
 # resume crosses into epoch 1, whose loader must leave the dropout generator as it finds it.
-CASES = {"accumulating": dict(steps=9, signal_at=(0, "SIGTERM"), accumulate_grad_batches=3),
-         "epoch end": dict(steps=3, signal_at=(2, "SIGTERM"), max_epochs=2)}
+CASES = {
+    "accumulating": dict(steps=9, signal_at=(0, "SIGTERM"), accumulate_grad_batches=3),
+    "epoch end": dict(steps=3, signal_at=(2, "SIGTERM"), max_epochs=2),
+}
 STOPPED_AFTER = {"accumulating": (1, 3), "epoch end": (3, 6)}  # optimizer steps: done, planned
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_sigterm_saves_at_a_step_boundary_exits_143_and_the_printed_command_resumes_to_equal_weights(
-        case, tiny_base, synthetic_dir, tmp_path):
+    case, tiny_base, synthetic_dir, tmp_path
+):
     settings = {k: v for k, v in CASES[case].items() if k != "signal_at"}
     whole = config(tmp_path / "whole", tiny_base, synthetic_dir, **settings)
     assert fit(["fit", "--config", whole]).returncode == 0
@@ -95,11 +110,19 @@ def test_sigint_and_sigusr1_save_too_and_sigusr1_requeues_a_slurm_job(name, tiny
     calls = tmp_path / "scontrol.calls"
     scontrol = tmp_path / "bin" / "scontrol"  # SLURM's scontrol, recording how it was called
     scontrol.parent.mkdir()
-    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
-    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "cell", "SLURM_JOB_ID": "900", "SLURM_ARRAY_JOB_ID": "77",
-             "SLURM_ARRAY_TASK_ID": "3", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
-             "PATH": f"{scontrol.parent}:{os.environ['PATH']}"}
+    slurm = {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "cell",
+        "SLURM_JOB_ID": "900",
+        "SLURM_ARRAY_JOB_ID": "77",
+        "SLURM_ARRAY_TASK_ID": "3",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "PATH": f"{scontrol.parent}:{os.environ['PATH']}",
+    }
     stopped = fit(["fit", "--config", path], env=slurm)
     signum = getattr(signal, name)
     assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
@@ -147,5 +170,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_resume_command_replaces_ckpt_path
     finally:
         signal.signal(signal.SIGINT, previous)
     argv = ["fit", "--config", "a b.yaml", "--ckpt_path", "old.ckpt", "--trainer.max_steps=9", "--ckpt_path=x"]
-    assert resume_command(Path("runs/last.ckpt"), argv) == \
-        "maugpt fit --config 'a b.yaml' --trainer.max_steps=9 --ckpt_path runs/last.ckpt"
+    assert (
+        resume_command(Path("runs/last.ckpt"), argv)
+        == "maugpt fit --config 'a b.yaml' --trainer.max_steps=9 --ckpt_path runs/last.ckpt"
+    )

@@ -1,4 +1,5 @@
 """Optimizer and schedule as LightningCLI components (``maugpt.training.schedule``)."""
+
 from __future__ import annotations
 
 import json
@@ -35,16 +36,25 @@ def test_component_config_is_plain_data_for_the_checkpoint():
     assert component_config(None) is None and component_config(lambda params: None) is None
     assert component_config(torch.optim.SGD) == {"class_path": "torch.optim.sgd.SGD", "init_args": {}}
     assert component_config(partial(torch.optim.AdamW, betas=(0.9, 0.95), lr=1e-4)) == {
-        "class_path": "torch.optim.adamw.AdamW", "init_args": {"betas": [0.9, 0.95], "lr": 1e-4}}
+        "class_path": "torch.optim.adamw.AdamW",
+        "init_args": {"betas": [0.9, 0.95], "lr": 1e-4},
+    }
 
 
 def test_the_default_optimizer_and_schedule_are_adamw_and_warmup_cosine(tiny_base):
     from maugpt.adapters import AMoELoRA
     from maugpt.training.module import MAUGPTModule
 
-    module = MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2,
-                          adapter=AMoELoRA(experts=2, rank=2, hyper_hidden=4), lr=1e-3, projector_lr=2e-3,
-                          weight_decay=0.1, warmup_ratio=0.1)
+    module = MAUGPTModule(
+        str(tiny_base["llm"]),
+        str(tiny_base["vision"]),
+        stage=2,
+        adapter=AMoELoRA(experts=2, rank=2, hyper_hidden=4),
+        lr=1e-3,
+        projector_lr=2e-3,
+        weight_decay=0.1,
+        warmup_ratio=0.1,
+    )
     module._trainer = SimpleNamespace(estimated_stepping_batches=50)
     configured = module.configure_optimizers()
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
@@ -58,8 +68,17 @@ def test_the_default_optimizer_and_schedule_are_adamw_and_warmup_cosine(tiny_bas
 def test_yaml_swaps_the_optimizer_and_schedule_and_the_checkpoint_records_them(tiny_base, synthetic_dir, tmp_path):
     config = stage_config(tmp_path, tiny_base, synthetic_dir, 2, batches=2, adapter=AMOE)
     sgd = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"momentum": 0.9}})
-    run(["fit", "--config", config, "--model.init_args.optimizer", sgd,
-         "--model.init_args.scheduler", "torch.optim.lr_scheduler.CosineAnnealingLR"])
+    run(
+        [
+            "fit",
+            "--config",
+            config,
+            "--model.init_args.optimizer",
+            sgd,
+            "--model.init_args.scheduler",
+            "torch.optim.lr_scheduler.CosineAnnealingLR",
+        ]
+    )
     saved = torch.load(tmp_path / "stage2" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["hyper_parameters"]["optimizer"]["class_path"] == "torch.optim.sgd.SGD"
     assert saved["hyper_parameters"]["optimizer"]["init_args"]["momentum"] == 0.9

@@ -13,6 +13,7 @@ source defined elsewhere (a test, a user's package) calls :func:`register` befor
 Its products, defect classes and questions come from the knowledge files (``configs/mauset/``,
 or an overlay: see :class:`~maugpt.mauset.knowledge.Knowledge`).
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,11 +1,12 @@
 """BTAD: ``{01,02,03}/{train/ok, test/ok, test/ko}``, masks in ``ground_truth/ko`` (same stem)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from maugpt.mauset.sources import Source, register
-from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import LayoutError, descend, find_by_stem, images_in, listing
+from maugpt.schema import SourceImage
 
 LAYOUT = "[BTech_Dataset_transformed/]{01,02,03}/{train/ok,test/ok,test/ko}/*, {01,02,03}/ground_truth/ko/*"
 
@@ -22,13 +23,21 @@ def scan_btad(root: Path, missing: list[str] | None = None) -> list[SourceImage]
         for split, label in (("train", "ok"), ("test", "ok"), ("test", "ko")):
             for image in images_in(product / split / label):
                 anomalous = label == "ko"
-                found.append(SourceImage(
-                    source="btad", product=product.name, image=image, root=base,
-                    key=f"btad/{product.name}/{split}/{label}/{image.stem}", is_anomalous=anomalous,
-                    defect_class="defect" if anomalous else None,
-                    mask=find_by_stem(product / "ground_truth" / "ko", image.stem) if anomalous else None))
+                found.append(
+                    SourceImage(
+                        source="btad",
+                        product=product.name,
+                        image=image,
+                        root=base,
+                        key=f"btad/{product.name}/{split}/{label}/{image.stem}",
+                        is_anomalous=anomalous,
+                        defect_class="defect" if anomalous else None,
+                        mask=find_by_stem(product / "ground_truth" / "ko", image.stem) if anomalous else None,
+                    )
+                )
     return found
 
 
-register(Source(name="btad", scan=scan_btad, layout=LAYOUT, paper_images=(2250, 580),
-                release_images=2540))  # 01: 400 + 21 + 49, 02: 399 + 30 + 200, 03: 1,000 + 400 + 41
+register(
+    Source(name="btad", scan=scan_btad, layout=LAYOUT, paper_images=(2250, 580), release_images=2540)
+)  # 01: 400 + 21 + 49, 02: 399 + 30 + 200, 03: 1,000 + 400 + 41

@@ -1,4 +1,5 @@
 """Helpers shared by the source builders: layout checks and file discovery."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,9 @@ class LayoutError(BuildError, FileNotFoundError):
     """A source root does not have the release layout its builder reads."""
 
     def __init__(self, source: str, root: Path, expected: str, found: str) -> None:
-        super().__init__(f"{source}: {root} does not have the expected layout.\n  expected: {expected}\n"
-                         f"  found: {found}")
+        super().__init__(
+            f"{source}: {root} does not have the expected layout.\n  expected: {expected}\n  found: {found}"
+        )
 
 
 def listing(root: Path, limit: int = 8) -> str:

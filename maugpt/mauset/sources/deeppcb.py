@@ -3,14 +3,15 @@
 Every ``_test`` image is defective (3–12 boxes, lines ``x1 y1 x2 y2 type`` separated by spaces);
 the ``_temp`` templates are the normal images and serve as the defective images' references.
 """
+
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
 from maugpt.mauset.sources import Source, register
-from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import BuildError, LayoutError, descend, listing
+from maugpt.schema import SourceImage
 
 LAYOUT = "[PCBData/]{trainval,test}.txt and groupG/G/GNNN_{test,temp}.jpg, groupG/G_not/GNNN.txt"
 TYPES = {1: "open", 2: "short", 3: "mousebite", 4: "spur", 5: "spurious_copper", 6: "pin_hole"}
@@ -32,8 +33,9 @@ def read_boxes(path: Path) -> list[tuple[float, float, float, float, int]]:
     return boxes
 
 
-def board(base: Path, stem: Path, image: Path, template: Path,
-          boxes: list[tuple[float, float, float, float, int]]) -> SourceImage:
+def board(
+    base: Path, stem: Path, image: Path, template: Path, boxes: list[tuple[float, float, float, float, int]]
+) -> SourceImage:
     """One defective board: every box, its types ordered by box count (then type id), its template."""
     counts = Counter(kind for *_, kind in boxes)
     order = sorted(counts, key=lambda kind: (-counts[kind], kind))  # most boxes first, then lowest id
@@ -41,9 +43,18 @@ def board(base: Path, stem: Path, image: Path, template: Path,
     # the types in that order, each type's boxes in the file's order (sorted() is stable)
     defects = [(TYPES[kind], tuple(box)) for *box, kind in sorted(boxes, key=lambda b: rank[b[4]])]
     return SourceImage(
-        source="deeppcb", product="pcb", image=image, root=base, key=f"deeppcb/pcb/test/{stem.name}",
-        is_anomalous=True, defect_class=TYPES[order[0]], boxes=[b[:4] for b in boxes],
-        references=[template] if template.is_file() else [], defects=defects, group=stem.name)
+        source="deeppcb",
+        product="pcb",
+        image=image,
+        root=base,
+        key=f"deeppcb/pcb/test/{stem.name}",
+        is_anomalous=True,
+        defect_class=TYPES[order[0]],
+        boxes=[b[:4] for b in boxes],
+        references=[template] if template.is_file() else [],
+        defects=defects,
+        group=stem.name,
+    )
 
 
 def scan_split_file(base: Path, root: Path, split_file: Path, missing: list[str] | None) -> list[SourceImage]:
@@ -61,13 +72,22 @@ def scan_split_file(base: Path, root: Path, split_file: Path, missing: list[str]
         image, template = base / f"{stem}_test.jpg", base / f"{stem}_temp.jpg"
         if not image.is_file():
             if missing is None:
-                raise LayoutError("deeppcb", root, LAYOUT, f"{split_file.name}:{number} names {image_rel}, "
-                                  f"but {image.relative_to(base)} does not exist")
+                raise LayoutError(
+                    "deeppcb",
+                    root,
+                    LAYOUT,
+                    f"{split_file.name}:{number} names {image_rel}, but {image.relative_to(base)} does not exist",
+                )
             absent[f"{stem.parent}/"] += 1
             continue
         if not (base / annotation_rel).is_file():
-            raise LayoutError("deeppcb", root, LAYOUT, f"{split_file.name}:{number} names the annotation "
-                              f"{annotation_rel} of {image.relative_to(base)}, but it does not exist")
+            raise LayoutError(
+                "deeppcb",
+                root,
+                LAYOUT,
+                f"{split_file.name}:{number} names the annotation "
+                f"{annotation_rel} of {image.relative_to(base)}, but it does not exist",
+            )
         found.append(board(base, stem, image, template, read_boxes(base / annotation_rel)))
     if missing is not None:
         missing += [f"{folder} ({count} board(s) of {split_file.name})" for folder, count in absent.items()]
@@ -89,11 +109,20 @@ def scan_deeppcb(root: Path, missing: list[str] | None = None) -> list[SourceIma
         missing += [name for name in ("trainval.txt", "test.txt") if not (base / name).is_file()]
     found = [image for split_file in split_files for image in scan_split_file(base, root, split_file, missing)]
     for template in sorted(base.glob("group*/*/*_temp.jpg")):
-        found.append(SourceImage(source="deeppcb", product="pcb", image=template, root=base,
-                                 key=f"deeppcb/pcb/temp/{template.stem}", is_anomalous=False,
-                                 group=template.stem.removesuffix("_temp")))
+        found.append(
+            SourceImage(
+                source="deeppcb",
+                product="pcb",
+                image=template,
+                root=base,
+                key=f"deeppcb/pcb/temp/{template.stem}",
+                is_anomalous=False,
+                group=template.stem.removesuffix("_temp"),
+            )
+        )
     return found
 
 
-register(Source(name="deeppcb", scan=scan_deeppcb, layout=LAYOUT, paper_images=(1501, 1500),
-                release_images=3001))  # 1,500 boards + 1,501 templates
+register(
+    Source(name="deeppcb", scan=scan_deeppcb, layout=LAYOUT, paper_images=(1501, 1500), release_images=3001)
+)  # 1,500 boards + 1,501 templates

@@ -1,4 +1,5 @@
 """KolektorSDD2: ``{train,test}/<id>.png`` with ``<id>_GT.png``; an all-zero mask marks a normal image."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from maugpt.mauset.sources import Source, register
-from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import LayoutError, descend, listing
+from maugpt.schema import SourceImage
 
 LAYOUT = "[KSDD2/]{train,test}/<id>.png with <id>_GT.png"
 
@@ -25,8 +26,13 @@ def scan_ksdd2(root: Path, missing: list[str] | None = None) -> list[SourceImage
     if not present:
         raise LayoutError("ksdd2", root, LAYOUT, listing(base))
     if absent and missing is None:
-        raise LayoutError("ksdd2", root, LAYOUT, f"{absent[0]} is missing beside {present[0]}/ (a deliberate "
-                          "subset builds with partial=True, --partial true)")
+        raise LayoutError(
+            "ksdd2",
+            root,
+            LAYOUT,
+            f"{absent[0]} is missing beside {present[0]}/ (a deliberate "
+            "subset builds with partial=True, --partial true)",
+        )
     if missing is not None:
         missing += absent
     found = []
@@ -39,12 +45,21 @@ def scan_ksdd2(root: Path, missing: list[str] | None = None) -> list[SourceImage
                 raise LayoutError("ksdd2", root, LAYOUT, f"{image.name} without its mask {mask.name}")
             with Image.open(mask) as m:
                 anomalous = bool(np.asarray(m).any())
-            found.append(SourceImage(source="ksdd2", product="commutator", image=image, root=base,
-                                     key=f"ksdd2/commutator/{split}/{image.stem}", is_anomalous=anomalous,
-                                     defect_class="defect" if anomalous else None,
-                                     mask=mask if anomalous else None))
+            found.append(
+                SourceImage(
+                    source="ksdd2",
+                    product="commutator",
+                    image=image,
+                    root=base,
+                    key=f"ksdd2/commutator/{split}/{image.stem}",
+                    is_anomalous=anomalous,
+                    defect_class="defect" if anomalous else None,
+                    mask=mask if anomalous else None,
+                )
+            )
     return found
 
 
-register(Source(name="ksdd2", scan=scan_ksdd2, layout=LAYOUT, paper_images=(2979, 356),
-                release_images=3335))  # train 246 + 2,085, test 110 + 894
+register(
+    Source(name="ksdd2", scan=scan_ksdd2, layout=LAYOUT, paper_images=(2979, 356), release_images=3335)
+)  # train 246 + 2,085, test 110 + 894

@@ -3,13 +3,14 @@
 Masks are not strictly binary (0–255), so any value above 0 is a defect pixel. A few
 ``MT_Uneven`` masks are empty: those images stay anomalous, without a location.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from maugpt.mauset.sources import Source, register
-from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import LayoutError, listing
+from maugpt.schema import SourceImage
 
 LAYOUT = "MT_{Blowhole,Break,Crack,Fray,Uneven,Free}/Imgs/<stem>.jpg with <stem>.png masks"
 CLASSES = ("Blowhole", "Break", "Crack", "Fray", "Uneven", "Free")
@@ -41,9 +42,13 @@ def scan_magnetic_tile(root: Path, missing: list[str] | None = None) -> list[Sou
         raise LayoutError("magnetic_tile", root, LAYOUT, listing(root))
     absent = [f"MT_{cls}/Imgs" for cls in CLASSES if not (base / f"MT_{cls}" / "Imgs").is_dir()]
     if absent and missing is None:
-        raise LayoutError("magnetic_tile", root, LAYOUT,
-                          f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} missing (a deliberate subset "
-                          "builds with partial=True, --partial true)")
+        raise LayoutError(
+            "magnetic_tile",
+            root,
+            LAYOUT,
+            f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} missing (a deliberate subset "
+            "builds with partial=True, --partial true)",
+        )
     if missing is not None:
         missing += absent
     found = []
@@ -52,13 +57,22 @@ def scan_magnetic_tile(root: Path, missing: list[str] | None = None) -> list[Sou
         for image in sorted(folder.glob("*.jpg")):  # nothing if the folder is missing
             anomalous = cls != "Free"
             mask = image.with_suffix(".png")
-            found.append(SourceImage(
-                source="magnetic_tile", product="magnetic_tile", image=image, root=base,
-                key=f"magnetic_tile/magnetic_tile/{cls.lower()}/{image.stem}", is_anomalous=anomalous,
-                defect_class=cls if anomalous else None,
-                mask=mask if anomalous and mask.is_file() else None, mask_threshold=0))
+            found.append(
+                SourceImage(
+                    source="magnetic_tile",
+                    product="magnetic_tile",
+                    image=image,
+                    root=base,
+                    key=f"magnetic_tile/magnetic_tile/{cls.lower()}/{image.stem}",
+                    is_anomalous=anomalous,
+                    defect_class=cls if anomalous else None,
+                    mask=mask if anomalous and mask.is_file() else None,
+                    mask_threshold=0,
+                )
+            )
     return found
 
 
-register(Source(name="magnetic_tile", scan=scan_magnetic_tile, layout=LAYOUT, paper_images=(952, 383),
-                release_images=1344))
+register(
+    Source(name="magnetic_tile", scan=scan_magnetic_tile, layout=LAYOUT, paper_images=(952, 383), release_images=1344)
+)

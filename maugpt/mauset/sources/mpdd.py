@@ -1,4 +1,5 @@
 """MPDD: the MVTec AD layout with 6 metal-part categories."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,5 +14,6 @@ def scan_mpdd(root: Path, missing: list[str] | None = None) -> list[SourceImage]
     return scan_mvtec_layout(root, "mpdd")
 
 
-register(Source(name="mpdd", scan=scan_mpdd, layout=LAYOUT, paper_images=(1064, 282),
-                release_images=1346))  # 888 train + 458 test
+register(
+    Source(name="mpdd", scan=scan_mpdd, layout=LAYOUT, paper_images=(1064, 282), release_images=1346)
+)  # 888 train + 458 test

@@ -1,20 +1,26 @@
-"""MVTec AD: ``<category>/{train/good, test/<defect>}``, masks in ``ground_truth/<defect>/`` (MPDD shares the layout)."""
+"""MVTec AD: ``<category>/{train/good, test/<defect>}``, masks in ``ground_truth/<defect>/``.
+
+MPDD shares the layout (:mod:`maugpt.mauset.sources.mpdd`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from maugpt.mauset.sources import Source, register
-from maugpt.schema import SourceImage
 from maugpt.mauset.sources.common import LayoutError, images_in, listing
+from maugpt.schema import SourceImage
 
-LAYOUT = "<category>/train/good/*.png, <category>/test/{good,<defect>}/*.png, <category>/ground_truth/<defect>/*_mask.png"
+LAYOUT = (
+    "<category>/train/good/*.png, <category>/test/{good,<defect>}/*.png, <category>/ground_truth/<defect>/*_mask.png"
+)
 
 
 def scan_mvtec_layout(root: Path, source: str) -> list[SourceImage]:
     """Every image of the categories with ``train/`` and ``test/``; their defect folders are read as
     found, so no class folder is required."""
-    categories = sorted(p for p in root.iterdir() if (p / "train").is_dir() and (p / "test").is_dir()) \
-        if root.is_dir() else []
+    categories = (
+        sorted(p for p in root.iterdir() if (p / "train").is_dir() and (p / "test").is_dir()) if root.is_dir() else []
+    )
     if not categories:
         raise LayoutError(source, root, LAYOUT, listing(root))
     found = []
@@ -27,10 +33,18 @@ def scan_mvtec_layout(root: Path, source: str) -> list[SourceImage]:
                     if not normal:
                         candidate = category / "ground_truth" / defect_dir.name / f"{image.stem}_mask.png"
                         mask = candidate if candidate.is_file() else None
-                    found.append(SourceImage(
-                        source=source, product=category.name, image=image, root=root,
-                        key=f"{source}/{category.name}/{split}/{defect_dir.name}/{image.stem}",
-                        is_anomalous=not normal, defect_class=None if normal else defect_dir.name, mask=mask))
+                    found.append(
+                        SourceImage(
+                            source=source,
+                            product=category.name,
+                            image=image,
+                            root=root,
+                            key=f"{source}/{category.name}/{split}/{defect_dir.name}/{image.stem}",
+                            is_anomalous=not normal,
+                            defect_class=None if normal else defect_dir.name,
+                            mask=mask,
+                        )
+                    )
     return found
 
 
@@ -39,5 +53,6 @@ def scan_mvtec_ad(root: Path, missing: list[str] | None = None) -> list[SourceIm
     return scan_mvtec_layout(root, "mvtec_ad")
 
 
-register(Source(name="mvtec_ad", scan=scan_mvtec_ad, layout=LAYOUT, paper_images=(4096, 1258),
-                release_images=5354))  # 3,629 train + 1,725 test
+register(
+    Source(name="mvtec_ad", scan=scan_mvtec_ad, layout=LAYOUT, paper_images=(4096, 1258), release_images=5354)
+)  # 3,629 train + 1,725 test
