@@ -48,28 +48,12 @@ from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear, Scaling
 class AMoELoRALinear(LoRAMoELinear):
     """Generalist experts (inherited from :class:`LoRAMoELinear`) plus the anomaly-aware expert."""
 
-    def __init__(
-        self,
-        base: nn.Linear,
-        experts: int,
-        rank: int,
-        alpha: float,
-        dropout: float = 0.0,
-        hyper_hidden: int = 64,
-        balance_delta: float = 0.0,
-        balance_weight: float = 0.0,
-        context: AdapterContext | None = None,
-        align: int = 8,
-        *,
-        scaling: str = "paper",
-        anomaly_alpha: float | None = None,
-    ) -> None:
-        super().__init__(
-            base, experts, rank, alpha, dropout, balance_delta, balance_weight, context, align, scaling=scaling
-        )
-        self.anomaly_scale = (alpha if anomaly_alpha is None else anomaly_alpha) / rank  # s_a of Eq. 5
+    def __init__(self, base: nn.Linear, config: AMoELoRA, context: AdapterContext | None = None) -> None:
+        super().__init__(base, config, context)
+        anomaly_alpha = config.alpha if config.anomaly_alpha is None else config.anomaly_alpha
+        self.anomaly_scale = anomaly_alpha / config.rank  # s_a of Eq. 5
         self.anomaly_aware = AnomalyAwareExpert(
-            self.in_features, self.out_features, rank, hyper_hidden, base.weight.device
+            self.in_features, self.out_features, rank=config.rank, hidden=config.hyper_hidden, device=base.weight.device
         )
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -139,17 +123,4 @@ class AMoELoRA(LoRAMoE):
         self.anomaly_alpha = None if anomaly_alpha is None else float(anomaly_alpha)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> AMoELoRALinear:
-        return AMoELoRALinear(
-            base,
-            self.experts,
-            self.rank,
-            self.alpha,
-            self.dropout,
-            self.hyper_hidden,
-            self.balance_delta,
-            self.balance_weight,
-            context,
-            self.align,
-            scaling=self.scaling,
-            anomaly_alpha=self.anomaly_alpha,
-        )
+        return AMoELoRALinear(base, self, context)

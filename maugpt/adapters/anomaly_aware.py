@@ -34,7 +34,7 @@ class Hypernetwork(nn.Module):
     plain pair ``x W_a W_b`` (zero, since ``W_b`` is) and gradients reach ``W_b`` from step one.
     """
 
-    def __init__(self, d_in: int, rank: int, hidden: int, device: torch.device | None = None) -> None:
+    def __init__(self, d_in: int, rank: int, *, hidden: int, device: torch.device | None = None) -> None:
         super().__init__()
         self.d_in, self.rank = d_in, rank
         self.hidden = nn.Linear(d_in, hidden, device=device)
@@ -53,9 +53,9 @@ class Hypernetwork(nn.Module):
 class AnomalyAwareExpert(nn.Module):
     """The anomaly-aware expert's parameters (Eq. 4–5): ``hypernetwork``, ``W_a``, ``W_b`` (zero)."""
 
-    def __init__(self, d_in: int, d_out: int, rank: int, hidden: int, device: torch.device | None = None) -> None:
+    def __init__(self, d_in: int, d_out: int, *, rank: int, hidden: int, device: torch.device | None = None) -> None:
         super().__init__()
-        self.hypernetwork = Hypernetwork(d_in, rank, hidden, device)
+        self.hypernetwork = Hypernetwork(d_in, rank, hidden=hidden, device=device)
         self.W_a = low_rank_init(d_in, rank, device)
         self.W_b = zero_init(rank, d_out, device)
 
@@ -90,21 +90,12 @@ class AnomalyAwareLinear(AdapterLayer):
     The per-sample core acts on the small ``(B, T, r)`` intermediate, as in AMoE-LoRA.
     """
 
-    def __init__(
-        self,
-        base: nn.Linear,
-        rank: int,
-        alpha: float,
-        *,
-        dropout: float = 0.0,
-        hyper_hidden: int = 64,
-        context: AdapterContext | None = None,
-    ) -> None:
+    def __init__(self, base: nn.Linear, config: AnomalyAware, context: AdapterContext | None = None) -> None:
         super().__init__(base, context)
-        self.rank, self.anomaly_scale = rank, alpha / rank
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.rank, self.anomaly_scale = config.rank, config.alpha / config.rank
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
         self.anomaly_aware = AnomalyAwareExpert(
-            self.in_features, self.out_features, rank, hyper_hidden, base.weight.device
+            self.in_features, self.out_features, rank=config.rank, hidden=config.hyper_hidden, device=base.weight.device
         )
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -164,6 +155,4 @@ class AnomalyAware(Adapter):
         self.hyper_hidden = int(hyper_hidden)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> AnomalyAwareLinear:
-        return AnomalyAwareLinear(
-            base, self.rank, self.alpha, dropout=self.dropout, hyper_hidden=self.hyper_hidden, context=context
-        )
+        return AnomalyAwareLinear(base, self, context)

@@ -29,14 +29,12 @@ class LoRALinear(AdapterLayer):
     Parameters: ``A (d_in, r)`` random, ``B (r, d_out)`` zero, so the layer starts as ``base``.
     """
 
-    def __init__(
-        self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, context: AdapterContext | None = None
-    ) -> None:
+    def __init__(self, base: nn.Linear, config: LoRA, context: AdapterContext | None = None) -> None:
         super().__init__(base, context)
-        self.rank, self.scale = rank, alpha / rank
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
-        self.A = low_rank_init(self.in_features, rank, base.weight.device)
-        self.B = zero_init(rank, self.out_features, base.weight.device)
+        self.rank, self.scale = config.rank, config.alpha / config.rank
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
+        self.A = low_rank_init(self.in_features, self.rank, base.weight.device)
+        self.B = zero_init(self.rank, self.out_features, base.weight.device)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"lora": [self.A, self.B]}
@@ -85,4 +83,4 @@ class LoRA(Adapter):
         super().__init__(rank, alpha, dropout, targets, share_input)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> LoRALinear:
-        return LoRALinear(base, self.rank, self.alpha, self.dropout, context)
+        return LoRALinear(base, self, context)

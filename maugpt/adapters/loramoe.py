@@ -103,27 +103,15 @@ class LoRAMoELinear(AdapterLayer):
     ``scale`` is Eq. 3's ``s`` under the ``scaling`` convention (:func:`generalist_scale`).
     """
 
-    def __init__(
-        self,
-        base: nn.Linear,
-        experts: int,
-        rank: int,
-        alpha: float,
-        dropout: float = 0.0,
-        balance_delta: float = 0.0,
-        balance_weight: float = 0.0,
-        context: AdapterContext | None = None,
-        align: int = 8,
-        *,
-        scaling: str = "paper",
-    ) -> None:
+    def __init__(self, base: nn.Linear, config: LoRAMoE, context: AdapterContext | None = None) -> None:
         super().__init__(base, context)
-        self.align = align
+        self.align = config.align
+        experts, rank = config.experts, config.rank
         self.experts, self.rank = experts, rank
-        self.scale = generalist_scale(alpha=alpha, rank=rank, experts=experts, scaling=scaling)
+        self.scale = generalist_scale(alpha=config.alpha, rank=rank, experts=experts, scaling=config.scaling)
         self.anomaly_scale: float | None = None  # s_a of Eq. 5: AMoE-LoRA's, a plain mixture has none
-        self.balance_delta, self.balance_weight = balance_delta, balance_weight
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.balance_delta, self.balance_weight = config.balance_delta, config.balance_weight
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
         device = base.weight.device
         self.router = low_rank_init(self.in_features, experts, device)
         self.A = low_rank_init(self.in_features, experts * rank, device)
@@ -288,15 +276,4 @@ class LoRAMoE(Adapter):
         self.balance_delta, self.balance_weight = float(balance_delta), float(balance_weight)
 
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> LoRAMoELinear:
-        return LoRAMoELinear(
-            base,
-            self.experts,
-            self.rank,
-            self.alpha,
-            self.dropout,
-            self.balance_delta,
-            self.balance_weight,
-            context,
-            self.align,
-            scaling=self.scaling,
-        )
+        return LoRAMoELinear(base, self, context)

@@ -80,7 +80,7 @@ def test_hypernetwork_core_backward_matches_finite_differences():
 
 def test_the_hypernetwork_equals_eq_4_in_torch_nn_functional():
     torch.manual_seed(0)
-    hypernetwork = Hypernetwork(D, R, 7).double()
+    hypernetwork = Hypernetwork(D, R, hidden=7).double()
     with torch.no_grad():
         for p in hypernetwork.parameters():
             p.normal_(0.0, 0.5)
