@@ -28,6 +28,7 @@ from maugpt.adapters.inject import (
 )
 from maugpt.adapters.lora import LoRA, LoRALinear
 from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear, localized_balance_loss
+from maugpt.adapters.lowrank import LowRankAdapter, LowRankLayer
 
 __all__ = [
     "ALL_PROJECTIONS",
@@ -45,6 +46,8 @@ __all__ = [
     "LoRALinear",
     "LoRAMoE",
     "LoRAMoELinear",
+    "LowRankAdapter",
+    "LowRankLayer",
     "adapter_context",
     "adapter_diagnostics",
     "adapter_layers",

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from maugpt.adapters.base import ALL_PROJECTIONS, Adapter, AdapterContext, AdapterLayer, require_positive
+from maugpt.adapters.base import ALL_PROJECTIONS, AdapterContext, require_positive
 from maugpt.adapters.fused import HypernetworkCore, LoRAUp, compute_dtype
 from maugpt.adapters.lora import low_rank_init, zero_init
+from maugpt.adapters.lowrank import LowRankAdapter, LowRankLayer
 
 
 class Hypernetwork(nn.Module):
@@ -84,7 +85,7 @@ class AnomalyAwareExpert(nn.Module):
         return context.frozen_cores[(self, "square")]
 
 
-class AnomalyAwareLinear(AdapterLayer):
+class AnomalyAwareLinear(LowRankLayer):
     """The anomaly-aware expert alone on a frozen linear layer: ``o = o_0 + s_a (x W_a) H H W_b``.
 
     The per-sample core acts on the small ``(B, T, r)`` intermediate, as in AMoE-LoRA.
@@ -129,7 +130,7 @@ class AnomalyAwareLinear(AdapterLayer):
         return out.view(*x.shape[:-1], self.out_features)
 
 
-class AnomalyAware(Adapter):
+class AnomalyAware(LowRankAdapter):
     """The anomaly-aware expert alone (Eq. 4–5, no generalist experts): a component ablation.
 
     Args:

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from maugpt.adapters.fused import DownProjection, concat, split
-from maugpt.compat import version
 
 #: Every linear projection of a Llama/Qwen2-style decoder block.
 ALL_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -158,13 +155,18 @@ class AdapterContext:
 class AdapterLayer(nn.Module, ABC):
     """A frozen ``nn.Linear`` plus an adapter: ``o = o_0 + Δ`` (the paper's Eq. 6 form).
 
-    The protocol every adapter implements:
+    The protocol every adapter implements, all that training code uses:
 
-    * :meth:`adapter_parameters`: the trainable tensors it owns (everything but ``base``);
+    * :meth:`forward`: ``x (…, d_in) → (…, d_out)``;
+    * :meth:`parameter_groups`: its trainable parameters by component (counts, gradient norms;
+      :meth:`adapter_parameters` by name follows from the module);
     * :meth:`auxiliary_loss`: a loss term of the latest forward to add to the LM loss, or None;
     * :meth:`diagnostics`: tensors of the latest forward recorded on request (router load, cores,
       each component's output norm);
-    * :meth:`parameter_groups`: its parameters by component (for counts and gradient norms).
+    * :meth:`delta_weight`: the delta as one matrix to merge into ``base``, or None.
+
+    The low-rank adapters share their GEMM plumbing in :class:`~maugpt.adapters.lowrank.LowRankLayer`;
+    an adapter of another form (a per-channel scale, say) implements this protocol alone.
     """
 
     def __init__(self, base: nn.Linear, context: AdapterContext | None = None) -> None:
@@ -176,16 +178,8 @@ class AdapterLayer(nn.Module, ABC):
         self.name = ""  # the dotted module name, set at injection; used in errors and diagnostics
         self.context = context if context is not None else AdapterContext()
         self._diagnostics: dict[str, Tensor] = {}
-        self._fused: dict[str, tuple[tuple, Tensor]] = {}
-        # Set by inject() when the adapter shares inputs: the adapter layers (this one included)
-        # that read the same x (q/k/v, gate/up); their down-projections run as one GEMM.
-        self.siblings: tuple[AdapterLayer, ...] = ()
         # Set by inject(): what unwrap() needs to give the model back as it came (shared by all layers).
         self.injection: Any = None
-        self.dropout: nn.Module | None = None
-        # On GPUs, the first fused down-projection's width is padded with zero columns to a
-        # multiple of this (1: never); the mixture adapters take it as their ``align`` argument.
-        self.align = 1
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """The adapter's own parameters, by name relative to this layer."""
@@ -217,66 +211,8 @@ class AdapterLayer(nn.Module, ABC):
     def forward(self, x: Tensor) -> Tensor:
         """``(…, d_in) → (…, d_out)``: the frozen output plus the adapter's (Eq. 6)."""
 
-    @abstractmethod
-    def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
-        """The down-projection weights, grouped by the input they read: ``(dropped, blocks)`` pairs,
-        ``dropped`` meaning the input after dropout; the first group holds the experts' ``A``."""
-
-    def project_down(self, x: Tensor, h: Tensor) -> list[Tensor]:
-        """``h`` (``x`` flattened, in the compute dtype) times each group of :meth:`down_blocks`.
-
-        With siblings, the first of them to see ``x`` computes every sibling's projections in
-        one GEMM per group (and one dropout mask for all), and the others take their columns.
-        """
-        group, ctx = self.siblings or (self,), self.context
-        shared = ctx._shared
-        if len(group) > 1 and shared is not None and shared[0] is group[0] and shared[1] is x:
-            return shared[2][group.index(self)]
-        layouts = [layer.down_blocks() for layer in group]
-        dropped = None
-        results: list[list[Tensor]] = [[] for _ in group]
-        for index, (is_dropped, _) in enumerate(layouts[0]):
-            if is_dropped and dropped is None:
-                dropped = self.dropout(h) if self.dropout is not None else h
-            weights = [w for layout in layouts for w in layout[index][1]]
-            widths = [sum(w.shape[1] for w in layout[index][1]) for layout in layouts]
-            pad = self.alignment_padding(sum(widths), x.device) if index == 0 else 0
-            inputs = dropped if is_dropped else h
-            if torch.is_grad_enabled():
-                z = DownProjection.apply(inputs, pad, *weights)
-            else:  # generation: the fused weights are cached between decoding steps
-                dtype = inputs.dtype
-                build = lambda dtype=dtype, weights=weights, pad=pad: concat([w.to(dtype) for w in weights], pad, dim=1)  # noqa: E731
-                z = inputs @ group[0].fused(f"down {index} {dtype}", weights, build)
-            if len(group) == 1:
-                results[0].append(z)  # whole, with its padding columns
-            else:
-                for result, block in zip(results, split(z, widths, dim=1)):
-                    result.append(block)
-        if len(group) > 1:
-            ctx._shared = (group[0], x, results)
-        return results[group.index(self)]
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
-
-    # -- helpers shared by the adapters' forward passes ------------------------------------
-    def fused(self, name: str, parts: Sequence[Tensor], build: Callable[[], Tensor]) -> Tensor:
-        """``build()``, a fusion (concatenation) of ``parts``, cached while no gradient is recorded:
-        generation re-reads the same weights at every decoding step. The cache is keyed by the
-        parts' identities and in-place versions, so an optimizer step or a load refreshes it."""
-        if torch.is_grad_enabled():
-            return build()
-        key = tuple((id(p), version(p), p.device, p.dtype) for p in parts)
-        cached = self._fused.get(name)
-        if cached is None or cached[0] != key:
-            cached = self._fused[name] = (key, build())
-        return cached[1]
-
-    def alignment_padding(self, width: int, device: torch.device) -> int:
-        """Zero columns that bring a fused low-rank width to a multiple of ``self.align`` (on GPUs,
-        whose tensor cores want it; elsewhere the padding would only cost)."""
-        return -width % self.align if device.type == "cuda" else 0
 
     def record(self, **tensors: Tensor) -> None:
         """Keep detached diagnostics of this forward."""
@@ -303,27 +239,15 @@ class Adapter(ABC):
     """Configuration of one adapter type: its hyper-parameters and the layers it wraps.
 
     Args:
-        rank: rank ``r`` of each low-rank pair.
-        alpha: scaling numerator; the adapter's output is scaled by ``alpha / rank``.
-        dropout: dropout on the adapter's input (the frozen path never sees it).
         targets: name patterns of the ``nn.Linear`` layers to wrap. A pattern matches a layer
             whose last name component equals it (``"q_proj"``) or whose full dotted name matches
             it as a glob (``"model.layers.1?.mlp.*"``).
-        share_input: give the wrapped layers that read the same input (q/k/v, gate/up of one
-            block) one down-projection GEMM for all of them (and one dropout mask). The
-            parameters, the saved files and the outputs are those of the per-module form.
     """
 
-    def __init__(
-        self, rank: int, alpha: float, dropout: float, targets: Sequence[str], share_input: bool = False
-    ) -> None:
-        require_positive(rank=rank, alpha=alpha)
-        require_fraction(dropout=dropout)
+    def __init__(self, targets: Sequence[str]) -> None:
         if isinstance(targets, str) or not targets:
             raise ValueError(f"targets must be a non-empty list of name patterns, got {targets!r}")
-        self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
         self.targets = tuple(targets)
-        self.share_input = bool(share_input)
 
     @abstractmethod
     def wrap(self, base: nn.Linear, context: AdapterContext | None = None) -> AdapterLayer:

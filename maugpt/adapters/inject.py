@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from maugpt.adapters.base import SHARED_INPUTS, Adapter, AdapterContext, AdapterLayer
+from maugpt.adapters.lowrank import LowRankLayer
 
 METADATA_KEY = "maugpt.adapter"
 LAYERS_KEY = "maugpt.layers"
@@ -92,7 +93,7 @@ def inject(model: nn.Module, adapter: Adapter) -> list[str]:
         layer = adapter.wrap(getattr(parent, child), context)
         layer.name, layer.injection = name, injection
         setattr(parent, child, layer)
-    if adapter.share_input:
+    if getattr(adapter, "share_input", False):  # a low-rank adapter's option (LowRankAdapter)
         link_siblings(model, chosen)
     return chosen
 
@@ -104,7 +105,7 @@ def link_siblings(model: nn.Module, names: list[str]) -> None:
         for group in SHARED_INPUTS:
             members = [f"{parent_name}.{child}" if parent_name else child for child in group]
             layers = tuple(model.get_submodule(m) for m in members if m in names)
-            if len(layers) > 1:
+            if len(layers) > 1 and all(isinstance(layer, LowRankLayer) for layer in layers):
                 for layer in layers:
                     layer.siblings = layers
 

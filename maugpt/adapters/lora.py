@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from maugpt.adapters.base import ALL_PROJECTIONS, Adapter, AdapterContext, AdapterLayer
+from maugpt.adapters.base import ALL_PROJECTIONS, AdapterContext
 from maugpt.adapters.fused import LoRAUp, compute_dtype
+from maugpt.adapters.lowrank import LowRankAdapter, LowRankLayer
 
 
 def low_rank_init(d_in: int, cols: int, device: torch.device | None = None) -> nn.Parameter:
@@ -23,7 +24,7 @@ def zero_init(rows: int, d_out: int, device: torch.device | None = None) -> nn.P
     return nn.Parameter(torch.zeros(rows, d_out, device=device))
 
 
-class LoRALinear(AdapterLayer):
+class LoRALinear(LowRankLayer):
     """One low-rank pair on a frozen linear layer.
 
     Parameters: ``A (d_in, r)`` random, ``B (r, d_out)`` zero, so the layer starts as ``base``.
@@ -61,7 +62,7 @@ class LoRALinear(AdapterLayer):
         return out.view(*x.shape[:-1], self.out_features)
 
 
-class LoRA(Adapter):
+class LoRA(LowRankAdapter):
     """LoRA (Hu et al. 2022): ``ΔW x = (α/r) B A x``.
 
     Args:

@@ -32,9 +32,7 @@ from torch import Tensor, nn
 
 from maugpt.adapters.base import (
     FFN_PROJECTIONS,
-    Adapter,
     AdapterContext,
-    AdapterLayer,
     require_fraction,
     require_positive,
 )
@@ -47,6 +45,7 @@ from maugpt.adapters.fused import (
     mixture_forward,
 )
 from maugpt.adapters.lora import low_rank_init, zero_init
+from maugpt.adapters.lowrank import LowRankAdapter, LowRankLayer
 
 #: The generalist experts' scale conventions (see the module docstring).
 SCALINGS: tuple[str, ...] = ("paper", "total_rank")
@@ -96,7 +95,7 @@ def localized_balance_loss(
     return z.var() / (z.mean() ** 2 + 1e-10)
 
 
-class LoRAMoELinear(AdapterLayer):
+class LoRAMoELinear(LowRankLayer):
     """N stacked LoRA experts and a dense softmax router on a frozen linear layer.
 
     Parameters: ``router (d_in, N)`` (W_g), ``A (d_in, N·r)``, ``B (N·r, d_out)`` zero.
@@ -229,7 +228,7 @@ class LoRAMoELinear(AdapterLayer):
         return out
 
 
-class LoRAMoE(Adapter):
+class LoRAMoE(LowRankAdapter):
     """LoRAMoE (Dou et al. 2023): N LoRA experts mixed by a dense softmax router, no top-k.
 
     Defaults follow the official release: the feed-forward projections, N = 8, r = 4, α = 32,

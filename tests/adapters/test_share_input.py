@@ -15,7 +15,7 @@ from maugpt.adapters import (
     adapter_state_dict,
     inject,
 )
-from maugpt.adapters import base as adapter_base
+from maugpt.adapters import lowrank
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
 ADAPTERS = {
@@ -85,7 +85,7 @@ def test_siblings_are_the_projections_that_read_one_input():
 @pytest.mark.parametrize("share, gemms", [(False, 14), (True, 8)])
 def test_a_shared_block_runs_one_down_projection_per_input(monkeypatch, share, gemms):
     calls = []
-    original = adapter_base.DownProjection
+    original = lowrank.DownProjection
 
     class Counting(original):
         @classmethod
@@ -93,7 +93,7 @@ def test_a_shared_block_runs_one_down_projection_per_input(monkeypatch, share, g
             calls.append(args[0].shape)
             return original.apply(*args)
 
-    monkeypatch.setattr(adapter_base, "DownProjection", Counting)
+    monkeypatch.setattr(lowrank, "DownProjection", Counting)
     step(adapted("amoe_lora", share))
     assert len(calls) == gemms  # per decoder layer: 7, or q/k/v + o + gate/up + down = 4
 
