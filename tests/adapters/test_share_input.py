@@ -14,8 +14,8 @@ from maugpt.adapters import (
     adapter_layers,
     adapter_state_dict,
     inject,
+    lowrank,
 )
-from maugpt.adapters import lowrank
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
 ADAPTERS = {
