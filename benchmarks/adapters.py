@@ -46,6 +46,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 
 from maugpt.adapters import ALL_PROJECTIONS, Adapter, AMoELoRA, LoRA, LoRAMoE, inject, unwrap
 from maugpt.adapters.reference import reference_forward
+from maugpt.compat import dynamo_counts
 from maugpt.model.units import compile_llm
 
 
@@ -222,12 +223,6 @@ class SavedActivations:
         return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
 
 
-def dynamo_counts() -> tuple[int, int]:
-    """(graphs compiled, graph breaks) so far in this process, from dynamo's own counters."""
-    counters = torch._dynamo.utils.counters
-    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
-
-
 # A variant's setup adapts the module and returns (module, loss function, teardown).
 Setup = Callable[[], tuple[nn.Module, Callable[[], torch.Tensor], Callable[[], None]]]
 
@@ -396,7 +391,7 @@ def bench_model(
                 for unit in compiled:
                     unit._compiled_call_impl = None
                 compiled.clear()
-                torch._dynamo.reset()
+                torch.compiler.reset()
             unwrap(model)
             model.requires_grad_(False)
 

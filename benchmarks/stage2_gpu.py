@@ -139,7 +139,7 @@ def measure(name: str, args: argparse.Namespace, llm: Path) -> dict:
     allocated, reserved = timer.memory()
     trainable = sum(p.numel() for p in cli.model.parameters() if p.requires_grad)
     del cli
-    torch._dynamo.reset()
+    torch.compiler.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -47,6 +47,22 @@ def version(tensor: Tensor) -> int:
     return tensor._version
 
 
+# -- torch: what dynamo compiled (the benchmarks' and tests' account of torch.compile) -----------
+
+
+def dynamo_counts() -> tuple[int, int]:
+    """(graphs compiled, graph breaks) so far in this process, from dynamo's own counters
+    (``torch.compiler.reset()`` clears them)."""
+    counters = torch._dynamo.utils.counters
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
+def explain(module, *args, **kwargs):
+    """dynamo's account of compiling ``module(*args, **kwargs)``: ``graph_count``,
+    ``graph_break_count``, ``break_reasons``."""
+    return torch._dynamo.explain(module)(*args, **kwargs)
+
+
 # -- Lightning: the trainer's state that its own signal handling reads -----------------------------
 
 

@@ -87,3 +87,14 @@ def test_the_cli_hooks_exist_in_lightning_with_the_signatures_overridden():
     assert list(inspect.signature(LightningCLI._instantiate_trainer).parameters) == ["self", "config", "callbacks"]
     assert list(inspect.signature(LightningCLI._parse_ckpt_path).parameters) == ["self"]
     assert compat.HookedLightningCLI.apply_checkpoint_hyperparameters is True
+
+
+def test_dynamo_counts_and_explain_report_the_graphs_compiled():
+    torch.compiler.reset()
+    assert compat.dynamo_counts() == (0, 0)
+    layer = torch.nn.Linear(4, 3)
+    torch.compile(layer, backend="eager")(torch.randn(2, 4))
+    assert compat.dynamo_counts() == (1, 0)
+    explained = compat.explain(layer, torch.randn(2, 4))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    torch.compiler.reset()

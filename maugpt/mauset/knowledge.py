@@ -129,6 +129,10 @@ class Knowledge:
                     )
 
     # -- products -----------------------------------------------------------------------
+    def sources(self) -> list[str]:
+        """The sources whose products the knowledge base lists."""
+        return list(self._products["sources"])
+
     def products(self, source: str) -> dict[str, Product]:
         """The product folders known for ``source``."""
         entries = self._products["sources"].get(source)
@@ -146,6 +150,11 @@ class Knowledge:
         return products[folder]
 
     # -- defects --------------------------------------------------------------------------
+    def defect_classes(self, source: str, product: str) -> list[str]:
+        """The defect classes the knowledge base lists for ``product`` (or for all the source's: ``*``)."""
+        by_product = self._defects["classes"].get(source, {})
+        return list(by_product.get(product) or by_product.get("*") or {})
+
     def defect(self, source: str, product: str, defect_class: str, generic: bool = False) -> Defect:
         """The knowledge-base entry of one defect class of one product; with ``generic``, a class the
         knowledge base does not list gets the ``generic`` kind's description (marked ``generic``)."""

@@ -31,10 +31,9 @@ def every_text(knowledge: Knowledge) -> list[str]:
     """Each question of each task for each product, and each answer for each of the product's defect
     classes (and for a normal image), located and unlocated."""
     texts = []
-    classes = knowledge._defects["classes"]
-    for source in knowledge._products["sources"]:
+    for source in knowledge.sources():
         for folder, product in knowledge.products(source).items():
-            known = classes.get(source, {}).get(folder) or classes.get(source, {}).get("*") or {}
+            known = knowledge.defect_classes(source, folder)
             defects = [knowledge.defect(source, folder, c) for c in known] + [None]
             several = [
                 {"name": d.name, "count": n, "regions": ["top left", "center"][:n]}
@@ -62,7 +61,7 @@ def test_synthetic_captions_are_tidy_too():
     knowledge = Knowledge()
     texts = []
     for folder in knowledge.products(SOURCE):
-        known = knowledge._defects["classes"][SOURCE]["*"]
+        known = knowledge.defect_classes(SOURCE, folder)
         for cls in [None, *known]:
             item = SourceImage(SOURCE, folder, "k", None, is_anomalous=cls is not None, defect_class=cls)
             texts += [caption(item, knowledge, LOCATION), caption(item, knowledge, None)]
@@ -91,15 +90,15 @@ def test_tidy(text, tidied):
 def test_every_product_has_expert_questions_of_its_own():
     knowledge = Knowledge()
     general = {q.text for q in knowledge.questions("understanding")}
-    products = {p.name: p for s in knowledge._products["sources"] for p in knowledge.products(s).values()}
+    products = {p.name: p for s in knowledge.sources() for p in knowledge.products(s).values()}
     assert len(products) >= 35
     pools = {
         name: {q.text for q in knowledge.questions("understanding", p.domain, name)} - general
         for name, p in products.items()
     }
-    domain_wide = {
-        domain: {q["text"] for q in qs if "products" not in q}
-        for domain, qs in knowledge._questions["understanding"]["expert"].items()
+    domain_wide = {  # without a product, a domain's expert questions are those not limited to products
+        domain: {q.text for q in knowledge.questions("understanding", domain)} - general
+        for domain in {p.domain for p in products.values()}
     }
     for name, pool in pools.items():
         own = pool - domain_wide[products[name].domain]

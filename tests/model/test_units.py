@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from maugpt.adapters import AMoELoRA, LoRA, LoRAMoE, adapter_context, adapter_layers, inject
+from maugpt.compat import explain
 from maugpt.model import MAUGPT
 from maugpt.model.units import compile_llm, decoder_layers
 from tests.conftest import randomize_adapters, tiny_causal_lm
@@ -55,8 +56,8 @@ def test_a_decoder_layer_with_adapters_is_one_graph_without_breaks(kind):
     hook = layer.register_forward_pre_hook(lambda m, a, k: seen.update(args=a, kwargs=k), with_kwargs=True)
     loss_and_grads(model, ids, mask)
     hook.remove()
-    torch._dynamo.reset()
-    explained = torch._dynamo.explain(layer)(*seen["args"], **seen["kwargs"])
+    torch.compiler.reset()
+    explained = explain(layer, *seen["args"], **seen["kwargs"])
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
@@ -65,7 +66,7 @@ def test_compiled_decoder_layers_train_exactly_like_eager(kind):
     ids, mask = batch()
     eager_loss, eager_grads = loss_and_grads(adapted_lm(kind), ids, mask)
     model = adapted_lm(kind)
-    torch._dynamo.reset()
+    torch.compiler.reset()
     assert len(compile_llm(model, "decoder_layers", backend="aot_eager")) == 2
     loss, grads = loss_and_grads(model, ids, mask)
     assert (loss - eager_loss).abs().item() <= 1e-12
@@ -79,7 +80,7 @@ def test_an_inductor_compiled_adapter_agrees_with_eager():
     model = adapted_lm("amoe_lora")
     ids, mask = batch()
     eager_loss, eager_grads = loss_and_grads(model, ids, mask)
-    torch._dynamo.reset()
+    torch.compiler.reset()
     units = compile_llm(model, "adapters")
     assert len(units) == 14  # 7 projections × 2 decoder layers
     loss, grads = loss_and_grads(model, ids, mask)
@@ -107,7 +108,7 @@ def test_compiled_decoder_layers_under_activation_checkpointing_match_eager():
     eager_loss, eager_grads = loss_and_grads(eager, ids, mask)
     model = adapted_lm("amoe_lora")
     model.activation_checkpointing_enable({"use_reentrant": False})
-    torch._dynamo.reset()
+    torch.compiler.reset()
     compile_llm(model, "decoder_layers", backend="aot_eager")
     loss, grads = loss_and_grads(model, ids, mask)
     assert (loss - eager_loss).abs().item() <= 1e-12
