@@ -91,10 +91,10 @@ def test_the_cli_hooks_exist_in_lightning_with_the_signatures_overridden():
 
 def test_dynamo_counts_and_explain_report_the_graphs_compiled():
     torch.compiler.reset()
-    assert compat.dynamo_counts() == (0, 0)
+    graphs, breaks = compat.dynamo_counts()  # the counters run for the whole process
     layer = torch.nn.Linear(4, 3)
     torch.compile(layer, backend="eager")(torch.randn(2, 4))
-    assert compat.dynamo_counts() == (1, 0)
+    assert compat.dynamo_counts() == (graphs + 1, breaks)
     explained = compat.explain(layer, torch.randn(2, 4))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
     torch.compiler.reset()
