@@ -120,13 +120,9 @@ class AnomalyAwareLinear(LowRankLayer):
         u = torch.bmm(z.view(x.shape[0], -1, self.rank), hh.to(z.dtype)).view(-1, self.rank)  # (x W_a) H H
         out0 = self.base(x2)
         out = LoRAUp.apply(out0, u, expert.W_b, self.anomaly_scale)
-        if ctx.record:
-            with torch.no_grad():
-                delta = self.anomaly_scale * (u @ expert.W_b.to(u.dtype))
-            keep = ctx.mask_for(ctx.token_mask, x, self.name, "token_mask")
-            self.record(**self.output_norms({"frozen": out0, "anomaly_aware": delta}, keep), core=core)
-        elif self._diagnostics:
-            self._diagnostics = {}  # diagnostics always describe the latest forward
+        self.record_outputs(
+            x, lambda: {"frozen": out0, "anomaly_aware": self.anomaly_scale * (u @ expert.W_b.to(u.dtype))}, core=core
+        )
         return out.view(*x.shape[:-1], self.out_features)
 
 

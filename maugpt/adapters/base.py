@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -217,6 +217,19 @@ class AdapterLayer(nn.Module, ABC):
     def record(self, **tensors: Tensor) -> None:
         """Keep detached diagnostics of this forward."""
         self._diagnostics = {k: v.detach() for k, v in tensors.items()}
+
+    def record_outputs(self, x: Tensor, outputs: Callable[[], dict[str, Tensor]], **extra: Tensor) -> None:
+        """While the context records: each of ``outputs()``'s norms (:meth:`output_norms`, over the
+        real tokens of ``x``) and ``extra``; ``outputs`` is only called then. Otherwise the previous
+        forward's diagnostics are dropped: they always describe the latest forward."""
+        if not self.context.record:
+            if self._diagnostics:
+                self._diagnostics = {}
+            return
+        with torch.no_grad():
+            computed = outputs()
+        keep = self.context.mask_for(self.context.token_mask, x, self.name, "token_mask") if x.dim() == 3 else None
+        self.record(**self.output_norms(computed, keep), **extra)
 
     @staticmethod
     @torch.no_grad()

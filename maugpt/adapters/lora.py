@@ -52,13 +52,7 @@ class LoRALinear(LowRankLayer):
         (z,) = self.project_down(x, x2.to(compute_dtype(x, self.A)))
         out0 = self.base(x2)
         out = LoRAUp.apply(out0, z, self.B, self.scale)
-        if self.context.record:  # diagnostics: the frozen output and the delta apart
-            with torch.no_grad():
-                delta = self.scale * (z @ self.B.to(z.dtype))
-            keep = self.context.mask_for(self.context.token_mask, x, self.name, "token_mask") if x.dim() == 3 else None
-            self.record(**self.output_norms({"frozen": out0, "lora": delta}, keep))
-        elif self._diagnostics:
-            self._diagnostics = {}  # diagnostics always describe the latest forward
+        self.record_outputs(x, lambda: {"frozen": out0, "lora": self.scale * (z @ self.B.to(z.dtype))})
         return out.view(*x.shape[:-1], self.out_features)
 
 
