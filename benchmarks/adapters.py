@@ -62,11 +62,12 @@ class LoopedAMoELoRA(AMoELoRA):
 def composed_forward(layer, x: torch.Tensor) -> torch.Tensor:
     """The same fused math (Eq. 1–6) composed of plain autograd ops: the form before the
     hand-written Functions, kept here as their baseline."""
-    n, r, s = layer.experts, layer.rank, layer.scale
-    hyper, expert = layer.anomaly_aware.hypernetwork, layer.anomaly_aware
+    generalist, expert = layer.generalist, layer.anomaly_aware
+    n, r, s = generalist.experts, generalist.rank, generalist.scale
+    hyper = expert.hypernetwork
     c = F.layer_norm(layer.context.pooled_condition(x, layer.name), (hyper.d_in,))
     core = hyper.out(F.gelu(hyper.hidden(c))).view(-1, r, r)
-    z = x @ torch.cat([layer.A, expert.W_a, layer.router], dim=1)
+    z = x @ torch.cat([generalist.A, expert.W_a, generalist.router], dim=1)
     z_experts, z_anomaly, logits = z.split([n * r, r, n], dim=-1)
     weights = F.softmax(logits, dim=-1)
     u = torch.cat(
@@ -77,7 +78,7 @@ def composed_forward(layer, x: torch.Tensor) -> torch.Tensor:
         dim=-1,
     )
     out = layer.base(x)
-    up = torch.cat([layer.B, expert.W_b], dim=0)
+    up = torch.cat([generalist.B, expert.W_b], dim=0)
     return torch.addmm(out.reshape(-1, out.shape[-1]), u.reshape(-1, u.shape[-1]), up).view(out.shape)
 
 

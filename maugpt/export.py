@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from maugpt.adapters import Adapter, LoRA, adapter_layers, inject, load_adapter_state, unwrap, write_adapter_file
+from maugpt.adapters.generalist import upgrade_names
 
 LLM_PREFIX = "model.llm."
 
@@ -55,7 +56,8 @@ def read_checkpoint(path: str | Path) -> tuple[Adapter, dict[str, Tensor], list[
         )
     adapter = Adapter.from_config(hparams["adapter"])
     own = list(adapter.wrap(nn.Linear(2, 2, bias=False)).adapter_parameters())
-    tensors = {k[len(LLM_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(LLM_PREFIX)}
+    state = upgrade_names(checkpoint["state_dict"])  # names of earlier versions, too
+    tensors = {k[len(LLM_PREFIX) :]: v for k, v in state.items() if k.startswith(LLM_PREFIX)}
     layers: dict[str, set[str]] = {}
     for key in tensors:
         suffix = max((n for n in own if key.endswith("." + n)), key=len, default=None)

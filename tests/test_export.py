@@ -136,3 +136,42 @@ def test_the_adapter_state_is_what_the_trained_module_holds(trained, tiny_base, 
     exported = load_file(str(tmp_path / "a.safetensors"))
     held = adapter_state_dict(module.model.llm)
     assert held.keys() == exported.keys() and all(torch.equal(held[k], exported[k]) for k in held)
+
+
+def earlier_names(names):
+    """The names an earlier version saved: a mixture layer held ``A``, ``B`` and ``router`` itself."""
+    return {k.replace(".generalist.", "."): v for k, v in dict(names).items()}
+
+
+def test_checkpoints_and_files_saved_under_the_earlier_names_still_load(trained, tiny_base, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from maugpt.training.module import MAUGPTModule
+
+    saved = torch.load(trained["amoe_lora"], weights_only=True)
+    old = dict(saved, state_dict=earlier_names(saved["state_dict"]))
+    old["maugpt"] = dict(saved["maugpt"], trainable=list(earlier_names(dict.fromkeys(saved["maugpt"]["trainable"]))))
+    assert any(k.endswith("q_proj.router") for k in old["state_dict"])  # really the earlier layout
+    torch.save(old, tmp_path / "old.ckpt")
+    # export: the same file as from the checkpoint saved now
+    main(["export", str(tmp_path / "old.ckpt"), str(tmp_path / "old.safetensors")])
+    main(["export", str(trained["amoe_lora"]), str(tmp_path / "new.safetensors")])
+    from_old, from_new = load_file(str(tmp_path / "old.safetensors")), load_file(str(tmp_path / "new.safetensors"))
+    assert from_old.keys() == from_new.keys() and all(torch.equal(from_old[k], from_new[k]) for k in from_new)
+    assert read_adapter_metadata(tmp_path / "old.safetensors") == read_adapter_metadata(tmp_path / "new.safetensors")
+
+    def module():
+        adapter = Adapter.from_config(saved["hyper_parameters"]["adapter"])
+        return MAUGPTModule(str(tiny_base["llm"]), str(tiny_base["vision"]), stage=2, adapter=adapter)
+
+    # resuming (the name check, then the load), a state dict alone, a previous stage's tensors, an adapter file
+    resumed, loaded, previous, adapted = module(), module(), module(), module()
+    resumed.on_load_checkpoint(old)
+    resumed.load_state_dict(old["state_dict"], strict=False)
+    loaded.load_state_dict(earlier_names(saved["state_dict"]), strict=False)
+    previous.load_trainable(str(tmp_path / "old.ckpt"))
+    save_file(earlier_names(from_new), str(tmp_path / "old_file.safetensors"))
+    load_adapter(adapted.model.llm, tmp_path / "old_file.safetensors")
+    for each in (resumed, loaded, previous, adapted):
+        held = adapter_state_dict(each.model.llm)
+        assert held.keys() == from_new.keys() and all(torch.equal(held[k], from_new[k]) for k in held)

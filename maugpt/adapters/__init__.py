@@ -10,6 +10,7 @@ from maugpt.adapters.base import (
     AdapterContext,
     AdapterLayer,
 )
+from maugpt.adapters.generalist import GeneralistExperts, localized_balance_loss
 from maugpt.adapters.inject import (
     adapter_context,
     adapter_diagnostics,
@@ -27,12 +28,13 @@ from maugpt.adapters.inject import (
     write_adapter_file,
 )
 from maugpt.adapters.lora import LoRA, LoRALinear
-from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear, localized_balance_loss
+from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear
 from maugpt.adapters.lowrank import LowRankAdapter, LowRankLayer
 
 __all__ = [
     "ALL_PROJECTIONS",
     "FFN_PROJECTIONS",
+    "GeneralistExperts",
     "AMoELoRA",
     "AMoELoRALinear",
     "Adapter",

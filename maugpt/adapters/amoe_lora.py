@@ -10,7 +10,7 @@ For one wrapped linear layer with frozen output ``o_0 = W_0 x``::
     output (Eq. 6)                 o = o_0 + o_1 + o_2
 
 In the paper ``s = s_a = α/r``. The generalist scale ``s`` follows the mixture's ``scaling``
-convention (see :mod:`maugpt.adapters.loramoe`); the anomaly-aware scale is set on its own,
+convention (see :mod:`maugpt.adapters.generalist`); the anomaly-aware scale is set on its own,
 ``s_a = anomaly_alpha / r`` (``anomaly_alpha`` defaults to α), so that the two components' step
 sizes can be compared and ablated apart.
 
@@ -25,6 +25,11 @@ decoding and a full forward agree exactly. Which tokens count as "prompt" is the
 (``AdapterContext.condition_mask``): the prompt by default, the image tokens alone if a
 config prefers that reading.
 
+The layer is the two components side by side: :class:`~maugpt.adapters.generalist.GeneralistExperts`
+(Eq. 1–3) and :class:`~maugpt.adapters.anomaly_aware.AnomalyAwareExpert` (Eq. 4–5), summed with
+the frozen output by one fused call (:func:`~maugpt.adapters.generalist.mixture`, Eq. 6).
+:func:`maugpt.adapters.reference.reference_forward` writes the same equations term by term.
+
 Cost: ``[A_1 … A_N | W_a | W_g]`` is one ``(d_in, N·r + r + N)`` down-projection and
 ``[B_1; …; B_N; W_b]`` one ``(N·r + r, d_out)`` up-projection, so the whole adapter reads ``x``
 once and writes the output once; the per-sample core acts on the small ``(B, T, r)``
@@ -38,29 +43,74 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from maugpt.adapters.anomaly_aware import AnomalyAwareExpert
 from maugpt.adapters.base import ALL_PROJECTIONS, AdapterContext, require_positive
-from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear, Scaling
+from maugpt.adapters.fused import MixtureSpec
+from maugpt.adapters.generalist import (
+    AnomalyBlock,
+    GeneralistExperts,
+    Scaling,
+    generalist_scale,
+    mixture,
+    mixture_spec,
+    observe_router,
+)
+from maugpt.adapters.loramoe import LoRAMoE, upgrade_saved_names
+from maugpt.adapters.lowrank import LowRankLayer
 
 
-class AMoELoRALinear(LoRAMoELinear):
-    """Generalist experts (inherited from :class:`LoRAMoELinear`) plus the anomaly-aware expert."""
+class AMoELoRALinear(LowRankLayer):
+    """A frozen linear layer plus AMoE-LoRA: ``o = o_0 + o_1 + o_2`` (Eq. 6).
+
+    Parameters: ``generalist.{router, A, B}`` (Eq. 1–3) and ``anomaly_aware.{hypernetwork, W_a,
+    W_b}`` (Eq. 4–5).
+    """
 
     def __init__(self, base: nn.Linear, config: AMoELoRA, context: AdapterContext | None = None) -> None:
-        super().__init__(base, config, context)
-        anomaly_alpha = config.alpha if config.anomaly_alpha is None else config.anomaly_alpha
-        self.anomaly_scale = anomaly_alpha / config.rank  # s_a of Eq. 5
-        self.anomaly_aware = AnomalyAwareExpert(
-            self.in_features, self.out_features, rank=config.rank, hidden=config.hyper_hidden, device=base.weight.device
+        super().__init__(base, context)
+        self.align = config.align
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
+        n, r = config.experts, config.rank
+        self.generalist = GeneralistExperts(  # Eq. 1–3
+            self.in_features,
+            self.out_features,
+            experts=n,
+            rank=r,
+            scale=generalist_scale(alpha=config.alpha, rank=r, experts=n, scaling=config.scaling),
+            balance_weight=config.balance_weight,
+            balance_delta=config.balance_delta,
+            device=base.weight.device,
         )
+        anomaly_alpha = config.alpha if config.anomaly_alpha is None else config.anomaly_alpha
+        self.anomaly_aware = AnomalyAwareExpert(  # Eq. 4–5
+            self.in_features,
+            self.out_features,
+            rank=r,
+            hidden=config.hyper_hidden,
+            scale=anomaly_alpha / r,  # s_a
+            device=base.weight.device,
+        )
+        self._aux_loss: Tensor | None = None
+        self.register_load_state_dict_pre_hook(upgrade_saved_names)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {**super().parameter_groups(), "anomaly_aware": list(self.anomaly_aware.parameters())}
+        return {**self.generalist.parameter_groups(), "anomaly_aware": list(self.anomaly_aware.parameters())}
 
-    def expert_blocks(self) -> list[Tensor]:
-        return [self.A, self.anomaly_aware.W_a]
+    def auxiliary_loss(self) -> Tensor | None:
+        return self._aux_loss
+
+    def spec(self, device: torch.device) -> MixtureSpec:
+        """The sizes of this layer's fused delta (:func:`~maugpt.adapters.generalist.mixture_spec`)."""
+        return mixture_spec(self, self.generalist, device, self.anomaly_aware.scale)
+
+    def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
+        experts, W_g = [self.generalist.A, self.anomaly_aware.W_a], self.generalist.router
+        if self.dropout is None:
+            return [(False, experts + [W_g])]  # x [A | W_a | W_g]: one GEMM
+        return [(True, experts), (False, [W_g])]  # the router reads the clean input
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
@@ -68,9 +118,11 @@ class AMoELoRALinear(LoRAMoELinear):
                 f"AMoE-LoRA layer {self.name!r} needs input (batch, tokens, features): "
                 f"its anomaly-aware expert is per sample; got shape {tuple(x.shape)}"
             )
-        core = self.anomaly_aware.core(x, self.context, self.name)
-        out, weights, outputs = self.mixture(x, core, self.anomaly_aware.core_square(core, self.context))
-        self.observe(x, weights, outputs, core=core)
+        expert, ctx = self.anomaly_aware, self.context
+        core = expert.core(x, ctx, self.name)  # Eq. 4: H = hypernetwork(c), (B, r, r)
+        anomaly = AnomalyBlock(expert.W_b, core, expert.core_square(core, ctx), expert.scale)  # Eq. 5
+        out, weights, outputs = mixture(self, x, self.generalist, anomaly)  # Eq. 1–3 and 6, fused
+        self._aux_loss = observe_router(self, x, weights, outputs, self.generalist, core=core)
         return out
 
 

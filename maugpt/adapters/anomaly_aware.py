@@ -52,10 +52,14 @@ class Hypernetwork(nn.Module):
 
 
 class AnomalyAwareExpert(nn.Module):
-    """The anomaly-aware expert's parameters (Eq. 4–5): ``hypernetwork``, ``W_a``, ``W_b`` (zero)."""
+    """The anomaly-aware expert's parameters (Eq. 4–5): ``hypernetwork``, ``W_a``, ``W_b`` (zero);
+    ``scale`` is Eq. 5's ``s_a``."""
 
-    def __init__(self, d_in: int, d_out: int, *, rank: int, hidden: int, device: torch.device | None = None) -> None:
+    def __init__(
+        self, d_in: int, d_out: int, *, rank: int, hidden: int, scale: float, device: torch.device | None = None
+    ) -> None:
         super().__init__()
+        self.rank, self.scale = rank, scale
         self.hypernetwork = Hypernetwork(d_in, rank, hidden=hidden, device=device)
         self.W_a = low_rank_init(d_in, rank, device)
         self.W_b = zero_init(rank, d_out, device)
@@ -93,10 +97,15 @@ class AnomalyAwareLinear(LowRankLayer):
 
     def __init__(self, base: nn.Linear, config: AnomalyAware, context: AdapterContext | None = None) -> None:
         super().__init__(base, context)
-        self.rank, self.anomaly_scale = config.rank, config.alpha / config.rank
+        self.rank = config.rank
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
         self.anomaly_aware = AnomalyAwareExpert(
-            self.in_features, self.out_features, rank=config.rank, hidden=config.hyper_hidden, device=base.weight.device
+            self.in_features,
+            self.out_features,
+            rank=config.rank,
+            hidden=config.hyper_hidden,
+            scale=config.alpha / config.rank,
+            device=base.weight.device,
         )
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -119,9 +128,9 @@ class AnomalyAwareLinear(LowRankLayer):
         (z,) = self.project_down(x, x2.to(compute_dtype(x, expert.W_a)))  # x W_a, (B·T, r)
         u = torch.bmm(z.view(x.shape[0], -1, self.rank), hh.to(z.dtype)).view(-1, self.rank)  # (x W_a) H H
         out0 = self.base(x2)
-        out = LoRAUp.apply(out0, u, expert.W_b, self.anomaly_scale)
+        out = LoRAUp.apply(out0, u, expert.W_b, expert.scale)
         self.record_outputs(
-            x, lambda: {"frozen": out0, "anomaly_aware": self.anomaly_scale * (u @ expert.W_b.to(u.dtype))}, core=core
+            x, lambda: {"frozen": out0, "anomaly_aware": expert.scale * (u @ expert.W_b.to(u.dtype))}, core=core
         )
         return out.view(*x.shape[:-1], self.out_features)
 

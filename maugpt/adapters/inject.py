@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from maugpt.adapters.base import SHARED_INPUTS, Adapter, AdapterContext, AdapterLayer
+from maugpt.adapters.generalist import upgrade_names
 from maugpt.adapters.lowrank import LowRankLayer
 
 METADATA_KEY = "maugpt.adapter"
@@ -213,7 +214,7 @@ def load_adapter_state(
 ) -> None:
     """Copy adapter tensors keyed as :func:`adapter_state_dict` keys them into the model's adapter
     layers; every key and shape must match (the error names ``source``, then ``note``)."""
-    own = adapter_state_dict(model)
+    own, saved = adapter_state_dict(model), upgrade_names(saved)  # names of earlier versions, too
     missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
     wrong = [
         f"{k}: file {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}"

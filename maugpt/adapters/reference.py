@@ -35,21 +35,22 @@ def hypernetwork_reference(hypernetwork: Hypernetwork, condition: Tensor) -> Ten
     )
 
 
-def reference_forward(layer: LoRAMoELinear, x: Tensor) -> Tensor:
+def reference_forward(layer: LoRAMoELinear | AMoELoRALinear, x: Tensor) -> Tensor:
     """``o = o_0 + o_1 (+ o_2)`` for a LoRAMoE or AMoE-LoRA layer, without any fusion.
 
     ``x``: ``(B, T, d_in)``; masks come from the layer's context, as in the fast path.
     """
     o = layer.base(x)  # o_0
-    omega = torch.softmax(x @ layer.router, dim=-1)  # Eq. 1
-    for i in range(layer.experts):  # Eq. 2–3, s by the layer's scaling convention
-        A_i, B_i = layer.expert(i)
-        o = o + layer.scale * omega[..., i : i + 1] * ((x @ A_i) @ B_i)
+    generalist = layer.generalist
+    omega = torch.softmax(x @ generalist.router, dim=-1)  # Eq. 1
+    for i in range(generalist.experts):  # Eq. 2–3, s by the layer's scaling convention
+        A_i, B_i = generalist.expert(i)
+        o = o + generalist.scale * omega[..., i : i + 1] * ((x @ A_i) @ B_i)
     if isinstance(layer, AMoELoRALinear):  # Eq. 4–5, with the per-sample matrices materialised
-        ctx = layer.context
+        ctx, expert = layer.context, layer.anomaly_aware
         mask = ctx.condition_mask if ctx.condition_mask is not None else ctx.token_mask
-        H = hypernetwork_reference(layer.anomaly_aware.hypernetwork, masked_mean(x, mask))  # (B, r, r)
-        A_0 = layer.anomaly_aware.W_a @ H  # (B, d_in, r)
-        B_0 = H @ layer.anomaly_aware.W_b  # (B, r, d_out)
-        o = o + layer.anomaly_scale * torch.bmm(torch.bmm(x, A_0), B_0)
+        H = hypernetwork_reference(expert.hypernetwork, masked_mean(x, mask))  # (B, r, r)
+        A_0 = expert.W_a @ H  # (B, d_in, r)
+        B_0 = H @ expert.W_b  # (B, r, d_out)
+        o = o + expert.scale * torch.bmm(torch.bmm(x, A_0), B_0)
     return o  # Eq. 6

@@ -19,6 +19,7 @@ from torch import Tensor
 from transformers import LogitsProcessorList
 
 from maugpt.adapters import Adapter, auxiliary_loss
+from maugpt.adapters.generalist import upgrade_names
 from maugpt.model import MAUGPT
 from maugpt.model.mau_gpt import FirstTokenLogprobs, model_inputs
 from maugpt.training.schedule import (
@@ -139,7 +140,7 @@ class StagedModule(L.LightningModule):
 
     def load_trainable(self, path: str) -> None:
         """Load a previous stage's trainable tensors (e.g. stage 1's projector) from its checkpoint."""
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        state = upgrade_names(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
         own = dict(self.named_parameters())
         missing = [k for k in state if k not in own]
         if missing:
@@ -169,6 +170,10 @@ class StagedModule(L.LightningModule):
         """Loading is not strict (the frozen parts are not in the file), so check here that the file
         holds exactly this model's trainable tensors: another adapter or stage fails, naming both."""
         saved = checkpoint.get("maugpt", {})
+        if "state_dict" in checkpoint:  # tensors saved under an earlier version's names are renamed
+            checkpoint["state_dict"] = upgrade_names(checkpoint["state_dict"])
+        if "trainable" in saved:
+            saved["trainable"] = list(upgrade_names(dict.fromkeys(saved["trainable"])))
         # The names saved beside the tensors: under FSDP the strategy has consumed the tensors already.
         held, own = set(saved.get("trainable", checkpoint.get("state_dict", {}))), set(self.trainable_names())
         if held != own:

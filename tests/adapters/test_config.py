@@ -98,6 +98,6 @@ def test_align_is_an_argument_that_pads_the_fused_widths_on_gpus_only(kind):
         layer = adapter.wrap(nn.Linear(16, 24, bias=False))
         width = 16 * 4 + 16 + (4 if anomaly else 0)
         assert (layer.alignment_padding(width, cuda), layer.alignment_padding(width, cpu)) == (pad_down, 0)
-        assert layer.spec(cuda, anomaly).pad_up == pad_up and layer.spec(cpu, anomaly).pad_up == 0
+        assert layer.spec(cuda).pad_up == pad_up and layer.spec(cpu).pad_up == 0
     with pytest.raises(ValueError, match="^align must be > 0, got 0"):
         kind(align=0)

@@ -146,10 +146,11 @@ def test_the_balancing_loss_gradient_reaches_the_router_through_the_fused_weight
     labels = torch.tensor([0, 1, 1])
     with layer.context.use(token_mask=mask, sample_labels=labels):
         out = layer(x)
-        fast = torch.autograd.grad(out.square().sum() + layer.auxiliary_loss(), [layer.router, layer.A])
+        router, A = layer.generalist.router, layer.generalist.A
+        fast = torch.autograd.grad(out.square().sum() + layer.auxiliary_loss(), [router, A])
         literal = reference_forward(layer, x)
-        loss = 0.5 * localized_balance_loss(torch.softmax(x @ layer.router, -1), mask, labels, 0.2)
-        slow = torch.autograd.grad(literal.square().sum() + loss, [layer.router, layer.A])
+        loss = 0.5 * localized_balance_loss(torch.softmax(x @ layer.generalist.router, -1), mask, labels, 0.2)
+        slow = torch.autograd.grad(literal.square().sum() + loss, [router, A])
     for f, s in zip(fast, slow):
         assert (f - s).abs().max().item() <= 1e-10
 
@@ -162,7 +163,7 @@ def test_dropout_reaches_the_experts_and_never_the_router():
     out = layer(x)
     torch.manual_seed(5)  # the same mask, drawn the same way, applied by hand
     dropped = layer.dropout(x.reshape(-1, 24)).view_as(x)
-    weights = torch.softmax(x @ layer.router, -1)
-    z = (dropped @ layer.A).unflatten(-1, (4, 3)) * weights.unsqueeze(-1)
-    expected = layer.base(x) + layer.scale * z.flatten(-2) @ layer.B
+    weights = torch.softmax(x @ layer.generalist.router, -1)
+    z = (dropped @ layer.generalist.A).unflatten(-1, (4, 3)) * weights.unsqueeze(-1)
+    expected = layer.base(x) + layer.generalist.scale * z.flatten(-2) @ layer.generalist.B
     assert (out - expected).abs().max().item() <= 1e-12

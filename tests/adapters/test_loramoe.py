@@ -78,7 +78,7 @@ def test_layer_balance_loss_is_the_function_on_its_router_weights_times_beta():
     labels = torch.tensor([0, 1])
     with layer.context.use(token_mask=mask, sample_labels=labels):
         layer(x)
-    weights = torch.softmax(x @ layer.router, dim=-1)
+    weights = torch.softmax(x @ layer.generalist.router, dim=-1)
     expected = 0.5 * localized_balance_loss(weights, mask, labels, delta=0.2)
     assert layer.auxiliary_loss().item() == pytest.approx(expected.item(), rel=1e-12)
     layer.eval()

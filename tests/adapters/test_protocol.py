@@ -55,7 +55,10 @@ def test_only_adapter_parameters_receive_gradients(kind):
     assert all(not model.get_parameter(n).requires_grad for n in frozen)
     # B is zero at the start, so A gets no gradient yet; B (and W_b) must.
     for _, layer in adapter_layers(model):
-        up = layer.anomaly_aware.W_b if isinstance(layer, AnomalyAwareLinear) else layer.B
+        if isinstance(layer, AnomalyAwareLinear):
+            up = layer.anomaly_aware.W_b
+        else:
+            up = layer.generalist.B if hasattr(layer, "generalist") else layer.B
         assert up.grad is not None and up.grad.abs().sum() > 0
 
 
@@ -133,12 +136,12 @@ def test_adapters_work_under_bfloat16_autocast_with_float32_weights():
     inject(model, AMoELoRA(experts=4, rank=2, hyper_hidden=8))
     randomize_adapters(model)
     layer = next(layer for _, layer in adapter_layers(model))
-    assert layer.A.dtype == torch.float32 and layer.base.weight.dtype == torch.bfloat16
+    assert layer.generalist.A.dtype == torch.float32 and layer.base.weight.dtype == torch.bfloat16
     ids = torch.randint(1, 96, (2, 9))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(ids, labels=ids).loss
     loss.backward()
-    assert torch.isfinite(loss) and layer.B.grad.dtype == torch.float32
+    assert torch.isfinite(loss) and layer.generalist.B.grad.dtype == torch.float32
     # Without autocast the adapter computes in its own dtype and casts back.
     assert model(ids).logits.dtype == torch.bfloat16
 

@@ -27,16 +27,17 @@ def inputs(seed: int = 1) -> torch.Tensor:
 def test_each_convention_scales_the_generalist_experts_as_stated(kind):
     paper = kind(experts=N, rank=R, alpha=ALPHA).wrap(nn.Linear(D_IN, D_OUT))
     total = kind(experts=N, rank=R, alpha=ALPHA, scaling="total_rank").wrap(nn.Linear(D_IN, D_OUT))
-    assert paper.scale == ALPHA / R == 2.0
-    assert total.scale == N * ALPHA / R == 8.0
+    assert paper.generalist.scale == ALPHA / R == 2.0
+    assert total.generalist.scale == N * ALPHA / R == 8.0
 
 
 def test_the_anomaly_aware_scale_is_alpha_over_r_unless_set_apart():
-    assert AMoELoRA(experts=N, rank=R, alpha=ALPHA).wrap(nn.Linear(D_IN, D_OUT)).anomaly_scale == 2.0
+    assert AMoELoRA(experts=N, rank=R, alpha=ALPHA).wrap(nn.Linear(D_IN, D_OUT)).anomaly_aware.scale == 2.0
     layer = AMoELoRA(experts=N, rank=R, alpha=ALPHA, scaling="total_rank", anomaly_alpha=9.0).wrap(
         nn.Linear(D_IN, D_OUT)
     )
-    assert (layer.scale, layer.anomaly_scale) == (8.0, 3.0)  # the generalist convention leaves s_a alone
+    # the generalist convention leaves s_a alone
+    assert (layer.generalist.scale, layer.anomaly_aware.scale) == (8.0, 3.0)
 
 
 @pytest.mark.parametrize(
@@ -62,10 +63,10 @@ def test_with_uniform_routing_a_total_rank_mixture_is_one_lora_of_rank_n_r():
     )
     lora = LoRA(rank=N * R, alpha=N * ALPHA).wrap(nn.Linear(D_IN, D_OUT)).double()
     with torch.no_grad():
-        mixture.router.zero_()  # every ω_i = 1/N
+        mixture.generalist.router.zero_()  # every ω_i = 1/N
         lora.base.load_state_dict(mixture.base.state_dict())
-        lora.A.copy_(mixture.A)
-        lora.B.copy_(mixture.B)
+        lora.A.copy_(mixture.generalist.A)
+        lora.B.copy_(mixture.generalist.B)
     x = inputs()
     assert (mixture(x) - lora(x)).abs().max().item() <= 1e-12
     paper = LoRAMoE(experts=N, rank=R, alpha=ALPHA, dropout=0.0, balance_weight=0.0).wrap(nn.Linear(D_IN, D_OUT))
@@ -82,7 +83,7 @@ def test_the_anomaly_aware_expert_is_scaled_by_its_own_alpha():
         .double()
     )
     with torch.no_grad():
-        layer.B.zero_()  # no generalist output
+        layer.generalist.B.zero_()  # no generalist output
         layer.anomaly_aware.hypernetwork.out.weight.zero_()  # H = I for every sample
         layer.anomaly_aware.hypernetwork.out.bias.copy_(torch.eye(R).flatten())
     x = inputs()
@@ -102,10 +103,10 @@ def test_the_recorded_output_norms_are_each_components_mean_token_norm(scaling):
     with layer.context.use(token_mask=mask, record=True):
         out = layer(x)
     # by hand: the router (Eq. 1), each expert's term (Eq. 3) and the per-sample pair (Eq. 4-5)
-    omega = torch.softmax(x @ layer.router, -1)
+    g = layer.generalist
+    omega = torch.softmax(x @ g.router, -1)
     generalist = sum(
-        layer.scale * omega[..., i : i + 1] * (x @ layer.A[:, i * R : (i + 1) * R]) @ layer.B[i * R : (i + 1) * R]
-        for i in range(N)
+        g.scale * omega[..., i : i + 1] * (x @ g.A[:, i * R : (i + 1) * R]) @ g.B[i * R : (i + 1) * R] for i in range(N)
     )
     condition = torch.stack([x[b][mask[b]].mean(0) for b in range(2)])
     H = layer.anomaly_aware.hypernetwork(condition)

@@ -99,8 +99,8 @@ def test_component_gradient_norms_are_the_norms_over_all_layers_of_each_componen
     model(ids, labels=ids).loss.backward()
     layers = [layer for _, layer in adapter_layers(model)]
     by_hand = {
-        "generalist": [g for layer in layers for g in (layer.A.grad, layer.B.grad)],
-        "router": [layer.router.grad for layer in layers],
+        "generalist": [g for layer in layers for g in (layer.generalist.A.grad, layer.generalist.B.grad)],
+        "router": [layer.generalist.router.grad for layer in layers],
         "anomaly_aware": [p.grad for layer in layers for p in layer.anomaly_aware.parameters()],
     }
     norms = component_grad_norms(model)
