@@ -23,7 +23,17 @@ from collections.abc import Callable
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from maugpt.adapters import ALL_PROJECTIONS, Adapter, AMoELoRA, LoRA, LoRAMoE, adapter_context, inject, unwrap
+from maugpt.adapters import (
+    ALL_PROJECTIONS,
+    Adapter,
+    AMoELoRA,
+    ForwardInputs,
+    LoRA,
+    LoRAMoE,
+    adapter_context,
+    inject,
+    unwrap,
+)
 
 VARIANTS: dict[str, Callable[[], Adapter] | None] = {
     "no adapter": None,
@@ -111,7 +121,7 @@ def generate(model, ids, mask, new_tokens: int, adapter: bool) -> torch.Tensor:
     with torch.no_grad():
         if not adapter:
             return model.generate(ids, **options)
-        with adapter_context(model).generation(condition_mask=mask.bool()):
+        with adapter_context(model).generating(ForwardInputs(condition_mask=mask.bool())):
             return model.generate(ids, **options)
 
 

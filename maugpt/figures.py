@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from maugpt.adapters import adapter_diagnostics
-from maugpt.model.mau_gpt import model_inputs
+from maugpt.model.mau_gpt import model_inputs, recording
 
 LABELS = ("product", "defect_class", "domain")
 
@@ -31,11 +31,8 @@ def collect_cores(
     module.eval()
     cores, keys, labels, seen = [], [], [], set()
     for batch in batches:
-        net.record_diagnostics = True
-        try:
+        with recording(net):
             net(**model_inputs(batch))
-        finally:
-            net.record_diagnostics = False
         found = [d["core"] for name, d in adapter_diagnostics(net.llm).items() if "core" in d and layer in name]
         if not found:
             raise ValueError(

@@ -21,7 +21,7 @@ def test_adapter_info_describes_a_saved_adapter(tmp_path, capsys):
     q = 4 * 2 * (32 + 32) + 32 * 4 + 2 * (32 + 32) + (32 * 8 + 8) + (8 * 4 + 4)
     down = 4 * 2 * (48 + 32) + 48 * 4 + 2 * (48 + 32) + (48 * 8 + 8) + (8 * 4 + 4)
     assert f"adapted layers: 4; tensors: 36; parameters: {2 * (q + down):,}" in out
-    assert "model.layers.*.mlp.down_proj.A" in out and "(48, 8)" in out
+    assert "model.layers.*.mlp.down_proj.generalist.A" in out and "(48, 8)" in out
 
 
 def test_adapter_info_on_a_missing_or_corrupt_file_says_which(tmp_path):

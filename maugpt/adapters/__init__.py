@@ -9,6 +9,8 @@ from maugpt.adapters.base import (
     Adapter,
     AdapterContext,
     AdapterLayer,
+    ForwardInputs,
+    GenerationCache,
 )
 from maugpt.adapters.generalist import GeneralistExperts, localized_balance_loss
 from maugpt.adapters.inject import (
@@ -29,7 +31,7 @@ from maugpt.adapters.inject import (
 )
 from maugpt.adapters.lora import LoRA, LoRALinear
 from maugpt.adapters.loramoe import LoRAMoE, LoRAMoELinear
-from maugpt.adapters.lowrank import LowRankAdapter, LowRankLayer
+from maugpt.adapters.lowrank import InputGroup, LowRankAdapter, LowRankLayer
 
 __all__ = [
     "ALL_PROJECTIONS",
@@ -41,9 +43,12 @@ __all__ = [
     "AdapterContext",
     "AdapterLayer",
     "AnomalyAware",
+    "ForwardInputs",
+    "GenerationCache",
     "AnomalyAwareExpert",
     "AnomalyAwareLinear",
     "Hypernetwork",
+    "InputGroup",
     "LoRA",
     "LoRALinear",
     "LoRAMoE",

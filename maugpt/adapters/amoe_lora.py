@@ -22,7 +22,7 @@ leak the target into the adapter, and at generation time they do not exist yet. 
 computed once per sequence: in training from the prompt part of the full sequence, in
 generation at the prefill, after which every new token reuses the same core, so KV-cached
 decoding and a full forward agree exactly. Which tokens count as "prompt" is the model's choice
-(``AdapterContext.condition_mask``): the prompt by default, the image tokens alone if a
+(``ForwardInputs.condition_mask``): the prompt by default, the image tokens alone if a
 config prefers that reading.
 
 The layer is the two components side by side: :class:`~maugpt.adapters.generalist.GeneralistExperts`
@@ -35,8 +35,8 @@ Cost: ``[A_1 … A_N | W_a | W_g]`` is one ``(d_in, N·r + r + N)`` down-project
 once and writes the output once; the per-sample core acts on the small ``(B, T, r)``
 intermediate by a batched ``(r, r)`` matmul, never on ``(d, r)`` matrices per token. Forward and
 backward of all of it are one autograd Function (:class:`~maugpt.adapters.fused.MixtureDelta`).
-The pooled condition is computed once per layer input and shared by the modules that read it
-(q/k/v, gate/up).
+The pooled condition is computed once per layer input and handed to the modules that read the
+same input (q/k/v, gate/up: :class:`~maugpt.adapters.lowrank.InputGroup`).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class AMoELoRALinear(LowRankLayer):
 
     def spec(self, device: torch.device) -> MixtureSpec:
         """The sizes of this layer's fused delta (:func:`~maugpt.adapters.generalist.mixture_spec`)."""
-        return mixture_spec(self, self.generalist, device, self.anomaly_aware.scale)
+        return mixture_spec(self, self.generalist, device=device, anomaly_scale=self.anomaly_aware.scale)
 
     def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
         experts, W_g = [self.generalist.A, self.anomaly_aware.W_a], self.generalist.router
@@ -118,11 +118,14 @@ class AMoELoRALinear(LowRankLayer):
                 f"AMoE-LoRA layer {self.name!r} needs input (batch, tokens, features): "
                 f"its anomaly-aware expert is per sample; got shape {tuple(x.shape)}"
             )
-        expert, ctx = self.anomaly_aware, self.context
-        core = expert.core(x, ctx, self.name)  # Eq. 4: H = hypernetwork(c), (B, r, r)
-        anomaly = AnomalyBlock(expert.W_b, core, expert.core_square(core, ctx), expert.scale)  # Eq. 5
-        out, weights, outputs = mixture(self, x, self.generalist, anomaly)  # Eq. 1–3 and 6, fused
-        self._aux_loss = observe_router(self, x, weights, outputs, self.generalist, core=core)
+        expert = self.anomaly_aware
+        core = expert.core(x, self)  # Eq. 4: H = hypernetwork(c), (B, r, r)
+        square = expert.core_square(core, self)
+        anomaly = AnomalyBlock(W_b=expert.W_b, core=core, square=square, scale=expert.scale)  # Eq. 5
+        out, weights, outputs = mixture(self, x, generalist=self.generalist, anomaly=anomaly)  # Eq. 1–3, 6 fused
+        self._aux_loss = observe_router(
+            self, x, weights=weights, outputs=outputs, generalist=self.generalist, core=core
+        )
         return out
 
 

@@ -64,29 +64,33 @@ class AnomalyAwareExpert(nn.Module):
         self.W_a = low_rank_init(d_in, rank, device)
         self.W_b = zero_init(rank, d_out, device)
 
-    def core(self, x: Tensor, context: AdapterContext, layer: str) -> Tensor:
-        """The hypernetwork's ``(B, r, r)`` core for the samples of ``x (B, T, d_in)``; in generation
-        (``context.freeze_condition``) the prefill's core, reused for every new token."""
-        if context.freeze_condition and self in context.frozen_cores:
-            return context.frozen_cores[self]
-        core = self.hypernetwork(context.pooled_condition(x, layer))
-        if core.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"adapted layer {layer!r}: the condition was fixed for a batch of "
-                f"{core.shape[0]} but the input has {x.shape[0]} samples"
-            )
-        if context.freeze_condition:
-            context.frozen_cores[self] = core
+    def core(self, x: Tensor, layer: LowRankLayer) -> Tensor:
+        """Eq. 4: the hypernetwork's ``(B, r, r)`` core for the samples of ``x (B, T, d_in)``, from
+        ``layer``'s pooled condition; in a generation (the context's :class:`GenerationCache`) the
+        prefill's core, reused for every new token."""
+        cache = layer.context.generation
+        if cache is not None and layer.name in cache.cores:
+            core = cache.cores[layer.name]
+            if core.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"adapted layer {layer.name!r}: the condition was fixed at the prefill for a batch of "
+                    f"{core.shape[0]} but the input has {x.shape[0]} samples"
+                )
+            return core
+        core = self.hypernetwork(layer.pooled_condition(x))
+        if cache is not None:
+            cache.cores[layer.name] = core
         return core
 
-    def core_square(self, core: Tensor, context: AdapterContext) -> Tensor | None:
+    def core_square(self, core: Tensor, layer: LowRankLayer) -> Tensor | None:
         """``H H`` of Eq. 4–5, kept for the whole generation while the condition is fixed
         (None in training: the delta squares the core itself)."""
-        if not context.freeze_condition:
+        cache = layer.context.generation
+        if cache is None:
             return None
-        if (self, "square") not in context.frozen_cores:
-            context.frozen_cores[(self, "square")] = torch.bmm(core, core)
-        return context.frozen_cores[(self, "square")]
+        if layer.name not in cache.squares:
+            cache.squares[layer.name] = torch.bmm(core, core)
+        return cache.squares[layer.name]
 
 
 class AnomalyAwareLinear(LowRankLayer):
@@ -120,9 +124,9 @@ class AnomalyAwareLinear(LowRankLayer):
                 f"anomaly-aware layer {self.name!r} needs input (batch, tokens, features): "
                 f"its expert is per sample; got shape {tuple(x.shape)}"
             )
-        ctx, expert = self.context, self.anomaly_aware
-        core = expert.core(x, ctx, self.name)
-        hh = expert.core_square(core, ctx)
+        expert = self.anomaly_aware
+        core = expert.core(x, self)  # Eq. 4
+        hh = expert.core_square(core, self)
         hh = torch.bmm(core, core) if hh is None else hh  # (B, r, r)
         x2 = x.reshape(-1, self.in_features)
         (z,) = self.project_down(x, x2.to(compute_dtype(x, expert.W_a)))  # x W_a, (B·T, r)

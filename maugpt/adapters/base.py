@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,83 +46,106 @@ def require_fraction(**values: float) -> None:
             raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
+@dataclass(frozen=True)
+class ForwardInputs:
+    """What adapted layers need beyond ``x`` for one forward of the model, all optional.
+
+    Args:
+        token_mask: ``(B, T)``, true for real tokens and false for padding. ``None``: all real.
+        condition_mask: ``(B, T)``, true for the tokens whose mean is the anomaly-aware
+            condition (the prompt: image and question). ``None``: the real tokens.
+        sample_labels: ``(B,)`` integers in {0, 1}, LoRAMoE's expert group for each sample.
+
+    Each layer checks a mask's shape against its own input (:meth:`AdapterContext.mask_for`).
+    """
+
+    token_mask: Tensor | None = None
+    condition_mask: Tensor | None = None
+    sample_labels: Tensor | None = None
+
+
+class GenerationCache:
+    """The anomaly-aware cores of one KV-cached generation, by adapted layer name: each layer's
+    ``H (B, r, r)`` (and ``H H``), computed at the prefill from the prompt and reused for every
+    new token, which no longer sees the prompt. It lives for one :meth:`AdapterContext.generating`
+    block."""
+
+    def __init__(self) -> None:
+        self.cores: dict[str, Tensor] = {}
+        self.squares: dict[str, Tensor] = {}
+
+
 class AdapterContext:
     """What adapted layers need beyond ``x``, shared by every adapter layer of one model.
 
     A Hugging Face decoder calls each ``nn.Linear`` with ``x`` alone, so per-sample information
-    travels here instead: which tokens are padding, which tokens the anomaly-aware condition
-    pools over, and LoRAMoE's per-sample expert-group labels. The owner of the model (the
-    LightningModule, a benchmark, a test) calls :meth:`set` before each forward.
+    travels here instead, as one :class:`ForwardInputs` that the owner of the model (the
+    LightningModule, a benchmark, a test) sets before each forward. Two scopes change what a
+    forward does: :meth:`recording` (keep each layer's diagnostics) and :meth:`generating`
+    (KV-cached decoding: AMoE-LoRA's condition fixed by the prompt, in a :class:`GenerationCache`).
 
-    The values stay set after the forward on purpose: activation checkpointing re-runs the
+    The inputs stay set after the forward on purpose: activation checkpointing re-runs the
     forward during ``backward()``, and that re-run must see the same masks. :meth:`set` replaces
-    every field, so a forgotten field never leaks from one batch into the next, and each layer
-    checks that a mask's shape matches its input.
+    all of them, so a forgotten field never leaks from one batch into the next.
     """
 
     def __init__(self) -> None:
-        self.token_mask: Tensor | None = None
-        self.condition_mask: Tensor | None = None
-        self.sample_labels: Tensor | None = None
-        self.record: bool = False
-        self.freeze_condition: bool = False
-        # Generation: the anomaly-aware core each layer computed at prefill, reused per new token.
-        self.frozen_cores: dict[Any, Tensor] = {}  # per layer: its core, and (layer, "square")
-        # The most recent (layer input, pooled condition): q/k/v (and gate/up) read the same x,
-        # so the masked mean is computed once per layer input, not once per module. Dropped
-        # after every forward of the adapted model (see end_forward), so that a tensor fed
-        # again in a later forward never reuses a result whose autograd graph is gone.
-        self._pooled: tuple[Tensor, Tensor] | None = None
-        # The same for shared down-projections (share_input): (first sibling, x, per-sibling z's).
-        self._shared: tuple[Any, Tensor, list[list[Tensor]]] | None = None
+        self.inputs = ForwardInputs()
+        self.record = False
+        self.generation: GenerationCache | None = None
 
-    def set(
-        self,
-        token_mask: Tensor | None = None,
-        condition_mask: Tensor | None = None,
-        sample_labels: Tensor | None = None,
-        record: bool = False,
-        freeze_condition: bool = False,
-    ) -> None:
-        """Set the context for the next forward(s).
+    @property
+    def token_mask(self) -> Tensor | None:
+        return self.inputs.token_mask
 
-        Args:
-            token_mask: ``(B, T)``, true for real tokens and false for padding. ``None``: all real.
-            condition_mask: ``(B, T)``, true for the tokens whose mean is the anomaly-aware
-                condition (the prompt: image and question). ``None``: the real tokens.
-            sample_labels: ``(B,)`` integers in {0, 1}, LoRAMoE's expert group for each sample.
-            record: keep per-layer diagnostics of the next forward (router load, cores).
-            freeze_condition: generation mode; the first forward through each anomaly-aware
-                layer computes its core and every later forward reuses it.
-        """
-        self.token_mask = token_mask
-        self.condition_mask = condition_mask
-        self.sample_labels = sample_labels
-        self.record = record
-        self.freeze_condition = freeze_condition
-        self.frozen_cores = {}
-        self._pooled = self._shared = None
+    @property
+    def condition_mask(self) -> Tensor | None:
+        return self.inputs.condition_mask
 
-    def end_forward(self, *_: Any) -> None:
-        """Forget the cached layer inputs; runs after each forward of the adapted model."""
-        self._pooled = self._shared = None
+    @property
+    def sample_labels(self) -> Tensor | None:
+        return self.inputs.sample_labels
+
+    def set(self, inputs: ForwardInputs) -> None:
+        """The inputs of the next forward(s)."""
+        if not isinstance(inputs, ForwardInputs):
+            raise TypeError(f"the adapter context takes ForwardInputs, got {type(inputs).__name__}")
+        self.inputs = inputs
 
     def clear(self) -> None:
-        """Drop every mask, label and cached tensor."""
-        self.set()
+        """Drop every mask and label."""
+        self.inputs = ForwardInputs()
 
     @contextlib.contextmanager
-    def use(self, **values: Any) -> Iterator[AdapterContext]:
-        """Set the context inside a ``with`` block and clear it afterwards."""
-        self.set(**values)
+    def use(self, inputs: ForwardInputs) -> Iterator[AdapterContext]:
+        """``inputs`` for the forwards inside a ``with`` block, cleared afterwards."""
+        self.set(inputs)
         try:
             yield self
         finally:
             self.clear()
 
-    def generation(self, condition_mask: Tensor | None = None, record: bool = False):
-        """Context for KV-cached generation: the condition is fixed by the prompt's prefill."""
-        return self.use(condition_mask=condition_mask, record=record, freeze_condition=True)
+    @contextlib.contextmanager
+    def recording(self, on: bool = True) -> Iterator[AdapterContext]:
+        """The forwards inside the block keep per-layer diagnostics (router load, cores, output
+        norms); ``on`` False records nothing. The previous setting returns afterwards."""
+        before, self.record = self.record, on
+        try:
+            yield self
+        finally:
+            self.record = before
+
+    @contextlib.contextmanager
+    def generating(self, inputs: ForwardInputs) -> Iterator[GenerationCache]:
+        """One KV-cached generation: the first forward (the prefill) through each anomaly-aware
+        layer computes its core from ``inputs.condition_mask`` and every later forward reuses it."""
+        self.set(inputs)
+        self.generation = GenerationCache()
+        try:
+            yield self.generation
+        finally:
+            self.generation = None
+            self.clear()
 
     def mask_for(self, mask: Tensor | None, x: Tensor, layer: str, what: str) -> Tensor | None:
         """Return ``mask`` as ``(B, T)`` matching ``x`` of shape ``(B, T, d)``, or raise."""
@@ -137,19 +161,14 @@ class AdapterContext:
 
     def pooled_condition(self, x: Tensor, layer: str) -> Tensor:
         """The anomaly-aware condition: masked mean of ``x (B, T, d)`` over condition tokens → ``(B, d)``."""
-        if self._pooled is not None and self._pooled[0] is x:
-            return self._pooled[1]
         mask = self.mask_for(self.condition_mask, x, layer, "condition_mask")
         if mask is None:
             mask = self.mask_for(self.token_mask, x, layer, "token_mask")
         if mask is None:
-            pooled = x.mean(dim=1)
-        else:
-            weights = mask.to(x.dtype).unsqueeze(1)  # (B, 1, T): one batched matmul reads x once
-            counts = weights.sum(dim=-1).clamp_min(1.0)  # an empty prompt pools to zeros, not NaN
-            pooled = torch.bmm(weights, x).squeeze(1) / counts
-        self._pooled = (x, pooled)
-        return pooled
+            return x.mean(dim=1)
+        weights = mask.to(x.dtype).unsqueeze(1)  # (B, 1, T): one batched matmul reads x once
+        counts = weights.sum(dim=-1).clamp_min(1.0)  # an empty prompt pools to zeros, not NaN
+        return torch.bmm(weights, x).squeeze(1) / counts
 
 
 class AdapterLayer(nn.Module, ABC):

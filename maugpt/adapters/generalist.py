@@ -139,25 +139,25 @@ class AnomalyBlock:
 
 
 def mixture_spec(
-    layer: LowRankLayer, generalist: GeneralistExperts, device: torch.device, anomaly_scale: float | None
+    layer: LowRankLayer, generalist: GeneralistExperts, *, device: torch.device, anomaly_scale: float | None
 ) -> MixtureSpec:
     """The sizes of ``layer``'s fused delta, with the anomaly-aware block when ``anomaly_scale``
     is given; ``[B; W_b]``'s rows are padded to a multiple of the layer's ``align`` on GPUs."""
     anomaly = anomaly_scale is not None
     up = generalist.experts * generalist.rank + (generalist.rank if anomaly else 0)
     return MixtureSpec(
-        generalist.experts,
-        generalist.rank,
-        generalist.scale,
-        anomaly,
-        layer.dropout is None,
-        layer.alignment_padding(up, device),
-        anomaly_scale,
+        experts=generalist.experts,
+        rank=generalist.rank,
+        scale=generalist.scale,
+        anomaly_aware=anomaly,
+        router_in_z=layer.dropout is None,
+        pad_up=layer.alignment_padding(up, device),
+        anomaly_scale=anomaly_scale,
     )
 
 
 def mixture(
-    layer: LowRankLayer, x: Tensor, generalist: GeneralistExperts, anomaly: AnomalyBlock | None = None
+    layer: LowRankLayer, x: Tensor, *, generalist: GeneralistExperts, anomaly: AnomalyBlock | None = None
 ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
     """``o_0 + o_1 (+ o_2)`` (Eq. 6) for ``x (…, d_in)``, fused: ``(o, ω, outputs)``.
 
@@ -172,7 +172,7 @@ def mixture(
     z, *logits = layer.project_down(x, x2.to(compute_dtype(x, generalist.A)))
     logits = logits[0] if logits else None
     W_b, core, square = (None, None, None) if anomaly is None else (anomaly.W_b, anomaly.core, anomaly.square)
-    spec = mixture_spec(layer, generalist, x.device, None if anomaly is None else anomaly.scale)
+    spec = mixture_spec(layer, generalist, device=x.device, anomaly_scale=None if anomaly is None else anomaly.scale)
     if torch.is_grad_enabled():
         want = wants_weights(layer, generalist)
         out = MixtureDelta.apply(out0, z, logits, generalist.B, W_b, core, spec, want)
@@ -210,6 +210,7 @@ def wants_weights(layer: LowRankLayer, generalist: GeneralistExperts) -> bool:
 def observe_router(
     layer: LowRankLayer,
     x: Tensor,
+    *,
     weights: Tensor | None,
     outputs: dict[str, Tensor],
     generalist: GeneralistExperts,

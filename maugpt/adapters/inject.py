@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from maugpt.adapters.base import SHARED_INPUTS, Adapter, AdapterContext, AdapterLayer
 from maugpt.adapters.generalist import upgrade_names
-from maugpt.adapters.lowrank import LowRankLayer
+from maugpt.adapters.lowrank import InputGroup, LowRankLayer
 
 METADATA_KEY = "maugpt.adapter"
 LAYERS_KEY = "maugpt.layers"
@@ -31,11 +31,9 @@ LAYERS_KEY = "maugpt.layers"
 @dataclass(frozen=True)
 class Injection:
     """What :func:`inject` changed beyond the wrapped layers, for :func:`unwrap` to undo: each
-    parameter's ``requires_grad`` before freezing (by ``id``) and the forward hook that ends each
-    forward of the adapted model (:meth:`AdapterContext.end_forward`)."""
+    parameter's ``requires_grad`` before freezing (by ``id``)."""
 
     requires_grad_before: dict[int, bool]
-    hook: torch.utils.hooks.RemovableHandle
 
 
 def matches(name: str, pattern: str) -> bool:
@@ -85,30 +83,29 @@ def inject(model: nn.Module, adapter: Adapter) -> list[str]:
     chosen = [n for n in linears if any(matches(n, p) for p in adapter.targets)]
     context = AdapterContext()
     # Remember who trained before, so that unwrap() gives the model back exactly as it came.
-    injection = Injection(
-        {id(p): p.requires_grad for p in model.parameters()}, model.register_forward_hook(context.end_forward)
-    )
+    injection = Injection({id(p): p.requires_grad for p in model.parameters()})
     model.requires_grad_(False)
     for name in chosen:
         parent, child = _parent(model, name)
         layer = adapter.wrap(getattr(parent, child), context)
         layer.name, layer.injection = name, injection
         setattr(parent, child, layer)
-    if getattr(adapter, "share_input", False):  # a low-rank adapter's option (LowRankAdapter)
-        link_siblings(model, chosen)
+    group_inputs(model, chosen, share=getattr(adapter, "share_input", False))  # a LowRankAdapter option
     return chosen
 
 
-def link_siblings(model: nn.Module, names: list[str]) -> None:
-    """Give the adapted projections of one block that read the same input (:data:`SHARED_INPUTS`)
-    each other as ``siblings``, so that their down-projections run as one GEMM."""
+def group_inputs(model: nn.Module, names: list[str], share: bool) -> None:
+    """Put the adapted projections of one block that read the same input (:data:`SHARED_INPUTS`)
+    into one :class:`~maugpt.adapters.lowrank.InputGroup`, which computes AMoE-LoRA's condition
+    once for them; with ``share``, their down-projections run as one GEMM too."""
     for parent_name in dict.fromkeys(n.rpartition(".")[0] for n in names):
         for group in SHARED_INPUTS:
             members = [f"{parent_name}.{child}" if parent_name else child for child in group]
             layers = tuple(model.get_submodule(m) for m in members if m in names)
             if len(layers) > 1 and all(isinstance(layer, LowRankLayer) for layer in layers):
+                shared = InputGroup(layers)
                 for layer in layers:
-                    layer.siblings = layers
+                    layer.group, layer.share_input = shared, share
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -121,7 +118,6 @@ def unwrap(model: nn.Module) -> nn.Module:
         injection = layers[0][1].injection
         for p in model.parameters():
             p.requires_grad_(injection.requires_grad_before.get(id(p), p.requires_grad))
-        injection.hook.remove()
     return model
 
 

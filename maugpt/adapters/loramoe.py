@@ -61,7 +61,7 @@ class LoRAMoELinear(LowRankLayer):
 
     def spec(self, device: torch.device) -> MixtureSpec:
         """The sizes of this layer's fused delta (:func:`~maugpt.adapters.generalist.mixture_spec`)."""
-        return mixture_spec(self, self.generalist, device, None)
+        return mixture_spec(self, self.generalist, device=device, anomaly_scale=None)
 
     def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
         A, W_g = self.generalist.A, self.generalist.router
@@ -70,8 +70,8 @@ class LoRAMoELinear(LowRankLayer):
         return [(True, [A]), (False, [W_g])]  # the router reads the clean input
 
     def forward(self, x: Tensor) -> Tensor:
-        out, weights, outputs = mixture(self, x, self.generalist)  # o_0 + o_1, fused
-        self._aux_loss = observe_router(self, x, weights, outputs, self.generalist)
+        out, weights, outputs = mixture(self, x, generalist=self.generalist)  # o_0 + o_1, fused
+        self._aux_loss = observe_router(self, x, weights=weights, outputs=outputs, generalist=self.generalist)
         return out
 
 

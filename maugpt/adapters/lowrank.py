@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,40 +22,87 @@ from maugpt.adapters.fused import DownProjection, concat, split
 from maugpt.compat import version
 
 
+class InputGroup:
+    """The adapted layers of one block that read the same input tensor (q/k/v, gate/up; see
+    :data:`~maugpt.adapters.base.SHARED_INPUTS`).
+
+    Whichever member first sees an input computes what every member needs of it (AMoE-LoRA's
+    pooled condition; with ``share_input``, the fused down-projection) and hands each other
+    member its part, which that member takes once. So nothing outlives the block's forward: a
+    later forward that feeds the same tensor again computes afresh, and a stale part is replaced
+    by the next input's before anyone could take it.
+    """
+
+    def __init__(self, layers: tuple[LowRankLayer, ...]) -> None:
+        self.layers = layers
+        self._handed: dict[str, tuple[Tensor, dict[int, Any]]] = {}
+
+    def take(self, what: str, layer: LowRankLayer, x: Tensor) -> Any | None:
+        """``layer``'s part of ``what`` computed from this very ``x`` by another member, or None."""
+        handed = self._handed.get(what)
+        if handed is None or handed[0] is not x:
+            return None
+        part = handed[1].pop(self.layers.index(layer), None)
+        if not handed[1]:
+            del self._handed[what]
+        return part
+
+    def hand_out(self, what: str, x: Tensor, parts: dict[int, Any]) -> None:
+        """Leave ``parts`` (by member index) of ``what``, computed from ``x``, for the other members."""
+        self._handed[what] = (x, parts)
+
+
 class LowRankLayer(AdapterLayer):
     """An adapter layer whose delta starts with low-rank down-projections of its input.
 
     Subclasses list the blocks (:meth:`down_blocks`) and call :meth:`project_down` in their
-    forward. ``siblings`` is set by :func:`~maugpt.adapters.inject.inject` when the adapter shares
-    inputs; ``align`` pads the first fused width on GPUs (the mixtures take it as an argument).
+    forward. ``group`` (the layers reading the same input) is set by
+    :func:`~maugpt.adapters.inject.inject`, and ``share_input`` says whether their
+    down-projections run as one GEMM; ``align`` pads the first fused width on GPUs (the
+    mixtures take it as an argument).
     """
 
     def __init__(self, base: nn.Linear, context: AdapterContext | None = None) -> None:
         super().__init__(base, context)
         self._fused: dict[str, tuple[tuple, Tensor]] = {}
-        # The adapter layers (this one included) that read the same x (q/k/v, gate/up); their
-        # down-projections run as one GEMM.
-        self.siblings: tuple[LowRankLayer, ...] = ()
+        self.group: InputGroup | None = None
+        self.share_input = False
         self.dropout: nn.Module | None = None
         # On GPUs, the first fused down-projection's width is padded with zero columns to a
         # multiple of this (1: never).
         self.align = 1
+
+    @property
+    def siblings(self) -> tuple[LowRankLayer, ...]:
+        """The layers (this one included) whose down-projections run as one GEMM with this one's."""
+        return self.group.layers if self.group is not None and self.share_input else ()
 
     @abstractmethod
     def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
         """The down-projection weights, grouped by the input they read: ``(dropped, blocks)`` pairs,
         ``dropped`` meaning the input after dropout; the first group holds the experts' ``A``."""
 
+    def pooled_condition(self, x: Tensor) -> Tensor:
+        """AMoE-LoRA's condition ``(B, d_in)`` for ``x (B, T, d_in)``
+        (:meth:`~maugpt.adapters.base.AdapterContext.pooled_condition`), computed once per input
+        for the whole :class:`InputGroup`."""
+        group = self.group
+        if group is not None and (pooled := group.take("condition", self, x)) is not None:
+            return pooled
+        pooled = self.context.pooled_condition(x, self.name)
+        if group is not None:
+            group.hand_out("condition", x, {i: pooled for i, layer in enumerate(group.layers) if layer is not self})
+        return pooled
+
     def project_down(self, x: Tensor, h: Tensor) -> list[Tensor]:
         """``h`` (``x`` flattened, in the compute dtype) times each group of :meth:`down_blocks`.
 
         With siblings, the first of them to see ``x`` computes every sibling's projections in
-        one GEMM per group (and one dropout mask for all), and the others take their columns.
+        one GEMM per group (and one dropout mask for all), and hands the others their columns.
         """
-        group, ctx = self.siblings or (self,), self.context
-        shared = ctx._shared
-        if len(group) > 1 and shared is not None and shared[0] is group[0] and shared[1] is x:
-            return shared[2][group.index(self)]
+        group = self.siblings or (self,)
+        if len(group) > 1 and (mine := self.group.take("down", self, x)) is not None:
+            return mine
         layouts = [layer.down_blocks() for layer in group]
         dropped = None
         results: list[list[Tensor]] = [[] for _ in group]
@@ -76,9 +124,10 @@ class LowRankLayer(AdapterLayer):
             else:
                 for result, block in zip(results, split(z, widths, dim=1)):
                     result.append(block)
+        me = group.index(self)
         if len(group) > 1:
-            ctx._shared = (group[0], x, results)
-        return results[group.index(self)]
+            self.group.hand_out("down", x, {i: result for i, result in enumerate(results) if i != me})
+        return results[me]
 
     def fused(self, name: str, parts: Sequence[Tensor], build: Callable[[], Tensor]) -> Tensor:
         """``build()``, a fusion (concatenation) of ``parts``, cached while no gradient is recorded:

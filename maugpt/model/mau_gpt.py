@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor
 
-from maugpt.adapters import Adapter, adapter_context, inject
+from maugpt.adapters import Adapter, ForwardInputs, adapter_context, inject
 from maugpt.model.projector import build_projector
 from maugpt.model.units import compile_llm as compile_llm_units
 from maugpt.model.units import require_compile_target
@@ -33,12 +33,14 @@ def set_forward_context(
 ) -> None:
     """Give ``net``'s adapters (if it has any) the masks of the next forward (see ``AdapterContext``)."""
     if net.adapter is not None:
-        adapter_context(net.llm).set(
-            token_mask=attention_mask.bool(),
-            condition_mask=condition_mask,
-            sample_labels=sample_labels,
-            record=net.record_diagnostics,
-        )
+        inputs = ForwardInputs(attention_mask.bool(), condition_mask, sample_labels)
+        adapter_context(net.llm).set(inputs)
+
+
+def recording(net: nn.Module, on: bool = True) -> contextlib.AbstractContextManager:
+    """A block whose forwards of ``net`` keep its adapters' diagnostics (router load, cores, output
+    norms; read them with ``adapter_diagnostics``); nothing without adapters or with ``on`` False."""
+    return adapter_context(net.llm).recording(on) if net.adapter is not None else contextlib.nullcontext()
 
 
 def generation_context(net: nn.Module, attention_mask: Tensor, condition_mask: Tensor | None):
@@ -47,7 +49,7 @@ def generation_context(net: nn.Module, attention_mask: Tensor, condition_mask: T
     if net.adapter is None:
         return contextlib.nullcontext()
     condition = condition_mask if condition_mask is not None else attention_mask
-    return adapter_context(net.llm).generation(condition_mask=condition.bool())
+    return adapter_context(net.llm).generating(ForwardInputs(condition_mask=condition.bool()))
 
 
 def load_frozen(
@@ -110,7 +112,6 @@ class MAUGPT(nn.Module):
         self.llm = load_frozen(AutoModelForCausalLM, llm, llm_pretrained, dtype, attn_implementation, trust_remote_code)
         self.projector = build_projector(projector, self.vision.dim, self.llm.config.get_text_config().hidden_size)
         self.adapter = adapter
-        self.record_diagnostics = False  # callbacks switch it on for the forwards they inspect
         self.synced_generation = False  # set under FSDP: ranks decode in lockstep (see training/sharding.py)
         if adapter is not None:
             inject(self.llm, adapter)

@@ -91,7 +91,6 @@ class PretrainedVLM(nn.Module):
             }
         )
         self.adapter = adapter
-        self.record_diagnostics = False
         self.synced_generation = False
         if adapter is not None:
             inject(self.llm, adapter)

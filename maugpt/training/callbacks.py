@@ -6,6 +6,7 @@ normally."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -18,6 +19,7 @@ from lightning.pytorch.utilities import move_data_to_device
 
 from maugpt.adapters import adapter_diagnostics, adapter_layers
 from maugpt.evaluation.run import write_gzip
+from maugpt.model.mau_gpt import recording
 from maugpt.tensorboard import tensorboard, tensorboard_logger
 
 
@@ -31,6 +33,31 @@ class ThroughputMonitor(L.Callback):
         seconds = time.perf_counter() - self._start
         tokens = float(batch["attention_mask"].sum())
         pl_module.log("train/tokens_per_s", tokens / max(seconds, 1e-9), batch_size=batch["input_ids"].shape[0])
+
+
+class RecordingScope:
+    """The model's recording scope (``maugpt.model.mau_gpt.recording``) for one batch, opened in
+    one Lightning hook and closed in a later one (or at teardown, if the batch never ended)."""
+
+    def __init__(self) -> None:
+        self._stack: contextlib.ExitStack | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._stack is not None
+
+    def open(self, model: torch.nn.Module) -> None:
+        self.close()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(recording(model))
+
+    def close(self) -> bool:
+        """Leave the scope; whether one was open."""
+        if self._stack is None:
+            return False
+        self._stack.close()
+        self._stack = None
+        return True
 
 
 class AdapterMonitor(L.Callback):
@@ -52,13 +79,18 @@ class AdapterMonitor(L.Callback):
     def __init__(self, every_n_steps: int = 50) -> None:
         self.every_n_steps = every_n_steps
         self._step = 0  # the optimizer step whose forward is recorded: every event is written at it
+        self._recording = RecordingScope()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._step = trainer.global_step
-        pl_module.model.record_diagnostics = trainer.global_step % self.every_n_steps == 0
+        if trainer.global_step % self.every_n_steps == 0:
+            self._recording.open(pl_module.model)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._recording.close()  # a batch that raised never reached its end
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if not pl_module.model.record_diagnostics:
+        if not self._recording.active:
             return
         sharded = isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
         norms = component_grad_norms(pl_module.model, sharded=sharded)
@@ -68,9 +100,8 @@ class AdapterMonitor(L.Callback):
                 writer.add_scalar(f"grad_norm/{component}", value, self._step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not pl_module.model.record_diagnostics:
+        if not self._recording.close():
             return
-        pl_module.model.record_diagnostics = False
         diagnostics = adapter_diagnostics(pl_module.model)
         writer, step = tensorboard(trainer), self._step
         if writer is not None:
@@ -148,16 +179,20 @@ class HypernetworkCores(L.Callback):
 
     def __init__(self, layer: str = "self_attn.q_proj", max_samples: int = 500) -> None:
         self.layer, self.max_samples = layer, max_samples
+        self._recording = RecordingScope()
         self._cores: list[torch.Tensor] = []
         self._labels: list[list[str]] = []
 
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._recording.close()  # a batch that raised never reached its end
+
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        pl_module.model.record_diagnostics = len(self._labels) < self.max_samples
+        if len(self._labels) < self.max_samples:
+            self._recording.open(pl_module.model)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not pl_module.model.record_diagnostics:
+        if not self._recording.close():
             return
-        pl_module.model.record_diagnostics = False
         found = [
             (n, d["core"])
             for n, d in adapter_diagnostics(pl_module.model.llm).items()

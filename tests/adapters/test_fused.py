@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from maugpt.adapters import AMoELoRA, LoRA, LoRAMoE, localized_balance_loss
+from maugpt.adapters import AMoELoRA, ForwardInputs, LoRA, LoRAMoE, localized_balance_loss
 from maugpt.adapters.anomaly_aware import Hypernetwork
 from maugpt.adapters.fused import DownProjection, HypernetworkCore, LoRAUp, MixtureDelta, MixtureSpec
 from maugpt.adapters.reference import hypernetwork_reference, reference_forward
@@ -121,7 +121,7 @@ def gradients(layer, x, out):
 def test_every_gradient_equals_autograd_through_the_literal_equations(adapter):
     layer, x = layer_and_input(adapter)
     mask = torch.rand(3, 7, generator=torch.Generator().manual_seed(1)) > 0.3
-    with layer.context.use(condition_mask=mask):
+    with layer.context.use(ForwardInputs(condition_mask=mask)):
         fast = gradients(layer, x, layer(x))
         slow = gradients(layer, x, reference_forward(layer, x))
     # x, A, router, B; AMoE-LoRA also W_a, W_b and the hypernetwork's two weights and biases
@@ -144,7 +144,7 @@ def test_the_balancing_loss_gradient_reaches_the_router_through_the_fused_weight
     layer, x = layer_and_input(adapter)
     mask = torch.ones(3, 7, dtype=torch.bool)
     labels = torch.tensor([0, 1, 1])
-    with layer.context.use(token_mask=mask, sample_labels=labels):
+    with layer.context.use(ForwardInputs(token_mask=mask, sample_labels=labels)):
         out = layer(x)
         router, A = layer.generalist.router, layer.generalist.A
         fast = torch.autograd.grad(out.square().sum() + layer.auxiliary_loss(), [router, A])

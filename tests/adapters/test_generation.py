@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maugpt.adapters import AdapterContext, AMoELoRA, AnomalyAware, LoRA, LoRAMoE, adapter_context, inject
+from maugpt.adapters import (
+    AdapterContext,
+    AMoELoRA,
+    AnomalyAware,
+    ForwardInputs,
+    LoRA,
+    LoRAMoE,
+    adapter_context,
+    adapter_layers,
+    inject,
+)
 from tests.conftest import randomize_adapters, tiny_causal_lm
 
 ADAPTERS = {
@@ -42,22 +52,23 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 def decode_with_cache(model, ctx, ids, mask, freeze: bool):
     """Greedy decoding by hand: one prefill, then one token at a time from the KV cache."""
-    ctx.set(condition_mask=mask.bool(), freeze_condition=freeze)
-    out = model(ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
-    steps, seq = [out.logits[:, -1]], ids
-    for _ in range(NEW - 1):
-        token = steps[-1].argmax(-1, keepdim=True)
-        seq, mask = torch.cat([seq, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
-        out = model(token, attention_mask=mask, position_ids=positions(mask)[:, -1:], cache=out.cache, use_cache=True)
-        steps.append(out.logits[:, -1])
-    ctx.clear()
+    inputs = ForwardInputs(condition_mask=mask.bool())
+    with ctx.generating(inputs) if freeze else ctx.use(inputs):
+        out = model(ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
+        steps, seq = [out.logits[:, -1]], ids
+        for _ in range(NEW - 1):
+            token = steps[-1].argmax(-1, keepdim=True)
+            seq, mask = torch.cat([seq, token], 1), torch.cat([mask, torch.ones_like(token)], 1)
+            position_ids = positions(mask)[:, -1:]
+            out = model(token, attention_mask=mask, position_ids=position_ids, cache=out.cache, use_cache=True)
+            steps.append(out.logits[:, -1])
     return seq, mask, torch.stack(steps, 1)
 
 
 def full_forward(model, ctx, seq, mask):
     condition = mask.bool().clone()
     condition[:, PROMPT:] = False  # the prompt alone conditions the anomaly-aware expert
-    with ctx.use(token_mask=mask.bool(), condition_mask=condition):
+    with ctx.use(ForwardInputs(token_mask=mask.bool(), condition_mask=condition)):
         logits = model(seq, attention_mask=mask, position_ids=positions(mask)).logits
     return logits[:, PROMPT - 1 :]
 
@@ -84,7 +95,7 @@ def test_without_freezing_the_condition_decoding_is_an_error_not_a_silent_drift(
 def test_hugging_face_generate_uses_the_condition_fixed_at_prefill():
     model, ctx = adapted_model("amoe_lora")
     ids, mask = left_padded_prompts()
-    with torch.no_grad(), ctx.generation(condition_mask=mask.bool()):
+    with torch.no_grad(), ctx.generating(ForwardInputs(condition_mask=mask.bool())) as cache:
         out = model.generate(
             ids,
             attention_mask=mask,
@@ -93,7 +104,8 @@ def test_hugging_face_generate_uses_the_condition_fixed_at_prefill():
             output_logits=True,
             return_dict_in_generate=True,
         )
-    assert ctx.frozen_cores == {}  # leaving the block forgets the cores
+    # one core per adapted layer, computed at the prefill; leaving the block forgets them
+    assert sorted(cache.cores) == sorted(name for name, _ in adapter_layers(model)) and ctx.generation is None
     full_mask = torch.cat([mask, torch.ones(2, NEW, dtype=mask.dtype)], 1)
     with torch.no_grad():
         full = full_forward(model, ctx, out.sequences, full_mask)

@@ -8,6 +8,7 @@ from torch import nn
 
 from maugpt.adapters import (
     AMoELoRA,
+    ForwardInputs,
     LoRAMoE,
     adapter_context,
     adapter_diagnostics,
@@ -62,7 +63,7 @@ def test_stacked_mixture_equals_the_per_expert_loop(adapter):
             p.normal_(0.0, 0.3)
     x = torch.randn(3, 7, 24, dtype=torch.float64)
     mask = torch.rand(3, 7) > 0.3
-    with layer.context.use(condition_mask=mask):
+    with layer.context.use(ForwardInputs(condition_mask=mask)):
         fast, slow = layer(x), reference_forward(layer, x)
     assert (fast - slow).abs().max().item() <= 1e-10
     assert (fast - layer.base(x)).abs().max().item() > 1e-3  # the adapter really contributes
@@ -76,7 +77,7 @@ def test_layer_balance_loss_is_the_function_on_its_router_weights_times_beta():
     x = torch.randn(2, 5, 16, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     labels = torch.tensor([0, 1])
-    with layer.context.use(token_mask=mask, sample_labels=labels):
+    with layer.context.use(ForwardInputs(token_mask=mask, sample_labels=labels)):
         layer(x)
     weights = torch.softmax(x @ layer.generalist.router, dim=-1)
     expected = 0.5 * localized_balance_loss(weights, mask, labels, delta=0.2)
@@ -94,7 +95,7 @@ def test_model_auxiliary_loss_sums_layers_and_padding_does_not_change_it():
     ctx = adapter_context(model)
     ids = torch.randint(1, 96, (2, 6), generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([1, 0])
-    with ctx.use(sample_labels=labels):
+    with ctx.use(ForwardInputs(sample_labels=labels)):
         model(ids)
         plain = auxiliary_loss(model)
     layer_sum = sum(layer.auxiliary_loss() for _, layer in adapter_layers(model))
@@ -102,7 +103,7 @@ def test_model_auxiliary_loss_sums_layers_and_padding_does_not_change_it():
     # Right-pad with three tokens: causal attention keeps the real tokens' activations, the mask drops the rest.
     padded = torch.cat([ids, torch.zeros(2, 3, dtype=ids.dtype)], dim=1)
     mask = torch.cat([torch.ones(2, 6), torch.zeros(2, 3)], dim=1).bool()
-    with ctx.use(token_mask=mask, sample_labels=labels):
+    with ctx.use(ForwardInputs(token_mask=mask, sample_labels=labels)):
         model(padded, attention_mask=mask.long())
         assert auxiliary_loss(model).item() == pytest.approx(plain.item(), rel=1e-9)
 
@@ -115,7 +116,7 @@ def test_router_diagnostics_are_recorded_only_on_request():
     ids = torch.randint(1, 96, (2, 6))
     model(ids)
     assert adapter_diagnostics(model) == {}
-    with adapter_context(model).use(record=True):
+    with adapter_context(model).recording():
         model(ids)
     diagnostics = adapter_diagnostics(model)
     assert len(diagnostics) == 6  # gate/up/down × 2 decoder layers

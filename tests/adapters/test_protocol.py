@@ -9,6 +9,7 @@ from torch import nn
 from maugpt.adapters import (
     AMoELoRA,
     AnomalyAware,
+    ForwardInputs,
     LoRA,
     LoRAMoE,
     adapter_context,
@@ -162,7 +163,9 @@ def test_activation_checkpointing_gives_the_same_gradients(kind):
         randomize_adapters(model)
         if checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
-        adapter_context(model).set(token_mask=mask, condition_mask=prompt, sample_labels=torch.tensor([0, 1]))
+        adapter_context(model).set(
+            ForwardInputs(token_mask=mask, condition_mask=prompt, sample_labels=torch.tensor([0, 1]))
+        )
         model(ids, attention_mask=mask.long(), labels=ids).loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()

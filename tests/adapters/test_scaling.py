@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from maugpt.adapters import Adapter, AMoELoRA, AnomalyAware, LoRA, LoRAMoE
+from maugpt.adapters import Adapter, AMoELoRA, AnomalyAware, ForwardInputs, LoRA, LoRAMoE
 
 N, R, ALPHA, D_IN, D_OUT = 4, 3, 6.0, 10, 12
 
@@ -100,7 +100,7 @@ def test_the_recorded_output_norms_are_each_components_mean_token_norm(scaling):
     )
     x = inputs()
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    with layer.context.use(token_mask=mask, record=True):
+    with layer.context.use(ForwardInputs(token_mask=mask)), layer.context.recording():
         out = layer(x)
     # by hand: the router (Eq. 1), each expert's term (Eq. 3) and the per-sample pair (Eq. 4-5)
     g = layer.generalist
@@ -122,7 +122,7 @@ def test_the_recorded_output_norms_are_each_components_mean_token_norm(scaling):
 def test_lora_records_its_delta_norm_beside_the_frozen_one():
     layer = randomized(LoRA(rank=R, alpha=ALPHA).wrap(nn.Linear(D_IN, D_OUT)).double())
     x = inputs()
-    with layer.context.use(record=True):
+    with layer.context.recording():
         layer(x)
     delta = (ALPHA / R) * (x @ layer.A) @ layer.B
     assert abs(layer.diagnostics()["lora_norm"].item() - delta.norm(dim=-1).mean().item()) <= 1e-10
@@ -151,7 +151,7 @@ def test_the_anomaly_aware_expert_alone_is_eq_5_added_to_the_frozen_output():
     layer = randomized(AnomalyAware(rank=R, alpha=ALPHA, hyper_hidden=8).wrap(nn.Linear(D_IN, D_OUT)).double())
     x = inputs().requires_grad_()
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
-    with layer.context.use(condition_mask=mask, record=True):
+    with layer.context.use(ForwardInputs(condition_mask=mask)), layer.context.recording():
         out = layer(x)
     expert = layer.anomaly_aware
     H = expert.hypernetwork(torch.stack([x[b][mask[b]].mean(0) for b in range(2)]))

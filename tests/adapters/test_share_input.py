@@ -8,6 +8,7 @@ import torch
 from maugpt.adapters import (
     AMoELoRA,
     AnomalyAware,
+    ForwardInputs,
     LoRA,
     LoRAMoE,
     adapter_context,
@@ -40,7 +41,9 @@ def step(model):
     mask[1, :2] = 0
     condition = mask.bool().clone()
     condition[:, 6:] = False
-    adapter_context(model).set(token_mask=mask.bool(), condition_mask=condition, sample_labels=torch.tensor([1, 0]))
+    adapter_context(model).set(
+        ForwardInputs(token_mask=mask.bool(), condition_mask=condition, sample_labels=torch.tensor([1, 0]))
+    )
     out = model(ids, attention_mask=mask, labels=ids, use_cache=False)
     aux = [loss for _, layer in adapter_layers(model) if (loss := layer.auxiliary_loss()) is not None]
     loss = out.loss + sum(aux)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from maugpt.adapters import AMoELoRA, LoRA, LoRAMoE, adapter_context, adapter_layers, inject
+from maugpt.adapters import AMoELoRA, ForwardInputs, LoRA, LoRAMoE, adapter_context, adapter_layers, inject
 from maugpt.compat import explain
 from maugpt.model import MAUGPT
 from maugpt.model.units import compile_llm, decoder_layers
@@ -38,7 +38,7 @@ def loss_and_grads(model, ids, mask):
     ctx = adapter_context(model)
     condition = mask.bool().clone()
     condition[:, 6:] = False
-    ctx.set(token_mask=mask.bool(), condition_mask=condition, sample_labels=torch.tensor([0, 1]))
+    ctx.set(ForwardInputs(token_mask=mask.bool(), condition_mask=condition, sample_labels=torch.tensor([0, 1])))
     torch.manual_seed(3)  # the same dropout masks in both runs
     loss = model(ids, attention_mask=mask, labels=ids, use_cache=False).loss
     aux = [layer.auxiliary_loss() for _, layer in adapter_layers(model)]

@@ -107,8 +107,8 @@ def test_a_checkpoint_of_another_adapter_is_refused_naming_both(tiny_base):
     message = str(err.value)
     assert "saved by stage 2 with adapter {'class_path': 'maugpt.adapters.amoe_lora.AMoELoRA'" in message
     assert "this model is stage 2 with adapter {'class_path': 'maugpt.adapters.lora.LoRA'" in message
-    # 3 layers × 7 projections × (W_a, W_b, router, hypernetwork's 2 weights and 2 biases)
-    assert "(147 not in the model, e.g. ['model.llm.model.layers.0.mlp.down_proj.anomaly_aware.W_a'" in message
+    # 3 layers × 7 projections × (generalist A, B, router; W_a, W_b, the hypernetwork's 2 weights and 2 biases)
+    assert "(189 not in the model, e.g. ['model.llm.model.layers.0.mlp.down_proj.anomaly_aware.W_a'" in message
 
 
 def amoe_adapter():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maugpt.adapters import AMoELoRA, adapter_layers
+from maugpt.adapters import AMoELoRA, ForwardInputs, adapter_layers
 from maugpt.training.cli import run
 from maugpt.training.module import MAUGPTModule
 from tests.conftest import randomize_adapters
@@ -82,7 +82,7 @@ def test_kv_cached_generation_equals_the_full_forward_through_the_whole_model(ti
         embeds = model.embed(prompt, pixels)
         from maugpt.adapters import adapter_context
 
-        with adapter_context(model.llm).generation(condition_mask=mask):
+        with adapter_context(model.llm).generating(ForwardInputs(condition_mask=mask)):
             gen = out(
                 inputs_embeds=embeds,
                 attention_mask=mask,
