@@ -22,14 +22,15 @@ demo: $(STAMP)
 	$(PY) tools/demo.py
 
 ## The test suite (CPU only, no downloads; Chromium from the OS packages for the HTML report's test),
-## after ruff's lint and format check (configured in pyproject.toml). One intra-op thread per process:
-## the tests start fits, loader workers and ranks as subprocesses, which on 2 cores otherwise spin
-## on each other's threads (the whole suite: 609 s this way beside a running sweep, 662 s without).
+## after ruff's lint and format check (configured in pyproject.toml). Two pytest workers
+## (pytest-xdist) with one intra-op thread per process: most of the suite's time is subprocesses
+## (fits, loader workers, ranks) starting up and waiting on each other, which two workers overlap
+## on 2 cores (the whole suite: 368 s this way, 635 s in one process).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	bash tools/install_chromium.sh
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
 ## Speed and memory ratios of the adapters and of the data loader.
 bench: $(STAMP)
