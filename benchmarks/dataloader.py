@@ -33,9 +33,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from maugpt.data.datamodule import ExampleEncoder
-from maugpt.data.encode import ChatEncoder, collate
-from maugpt.data.reader import decode_sample, iter_samples, shard_urls
+from maugpt.data.chat import ChatEncoder
+from maugpt.data.collate import collate
+from maugpt.data.examples import ExampleEncoder
+from maugpt.data.shards import decode_sample, iter_samples, shard_urls
 from maugpt.mauset.synthetic import build_synthetic
 from maugpt.tokenizer import save_tokenizer, train_tokenizer
 

@@ -197,7 +197,7 @@ def inspect_shards(folder: Path, samples: int = 2) -> None:
     record and a decodable image); the others are reported as skipped, by reason, as the data
     modules skip them.
     """
-    from maugpt.data.reader import SkipCounter, iter_samples
+    from maugpt.data.shards import SkipCounter, iter_samples
     from maugpt.mauset.stats import format_statistics, split_statistics
 
     splits = [folder] if (folder / "index.json").is_file() else sorted(p.parent for p in folder.glob("**/index.json"))
@@ -253,7 +253,7 @@ def tiny_base(
     Shards without ``mauset/train`` and ``captions/train`` or a non-empty ``out`` exit with one
     ``make_tiny_base: …`` message.
     """
-    from maugpt.data.reader import read_index
+    from maugpt.data.shards import read_index
     from maugpt.tiny_base import make_tiny_base
 
     for split in (shards / "mauset" / "train", shards / "captions" / "train"):

@@ -23,8 +23,9 @@ from PIL import Image
 from timm.models import save_for_hf
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from maugpt.data.encode import ChatEncoder, ImageTransform
-from maugpt.data.reader import iter_samples
+from maugpt.data.chat import ChatEncoder
+from maugpt.data.geometry import ImageTransform
+from maugpt.data.shards import iter_samples
 from maugpt.mauset.synthetic import iter_synthetic
 from maugpt.tokenizer import save_tokenizer, train_tokenizer
 

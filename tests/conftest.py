@@ -60,7 +60,7 @@ def synthetic_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(synthetic_dir, tmp_path_factory):
-    from maugpt.data.reader import iter_samples
+    from maugpt.data.shards import iter_samples
     from maugpt.tokenizer import save_tokenizer, train_tokenizer
 
     texts = [

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from maugpt.commands import figure_cores
-from maugpt.data.reader import iter_samples
+from maugpt.data.shards import iter_samples
 from maugpt.figures import embed
 from maugpt.training.cli import run
 from tests.training.conftest import AMOE, stage_config

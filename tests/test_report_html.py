@@ -54,7 +54,7 @@ def red_pixels(image: Image.Image) -> int:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> tuple[Path, list[dict]]:
     """A tiny synthetic MAU-Set (its data folder) and its test records."""
-    from maugpt.data.reader import iter_samples
+    from maugpt.data.shards import iter_samples
     from maugpt.mauset.synthetic import build_synthetic
 
     out = tmp_path_factory.mktemp("shards")

@@ -9,7 +9,8 @@ from pathlib import Path
 from torch.utils.data import DataLoader, IterableDataset
 
 from maugpt.data.formats import ChatFormat
-from maugpt.data.prompts import PromptDataModule, exactly_once
+from maugpt.data.prompts import PromptDataModule
+from maugpt.data.sharding import exactly_once
 from maugpt.images import DEFAULT_MAX_PIXELS, ImageRejected, open_rgb
 from maugpt.mauset.sources.common import images_in
 

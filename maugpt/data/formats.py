@@ -4,8 +4,9 @@ MAU-GPT's own format and the choice between it and a pretrained VLM's processor.
 The data modules (MAU-Set, MMAD, an image folder) decide *what* is asked about which images; a
 format decides how that becomes a batch, so no data module branches on the model:
 
-* :class:`EncoderFormat`: MAU-GPT's own, a timm encoder's transform and the LLM tokenizer's chat
-  template, each ``<image>`` expanded to the encoder's ``image_tokens`` slots (:mod:`maugpt.data.encode`).
+* :class:`EncoderFormat`: MAU-GPT's own, a timm encoder's transform (:mod:`maugpt.data.geometry`)
+  and the LLM tokenizer's chat template, each ``<image>`` expanded to the encoder's
+  ``image_tokens`` slots (:mod:`maugpt.data.chat`); batches by :mod:`maugpt.data.collate`.
 * :class:`~maugpt.data.processor.ProcessorFormat`: a pretrained vision-language model's own
   ``AutoProcessor`` (its image processor, chat template and image-token expansion).
 """
@@ -18,7 +19,9 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from maugpt.data.encode import ChatEncoder, ImageTransform, collate, collate_prompts
+from maugpt.data.chat import ChatEncoder
+from maugpt.data.collate import collate, collate_prompts
+from maugpt.data.geometry import ImageTransform
 from maugpt.tokenizer import load_tokenizer
 
 
@@ -54,7 +57,7 @@ class ChatFormat(Protocol):
 
 class EncoderFormat:
     """MAU-GPT's format: ``uint8`` images from the encoder's transform, token ids from the LLM
-    tokenizer's template (see :class:`~maugpt.data.encode.ChatEncoder` for the arguments)."""
+    tokenizer's template (see :class:`~maugpt.data.chat.ChatEncoder` for the arguments)."""
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ model's own template over structured messages (``{"type": "image"}`` and ``{"typ
 parts in order; where an image goes in the rendered text is the template's choice, e.g.
 LLaVA-1.5's puts every image first).
 
-Supervision follows :class:`~maugpt.data.encode.ChatEncoder`: each answer and the turn end the
+Supervision follows :class:`~maugpt.data.chat.ChatEncoder`: each answer and the turn end the
 template writes after it are labelled, everything else is −100. The answers' character spans in
 the rendered text are moved past the image expansions the processor reports
 (``return_text_replacement_offsets``) and matched to the tokens' offsets, as transformers' own
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maugpt.data.encode import IGNORE_INDEX, MARKED_PROBE, answer_spans, mark, turn_end
+from maugpt.data.chat import IGNORE_INDEX, MARKED_PROBE, answer_spans, mark, turn_end
 from maugpt.tokenizer import IMAGE_TOKEN, with_pad_token
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from maugpt.data.formats import ChatFormat
-from maugpt.data.prompts import PromptDataModule, exactly_once
+from maugpt.data.prompts import PromptDataModule
+from maugpt.data.sharding import exactly_once
 from maugpt.images import DEFAULT_MAX_PIXELS, open_rgb
 from maugpt.mmad.prompts import DEFAULT, INSTRUCTION, SCRIPTS, query_script
 from maugpt.mmad.scoring import MMADEvaluation, MMADQuestion, load_questions, present_options, read_mmad

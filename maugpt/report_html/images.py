@@ -71,7 +71,7 @@ def mauset_thumbs(split: Path, keys: set[str]) -> Thumbs:
     limit (written to a temporary file, the path it reads)."""
     import webdataset as wds
 
-    from maugpt.data.reader import IMAGE_EXTENSIONS, shard_urls
+    from maugpt.data.shards import IMAGE_EXTENSIONS, shard_urls
     from maugpt.images import DEFAULT_MAX_PIXELS, ORIENTATION, ImageRejected, open_mask, open_rgb
 
     thumbs = Thumbs()

@@ -15,7 +15,7 @@ doing. (A sweep's array task is requeued by its runner instead, see :mod:`maugpt
 
 The checkpoints (every save, not only this one) also carry the random number generators' states,
 restored just before the first resumed step, so that dropout draws what an uninterrupted run
-would have drawn: with the data stream's exact replay (``maugpt.data.datamodule.EpochLoader``) a
+would have drawn: with the data stream's exact replay (``maugpt.data.streams.EpochLoader``) a
 resumed fit ends with the weights of an uninterrupted one.
 """
 

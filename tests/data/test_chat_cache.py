@@ -8,9 +8,9 @@ import pytest
 from tokenizers import AddedToken
 from transformers import AutoTokenizer
 
+from maugpt.data.chat import ChatEncoder
 from maugpt.data.chat_cache import PROBES, SegmentTokenizer, TemplateRenderer
-from maugpt.data.encode import ChatEncoder
-from maugpt.data.reader import iter_samples
+from maugpt.data.shards import iter_samples
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from maugpt.data.chat import IGNORE_INDEX
+from maugpt.data.collate import collate
 from maugpt.data.datamodule import MAUSetDataModule
-from maugpt.data.encode import IGNORE_INDEX, collate
-from maugpt.data.reader import iter_samples
+from maugpt.data.shards import iter_samples
 
 
 def datamodule(synthetic_dir, tokenizer_dir, vision_dir, **kwargs):
@@ -61,7 +62,7 @@ def test_training_gives_every_rank_the_same_number_of_full_batches(synthetic_dir
     for rank in range(2):
         batches = []
         for _ in range(2):  # two epochs
-            from maugpt.data.datamodule import EpochLoader
+            from maugpt.data.streams import EpochLoader
 
             dataset = dm.train_dataset(rank, 2)
             batches.append(

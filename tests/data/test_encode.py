@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from maugpt.data.encode import IGNORE_INDEX, ChatEncoder, ImageTransform, collate
+from maugpt.data.chat import IGNORE_INDEX, ChatEncoder
+from maugpt.data.collate import collate
+from maugpt.data.geometry import ImageTransform
 
 
 @pytest.fixture(scope="module")

@@ -250,7 +250,7 @@ def test_maugpt_test_writes_predictions_and_tables_without_overwriting(tiny_base
     import sys
     from pathlib import Path
 
-    from maugpt.data.reader import iter_samples
+    from maugpt.data.shards import iter_samples
     from maugpt.training.cli import run
     from tests.training.conftest import AMOE, stage_config
 

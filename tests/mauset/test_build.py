@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from maugpt.data.reader import SkipCounter, iter_samples, read_index
+from maugpt.data.shards import SkipCounter, iter_samples, read_index
 from maugpt.mauset.build import build_mauset
 from maugpt.mauset.knowledge import Knowledge
 from maugpt.mauset.split import split_images

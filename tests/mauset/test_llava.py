@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from maugpt.data.reader import iter_samples
+from maugpt.data.shards import iter_samples
 from maugpt.mauset.llava import convert_llava_pretrain
 from tests.mauset.releases import image
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from maugpt import commands
-from maugpt.data.reader import iter_samples
+from maugpt.data.shards import iter_samples
 from maugpt.mauset.build import BuildError, build_mauset
 from maugpt.mauset.knowledge import Knowledge
 from maugpt.mauset.sources import SOURCES, LayoutError, Source, register

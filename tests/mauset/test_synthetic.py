@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maugpt.data.reader import iter_samples
+from maugpt.data.shards import iter_samples
 from maugpt.mauset.knowledge import Knowledge
 from maugpt.mauset.synthetic import PRODUCTS, build_synthetic, render
 from maugpt.schema import DOMAINS

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from maugpt.data.prompts import evaluation_slot, padded, share
+from maugpt.data.sharding import evaluation_slot, padded, share
 from tests.mauset.releases import image
 
 

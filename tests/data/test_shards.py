@@ -13,7 +13,7 @@ import pytest
 
 from maugpt.cli import main
 from maugpt.data.datamodule import MAUSetDataModule
-from maugpt.data.reader import SkipCounter, iter_samples, read_index
+from maugpt.data.shards import SkipCounter, iter_samples, read_index
 
 #: How webdataset cuts a member name into the sample's key and the member's extension.
 MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import re
+import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -155,3 +156,20 @@ def iter_samples(folder: str | Path, counter: SkipCounter | None = None) -> Iter
         empty_check=False,
     )
     return decode_or_skip(raw, counter or SkipCounter())
+
+
+def scan_records(url: str) -> list[dict]:
+    """The JSON records of one shard, read without decoding any image: undecodable ones are left
+    out, and a missing or damaged (truncated) shard gives the records before the damage."""
+    records = []
+    try:
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    try:
+                        records.append(json.loads(tar.extractfile(member).read()))
+                    except ValueError:
+                        continue
+    except (tarfile.TarError, EOFError, OSError) as err:
+        log.warning("evaluation shard %s is missing or damaged after %d record(s): %s", url, len(records), err)
+    return records
