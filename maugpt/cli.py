@@ -132,6 +132,7 @@ def main(args: list[str] | None = None) -> None:
             "export": export,
             "recipes": recipes,
             "build": commands.build,
+            "download": commands.download,
             "build-llava": commands.build_llava,
             "synth": commands.synth,
             "inspect": commands.inspect_shards,

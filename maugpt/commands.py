@@ -96,6 +96,41 @@ def build(
         raise SystemExit(f"build: {err}") from None
 
 
+def download(source: SourceChoice, *, root: Path, accept_licence: bool = False) -> None:
+    """Download a source's public release (or ``all`` seven), verify it and unpack it into
+    ``root/<source>``, the layout ``maugpt build --source all --root ROOT`` reads.
+
+    Each file comes from the release's own distribution point, resumed after a cut connection and
+    checked against its SHA-256 (where the hash comes from is printed with it); a verified,
+    unpacked source is not downloaded again. A file offered only behind a form or a login is not
+    fetched: its page, file name and folder are printed, and what you save there is verified.
+
+    Args:
+        source: one source, or ``all``.
+        root: the folder of all releases; the downloads themselves stay in ``root/.downloads``.
+        accept_licence: accept the printed licence(s); needed once per source and ``root`` (several
+            releases are for non-commercial research only).
+
+    A licence not accepted, a wrong hash (the file is removed), an HTTP error or a download cut too
+    often (the part is kept for the next run) exits with one ``download: …`` message per source.
+    """
+    from maugpt.download import DownloadError, Downloads
+
+    names = list(SOURCES) if source == "all" else [source]
+    downloads, failed = Downloads(root), []
+    for name in names:
+        release = SOURCES[name].release
+        if release is None:
+            failed.append(f"{name}: no public release to download is recorded for it")
+            continue
+        try:
+            downloads.install(name, release, accept_licence=accept_licence)
+        except DownloadError as err:
+            failed.append(str(err))
+    if failed:
+        raise SystemExit("download: " + "\ndownload: ".join(failed))
+
+
 def build_llava(
     *,
     annotations: Path,

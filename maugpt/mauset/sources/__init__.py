@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from maugpt.download import Release
 from maugpt.mauset.sources.common import BuildError, LayoutError
 from maugpt.schema import SourceImage
 
@@ -46,6 +47,8 @@ class Source:
             far below it means a folder is missing or the packaging differs from ``layout``.
         paper_images: ``(normal, abnormal)`` images of the source in the paper's Table 1; None
             for a source the paper does not use.
+        release: where the release is published, its files' hashes and its licence, for
+            ``maugpt download`` (:class:`~maugpt.download.Release`); None: not downloadable.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Source:
     layout: str
     release_images: int
     paper_images: tuple[int, int] | None = None
+    release: Release | None = None
 
 
 #: Every registered source by name: this package's in alphabetical order, then any registered later.

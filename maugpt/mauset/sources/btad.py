@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maugpt.download import Release, ReleaseFile
 from maugpt.mauset.sources import Source, register
 from maugpt.mauset.sources.common import LayoutError, descend, find_by_stem, images_in, listing
 from maugpt.schema import SourceImage
@@ -38,6 +39,26 @@ def scan_btad(root: Path, missing: list[str] | None = None) -> list[SourceImage]
     return found
 
 
+RELEASE = Release(
+    page="https://github.com/pankajmishra000/VT-ADL",
+    licence="CC BY-SA 4.0, as the authors' repository states (anomalib's docstring says CC BY-NC-SA 4.0)",
+    files=(
+        ReleaseFile(
+            "btad.zip",
+            "https://avires.dimi.uniud.it/papers/btad/btad.zip",
+            "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a",
+            "anomalib's registry (openvinotoolkit/anomalib, src/anomalib/data/datamodules/image/btech.py)",
+        ),  # unpacks to BTech_Dataset_transformed/{01,02,03}
+    ),
+)
+
 register(
-    Source(name="btad", scan=scan_btad, layout=LAYOUT, paper_images=(2250, 580), release_images=2540)
+    Source(
+        name="btad",
+        scan=scan_btad,
+        layout=LAYOUT,
+        paper_images=(2250, 580),
+        release_images=2540,
+        release=RELEASE,
+    )
 )  # 01: 400 + 21 + 49, 02: 399 + 30 + 200, 03: 1,000 + 400 + 41

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from maugpt.download import COMPUTED, Release, ReleaseFile
 from maugpt.mauset.sources import Source, register
 from maugpt.mauset.sources.common import LayoutError, descend, find_by_stem, images_in, listing
 from maugpt.schema import SourceImage
@@ -57,6 +58,17 @@ def scan_dagm(root: Path, missing: list[str] | None = None) -> list[SourceImage]
     return found
 
 
+RELEASE = Release(
+    page="https://zenodo.org/records/8086136",
+    licence="none stated on the release pages (the DAGM 2007 competition data, for research; cite it)",
+    files=tuple(
+        ReleaseFile(f"Class{k}.zip", f"https://zenodo.org/records/8086136/files/Class{k}.zip", None, COMPUTED)
+        for k in range(1, 11)
+    ),  # Zenodo publishes MD5s only; each zip unpacks to Class<k>/{Train,Test}
+)
+
 register(
-    Source(name="dagm", scan=scan_dagm, layout=LAYOUT, paper_images=(10000, 1500), release_images=16100)
+    Source(
+        name="dagm", scan=scan_dagm, layout=LAYOUT, paper_images=(10000, 1500), release_images=16100, release=RELEASE
+    )
 )  # classes 1-6: 575 Train + 575 Test each; 7-10: 1,150 + 1,150

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from maugpt.download import COMPUTED, Release, ReleaseFile
 from maugpt.mauset.sources import Source, register
 from maugpt.mauset.sources.common import BuildError, LayoutError, descend, listing
 from maugpt.schema import SourceImage
@@ -123,6 +124,28 @@ def scan_deeppcb(root: Path, missing: list[str] | None = None) -> list[SourceIma
     return found
 
 
+COMMIT = "08e98c4db5922613fb97176eb3d6497d48260cb1"  # the repository's one tip, 2018-12-19
+RELEASE = Release(
+    page="https://github.com/tangsanli5201/DeepPCB",
+    licence="MIT (the repository's LICENSE); its README: for research purposes only",
+    files=(
+        ReleaseFile(
+            f"DeepPCB-{COMMIT}.zip",
+            f"https://github.com/tangsanli5201/DeepPCB/archive/{COMMIT}.zip",
+            None,
+            COMPUTED,
+            strip_top=True,
+        ),  # the data lives in the repository: PCBData/ once the archive's top folder is dropped
+    ),
+)
+
 register(
-    Source(name="deeppcb", scan=scan_deeppcb, layout=LAYOUT, paper_images=(1501, 1500), release_images=3001)
+    Source(
+        name="deeppcb",
+        scan=scan_deeppcb,
+        layout=LAYOUT,
+        paper_images=(1501, 1500),
+        release_images=3001,
+        release=RELEASE,
+    )
 )  # 1,500 boards + 1,501 templates

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from maugpt.download import COMPUTED, Release, ReleaseFile
 from maugpt.mauset.sources import Source, register
 from maugpt.mauset.sources.common import LayoutError, descend, listing
 from maugpt.schema import SourceImage
@@ -60,6 +61,27 @@ def scan_ksdd2(root: Path, missing: list[str] | None = None) -> list[SourceImage
     return found
 
 
+RELEASE = Release(
+    page="https://www.vicos.si/resources/kolektorsdd2/",
+    licence="CC BY-NC-SA 4.0 (ViCoS): non-commercial use only",
+    files=(
+        ReleaseFile(
+            "KolektorSDD2.zip",
+            "https://go.vicos.si/kolektorsdd2",
+            None,
+            COMPUTED,
+            skip=("* (copy)*",),  # train/10301 (copy).png and its mask: a duplicate the zip ships
+        ),  # unpacks to train/ and test/
+    ),
+)
+
 register(
-    Source(name="ksdd2", scan=scan_ksdd2, layout=LAYOUT, paper_images=(2979, 356), release_images=3335)
+    Source(
+        name="ksdd2",
+        scan=scan_ksdd2,
+        layout=LAYOUT,
+        paper_images=(2979, 356),
+        release_images=3335,
+        release=RELEASE,
+    )
 )  # train 246 + 2,085, test 110 + 894

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maugpt.download import COMPUTED, Release, ReleaseFile
 from maugpt.mauset.sources import Source, register
 from maugpt.mauset.sources.common import LayoutError, listing
 from maugpt.schema import SourceImage
@@ -73,6 +74,28 @@ def scan_magnetic_tile(root: Path, missing: list[str] | None = None) -> list[Sou
     return found
 
 
+COMMIT = "cc4eb530b57b9cb7225bf76023873043ffd50655"  # the repository's tip, 2020-05-09
+RELEASE = Release(
+    page="https://github.com/abin24/Magnetic-tile-defect-datasets.",
+    licence="none stated by the repository; it asks to cite 'Saliency of magnetic tile surface defects'",
+    files=(
+        ReleaseFile(
+            f"Magnetic-tile-defect-datasets-{COMMIT}.zip",
+            f"https://github.com/abin24/Magnetic-tile-defect-datasets./archive/{COMMIT}.zip",
+            None,
+            COMPUTED,
+            strip_top=True,
+        ),  # the data lives in the repository: MT_<Class>/Imgs
+    ),
+)
+
 register(
-    Source(name="magnetic_tile", scan=scan_magnetic_tile, layout=LAYOUT, paper_images=(952, 383), release_images=1344)
+    Source(
+        name="magnetic_tile",
+        scan=scan_magnetic_tile,
+        layout=LAYOUT,
+        paper_images=(952, 383),
+        release_images=1344,
+        release=RELEASE,
+    )
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from maugpt.download import Release, ReleaseFile
 from maugpt.mauset.sources import Source, register
 from maugpt.mauset.sources.common import LayoutError, images_in, listing
 from maugpt.schema import SourceImage
@@ -53,6 +54,27 @@ def scan_mvtec_ad(root: Path, missing: list[str] | None = None) -> list[SourceIm
     return scan_mvtec_layout(root, "mvtec_ad")
 
 
+RELEASE = Release(
+    page="https://www.mvtec.com/company/research/datasets/mvtec-ad",
+    licence="CC BY-NC-SA 4.0, as MVTec's page states: non-commercial use only",
+    files=(
+        ReleaseFile(
+            "mvtec_anomaly_detection.tar.xz",
+            "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/420938113-1629952094/"
+            "mvtec_anomaly_detection.tar.xz",
+            "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
+            "anomalib's registry (openvinotoolkit/anomalib, src/anomalib/data/datamodules/image/mvtecad.py)",
+        ),  # the category folders at the top, as the scanner reads them
+    ),
+)
+
 register(
-    Source(name="mvtec_ad", scan=scan_mvtec_ad, layout=LAYOUT, paper_images=(4096, 1258), release_images=5354)
+    Source(
+        name="mvtec_ad",
+        scan=scan_mvtec_ad,
+        layout=LAYOUT,
+        paper_images=(4096, 1258),
+        release_images=5354,
+        release=RELEASE,
+    )
 )  # 3,629 train + 1,725 test
