@@ -21,6 +21,7 @@ from maugpt.mauset.sources import SOURCES
 
 #: ``maugpt build --source``: every registered source, or all of them.
 SourceChoice = Literal[(*SOURCES, "all")]  # type: ignore[valid-type]  # built from the registry
+DownloadChoice = Literal[(*SOURCES, "all", "mmad", "llava-pretrain")]  # type: ignore[valid-type]
 
 
 def build(
@@ -96,9 +97,13 @@ def build(
         raise SystemExit(f"build: {err}") from None
 
 
-def download(source: SourceChoice, *, root: Path, accept_licence: bool = False) -> None:
+def download(source: DownloadChoice, *, root: Path, accept_licence: bool = False) -> None:
     """Download a source's public release (or ``all`` seven), verify it and unpack it into
-    ``root/<source>``, the layout ``maugpt build --source all --root ROOT`` reads.
+    ``root/<source>``, the layout ``maugpt build --source all --root ROOT`` reads; or MMAD
+    (``mmad``: ``root/MMAD``, the ``data_root`` of ``configs/eval/mmad.yaml``) or LLaVA-Pretrain
+    (``llava-pretrain``: ``root/LLaVA-Pretrain/{blip_laion_cc_sbu_558k.json,images/}``, what
+    ``maugpt build-llava`` reads) from the Hugging Face Hub, through ``huggingface_hub`` and its
+    cache (``HF_HUB_OFFLINE=1`` uses a cached copy).
 
     Each file comes from the release's own distribution point, resumed after a cut connection and
     checked against its SHA-256 (where the hash comes from is printed with it); a verified,
@@ -106,7 +111,7 @@ def download(source: SourceChoice, *, root: Path, accept_licence: bool = False) 
     fetched: its page, file name and folder are printed, and what you save there is verified.
 
     Args:
-        source: one source, or ``all``.
+        source: one source, ``all`` seven, ``mmad`` or ``llava-pretrain``.
         root: the folder of all releases; the downloads themselves stay in ``root/.downloads``.
         accept_licence: accept the printed licence(s); needed once per source and ``root`` (several
             releases are for non-commercial research only).
@@ -114,11 +119,16 @@ def download(source: SourceChoice, *, root: Path, accept_licence: bool = False) 
     A licence not accepted, a wrong hash (the file is removed), an HTTP error or a download cut too
     often (the part is kept for the next run) exits with one ``download: …`` message per source.
     """
-    from maugpt.download import DownloadError, Downloads
+    from maugpt.download import HUB_RELEASES, DownloadError, Downloads, install_hub
 
-    names = list(SOURCES) if source == "all" else [source]
     downloads, failed = Downloads(root), []
-    for name in names:
+    if source in HUB_RELEASES:
+        try:
+            install_hub(downloads, source, HUB_RELEASES[source], accept_licence=accept_licence)
+        except DownloadError as err:
+            raise SystemExit(f"download: {err}") from None
+        return
+    for name in list(SOURCES) if source == "all" else [source]:
         release = SOURCES[name].release
         if release is None:
             failed.append(f"{name}: no public release to download is recorded for it")

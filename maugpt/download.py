@@ -134,20 +134,24 @@ def fetch(
             time.sleep(backoff * 2**attempt)
 
 
+def members(archive: Path) -> list[str]:
+    """The member names of a zip or tar archive."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            return [info.filename for info in zf.infolist()]
+    if tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            return tf.getnames()
+    raise DownloadError(f"{archive} is neither a zip nor a tar archive; not unpacked")
+
+
 def unpack(archive: Path, dest: Path, *, strip_top: bool = False, skip: tuple[str, ...] = ()) -> int:
     """Unpack a zip or tar archive into ``dest``; returns the files written. ``strip_top`` and
     ``skip`` as in :class:`ReleaseFile`. A member that would land outside ``dest`` (an absolute
     path, ``..``, a link) is refused, naming it, before anything is written."""
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            names = [info.filename for info in zf.infolist()]
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            names = tf.getnames()
-    else:
-        raise DownloadError(f"{archive} is neither a zip nor a tar archive; not unpacked")
+    names = members(archive)
     tops = {PurePosixPath(n).parts[0] for n in names if PurePosixPath(n).parts}
     drop = 1 if strip_top and len(tops) == 1 and any(len(PurePosixPath(n).parts) > 1 for n in names) else 0
 
@@ -290,3 +294,119 @@ class Downloads:
         marker.write_text(json.dumps({"files": hashes, "page": release.page}, indent=2))
         self.say(f"{name}: {written} files unpacked into {dest}")
         return dest
+
+
+@dataclass(frozen=True)
+class HubRelease:
+    """A dataset published on the Hugging Face Hub: its files (``ReleaseFile.name`` is the path in
+    the repository; ``url`` is unused), fetched with ``huggingface_hub`` into its cache (resumed,
+    and offline with ``HF_HUB_OFFLINE=1`` once cached), verified, then copied or unpacked into
+    ``root/<folder>``."""
+
+    repo_id: str
+    revision: str
+    folder: str
+    page: str
+    licence: str
+    files: tuple[ReleaseFile, ...]
+
+    @property
+    def release(self) -> Release:
+        return Release(page=self.page, licence=self.licence, files=self.files)
+
+
+def install_hub(downloads: Downloads, name: str, hub: HubRelease, *, accept_licence: bool = False) -> Path:
+    """``hub``'s files verified in ``downloads.root / hub.folder``: a zip ``X.zip`` unpacked into
+    ``X/`` there (unless its members already are under ``X/``), other files copied; nothing to do
+    when a previous run left them with the same hashes. A file's hash is the one recorded here
+    (:class:`ReleaseFile`), else the Hub's own for a large file (its cache names the file by its
+    SHA-256), else computed on the first download."""
+    from huggingface_hub import hf_hub_download
+
+    downloads.accept(name, hub.release, accept_licence)
+    dest = downloads.root / hub.folder
+    marker = dest / ".download.json"
+    want = {f.name: downloads.expected(name, f) for f in hub.files}
+    if marker.is_file() and None not in want.values() and json.loads(marker.read_text()).get("files") == want:
+        downloads.say(f"{name}: already downloaded, verified and unpacked in {dest}")
+        return dest
+    fetched = []
+    for file in hub.files:
+        try:
+            path = Path(hf_hub_download(hub.repo_id, file.name, repo_type="dataset", revision=hub.revision))
+        except Exception as err:  # the hub's errors: offline without a cached copy, HTTP, a missing file
+            raise DownloadError(
+                f"{name}: {hub.repo_id}/{file.name} @ {hub.revision}: {type(err).__name__}: {err}"
+            ) from None
+        path = path.resolve()  # the cache's blob (a wrong one is removed, and fetched again next time)
+        if file.sha256 is None and len(path.name) == 64:  # a large (LFS) file's blob is named by its SHA-256
+            file = ReleaseFile(file.name, None, path.name, "the Hub's record of the file (its LFS object id)")
+        downloads.verify(name, file, path)
+        fetched.append((file, path))
+    dest.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for file, path in fetched:
+        if zipfile.is_zipfile(path):
+            stem = PurePosixPath(file.name).stem
+            own_top = {PurePosixPath(n).parts[0] for n in members(path)} == {stem}
+            written += unpack(path, dest if own_top else dest / stem, skip=file.skip)
+        else:
+            shutil.copyfile(path, dest / PurePosixPath(file.name).name)
+            written += 1
+    marker.write_text(json.dumps({"files": {f.name: downloads.expected(name, f) for f in hub.files}}, indent=2))
+    downloads.say(f"{name}: {written} files in {dest}")
+    return dest
+
+
+#: MMAD (Jiang et al. 2025): the questions and the five image sets, as its query scripts read them.
+MMAD = HubRelease(
+    repo_id="jiang-cc/MMAD",
+    revision="main",
+    folder="MMAD",
+    page="https://huggingface.co/datasets/jiang-cc/MMAD",
+    licence="CC BY-NC-SA 4.0 (the dataset card), and each image source's own licence: research use only",
+    files=(
+        ReleaseFile(
+            "mmad.json",
+            None,
+            "7452a5dc452325735ad68f19cdaf25369e0127e32cd21f6d53be195e8242720a",
+            "the Hub's file page (LFS object id)",
+        ),
+        ReleaseFile(
+            "MVTec-AD.zip",
+            None,
+            "0a4ff072fafcfc4bccce68c0657b5d3890cb3c01737c66ab36259f806438faf2",
+            "the Hub's file page (LFS object id)",
+        ),
+        ReleaseFile(
+            "DS-MVTec.zip",
+            None,
+            "1b0ff7b548021e977a755b02167c069dc03e701718d4436e635071f7e1f899f3",
+            "the Hub's file page (LFS object id)",
+        ),
+        ReleaseFile(
+            "MVTec-LOCO.zip",
+            None,
+            "e2bbcb234fcb7478199dde32a861642eadade7c10ea762958bc7d762f3cd82e9",
+            "the Hub's file page (LFS object id)",
+        ),
+        ReleaseFile("VisA.zip", None, None, COMPUTED),
+        ReleaseFile("GoodsAD.zip", None, None, COMPUTED),
+    ),
+)
+
+#: LLaVA-Pretrain (Liu et al. 2023): the 558K BLIP captions and their images, for stage 1.
+LLAVA_PRETRAIN = HubRelease(
+    repo_id="liuhaotian/LLaVA-Pretrain",
+    revision="70f9d1e5e1a697fe35830875cfc7de1dd590d727",  # the repository's one commit
+    folder="LLaVA-Pretrain",
+    page="https://huggingface.co/datasets/liuhaotian/LLaVA-Pretrain",
+    licence="other (the dataset card): comply with the CC-3M and BLIP licences and the LAION/CC/SBU terms",
+    files=(
+        ReleaseFile("blip_laion_cc_sbu_558k.json", None, None, COMPUTED),
+        ReleaseFile("images.zip", None, None, COMPUTED),
+    ),
+)
+
+#: The Hub datasets ``maugpt download`` takes besides the MAU-Set sources.
+HUB_RELEASES: dict[str, HubRelease] = {"mmad": MMAD, "llava-pretrain": LLAVA_PRETRAIN}

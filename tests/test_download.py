@@ -4,8 +4,10 @@ behind a form, and the build that follows."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -237,3 +239,106 @@ def test_every_source_records_its_release_page_licence_and_where_each_hash_comes
     published = {n: f.sha256_from for n, s in SOURCES.items() for f in s.release.files if f.sha256}
     assert sorted(published) == ["btad", "mvtec_ad"] and all("anomalib" in v for v in published.values())
     assert [f.url for f in SOURCES["mpdd"].release.files] == [None]  # a SharePoint folder: saved by hand
+
+
+def hub_cache(cache: Path, repo_id: str, revision: str, files: dict[str, bytes]) -> None:
+    """``files`` as the Hugging Face cache holds a dataset at ``revision``: blobs named by their
+    SHA-256 (as large files are), linked from the revision's snapshot."""
+    repo = cache / f"datasets--{repo_id.replace('/', '--')}"
+    pinned = len(revision) == 40  # a commit: its snapshot directly; a branch: a ref to a commit
+    commit = revision if pinned else "0123456789abcdef0123456789abcdef01234567"
+    if not pinned:
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / revision).write_text(commit)
+    for name, body in files.items():
+        blob = repo / "blobs" / hashlib.sha256(body).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(body)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("../..") / "blobs" / blob.name)
+
+
+def zipped(tree: Path, top: Path) -> bytes:
+    """``top`` (a folder under ``tree``) zipped with paths relative to ``tree``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for path in sorted(top.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(tree).as_posix())
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_mmad_from_the_hub_cache_offline_unpacks_into_the_layout_the_mmad_data_reads(tmp_path, offline_hub):
+    from maugpt.download import MMAD, install_hub
+    from maugpt.mmad.scoring import load_questions
+    from tests.mmad.test_data import QUESTIONS, write_tree
+
+    tree = write_tree(tmp_path / "tree")
+    files = {"mmad.json": (tree / "mmad.json").read_bytes()}
+    files["MVTec-AD.zip"] = zipped(tree, tree / "MVTec-AD")  # members under MVTec-AD/
+    files["DS-MVTec.zip"] = zipped(tree, tree / "DS-MVTec")
+    files["VisA.zip"] = zipped(tree / "VisA", tree / "VisA")  # members without their top folder
+    hub = dataclasses.replace(MMAD, files=tuple(ReleaseFile(n, None, None, COMPUTED) for n in files))
+    hub_cache(offline_hub, MMAD.repo_id, MMAD.revision, files)
+    said: list[str] = []
+    dest = install_hub(Downloads(tmp_path / "data", say=said.append), "mmad", hub, accept_licence=True)
+    assert dest == tmp_path / "data" / "MMAD"
+    expected = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
+    got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert got == sorted([*expected, ".download.json"])
+    assert all((dest / p).read_bytes() == (tree / p).read_bytes() for p in expected)
+    assert len(load_questions(dest / "mmad.json")) == QUESTIONS
+    assert sum("verified (the Hub's record of the file (its LFS object id))" in line for line in said) == 4
+    # the packaged description holds the release's published hash, which the test's file lacks:
+    # refused and named, and the cache's copy removed (the next run fetches it again)
+    blob = offline_hub / "datasets--jiang-cc--MMAD" / "blobs" / hashlib.sha256(files["mmad.json"]).hexdigest()
+    with pytest.raises(DownloadError, match=rf"mmad: mmad.json has sha256 \w+, expected {MMAD.files[0].sha256} "):
+        install_hub(Downloads(tmp_path / "other", say=said.append), "mmad", MMAD, accept_licence=True)
+    assert not blob.exists() and not (tmp_path / "other" / "MMAD").exists()
+
+
+def test_llava_pretrain_from_the_hub_cache_then_build_llava_reads_it(tmp_path, offline_hub, capsys):
+    from maugpt.cli import main
+    from maugpt.data.shards import iter_samples
+    from maugpt.download import LLAVA_PRETRAIN
+
+    tree = tmp_path / "tree"
+    releases.image(tree / "00453" / "004539375.jpg", size=(64, 48))
+    record = {
+        "id": "004539375",
+        "image": "00453/004539375.jpg",
+        "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "a red car"}],
+    }
+    files = {"blip_laion_cc_sbu_558k.json": json.dumps([record]).encode(), "images.zip": zipped(tree, tree)}
+    hub_cache(offline_hub, LLAVA_PRETRAIN.repo_id, LLAVA_PRETRAIN.revision, files)
+    root = tmp_path / "data"
+    main(["download", "llava-pretrain", "--root", str(root), "--accept_licence", "true"])
+    assert "llava-pretrain: 2 files in" in capsys.readouterr().out
+    folder = root / "LLaVA-Pretrain"
+    assert (folder / "images" / "00453" / "004539375.jpg").is_file()
+    main(
+        [
+            "build-llava",
+            "--annotations",
+            str(folder / "blip_laion_cc_sbu_558k.json"),
+            "--images",
+            str(folder / "images"),
+            "--out",
+            str(tmp_path / "shards"),
+            "--max_side",
+            "32",
+        ]
+    )
+    assert [s["json"]["key"] for s in iter_samples(tmp_path / "shards" / "train")] == ["llava_pretrain/004539375"]
