@@ -353,11 +353,14 @@ def score_mauset(
     if out is not None and any((out / name).exists() for name in written):
         raise SystemExit(f"score_mauset: {out} already holds one of {', '.join(written)}; choose another --out")
     files = sorted(predictions.glob("predictions*.jsonl")) if predictions.is_dir() else [predictions]
+    from tqdm import tqdm
+
     scores = MAUSetScores(bleu_tokenize, rouge_stemmer)
     rows = []
     try:
         for path in files:
-            for line, row in enumerate(read_jsonl(path), 1):
+            read = read_jsonl(path)
+            for line, row in enumerate(tqdm(read, desc=f"scoring {path.name}", unit="answer", leave=False), 1):
                 missing = [f for f in FIELDS if not isinstance(row.get(f), str)]
                 if missing:
                     raise ValueError(f"{path}, line {line}: needs text fields {missing}")
@@ -447,6 +450,22 @@ def score_mmad(
         print(f"scored predictions written to {scored}")
 
 
+def judge_with_progress(judge, rows: list[dict]) -> list:
+    """``judge.judge(rows)`` behind a progress bar (on stderr) that counts the answers judged,
+    taken from the verdict cache and left unjudged."""
+    from tqdm import tqdm
+
+    counts = dict.fromkeys(("judged", "cached", "unjudged"), 0)
+    with tqdm(total=len(rows), desc="judge", unit="answer", dynamic_ncols=True) as bar:
+
+        def progress(outcome: str) -> None:
+            counts[outcome] += 1
+            bar.set_postfix(counts, refresh=False)
+            bar.update()
+
+        return judge.judge(rows, progress=progress)
+
+
 def judge(
     predictions: Path,
     *,
@@ -533,7 +552,7 @@ def judge(
         )
     except ValueError as err:
         raise SystemExit(f"judge: {err}") from None
-    verdicts = judge.judge(rows)
+    verdicts = judge_with_progress(judge, rows)
     table = judged_accuracy(rows, verdicts)
     print(f"| answers | LLM-judged accuracy % ({model}) | judged | unjudged |\n|---|---:|---:|---:|")
     for group in [g for g in table if g not in (MACRO, POOLED)] + [MACRO, POOLED]:

@@ -40,7 +40,8 @@ import threading
 import time
 import urllib.parse
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic  # bound apart from ``time``, which tests replace to record the waits
@@ -250,14 +251,23 @@ class Judge:
                     f.write(json.dumps({"key": key, "correct": verdict.correct, "reason": verdict.reason}) + "\n")
         return verdict
 
-    def judge(self, rows: list[dict]) -> list[Verdict]:
+    def judge(self, rows: list[dict], progress: Callable[[str], None] | None = None) -> list[Verdict]:
         """Verdicts for prediction rows (``question``, ``reference``, ``prediction``), in order,
-        within ``deadline`` seconds when one is set."""
+        within ``deadline`` seconds when one is set. ``progress(outcome)`` is called as each
+        answer is done, with ``"cached"``, ``"judged"`` or ``"unjudged"`` (a progress bar's feed)."""
         until = monotonic() + self.deadline if self.deadline else None
+
+        def one(row: dict) -> tuple[Verdict, str]:
+            cached = self.key(row["question"], row["reference"], row["prediction"]) in self.cache
+            verdict = self.verdict(row["question"], row["reference"], row["prediction"], until=until)
+            return verdict, "cached" if cached else ("unjudged" if verdict.correct is None else "judged")
+
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(
-                pool.map(lambda r: self.verdict(r["question"], r["reference"], r["prediction"], until=until), rows)
-            )
+            futures = [pool.submit(one, row) for row in rows]
+            for future in as_completed(futures):
+                if progress is not None:
+                    progress(future.result()[1])
+            return [future.result()[0] for future in futures]
 
 
 def check_limits(*, base_url: str, timeout: float, deadline: float | None, max_reply_bytes: int) -> None:

@@ -593,3 +593,22 @@ def test_the_judge_command_prints_why_answers_stayed_unjudged(tmp_path, capsys):
         "WARNING: 5 of 7 answers (71.4 %) stayed unjudged, more than --max_unjudged 0.01; they are left out of "
         "the accuracies above. Run again to ask for them (verdicts already given are cached)."
     ) in err.splitlines()
+
+
+def test_progress_counts_each_answer_once_as_judged_cached_or_unjudged(tmp_path, capsys):
+    from maugpt.commands import judge_with_progress
+
+    server = ChatServer()
+    try:
+        judge = Judge(server.url, "judge-model", tmp_path / "cache.jsonl", concurrency=2)
+        seen: list[str] = []
+        judge.judge(ROWS[:3], progress=seen.append)
+        assert sorted(seen) == ["judged"] * 3
+        seen.clear()
+        judge.judge(ROWS, progress=seen.append)  # the first three from the cache
+        assert sorted(seen) == ["cached"] * 3 + ["judged"] * 4
+        judge_with_progress(judge, ROWS)
+        err = capsys.readouterr().err
+        assert "judge: 100%" in err and "7/7" in err and "judged=0, cached=7, unjudged=0" in err
+    finally:
+        server.close()
