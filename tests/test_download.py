@@ -58,17 +58,22 @@ class Server:
         self.httpd.server_close()
 
 
+def zipped(tree: Path, top: Path) -> bytes:
+    """``top`` (a folder under ``tree``) zipped with paths relative to ``tree``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for path in sorted(top.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(tree).as_posix())
+    return buffer.getvalue()
+
+
 @pytest.fixture
 def ksdd2_zip(tmp_path) -> bytes:
     """A small KolektorSDD2 release (``KSDD2/{train,test}``), zipped as a publisher would."""
     tree = tmp_path / "tree"
     releases.ksdd2(tree)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for path in sorted(tree.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(tree).as_posix())
-    return buffer.getvalue()
+    return zipped(tree, tree)
 
 
 @pytest.fixture
@@ -257,16 +262,6 @@ def hub_cache(cache: Path, repo_id: str, revision: str, files: dict[str, bytes])
         link = repo / "snapshots" / commit / name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(Path("../..") / "blobs" / blob.name)
-
-
-def zipped(tree: Path, top: Path) -> bytes:
-    """``top`` (a folder under ``tree``) zipped with paths relative to ``tree``."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for path in sorted(top.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(tree).as_posix())
-    return buffer.getvalue()
 
 
 @pytest.fixture
