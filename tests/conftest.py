@@ -107,7 +107,7 @@ def tiny_base(synthetic_dir, tmp_path_factory):
 
 # -- pretrained vision-language models: shrunk published files (tests/fixtures/vlm), random weights --
 VLM_FIXTURES = Path(__file__).parent / "fixtures" / "vlm"
-VLM_FAMILIES = ("llava-1.5", "qwen2.5-vl", "internvl", "gemma-3", "smolvlm")
+VLM_FAMILIES = ("llava-1.5", "qwen2.5-vl", "internvl", "gemma-3", "smolvlm", "qwen3-vl", "gemma-4", "internvl3.5")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """``ProcessorFormat``: batches for a pretrained vision-language model (LLaVA-1.5, Qwen2.5-VL,
-InternVL, Gemma-3, Idefics3/SmolVLM …), made by its own ``AutoProcessor``.
+Qwen3-VL, InternVL, Gemma-3, Gemma 4, Idefics3/SmolVLM …), made by its own ``AutoProcessor``.
 
 The examples hold rendered text and RGB images; the processor runs once per batch in the loader
 workers (its image processor, its expansion of each image placeholder to the model's image tokens
@@ -16,7 +16,9 @@ assistant masks are. A template that ends assistant turns with none of the model
 (LLaVA-1.5's writes a space) gets the end-of-sequence token after each answer, as the model was
 trained (Vicuna's ``</s>`` separator), so that a fine-tuned model learns to stop. A template that
 writes the BOS token (Gemma-3's) gets no second one from the tokenizer, as ``apply_chat_template``
-does.
+does. A generation prompt that ends with more than the rendered answers start with (Gemma 4's empty
+thought channel when thinking is off) gets that text before each answer, unlabelled, so that the
+tokens before every supervised answer end as the prompt at inference does.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from maugpt.data.chat import IGNORE_INDEX, MARKED_PROBE, answer_spans, mark, tur
 from maugpt.tokenizer import IMAGE_TOKEN, with_pad_token
 
 log = logging.getLogger(__name__)
+ANSWER_START = mark("")[0]  # the marker mark() puts before an answer
 BLANK_SIDE = 224  # the stand-in for an unreadable image: black, the processor resizes it as any other
 
 
@@ -75,6 +78,10 @@ class ProcessorFormat:
         # A template that writes the BOS token itself must not get a second one from the tokenizer.
         bos = self.tokenizer.bos_token
         self.template_bos = bool(bos) and self.render(self.messages([("q", "a")], 0)).startswith(bos)
+        self.answer_prefix = answer_prefix(
+            self.render(self.messages([("q", MARKED_PROBE)], 0)),
+            self.render(self.messages([("q", "")], 0)[:-1], add_generation_prompt=True),
+        )
 
     # -- text ----------------------------------------------------------------------------------
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -129,6 +136,8 @@ class ProcessorFormat:
         if not pairs:
             raise ValueError("nothing to encode: no QA pairs")
         marked = self.render(self.messages([(q, mark(a)) for q, a in pairs], len(images)))
+        if self.answer_prefix:  # unlabelled, right before each answer: as the generation prompt ends
+            marked = marked.replace(ANSWER_START, self.answer_prefix + ANSWER_START)
         text, spans = answer_spans(marked, len(pairs), self.turn_end, self.after_answer)
         return {"text": text, "spans": spans, "images": images}
 
@@ -226,6 +235,16 @@ def load_processor(folder: str, trust_remote_code: bool = False, kwargs: dict | 
         )
     with_pad_token(processor.tokenizer)
     return processor
+
+
+def answer_prefix(rendered_probe: str, generation_prompt: str) -> str:
+    """What the template's generation prompt writes after the assistant header that its rendered
+    assistant turns lack (Gemma 4's empty thought channel, ``<|channel>thought\\n<channel|>``, which
+    its template adds to the prompt when thinking is off and strips from answers), read from a
+    one-question conversation rendered with a :data:`~maugpt.data.chat.MARKED_PROBE` answer and the
+    same question's prompt; empty when the prompt is the conversation's text before the answer."""
+    before = rendered_probe.split(ANSWER_START)[0]
+    return generation_prompt[len(before) :] if generation_prompt.startswith(before) else ""
 
 
 def stop_tokens(folder: str, tokenizer) -> list[str]:

@@ -1,5 +1,5 @@
 """``PretrainedVLM``: an off-the-shelf transformers vision-language model (``AutoModelForImageTextToText``:
-LLaVA-1.5, Qwen2.5-VL, InternVL, Gemma-3, Idefics3/SmolVLM …) behind MAU-GPT's model interface.
+LLaVA-1.5, Qwen2.5-VL, Qwen3-VL, InternVL, Gemma-3, Gemma 4, Idefics3/SmolVLM …) behind MAU-GPT's model interface.
 
 It answers what :class:`~maugpt.training.module.StagedModule`'s recipe asks of a network, so the
 same stages, adapters, tests and callbacks run on it: ``llm`` (the language model the adapters go
@@ -17,10 +17,28 @@ from maugpt.adapters import Adapter, inject
 from maugpt.model.mau_gpt import DTYPES, generation_context, load_frozen, set_forward_context
 
 #: Where the families keep their vision-to-text connector: LLaVA, Gemma-3, InternVL, PaliGemma
-#: (``multi_modal_projector``); Idefics3/SmolVLM (``connector``); Qwen2-VL/2.5-VL (``visual.merger``).
-PROJECTORS = ("multi_modal_projector", "connector", "visual.merger")
+#: (``multi_modal_projector``); Idefics3/SmolVLM (``connector``); Qwen2-VL/2.5-VL/3-VL (``visual.merger``);
+#: Gemma 4 and Gemma 3n (``embed_vision``, their multimodal embedder).
+PROJECTORS = ("multi_modal_projector", "connector", "visual.merger", "embed_vision")
+#: Modules beside a found connector that project vision features into the language model too, and so
+#: train with it: Qwen3-VL's deepstack mergers (a patch merger per ``deepstack_visual_indexes`` layer of
+#: its vision tower, whose outputs are added to the first decoder layers' hidden states).
+PROJECTOR_PARTS = {"visual.merger": ("visual.deepstack_merger_list",)}
 #: … and their vision encoder.
 VISION_TOWERS = ("vision_tower", "vision_model", "visual")
+
+
+def projector_parts(model: nn.Module, found: str, given: str | None = None) -> list[str]:
+    """The :data:`PROJECTOR_PARTS` of ``model`` beside its connector ``found`` (none when the
+    connector was ``given`` by name: then it alone is the projector)."""
+    if given is not None:
+        return []
+    names = {name for name, _ in model.named_modules()}
+    for suffix, parts in PROJECTOR_PARTS.items():
+        if found == suffix or found.endswith("." + suffix):
+            prefix = found[: len(found) - len(suffix)]
+            return [prefix + part for part in parts if prefix + part in names]
+    return []
 
 
 def find_module(model: nn.Module, suffixes: tuple[str, ...], what: str, given: str | None = None) -> str:
@@ -77,6 +95,7 @@ class PretrainedVLM(nn.Module):
         )
         # Names, not attributes: the parts stay registered once, under vlm (checkpoint keys, FSDP).
         self.projector_name = find_module(self.vlm, PROJECTORS, "vision-to-text projector", projector)
+        self.projector_names = (self.projector_name, *projector_parts(self.vlm, self.projector_name, projector))
         self.vision_name = find_module(self.vlm, VISION_TOWERS, "vision encoder")
         self.projector.requires_grad_(True)  # stage 1 trains it; inject() freezes only the language model
         self.image_token_ids = sorted(
@@ -102,7 +121,10 @@ class PretrainedVLM(nn.Module):
 
     @property
     def projector(self) -> nn.Module:
-        return self.vlm.get_submodule(self.projector_name)
+        """The connector; with its companion parts (Qwen3-VL's deepstack mergers) an unregistered
+        ``ModuleList`` of them all, each still registered once, under ``vlm``."""
+        parts = [self.vlm.get_submodule(name) for name in self.projector_names]
+        return parts[0] if len(parts) == 1 else nn.ModuleList(parts)
 
     @property
     def vision(self) -> nn.Module:

@@ -26,7 +26,8 @@ class PretrainedVLMModule(StagedModule):
         attn_implementation: transformers attention implementation.
         trust_remote_code: allow the repository's own code (off unless a config asks).
         projector: the vision-to-text connector's module name, when it is not one transformers
-            usually gives (``multi_modal_projector``, ``connector``, ``visual.merger``).
+            usually gives (``multi_modal_projector``, ``connector``, ``visual.merger`` with Qwen3-VL's
+            deepstack mergers, ``embed_vision``); a name given here is the whole projector.
         processor_kwargs: settings of the model's processor, for its data too (linked): e.g.
             ``{max_pixels: 1003520}`` caps Qwen2.5-VL's image tokens at 1280 per image.
     """

@@ -1,4 +1,4 @@
-"""ProcessorFormat on the shrunk published files of five VLM families: the exact prompts their
+"""ProcessorFormat on the shrunk published files of eight VLM families: the exact prompts their
 templates and processors make, answer labels, the condition mask, and bad input."""
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ QUESTION = "Is the bottle defective? Answer True or False."
 # 4×4 patches merged 2×2: 4 tokens), InternVL (2×2 tiles of 28 px and the thumbnail, 4 tokens each,
 # between <img> and </img>), Gemma-3 (its template writes <bos>; the processor's image sequence
 # between blank lines), SmolVLM (longest edge 64: 2×2 tiles of 32 px + the global image, 4 tokens
-# each, with its row/column markup).
+# each, with its row/column markup), Qwen3-VL (no default system turn; resized to 64×64, 16-px
+# patches merged 2×2: 4 tokens), Gemma 4 (its template writes <bos>, the image between blank lines and
+# the empty thought channel after the model header; resized to 384×384, 16-px patches pooled 3×3:
+# 64 tokens between <|image> and <image|>), InternVL3.5 (as InternVL).
 PROMPTS = {
     "llava-1.5": (
         "USER: <image>\n" + QUESTION + " ASSISTANT:",
@@ -58,16 +61,45 @@ PROMPTS = {
         + QUESTION
         + "<end_of_utterance>\nAssistant:",
     ),
+    "qwen3-vl": (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        + QUESTION
+        + "<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\n<|vision_start|>"
+        + "<|image_pad|>" * 4
+        + "<|vision_end|>"
+        + QUESTION
+        + "<|im_end|>\n<|im_start|>assistant\n",
+    ),
+    "gemma-4": (
+        "<bos><|turn>user\n\n\n<|image|>\n\n" + QUESTION + "<turn|>\n<|turn>model\n<|channel>thought\n<channel|>",
+        "<bos><|turn>user\n\n\n<|image>"
+        + "<|image|>" * 64
+        + "<image|>\n\n"
+        + QUESTION
+        + "<turn|>\n<|turn>model\n<|channel>thought\n<channel|>",
+    ),
+    "internvl3.5": (
+        "<|im_start|>user\n<IMG_CONTEXT>\n" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\n<img>"
+        + "<IMG_CONTEXT>" * 20
+        + "</img>\n"
+        + QUESTION
+        + "<|im_end|>\n<|im_start|>assistant\n",
+    ),
 }
 # The supervised tokens of a two-turn chat: each answer and the turn end after it (LLaVA-1.5's
 # template writes no stop token: </s> is put after each answer, as Vicuna's separator was; Gemma-3
-# stops on <end_of_turn>, its generation_config's second EOS).
+# stops on <end_of_turn>, its generation_config's second EOS; Gemma 4 on <turn|>, its second).
 LABELS = {
     "llava-1.5": " True</s> At the top left.</s> ",
     "qwen2.5-vl": "True<|im_end|>\nAt the top left.<|im_end|>\n",
     "internvl": "True<|im_end|>\nAt the top left.<|im_end|>\n",
     "gemma-3": "True<end_of_turn>\nAt the top left.<end_of_turn>\n",
     "smolvlm": " True<end_of_utterance>\nAt the top left.<end_of_utterance>\n",
+    "qwen3-vl": "True<|im_end|>\nAt the top left.<|im_end|>\n",
+    "gemma-4": "True<turn|>\nAt the top left.<turn|>\n",
+    "internvl3.5": "True<|im_end|>\nAt the top left.<|im_end|>\n",
 }
 PAIRS = [(QUESTION, "True"), ("Where is the defect?", "At the top left.")]
 
@@ -110,6 +142,31 @@ def test_answers_and_their_turn_ends_are_the_only_labels(formats, family):
         assert not condition[first_answer:].any()
         assert QUESTION in tokens.decode(ids[condition])
     assert not batch["attention_mask"][1][-1]  # right padding
+
+
+def test_gemma_4s_answers_follow_its_generation_prompt(formats):
+    # Gemma 4's prompt ends with an empty thought channel that its rendered answers lack: it goes
+    # before each answer, unlabelled, so that the tokens before the first answer are the prompt's.
+    chat = formats["gemma-4"]
+    assert chat.answer_prefix == "<|channel>thought\n<channel|>"
+    assert [f for f in VLM_FAMILIES if formats[f].answer_prefix] == ["gemma-4"]
+    pixels = chat.images([image()])
+    prompt = chat.prompt(QUESTION, pixels)
+    conversation = chat.conversation(PAIRS, pixels)
+    assert conversation["text"] == prompt["text"] + (
+        "True<turn|>\n<|turn>user\nWhere is the defect?<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
+        "At the top left.<turn|>\n"
+    )
+    assert [conversation["text"][a:b] for a, b in conversation["spans"]] == [
+        "True<turn|>\n",
+        "At the top left.<turn|>\n",
+    ]
+    batch = chat.collate([{**conversation, "meta": {}}])
+    asked = chat.collate_prompts([{**prompt, "meta": {}}])["input_ids"][0]
+    first_answer = int((batch["labels"][0] != -100).nonzero()[0])
+    assert first_answer == len(asked) == int(batch["condition_mask"][0].sum())
+    assert torch.equal(batch["input_ids"][0][:first_answer], asked)  # the same tokens, thought channel included
+    assert chat.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100]) == LABELS["gemma-4"]
 
 
 def test_an_mmad_user_turn_keeps_its_text_and_image_order(formats):

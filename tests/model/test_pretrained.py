@@ -1,4 +1,4 @@
-"""PretrainedVLM on five families' tiny random models: adapters go into the language model only, a
+"""PretrainedVLM on eight families' tiny random models: adapters go into the language model only, a
 fresh adapter leaves every output as it was, and one fine-tuning step moves exactly the trainable
 tensors."""
 
@@ -19,12 +19,15 @@ ADAPTERS = {
     "loramoe": lambda: LoRAMoE(experts=2, rank=2, dropout=0.0),
     "amoe_lora": lambda: AMoELoRA(experts=2, rank=2, hyper_hidden=8),
 }
-PROJECTOR = {
-    "llava-1.5": "model.multi_modal_projector",
-    "qwen2.5-vl": "model.visual.merger",
-    "internvl": "model.multi_modal_projector",
-    "gemma-3": "model.multi_modal_projector",
-    "smolvlm": "model.connector",
+PROJECTOR = {  # the modules stage 1 trains: the connector (Qwen3-VL's with its deepstack mergers)
+    "llava-1.5": ("model.multi_modal_projector",),
+    "qwen2.5-vl": ("model.visual.merger",),
+    "internvl": ("model.multi_modal_projector",),
+    "gemma-3": ("model.multi_modal_projector",),
+    "smolvlm": ("model.connector",),
+    "qwen3-vl": ("model.visual.merger", "model.visual.deepstack_merger_list"),
+    "gemma-4": ("model.embed_vision",),
+    "internvl3.5": ("model.multi_modal_projector",),
 }
 
 
@@ -45,7 +48,10 @@ def batches(folder, prompts: bool = False) -> dict:
 def test_stage_1_trains_only_the_projector(tiny_vlm, family):
     module = PretrainedVLMModule(str(tiny_vlm(family)), stage=1)
     names = module.trainable_names()
-    assert names and all(n.startswith(f"model.vlm.{PROJECTOR[family]}.") for n in names)
+    parts = [f"model.vlm.{part}." for part in PROJECTOR[family]]
+    assert names and all(n.startswith(tuple(parts)) for n in names)
+    assert all(any(n.startswith(part) for n in names) for part in parts)  # every part trains
+    assert module.model.projector_names == PROJECTOR[family]
     summary = module.parameter_summary()
     assert summary["adapter"] == summary["vision"] == 0
     assert summary["projector"] == sum(p.numel() for p in module.model.projector.parameters())

@@ -1,4 +1,4 @@
-"""Off-the-shelf VLMs through ``maugpt test`` on MAU-Set and MMAD with the baseline recipes (five
+"""Off-the-shelf VLMs through ``maugpt test`` on MAU-Set and MMAD with the baseline recipes (eight
 families' tiny random models in place of the hub ids), the exact prompts they are asked, and one
 AMoE-LoRA fine-tune of Qwen2.5-VL from its recipe."""
 
@@ -56,8 +56,14 @@ def wrapped(family: str, turn: str) -> str:
             + turn.replace("<image>", QWEN_IMAGE)
             + "<|im_end|>\n<|im_start|>assistant\n"
         )
-    if family == "internvl":
+    if family == "qwen3-vl":  # as Qwen2.5-VL without the default system turn
+        return "<|im_start|>user\n" + turn.replace("<image>", QWEN_IMAGE) + "<|im_end|>\n<|im_start|>assistant\n"
+    if family in ("internvl", "internvl3.5"):
         return "<|im_start|>user\n" + turn.replace("<image>", "<IMG_CONTEXT>\n") + "<|im_end|>\n<|im_start|>assistant\n"
+    if family == "gemma-4":  # every text part trimmed, each image between blank lines, then the empty thought
+        pieces = turn.split("<image>")
+        body = pieces[0].strip() + "".join("\n\n<|image|>\n\n" + piece.strip() for piece in pieces[1:])
+        return "<bos><|turn>user\n" + body + "<turn|>\n<|turn>model\n<|channel>thought\n<channel|>"
     if family == "gemma-3":  # every text part trimmed, each image its <start_of_image>
         pieces = turn.split("<image>")
         body = pieces[0].strip() + "".join("<start_of_image>" + piece.strip() for piece in pieces[1:])
@@ -312,7 +318,20 @@ def test_the_stage_recipes_fine_tune_qwen2_5_vl_and_test_from_the_checkpoint(
 
 
 @pytest.mark.parametrize(
-    "name", ["llava-1.5", "qwen2.5-vl", "internvl", "gemma-3", "smolvlm", "qwen2.5-vl-stage1", "qwen2.5-vl-amoe"]
+    "name",
+    [
+        "llava-1.5",
+        "qwen2.5-vl",
+        "internvl",
+        "gemma-3",
+        "smolvlm",
+        "qwen3-vl",
+        "gemma-4",
+        "internvl3.5",
+        "qwen2.5-vl-stage1",
+        "qwen2.5-vl-amoe",
+        "qwen3-vl-amoe",
+    ],
 )
 def test_baseline_recipes_parse_and_name_their_hub_models(name, capsys):
     command = "fit" if name.endswith(("amoe", "stage1")) else "test"
