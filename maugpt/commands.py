@@ -433,7 +433,10 @@ def score_mmad(
         pairs = match_predictions(load_questions(questions), [{**row, "answer": row[field]} for row in rows])
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"score_mmad: {err}") from None
-    scores = score(pairs, unparsable=unparsable, last_letter=last, closest_option=closest)
+    from tqdm import tqdm
+
+    progress = tqdm(pairs, desc=f"scoring {predictions.name}", unit="answer", leave=False)
+    scores = score(progress, unparsable=unparsable, last_letter=last, closest_option=closest)
     print(
         f"letter extraction: {'last' if last else 'first'} letter A–E"
         f"{', else the closest option text' if closest else ', no fallback'}"

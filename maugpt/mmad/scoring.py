@@ -30,6 +30,7 @@ import json
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -319,7 +320,7 @@ def _official_table(records: list[tuple[MMADQuestion, str | None]]) -> tuple[dic
 
 
 def score(
-    pairs: list[tuple[MMADQuestion, str | None]],
+    pairs: Iterable[tuple[MMADQuestion, str | None]],
     unparsable: Literal["wrong", "official"] = "wrong",
     last_letter: bool = True,
     closest_option: bool = True,
