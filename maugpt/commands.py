@@ -16,12 +16,13 @@ from itertools import islice
 from pathlib import Path
 from typing import Literal
 
+from maugpt.download import HUB_RELEASES
 from maugpt.evaluation.judge import SYSTEM, USER_TEMPLATE
 from maugpt.mauset.sources import SOURCES
 
 #: ``maugpt build --source``: every registered source, or all of them.
 SourceChoice = Literal[(*SOURCES, "all")]  # type: ignore[valid-type]  # built from the registry
-DownloadChoice = Literal[(*SOURCES, "all", "mmad", "llava-pretrain")]  # type: ignore[valid-type]
+DownloadChoice = Literal[(*SOURCES, "all", *HUB_RELEASES)]  # type: ignore[valid-type]
 
 
 def build(

@@ -278,20 +278,30 @@ class Downloads:
         self.verify(name, file, path)
         return path
 
+    def done(self, name: str, release: Release, dest: Path) -> bool:
+        """Whether ``dest`` holds ``release`` unpacked from files of the hashes expected now."""
+        marker = dest / ".download.json"
+        want = {f.name: self.expected(name, f) for f in release.files}
+        if marker.is_file() and None not in want.values() and json.loads(marker.read_text()).get("files") == want:
+            self.say(f"{name}: already downloaded, verified and unpacked in {dest}")
+            return True
+        return False
+
+    def mark_done(self, name: str, release: Release, dest: Path) -> None:
+        """Record what ``dest`` was unpacked from (see :meth:`done`)."""
+        hashes = {f.name: self.expected(name, f) for f in release.files}
+        (dest / ".download.json").write_text(json.dumps({"files": hashes, "page": release.page}, indent=2))
+
     def install(self, name: str, release: Release, *, accept_licence: bool = False) -> Path:
         """Download, verify and unpack ``release`` into ``root/name``; nothing to do when it is
         unpacked there with the same hashes. Returns the source's folder."""
         self.accept(name, release, accept_licence)
         dest = self.root / name
-        marker = dest / ".download.json"
-        want = {f.name: self.expected(name, f) for f in release.files}
-        if marker.is_file() and None not in want.values() and json.loads(marker.read_text()).get("files") == want:
-            self.say(f"{name}: already downloaded, verified and unpacked in {dest}")
+        if self.done(name, release, dest):
             return dest
         files = [(file, self.obtain(name, file, release)) for file in release.files]  # all verified first
         written = sum(unpack(path, dest, strip_top=file.strip_top, skip=file.skip) for file, path in files)
-        hashes = {file.name: self.expected(name, file) for file, _ in files}
-        marker.write_text(json.dumps({"files": hashes, "page": release.page}, indent=2))
+        self.mark_done(name, release, dest)
         self.say(f"{name}: {written} files unpacked into {dest}")
         return dest
 
@@ -325,10 +335,7 @@ def install_hub(downloads: Downloads, name: str, hub: HubRelease, *, accept_lice
 
     downloads.accept(name, hub.release, accept_licence)
     dest = downloads.root / hub.folder
-    marker = dest / ".download.json"
-    want = {f.name: downloads.expected(name, f) for f in hub.files}
-    if marker.is_file() and None not in want.values() and json.loads(marker.read_text()).get("files") == want:
-        downloads.say(f"{name}: already downloaded, verified and unpacked in {dest}")
+    if downloads.done(name, hub.release, dest):
         return dest
     fetched = []
     for file in hub.files:
@@ -353,7 +360,7 @@ def install_hub(downloads: Downloads, name: str, hub: HubRelease, *, accept_lice
         else:
             shutil.copyfile(path, dest / PurePosixPath(file.name).name)
             written += 1
-    marker.write_text(json.dumps({"files": {f.name: downloads.expected(name, f) for f in hub.files}}, indent=2))
+    downloads.mark_done(name, hub.release, dest)
     downloads.say(f"{name}: {written} files in {dest}")
     return dest
 

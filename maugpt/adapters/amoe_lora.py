@@ -53,7 +53,6 @@ from maugpt.adapters.generalist import (
     AnomalyBlock,
     GeneralistExperts,
     Scaling,
-    generalist_scale,
     mixture,
     mixture_spec,
     observe_router,
@@ -73,16 +72,9 @@ class AMoELoRALinear(LowRankLayer):
         super().__init__(base, context)
         self.align = config.align
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
-        n, r = config.experts, config.rank
-        self.generalist = GeneralistExperts(  # Eq. 1–3
-            self.in_features,
-            self.out_features,
-            experts=n,
-            rank=r,
-            scale=generalist_scale(alpha=config.alpha, rank=r, experts=n, scaling=config.scaling),
-            balance_weight=config.balance_weight,
-            balance_delta=config.balance_delta,
-            device=base.weight.device,
+        r = config.rank
+        self.generalist = GeneralistExperts.of(  # Eq. 1–3
+            config, self.in_features, self.out_features, base.weight.device
         )
         anomaly_alpha = config.alpha if config.anomaly_alpha is None else config.anomaly_alpha
         self.anomaly_aware = AnomalyAwareExpert(  # Eq. 4–5
@@ -107,10 +99,8 @@ class AMoELoRALinear(LowRankLayer):
         return mixture_spec(self, self.generalist, device=device, anomaly_scale=self.anomaly_aware.scale)
 
     def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
-        experts, W_g = [self.generalist.A, self.anomaly_aware.W_a], self.generalist.router
-        if self.dropout is None:
-            return [(False, experts + [W_g])]  # x [A | W_a | W_g]: one GEMM
-        return [(True, experts), (False, [W_g])]  # the router reads the clean input
+        experts = [self.generalist.A, self.anomaly_aware.W_a]
+        return self.generalist.down_blocks(experts, dropped=self.dropout is not None)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,9 @@ from maugpt.adapters.fused import (
 )
 from maugpt.adapters.lora import low_rank_init, zero_init
 from maugpt.adapters.lowrank import LowRankLayer
+
+if TYPE_CHECKING:  # the configurations import this module
+    from maugpt.adapters.loramoe import LoRAMoE
 
 #: The generalist experts' scale conventions (see the module docstring).
 SCALINGS: tuple[str, ...] = ("paper", "total_rank")
@@ -116,6 +119,29 @@ class GeneralistExperts(nn.Module):
         self.router = low_rank_init(d_in, experts, device)
         self.A = low_rank_init(d_in, experts * rank, device)
         self.B = zero_init(experts * rank, d_out, device)
+
+    @classmethod
+    def of(cls, config: LoRAMoE, d_in: int, d_out: int, device: torch.device | None = None) -> GeneralistExperts:
+        """The experts a LoRAMoE or AMoE-LoRA configuration asks for (its N, r, α, ``scaling`` and
+        balancing constraint)."""
+        n, r = config.experts, config.rank
+        return cls(
+            d_in,
+            d_out,
+            experts=n,
+            rank=r,
+            scale=generalist_scale(alpha=config.alpha, rank=r, experts=n, scaling=config.scaling),
+            balance_weight=config.balance_weight,
+            balance_delta=config.balance_delta,
+            device=device,
+        )
+
+    def down_blocks(self, experts: list[Tensor], dropped: bool) -> list[tuple[bool, list[Tensor]]]:
+        """The layer's down-projection groups: ``experts`` (``A``, and AMoE-LoRA's ``W_a``) with the
+        router ``W_g`` in one GEMM, or, with dropout (``dropped``), the router apart on the clean input."""
+        if not dropped:
+            return [(False, [*experts, self.router])]  # x [A (| W_a) | W_g]: one GEMM
+        return [(True, experts), (False, [self.router])]
 
     def expert(self, i: int) -> tuple[Tensor, Tensor]:
         """Expert i's pair ``(A_i (d_in, r), B_i (r, d_out))`` as views of the stacked weights."""
@@ -253,7 +279,8 @@ def upgrade_names(state: Mapping[str, T]) -> dict[str, T]:
     prefixes -= {p for p in prefixes if p.endswith("generalist.")}
 
     def rename(key: str) -> str:
-        prefix, leaf = key[: len(key) - len(key.rpartition(".")[2])], key.rpartition(".")[2]
+        head, dot, leaf = key.rpartition(".")
+        prefix = head + dot
         return f"{prefix}generalist.{leaf}" if prefix in prefixes and leaf in _MOVED else key
 
     return {rename(k): v for k, v in state.items()}

@@ -38,18 +38,7 @@ class LoRAMoELinear(LowRankLayer):
         super().__init__(base, context)
         self.align = config.align
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else None
-        self.generalist = GeneralistExperts(
-            self.in_features,
-            self.out_features,
-            experts=config.experts,
-            rank=config.rank,
-            scale=generalist_scale(
-                alpha=config.alpha, rank=config.rank, experts=config.experts, scaling=config.scaling
-            ),
-            balance_weight=config.balance_weight,
-            balance_delta=config.balance_delta,
-            device=base.weight.device,
-        )
+        self.generalist = GeneralistExperts.of(config, self.in_features, self.out_features, base.weight.device)
         self._aux_loss: Tensor | None = None
         self.register_load_state_dict_pre_hook(upgrade_saved_names)
 
@@ -64,10 +53,7 @@ class LoRAMoELinear(LowRankLayer):
         return mixture_spec(self, self.generalist, device=device, anomaly_scale=None)
 
     def down_blocks(self) -> list[tuple[bool, list[Tensor]]]:
-        A, W_g = self.generalist.A, self.generalist.router
-        if self.dropout is None:
-            return [(False, [A, W_g])]  # x [A | W_g]: one GEMM
-        return [(True, [A]), (False, [W_g])]  # the router reads the clean input
+        return self.generalist.down_blocks([self.generalist.A], dropped=self.dropout is not None)
 
     def forward(self, x: Tensor) -> Tensor:
         out, weights, outputs = mixture(self, x, generalist=self.generalist)  # o_0 + o_1, fused
