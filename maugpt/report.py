@@ -64,6 +64,15 @@ def table(spec: dict, rows: list[tuple[dict, dict | None]], scale: float = 100.0
     missing = [cell["label"] for cell, found in rows if found is None]
     title = f"### {spec['name']} ({spec['variant']})" + (f": {spec['description']}" if spec.get("description") else "")
     note = f"\n\ncells without metrics (not run or failed): {', '.join(missing)}" if missing else ""
+    # A run whose training diverged still writes metrics (all answers empty, every score 0): name it
+    # with its count, so that a 0 in the table is read as "answered nothing", not as a weak score.
+    unparsed = [
+        f"{cell['label']}" + (f" (seed {cell['seed']})" if cell.get("seed") is not None else "") + f": {count:.0f}"
+        for cell, found in rows
+        if (count := _value(found, "test/detection_unparsed"))
+    ]
+    if unparsed:
+        note += f"\n\nruns with detection answers naming neither True nor False: {', '.join(unparsed)}"
     return f"{title}\n\n" + "\n".join(lines) + note + "\n", "\n".join(csv) + "\n"
 
 

@@ -26,7 +26,7 @@ def test_the_report_lays_out_the_cells_and_names_the_missing_one(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps({"spec": asdict(spec), "cells": [c.name for c in cells]}))
     for name, metrics in {
         "lora_r64": {"test/rougeL": 0.5, "test/bleu4": 0.25},
-        "amoe_lora_16x4": {"test/rougeL": 0.625, "test/bleu4": float("nan")},
+        "amoe_lora_16x4": {"test/rougeL": 0.625, "test/bleu4": float("nan"), "test/detection_unparsed": 845.0},
     }.items():
         (tmp_path / "cells" / name).mkdir(parents=True)
         (tmp_path / "cells" / name / "metrics.json").write_text(json.dumps(metrics))
@@ -39,7 +39,11 @@ def test_the_report_lays_out_the_cells_and_names_the_missing_one(tmp_path):
         "| LoRAMoE (16 × 4) | missing | missing |",
         "| AMoE-LoRA (16 × 4) | 62.50 | missing |",
     ]
-    assert lines[-1] == "cells without metrics (not run or failed): LoRAMoE (16 × 4)"
+    assert lines[-3:] == [
+        "cells without metrics (not run or failed): LoRAMoE (16 × 4)",
+        "",
+        "runs with detection answers naming neither True nor False: AMoE-LoRA (16 × 4): 845",
+    ]
     assert written["csv"].read_text().splitlines() == [
         "cell,label,test/rougeL,test/bleu4",
         'lora_r64,"LoRA (r = 64)",0.500000,0.250000',
