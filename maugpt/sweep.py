@@ -330,10 +330,26 @@ def place_cell(config: dict, cell: Cell, sweep_dir: Path) -> dict:
     return config
 
 
+def check_growth(before: dict, after: dict, sweep_dir: Path) -> None:
+    """A prepared folder takes its own spec again, or that spec grown by cells or seeds (the runs
+    already there keep their meaning); anything else is another sweep and refused."""
+    refused = f"{sweep_dir} holds another sweep (its sweep.json differs"
+    fixed = set(before) - {"cells", "seeds"}
+    if any(before[key] != after.get(key) for key in fixed) or not set(before["seeds"]) <= set(after["seeds"]):
+        changed = sorted(key for key in fixed if before[key] != after.get(key)) or ["seeds"]
+        raise SweepError(f"{refused} in {', '.join(changed)}): use a new folder")
+    now = {cell["name"]: cell for cell in after["cells"]}
+    for cell in before["cells"]:
+        if now.get(cell["name"]) != cell:
+            how = "is not in the spec" if cell["name"] not in now else "differs"
+            raise SweepError(f"{refused}: cell {cell['name']} {how}): use a new folder")
+
+
 def prepare(spec: SweepSpec, sweep_dir: str | Path) -> Path:
     """Check the spec and write ``sweep.json`` and every cell's ``config.yaml`` (nothing runs).
 
-    A folder prepared from another spec or with other configs is refused, never overwritten."""
+    A folder prepared from another spec or with other configs is refused, never overwritten; the same
+    spec grown by cells or seeds is taken (see :func:`check_growth`)."""
     sweep_dir = Path(sweep_dir)
     configs = {
         cell.name: place_cell(resolve_config(spec.base, {**spec.overrides, **cell.overrides}), cell, sweep_dir)
@@ -341,8 +357,8 @@ def prepare(spec: SweepSpec, sweep_dir: str | Path) -> Path:
     }
     record = {"spec": asdict(spec), "cells": [cell.name for cell in spec.cells]}
     written = sweep_dir / "sweep.json"
-    if written.is_file() and json.loads(written.read_text()) != json.loads(json.dumps(record)):
-        raise SweepError(f"{sweep_dir} holds another sweep (its sweep.json differs): use a new folder")
+    if written.is_file():
+        check_growth(json.loads(written.read_text())["spec"], json.loads(json.dumps(record["spec"])), sweep_dir)
     for name, config in configs.items():
         path = sweep_dir / "cells" / name / "config.yaml"
         text = yaml.safe_dump(config, sort_keys=False)

@@ -165,9 +165,24 @@ def test_the_slurm_script_has_one_array_task_per_cell_with_its_overrides(tmp_pat
             folder / "cells" / cell.name / "metrics.json"
         )
     assert prepare(spec, folder) == folder  # the same spec again: accepted, nothing changes
-    spec.cells[0].overrides[EXPERTS] = 2
-    with pytest.raises(SweepError, match="holds another sweep"):
+    before = {path: path.read_text() for path in folder.glob("cells/*/config.yaml")}
+    # the spec grown by a cell: taken, the cells already there untouched
+    grown = load_spec(tmp_path / "spec.yaml", "full")
+    grown.cells.append(sweep.Cell("128x1", "128×1", {**grown.cells[-1].overrides, EXPERTS: 128}))
+    prepare(grown, folder)
+    assert {path: path.read_text() for path in before} == before
+    assert (folder / "cells" / "128x1" / "config.yaml").is_file()
+    assert json.loads((folder / "sweep.json").read_text())["cells"][-1] == "128x1"
+    spec.cells[0].overrides[EXPERTS] = 2  # a cell changed: another sweep
+    with pytest.raises(SweepError, match=r"holds another sweep \(its sweep.json differs: cell 1x64 differs\)"):
         prepare(spec, folder)
+    with pytest.raises(SweepError, match=r"cell 128x1 is not in the spec"):  # a cell dropped
+        prepare(grown.__class__(**{**grown.__dict__, "cells": grown.cells[:-1]}), folder)
+    with pytest.raises(SweepError, match=r"differs in metrics\)"):
+        prepare(grown.__class__(**{**grown.__dict__, "metrics": ["test/rougeL"]}), folder)
+    prepare(grown.__class__(**{**grown.__dict__, "seeds": [0]}), folder)  # seeds may grow, never shrink
+    with pytest.raises(SweepError, match=r"differs in seeds\)"):
+        prepare(grown, folder)
 
 
 def test_finished_cells_are_skipped_and_failed_ones_retried_keeping_their_logs(tmp_path, monkeypatch):
