@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -177,10 +178,10 @@ def test_the_slurm_script_has_one_array_task_per_cell_with_its_overrides(tmp_pat
     with pytest.raises(SweepError, match=r"holds another sweep \(its sweep.json differs: cell 1x64 differs\)"):
         prepare(spec, folder)
     with pytest.raises(SweepError, match=r"cell 128x1 is not in the spec"):  # a cell dropped
-        prepare(grown.__class__(**{**grown.__dict__, "cells": grown.cells[:-1]}), folder)
+        prepare(replace(grown, cells=grown.cells[:-1]), folder)
     with pytest.raises(SweepError, match=r"differs in metrics\)"):
-        prepare(grown.__class__(**{**grown.__dict__, "metrics": ["test/rougeL"]}), folder)
-    prepare(grown.__class__(**{**grown.__dict__, "seeds": [0]}), folder)  # seeds may grow, never shrink
+        prepare(replace(grown, metrics=["test/rougeL"]), folder)
+    prepare(replace(grown, seeds=[0]), folder)  # seeds may grow, never shrink
     with pytest.raises(SweepError, match=r"differs in seeds\)"):
         prepare(grown, folder)
 
