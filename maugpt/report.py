@@ -125,7 +125,7 @@ def seed_statistics(
     scale: float = 100.0,
 ) -> SeedReport:
     """Each cell over its seeds (mean ± std, 95 % interval) and, with a ``reference`` in the spec,
-    each cell's paired difference from it (interval, p-value)."""
+    each cell's paired difference from it (interval, p-value), then the spec's ``pairs`` alike."""
     from maugpt.evaluation.statistics import compare, summarize
 
     sweep_dir = Path(sweep_dir)
@@ -168,35 +168,49 @@ def seed_statistics(
         "normal 95 % intervals combining a bootstrap over questions (the same questions resampled for "
         "every seed) with the spread over seeds; a metric without per-answer scores has none.",
     ]
-    reference = next((n for n in grouped if spec.get("reference") in (n, label[n])), None)
+
+    def find(name_or_label: str | None) -> str | None:
+        return next((n for n in grouped if name_or_label in (n, label[n]) and answers[n]), None)
+
+    reference = find(spec.get("reference"))
+    comparisons = [(name, reference) for name in grouped if reference and name != reference and answers[name]]
+    named = [(pair, (find(pair[0]), find(pair[1]))) for pair in spec.get("pairs") or []]
+    pairs = [found for _, found in named if all(found)]
+    waiting = [" against ".join(pair) for pair, found in named if not all(found)]
     paired = ["cell,reference,metric,difference,low,high,p_value,seed_low,seed_high,seed_p_value,significant,questions"]
-    if reference is not None and answers[reference]:
-        lines += [
-            "",
-            f"### Against {label[reference]}: paired difference over the same questions",
-            "",
-            "| cell | metric | difference | 95 % interval, questions | p, questions | 95 % interval, "
-            "questions + seeds | p, questions + seeds | significant at 0.05 |",
-            "|---|---|---:|---|---:|---|---:|---|",
-        ]
-        for name in (n for n in grouped if n != reference and answers[n]):
+    columns = (
+        "metric | difference | 95 % interval, questions | p, questions | 95 % interval, questions + seeds | "
+        "p, questions + seeds | significant at 0.05 |"
+    )
+    sections = [
+        (f"### Against {label.get(reference)}: paired difference over the same questions", False, comparisons),
+        ("### Pairs named in the spec: paired difference over the same questions", True, pairs),
+    ]
+    for title, named_against, chosen in (section for section in sections if section[2]):
+        lines += ["", title, "", "| cell | " + ("against | " if named_against else "") + columns]
+        lines.append("|---|" + ("---|" if named_against else "") + "---|---:|---|---:|---|---:|---|")
+        for name, against in chosen:
             for metric in resampled:
-                c = compare(answers[name], answers[reference], PER_ANSWER[metric], resamples=resamples)
+                c = compare(answers[name], answers[against], PER_ANSWER[metric], resamples=resamples)
                 seeds = (
                     f"[{c.seed_low * scale:+.2f}, {c.seed_high * scale:+.2f}] | {p_text(c.seed_p_value)}"
                     if c.seed_p_value == c.seed_p_value
                     else "— | —"
                 )
                 lines.append(
-                    f"| {label[name]} | {metric} | {c.difference * scale:+.2f} | "
-                    f"[{c.low * scale:+.2f}, {c.high * scale:+.2f}] | {p_text(c.p_value)} | {seeds} | "
-                    f"{'yes' if c.significant else 'no'} |"
+                    f"| {label[name]} | "
+                    + (f"{label[against]} | " if named_against else "")
+                    + f"{metric} | {c.difference * scale:+.2f} | [{c.low * scale:+.2f}, {c.high * scale:+.2f}] | "
+                    f"{p_text(c.p_value)} | {seeds} | {'yes' if c.significant else 'no'} |"
                 )
                 paired.append(
-                    f'"{label[name]}","{label[reference]}",{metric},{c.difference:.6f},{c.low:.6f},'
+                    f'"{label[name]}","{label[against]}",{metric},{c.difference:.6f},{c.low:.6f},'
                     f"{c.high:.6f},{c.p_value:.6f},{c.seed_low:.6f},{c.seed_high:.6f},{c.seed_p_value:.6f},"
                     f"{c.significant},{c.questions}"
                 )
+    if waiting:
+        lines += ["", f"pairs not compared (a cell has no finished runs): {', '.join(waiting)}"]
+    if comparisons or pairs:
         lines += [
             "",
             "Questions: percentile bootstrap over questions and a two-sided paired permutation test "

@@ -20,6 +20,7 @@ keys → values), constraints every cell must satisfy, and the metrics to collec
     plot: {y: [test/rougeL, test/bleu4], xlabel: experts × rank}
     seeds: [0, 1, 2]               # optional: every cell once per seed (cells <cell>-seed<s>)
     reference: "16×4"              # optional: the cell the others are compared with (paired tests)
+    pairs: [["8×8", "1×64"]]       # optional: more comparisons, [cell, against] (e.g. each at its best)
 
 :func:`prepare` checks everything before any cell runs (constraints; every override key exists:
 each cell's config is resolved by the CLI parser, which names an unknown key) and writes
@@ -80,6 +81,7 @@ class SweepSpec:
     description: str = ""
     seeds: list[int] = field(default_factory=list)  # each cell runs once per seed
     reference: str | None = None  # the cell the others are compared with, question by question
+    pairs: list[list[str]] = field(default_factory=list)  # further [cell, against] comparisons
 
 
 # -- the spec ---------------------------------------------------------------------------------------
@@ -91,7 +93,19 @@ def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
     raw = yaml.safe_load(path.read_text()) or {}
     unknown = sorted(
         set(raw)
-        - {"name", "description", "variants", "grid", "label", "constraints", "metrics", "plot", "seeds", "reference"}
+        - {
+            "name",
+            "description",
+            "variants",
+            "grid",
+            "label",
+            "constraints",
+            "metrics",
+            "plot",
+            "seeds",
+            "reference",
+            "pairs",
+        }
     )
     if unknown:
         raise SweepError(f"{path}: unknown field(s) {unknown}")
@@ -111,6 +125,13 @@ def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
     reference = raw.get("reference")
     if reference is not None and not any(reference in (cell.name, cell.label) for cell in cells):
         raise SweepError(f"{path}: reference {reference!r} is none of the cells {[cell.label for cell in cells]}")
+    pairs = raw.get("pairs") or []
+    for pair in pairs:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise SweepError(f"{path}: each of pairs must be [cell, against], got {pair!r}")
+        unknown = [c for c in pair if not any(c in (cell.name, cell.label) for cell in cells)]
+        if unknown:
+            raise SweepError(f"{path}: pairs name {unknown}, none of the cells {[cell.label for cell in cells]}")
     seeds = raw.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
         raise SweepError(f"{path}: seeds must be a list of distinct integers, got {seeds!r}")
@@ -126,6 +147,7 @@ def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
         description=raw.get("description", ""),
         seeds=list(seeds),
         reference=reference,
+        pairs=[list(pair) for pair in pairs],
     )
     check_constraints(spec)
     return spec
@@ -330,11 +352,16 @@ def place_cell(config: dict, cell: Cell, sweep_dir: Path) -> dict:
     return config
 
 
+REPORT_FIELDS = ("metrics", "plot", "description", "reference", "pairs")
+
+
 def check_growth(before: dict, after: dict, sweep_dir: Path) -> None:
     """A prepared folder takes its own spec again, or that spec grown by cells or seeds (the runs
-    already there keep their meaning); anything else is another sweep and refused."""
+    already there keep their meaning) or with other report fields (metrics, plot, description,
+    reference, pairs: the report is made afresh from the runs); anything else is another sweep and
+    refused."""
     refused = f"{sweep_dir} holds another sweep (its sweep.json differs"
-    fixed = set(before) - {"cells", "seeds"}
+    fixed = set(before) - {"cells", "seeds", *REPORT_FIELDS}
     if any(before[key] != after.get(key) for key in fixed) or not set(before["seeds"]) <= set(after["seeds"]):
         changed = sorted(key for key in fixed if before[key] != after.get(key)) or ["seeds"]
         raise SweepError(f"{refused} in {', '.join(changed)}): use a new folder")

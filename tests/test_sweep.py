@@ -84,6 +84,12 @@ def test_seeds_and_the_reference_cell_are_checked(tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "reference": "LoRA"}))
     with pytest.raises(SweepError, match=r"reference 'LoRA' is none of the cells \['LoRA \(r = 64\)', "):
         load_spec(tmp_path / "spec.yaml", "tiny")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "pairs": [["LoRA (r = 64)", "LoRA r=8"]]}))
+    with pytest.raises(SweepError, match=r"pairs name \['LoRA r=8'\], none of the cells \['LoRA \(r = 64\)', "):
+        load_spec(tmp_path / "spec.yaml", "tiny")
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "pairs": [["LoRA (r = 64)"]]}))
+    with pytest.raises(SweepError, match=r"each of pairs must be \[cell, against\], got \['LoRA \(r = 64\)'\]"):
+        load_spec(tmp_path / "spec.yaml", "tiny")
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**raw, "plot": {"y": ["test/rougeL", "test/mmad"]}}))
     with pytest.raises(SweepError, match=r"plot y \['test/mmad'\] are not among the metrics \['test/rouge1', "):
         load_spec(tmp_path / "spec.yaml", "tiny")
@@ -179,8 +185,9 @@ def test_the_slurm_script_has_one_array_task_per_cell_with_its_overrides(tmp_pat
         prepare(spec, folder)
     with pytest.raises(SweepError, match=r"cell 128x1 is not in the spec"):  # a cell dropped
         prepare(replace(grown, cells=grown.cells[:-1]), folder)
-    with pytest.raises(SweepError, match=r"differs in metrics\)"):
-        prepare(replace(grown, metrics=["test/rougeL"]), folder)
+    with pytest.raises(SweepError, match=r"differs in overrides\)"):
+        prepare(replace(grown, overrides={"trainer.max_steps": 5}), folder)
+    prepare(replace(grown, metrics=["test/rougeL"], reference="8x8"), folder)  # report fields may change
     prepare(replace(grown, seeds=[0]), folder)  # seeds may grow, never shrink
     with pytest.raises(SweepError, match=r"differs in seeds\)"):
         prepare(grown, folder)
@@ -251,6 +258,8 @@ def test_a_tiny_two_cell_sweep_over_two_seeds_runs_end_to_end_and_reports(tiny_b
         name: yaml.safe_load((folder / "cells" / name / "config.yaml").read_text())["seed_everything"] for name in runs
     }
     assert seed == {"2x4-seed0": 0, "4x2-seed0": 0, "2x4-seed1": 1, "4x2-seed1": 1}
+    # another report field (a pair to compare) on the finished folder: taken, nothing runs again
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({**spec, "pairs": [["2×4", "4×2"]]}, allow_unicode=True))
     run_sweep(tmp_path / "spec.yaml", out=folder)
     again = capsys.readouterr().out
     assert all(f"  {name}: skipped" in again for name in runs), again
@@ -296,7 +305,14 @@ def test_a_tiny_two_cell_sweep_over_two_seeds_runs_end_to_end_and_reports(tiny_b
         f"{100 * paired.high:+.2f}] | {p_text(paired.p_value)} | [{100 * paired.seed_low:+.2f}, "
         f"{100 * paired.seed_high:+.2f}] | {p_text(paired.seed_p_value)} |"
     ) in text
-    assert (folder / "report_paired.csv").read_text().count("\n") == 1 + 2  # header, 4×2 against 2×4 per metric
+    reverse = compare(answers["2x4"], answers["4x2"], "detection_accuracy", resamples=500)
+    assert reverse.difference == pytest.approx(-paired.difference)
+    assert (
+        f"| 2×4 | 4×2 | test/detection_accuracy | {100 * reverse.difference:+.2f} | [{100 * reverse.low:+.2f}, "
+        f"{100 * reverse.high:+.2f}] | {p_text(reverse.p_value)} |"
+    ) in text.split("### Pairs named in the spec: paired difference over the same questions")[1]
+    # header, 4×2 against 2×4 and the pair 2×4 against 4×2, per metric
+    assert (folder / "report_paired.csv").read_text().count("\n") == 1 + 2 + 2
     assert (folder / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
