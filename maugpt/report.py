@@ -208,8 +208,10 @@ def seed_statistics(
                     f"{c.high:.6f},{c.p_value:.6f},{c.seed_low:.6f},{c.seed_high:.6f},{c.seed_p_value:.6f},"
                     f"{c.significant},{c.questions}"
                 )
+    if spec.get("reference") and reference is None:
+        waiting.insert(0, f"the reference {spec['reference']}")
     if waiting:
-        lines += ["", f"pairs not compared (a cell has no finished runs): {', '.join(waiting)}"]
+        lines += ["", f"not compared (a cell has no finished runs): {', '.join(waiting)}"]
     if comparisons or pairs:
         lines += [
             "",

@@ -85,28 +85,17 @@ class SweepSpec:
 
 
 # -- the spec ---------------------------------------------------------------------------------------
+SPEC_FIELDS = {"name", "description", "variants", "grid", "label", "constraints", "metrics", "plot", "seeds"}
+SPEC_FIELDS |= {"reference", "pairs"}
+
+
 def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
     """Read a sweep spec and expand its grid for ``variant``; bad fields raise naming them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep spec {path} does not exist")
     raw = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(
-        set(raw)
-        - {
-            "name",
-            "description",
-            "variants",
-            "grid",
-            "label",
-            "constraints",
-            "metrics",
-            "plot",
-            "seeds",
-            "reference",
-            "pairs",
-        }
-    )
+    unknown = sorted(set(raw) - SPEC_FIELDS)
     if unknown:
         raise SweepError(f"{path}: unknown field(s) {unknown}")
     variants = raw.get("variants") or {}
