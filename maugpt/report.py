@@ -51,6 +51,11 @@ def _value(metrics: dict | None, name: str) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
+def run_label(cell: dict) -> str:
+    """A run as the tables name it: the cell's label, with its seed where the sweep has seeds."""
+    return cell["label"] + (f" (seed {cell['seed']})" if cell.get("seed") is not None else "")
+
+
 def table(spec: dict, rows: list[tuple[dict, dict | None]], scale: float = 100.0) -> tuple[str, str]:
     """Markdown (one row per cell, one column per metric, ×``scale``) and CSV (raw values)."""
     metrics = spec["metrics"]
@@ -58,7 +63,7 @@ def table(spec: dict, rows: list[tuple[dict, dict | None]], scale: float = 100.0
     csv = ["cell,label," + ",".join(metrics)]
     for cell, found in rows:
         values = [_value(found, m) for m in metrics]
-        label = cell["label"] + (f" (seed {cell['seed']})" if cell.get("seed") is not None else "")
+        label = run_label(cell)
         lines.append(f"| {label} | " + " | ".join(MISSING if v is None else f"{v * scale:.2f}" for v in values) + " |")
         csv.append(",".join([cell["name"], f'"{cell["label"]}"', *("" if v is None else f"{v:.6f}" for v in values)]))
     missing = [cell["label"] for cell, found in rows if found is None]
@@ -67,9 +72,7 @@ def table(spec: dict, rows: list[tuple[dict, dict | None]], scale: float = 100.0
     # A run whose training diverged still writes metrics (all answers empty, every score 0): name it
     # with its count, so that a 0 in the table is read as "answered nothing", not as a weak score.
     unparsed = [
-        f"{cell['label']}" + (f" (seed {cell['seed']})" if cell.get("seed") is not None else "") + f": {count:.0f}"
-        for cell, found in rows
-        if (count := _value(found, "test/detection_unparsed"))
+        f"{run_label(cell)}: {count:.0f}" for cell, found in rows if (count := _value(found, "test/detection_unparsed"))
     ]
     if unparsed:
         note += f"\n\nruns with detection answers naming neither True nor False: {', '.join(unparsed)}"

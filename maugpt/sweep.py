@@ -85,8 +85,9 @@ class SweepSpec:
 
 
 # -- the spec ---------------------------------------------------------------------------------------
-SPEC_FIELDS = {"name", "description", "variants", "grid", "label", "constraints", "metrics", "plot", "seeds"}
-SPEC_FIELDS |= {"reference", "pairs"}
+#: Fields that only shape the report: they may change on a folder with finished runs.
+REPORT_FIELDS = ("metrics", "plot", "description", "reference", "pairs")
+SPEC_FIELDS = {"name", "variants", "grid", "label", "constraints", "seeds", *REPORT_FIELDS}
 
 
 def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
@@ -111,14 +112,15 @@ def load_spec(path: str | Path, variant: str = "tiny") -> SweepSpec:
     if unplotted:  # the plot draws collected metrics only
         raise SweepError(f"{path}: plot y {unplotted} are not among the metrics {metrics}")
     cells = expand_grid(raw.get("grid") or {}, raw.get("label"), path)
+    known = {cell.name for cell in cells} | {cell.label for cell in cells}
     reference = raw.get("reference")
-    if reference is not None and not any(reference in (cell.name, cell.label) for cell in cells):
+    if reference is not None and reference not in known:
         raise SweepError(f"{path}: reference {reference!r} is none of the cells {[cell.label for cell in cells]}")
     pairs = raw.get("pairs") or []
     for pair in pairs:
         if not isinstance(pair, list) or len(pair) != 2:
             raise SweepError(f"{path}: each of pairs must be [cell, against], got {pair!r}")
-        unknown = [c for c in pair if not any(c in (cell.name, cell.label) for cell in cells)]
+        unknown = [c for c in pair if c not in known]
         if unknown:
             raise SweepError(f"{path}: pairs name {unknown}, none of the cells {[cell.label for cell in cells]}")
     seeds = raw.get("seeds") or []
@@ -341,18 +343,16 @@ def place_cell(config: dict, cell: Cell, sweep_dir: Path) -> dict:
     return config
 
 
-REPORT_FIELDS = ("metrics", "plot", "description", "reference", "pairs")
-
-
 def check_growth(before: dict, after: dict, sweep_dir: Path) -> None:
     """A prepared folder takes its own spec again, or that spec grown by cells or seeds (the runs
     already there keep their meaning) or with other report fields (metrics, plot, description,
     reference, pairs: the report is made afresh from the runs); anything else is another sweep and
     refused."""
     refused = f"{sweep_dir} holds another sweep (its sweep.json differs"
-    fixed = set(before) - {"cells", "seeds", *REPORT_FIELDS}
-    if any(before[key] != after.get(key) for key in fixed) or not set(before["seeds"]) <= set(after["seeds"]):
-        changed = sorted(key for key in fixed if before[key] != after.get(key)) or ["seeds"]
+    changed = sorted(key for key in set(before) - {"cells", "seeds", *REPORT_FIELDS} if before[key] != after.get(key))
+    if not set(before["seeds"]) <= set(after["seeds"]):
+        changed.append("seeds")
+    if changed:
         raise SweepError(f"{refused} in {', '.join(changed)}): use a new folder")
     now = {cell["name"]: cell for cell in after["cells"]}
     for cell in before["cells"]:

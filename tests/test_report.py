@@ -63,9 +63,15 @@ def test_pairs_are_compared_and_a_pair_or_reference_without_runs_is_named(tmp_pa
     names = ["a", "b", "c"]
     cells = [Cell(f"{n}-seed{s}", n.upper(), {}, group=n, seed=s) for s in (0, 1) for n in names]
     spec = SweepSpec(
-        "pairs", "tiny", ["base.yaml"], cells, metrics=["test/detection_accuracy"], seeds=[0, 1], reference="C"
+        "pairs",
+        "tiny",
+        ["base.yaml"],
+        cells,
+        metrics=["test/detection_accuracy"],
+        seeds=[0, 1],
+        reference="C",
+        pairs=[["B", "A"], ["A", "C"]],
     )
-    spec.pairs = [["B", "A"], ["A", "C"]]
     (tmp_path / "sweep.json").write_text(json.dumps({"spec": asdict(spec), "cells": [c.name for c in cells]}))
     answers = {}
     for cell in cells:
