@@ -343,47 +343,63 @@ def place_cell(config: dict, cell: Cell, sweep_dir: Path) -> dict:
     return config
 
 
-def check_growth(before: dict, after: dict, sweep_dir: Path) -> None:
+def check_growth(before: dict, after: dict, sweep_dir: Path, unchanged: set[str]) -> None:
     """A prepared folder takes its own spec again, or that spec grown by cells or seeds (the runs
     already there keep their meaning) or with other report fields (metrics, plot, description,
     reference, pairs: the report is made afresh from the runs); anything else is another sweep and
-    refused."""
+    refused. A run's meaning is its resolved config, so a cell, or the spec's base and overrides,
+    restated without changing any prepared cell's config is taken (a default written out, to pin it
+    against a later change of the base recipe); ``unchanged`` names the prepared cells whose config
+    the new spec writes byte-identical."""
     refused = f"{sweep_dir} holds another sweep (its sweep.json differs"
-    changed = sorted(key for key in set(before) - {"cells", "seeds", *REPORT_FIELDS} if before[key] != after.get(key))
-    if not set(before["seeds"]) <= set(after["seeds"]):
+    restated = {"base", "overrides"} if {cell["name"] for cell in before["cells"]} <= unchanged else set()
+    fixed = set(before) - {"cells", "seeds", *REPORT_FIELDS, *restated}
+    changed = sorted(key for key in fixed if before[key] != after.get(key))
+    if not set(before.get("seeds", [])) <= set(after["seeds"]):  # a folder from before seeds: none
         changed.append("seeds")
     if changed:
         raise SweepError(f"{refused} in {', '.join(changed)}): use a new folder")
     now = {cell["name"]: cell for cell in after["cells"]}
     for cell in before["cells"]:
-        if now.get(cell["name"]) != cell:
-            how = "is not in the spec" if cell["name"] not in now else "differs"
-            raise SweepError(f"{refused}: cell {cell['name']} {how}): use a new folder")
+        if cell["name"] not in now:
+            raise SweepError(f"{refused}: cell {cell['name']} is not in the spec): use a new folder")
+        if now[cell["name"]] != cell and cell["name"] not in unchanged:
+            raise SweepError(f"{refused}: cell {cell['name']} differs): use a new folder")
 
 
 def prepare(spec: SweepSpec, sweep_dir: str | Path) -> Path:
     """Check the spec and write ``sweep.json`` and every cell's ``config.yaml`` (nothing runs).
 
     A folder prepared from another spec or with other configs is refused, never overwritten; the same
-    spec grown by cells or seeds is taken (see :func:`check_growth`)."""
+    spec grown by cells or seeds, or restated to the same configs, is taken (see :func:`check_growth`)."""
     sweep_dir = Path(sweep_dir)
-    configs = {
-        cell.name: place_cell(resolve_config(spec.base, {**spec.overrides, **cell.overrides}), cell, sweep_dir)
+    texts = {
+        cell.name: yaml.safe_dump(
+            place_cell(resolve_config(spec.base, {**spec.overrides, **cell.overrides}), cell, sweep_dir),
+            sort_keys=False,
+        )
         for cell in spec.cells
     }
     record = {"spec": asdict(spec), "cells": [cell.name for cell in spec.cells]}
     written = sweep_dir / "sweep.json"
     if written.is_file():
-        check_growth(json.loads(written.read_text())["spec"], json.loads(json.dumps(record["spec"])), sweep_dir)
-    for name, config in configs.items():
+        unchanged = {name for name, text in texts.items() if config_text(sweep_dir, name) == text}
+        before, after = json.loads(written.read_text())["spec"], json.loads(json.dumps(record["spec"]))
+        check_growth(before, after, sweep_dir, unchanged)
+    for name, text in texts.items():
         path = sweep_dir / "cells" / name / "config.yaml"
-        text = yaml.safe_dump(config, sort_keys=False)
         if path.is_file() and path.read_text() != text:
             raise SweepError(f"{path} exists with another config: use a new sweep folder")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     written.write_text(json.dumps(record, indent=2))
     return sweep_dir
+
+
+def config_text(sweep_dir: Path, name: str) -> str | None:
+    """The config a prepared cell was written with (None: not prepared)."""
+    path = sweep_dir / "cells" / name / "config.yaml"
+    return path.read_text() if path.is_file() else None
 
 
 # -- running --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from maugpt.sweep import SweepError, evaluate, expand_grid, load_spec, prepare, 
 ROOT = Path(__file__).parents[1]
 EXPERTS = "model.init_args.adapter.init_args.experts"
 RANK = "model.init_args.adapter.init_args.rank"
+HYPER = "model.init_args.adapter.init_args.hyper_hidden"
 
 
 def test_the_experts_rank_spec_expands_to_seven_cells_with_product_64_times_three_seeds():
@@ -191,6 +192,19 @@ def test_the_slurm_script_has_one_array_task_per_cell_with_its_overrides(tmp_pat
     prepare(replace(grown, seeds=[0]), folder)  # seeds may grow, never shrink
     with pytest.raises(SweepError, match=r"differs in seeds\)"):
         prepare(grown, folder)
+    # the base's value written out (as a spec pins a recipe's default against its later change): the
+    # same configs, taken; another value is another sweep
+    grown = replace(grown, seeds=[0])
+    pinned = [replace(cell, overrides={**cell.overrides, HYPER: 64}) for cell in grown.cells]
+    prepare(replace(grown, cells=pinned), folder)
+    prepare(replace(grown, cells=pinned, overrides={HYPER: 64}), folder)
+    assert {path: path.read_text() for path in before} == before
+    assert json.loads((folder / "sweep.json").read_text())["spec"]["overrides"] == {HYPER: 64}
+    with pytest.raises(SweepError, match=r"differs in overrides\)"):
+        prepare(replace(grown, overrides={HYPER: 32}), folder)
+    pinned[0] = replace(pinned[0], overrides={**pinned[0].overrides, HYPER: 32})
+    with pytest.raises(SweepError, match=r"cell 1x64 differs\)"):
+        prepare(replace(grown, cells=pinned, overrides={HYPER: 64}), folder)
 
 
 def test_finished_cells_are_skipped_and_failed_ones_retried_keeping_their_logs(tmp_path, monkeypatch):
