@@ -51,6 +51,37 @@ def test_stage_2_swaps_adapters_from_their_recipes(adapter, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     recipe = yaml.safe_load((CONFIGS / "adapters" / f"{adapter}.yaml").read_text())
     assert printed["model"]["init_args"]["adapter"]["class_path"] == recipe["class_path"]
+    # every argument the file states wins over the stage recipe's adapter (its scale convention too)
+    swapped = printed["model"]["init_args"]["adapter"]["init_args"]
+    assert {key: swapped[key] for key in recipe["init_args"]} == recipe["init_args"]
+
+
+MIXTURE_RECIPES = [
+    "tiny/stage2.yaml",
+    "mau-gpt-4b/stage2.yaml",
+    "baselines/qwen2.5-vl-amoe.yaml",
+    "baselines/qwen3-vl-amoe.yaml",
+    "adapters/amoe_lora.yaml",
+    "adapters/loramoe.yaml",
+]
+
+
+@pytest.mark.parametrize("name", MIXTURE_RECIPES)
+def test_every_mixture_recipe_states_its_scale_convention(name):
+    source = yaml.safe_load((CONFIGS / name).read_text())
+    adapter = source if "class_path" in source else source["model"]["init_args"]["adapter"]
+    # the tiny recipe takes the effective-step convention its sweeps chose; the rest keep Eq. 3's
+    expected = "total_rank" if name == "tiny/stage2.yaml" else "paper"
+    assert adapter["init_args"]["scaling"] == expected
+
+
+def test_the_convention_test_covers_every_mixture_recipe():
+    mixtures = sorted(
+        str(p.relative_to(CONFIGS))
+        for p in CONFIGS.rglob("*.yaml")
+        if "LoRAMoE" in p.read_text() or "AMoELoRA" in p.read_text()
+    )
+    assert mixtures == sorted(MIXTURE_RECIPES)  # a new mixture recipe joins MIXTURE_RECIPES
 
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "hub"
