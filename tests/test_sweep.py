@@ -36,6 +36,7 @@ def test_the_experts_rank_spec_expands_to_seven_cells_with_product_64_times_thre
         EXPERTS: 16,
         RANK: 4,
         "model.init_args.adapter.init_args.alpha": 8,
+        "model.init_args.adapter.init_args.scaling": "paper",  # the product's one value, written out
         "seed_everything": 0,
     }
     assert spec.reference == "16×4"
