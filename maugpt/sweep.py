@@ -380,26 +380,21 @@ def prepare(spec: SweepSpec, sweep_dir: str | Path) -> Path:
         )
         for cell in spec.cells
     }
+    paths = {name: sweep_dir / "cells" / name / "config.yaml" for name in texts}
+    existing = {name: path.read_text() for name, path in paths.items() if path.is_file()}
     record = {"spec": asdict(spec), "cells": [cell.name for cell in spec.cells]}
     written = sweep_dir / "sweep.json"
     if written.is_file():
-        unchanged = {name for name, text in texts.items() if config_text(sweep_dir, name) == text}
+        unchanged = {name for name, text in texts.items() if existing.get(name) == text}
         before, after = json.loads(written.read_text())["spec"], json.loads(json.dumps(record["spec"]))
         check_growth(before, after, sweep_dir, unchanged)
     for name, text in texts.items():
-        path = sweep_dir / "cells" / name / "config.yaml"
-        if path.is_file() and path.read_text() != text:
-            raise SweepError(f"{path} exists with another config: use a new sweep folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        if existing.get(name, text) != text:
+            raise SweepError(f"{paths[name]} exists with another config: use a new sweep folder")
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        paths[name].write_text(text)
     written.write_text(json.dumps(record, indent=2))
     return sweep_dir
-
-
-def config_text(sweep_dir: Path, name: str) -> str | None:
-    """The config a prepared cell was written with (None: not prepared)."""
-    path = sweep_dir / "cells" / name / "config.yaml"
-    return path.read_text() if path.is_file() else None
 
 
 # -- running --------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def test_the_convention_test_covers_every_mixture_recipe():
     mixtures = sorted(
         str(p.relative_to(CONFIGS))
         for p in CONFIGS.rglob("*.yaml")
-        if "LoRAMoE" in p.read_text() or "AMoELoRA" in p.read_text()
+        if "LoRAMoE" in (text := p.read_text()) or "AMoELoRA" in text
     )
     assert mixtures == sorted(MIXTURE_RECIPES)  # a new mixture recipe joins MIXTURE_RECIPES
 
